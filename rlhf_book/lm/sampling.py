@@ -1,0 +1,188 @@
+"""Jitted autoregressive generation with a KV cache inside ``lax.scan``.
+
+Every RL chapter starts with a *rollout*: sample completions from the policy and remember the
+log-probability of each sampled token (the ``log pi_old`` of PPO's ratio, book ch. 6). This
+module does it for a batch of prompts of different lengths in one compiled loop:
+
+* prompts are right-padded to ``[N, P]`` with their true lengths beside them;
+* one ``lax.scan`` walks positions ``t = 0 .. P + max_new_tokens - 2``. At each step every row
+  feeds its token at ``t`` through the model (one position, against the KV cache) and gets the
+  logits of position ``t + 1``. A row still inside its prompt copies its next prompt token
+  (teacher forcing: this *is* the prefill, done one token at a time, which keeps every row
+  contiguous from position 0 and costs little at a 128-token context); a row past its prompt
+  samples;
+* a row stops after its stop token (``eos_id``, by default the chat template's ``<|end|>``)
+  or after ``max_new_tokens``; later positions hold ``<|pad|>``.
+
+Log-probabilities are those of the temperature-scaled distribution ``softmax(logits / tau)``
+*before* top-k truncation: exactly what a trainer recomputes from the same sequence with
+``log_probs_from_logits(logits / tau, tokens)``, so the PPO ratio is exactly 1 on-policy.
+``temperature = 0`` means greedy decoding (log-probs then at ``tau = 1``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.lm.ops import log_probs_from_logits
+
+
+class Generation(NamedTuple):
+    """A batch of sampled sequences, all ``[N, P + max_new_tokens]``.
+
+    ``tokens`` holds the prompt, the completion and ``<|pad|>`` after it. ``logprobs[n, t]`` is
+    the log-probability with which ``tokens[n, t]`` was sampled (0 where it was not sampled).
+    ``mask[n, t]`` is 1 on sampled tokens, the stop token included.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+
+
+def sample_token(key, logits, temperature, top_k: int = 0):
+    """Sample one token per row from ``logits [N, V]``; return ``(tokens [N], logprobs [N])``.
+
+    ``top_k > 0`` keeps only the ``k`` largest logits; ``temperature == 0`` picks the argmax.
+    The returned log-probability is under ``softmax(logits / temperature)`` without the top-k
+    cut (``temperature = 1`` when greedy), see the module docstring.
+    """
+    tau = jnp.where(temperature > 0, temperature, 1.0)
+    scaled = logits / tau
+    candidates = scaled
+    if top_k:
+        kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+        candidates = jnp.where(scaled < kth, -jnp.inf, scaled)
+    sampled = jax.random.categorical(key, candidates, axis=-1)
+    tokens = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
+    return tokens, log_probs_from_logits(scaled, tokens)
+
+
+def _decode(next_logits: Callable, state, prompts, prompt_lengths, key, temperature, *,
+            max_new_tokens: int, top_k: int, eos_id: int) -> Generation:
+    """The shared decoding loop. ``next_logits(state, tokens, t) -> (logits [N, V], state)``
+    returns the logits of position ``t + 1`` given the buffer ``tokens`` filled up to ``t``."""
+    N, P = prompts.shape
+    T = P + max_new_tokens
+    buffer = jnp.pad(prompts, ((0, 0), (0, max_new_tokens)), constant_values=tokenizer.PAD)
+
+    def step(carry, t):
+        state, buffer, done, key = carry
+        key, sub = jax.random.split(key)
+        logits, state = next_logits(state, buffer, t)
+        sampled, logp = sample_token(sub, logits, temperature, top_k)
+        pos = t + 1  # the position being decided
+        in_prompt = pos < prompt_lengths
+        sampling = ~in_prompt & ~done & (pos < prompt_lengths + max_new_tokens)
+        prompt_token = jax.lax.dynamic_index_in_dim(buffer, pos, axis=1, keepdims=False)
+        new = jnp.where(in_prompt, prompt_token, jnp.where(sampling, sampled, tokenizer.PAD))
+        buffer = jax.lax.dynamic_update_index_in_dim(buffer, new, pos, axis=1)
+        done = done | (sampling & (sampled == eos_id))
+        return (state, buffer, done, key), (jnp.where(sampling, logp, 0.0), sampling)
+
+    init = (state, buffer, jnp.zeros(N, bool), key)
+    (_, buffer, _, _), (logprobs, mask) = jax.lax.scan(step, init, jnp.arange(T - 1))
+    zeros = jnp.zeros((N, 1))
+    return Generation(
+        tokens=buffer,
+        logprobs=jnp.concatenate([zeros, logprobs.T], axis=1),
+        mask=jnp.concatenate([zeros, mask.T.astype(jnp.float32)], axis=1),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
+def _generate_cached(params, prompts, prompt_lengths, key, temperature, *, config,
+                     max_new_tokens, top_k, eos_id):
+    def next_logits(cache, buffer, t):
+        token = jax.lax.dynamic_slice_in_dim(buffer, t, 1, axis=1)  # [N, 1]
+        logits, cache = gpt.forward_cached(params, token, t, cache, config)
+        return logits[:, 0], cache
+
+    cache = gpt.init_cache(config, prompts.shape[0])
+    return _decode(next_logits, cache, prompts, prompt_lengths, key, temperature,
+                   max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
+def _generate_uncached(params, prompts, prompt_lengths, key, temperature, *, config,
+                       max_new_tokens, top_k, eos_id):
+    def next_logits(state, buffer, t):
+        # The whole forward pass over the buffer at every step: O(T) work per token instead of
+        # O(1). Positions after t hold padding, which the causal mask keeps out of logits[t].
+        logits = gpt.forward(params, buffer, config)
+        return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False), state
+
+    return _decode(next_logits, None, prompts, prompt_lengths, key, temperature,
+                   max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
+
+
+def _validate(prompts, prompt_lengths, config, max_new_tokens, temperature, top_k):
+    gpt.check_tokens(prompts, config, name="prompts")
+    N, P = prompts.shape
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if P + max_new_tokens > config.max_seq_len:
+        raise ValueError(
+            f"prompt width {P} + max_new_tokens {max_new_tokens} exceeds "
+            f"max_seq_len={config.max_seq_len}"
+        )
+    if not isinstance(top_k, int) or not 0 <= top_k <= config.vocab_size:
+        raise ValueError(f"top_k must be an int in [0, {config.vocab_size}], got {top_k!r}")
+    if not isinstance(temperature, jax.core.Tracer) and float(temperature) < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if prompt_lengths is None:
+        return jnp.full((N,), P, jnp.int32)
+    prompt_lengths = jnp.asarray(prompt_lengths)
+    if prompt_lengths.shape != (N,):
+        raise ValueError(f"prompt_lengths must have shape ({N},), got {prompt_lengths.shape}")
+    if not isinstance(prompt_lengths, jax.core.Tracer):
+        lo, hi = int(prompt_lengths.min()), int(prompt_lengths.max())
+        if lo < 1 or hi > P:
+            raise ValueError(f"prompt_lengths must lie in [1, {P}], got values in [{lo}, {hi}]")
+    return prompt_lengths
+
+
+def generate(params, prompts, key, config: gpt.GPTConfig, *, prompt_lengths=None,
+             max_new_tokens: int = 32, temperature=1.0, top_k: int = 0,
+             eos_id: int | None = tokenizer.END, use_cache: bool = True) -> Generation:
+    """Sample completions for a batch of right-padded prompts.
+
+    Args:
+        params, config: the model.
+        prompts: ``[N, P]`` integer ids, right-padded.
+        key: a PRNG key (``jax.vmap`` over keys samples several completions per prompt).
+        prompt_lengths: ``[N]`` true prompt lengths (default: all ``P``).
+        max_new_tokens: most tokens sampled per row; ``P + max_new_tokens <= max_seq_len``.
+        temperature: ``tau >= 0``; 0 is greedy.
+        top_k: sample among the ``k`` most likely tokens (0 = all).
+        eos_id: the stop token (``<|end|>`` for chat; ``<|endoftext|>`` for plain documents);
+            ``None`` never stops early.
+        use_cache: ``False`` recomputes the full forward pass at every step; the same tokens
+            and log-probabilities, far slower (kept as the reference the cache is tested
+            against).
+
+    Returns:
+        :class:`Generation` with ``tokens``, ``logprobs`` and ``mask``, each
+        ``[N, P + max_new_tokens]``.
+    """
+    prompt_lengths = _validate(prompts, prompt_lengths, config, max_new_tokens, temperature, top_k)
+    if eos_id is None:
+        eos_id = -1  # matches no token
+    elif not 0 <= int(eos_id) < config.vocab_size:
+        raise ValueError(f"eos_id must be None or in [0, {config.vocab_size}), got {eos_id}")
+    impl = _generate_cached if use_cache else _generate_uncached
+    return impl(params, jnp.asarray(prompts, jnp.int32), prompt_lengths, key,
+                jnp.asarray(temperature, jnp.float32), config=config,
+                max_new_tokens=max_new_tokens, top_k=top_k, eos_id=int(eos_id))
+
+
+def completions(generation: Generation) -> list[str]:
+    """Decode the sampled part of each row to text (special tokens dropped)."""
+    tokens, mask = np.asarray(generation.tokens), np.asarray(generation.mask).astype(bool)
+    return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask)]
