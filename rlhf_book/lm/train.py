@@ -98,7 +98,7 @@ def make_train_step(loss_fn: Callable) -> Callable:
 
     def step(state: TrainState, batch):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
         return state.apply_gradients(grads=grads), metrics
 
     return step

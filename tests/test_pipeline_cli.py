@@ -1,0 +1,45 @@
+"""The ``rlhf-book`` command line and the pipeline's first stage (quick configuration)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rlhf_book import cli
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run([sys.executable, "-m", "rlhf_book.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "pipeline" in out and "usage: rlhf-book" in out
+
+
+def test_quick_pipeline_runs_then_loads_from_cache(tmp_path, capsys):
+    out_dir = tmp_path / "runs"
+    assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir)]) == 0
+    first = capsys.readouterr().out
+    checkpoints = list((out_dir / "checkpoints").glob("pretrain-tiny-*.msgpack"))
+    assert len(checkpoints) == 1
+    assert (out_dir / "figures" / "pretrain_loss.png").stat().st_size > 1000
+    assert "Results" in first and "before:" in first and "after:" in first
+    assert "loaded cached checkpoint" not in first
+
+    assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir)]) == 0
+    second = capsys.readouterr().out
+    assert "loaded cached checkpoint" in second and "(cached)" in second
+    # The same checkpoint gives the same greedy samples.
+    assert first.split("Samples")[1].split("Results")[0] == second.split("Samples")[1].split("Results")[0]
+
+    # A changed setting is a different cache entry, trained afresh.
+    assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir),
+                     "--steps", "20"]) == 0
+    assert "loaded cached checkpoint" not in capsys.readouterr().out
+    assert len(list((out_dir / "checkpoints").glob("*.msgpack"))) == 2
+
+
+def test_bad_arguments_give_one_clear_line(tmp_path, capsys):
+    assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(tmp_path),
+                     "--steps", "0"]) == 2
+    assert "error: TrainConfig.steps must be a positive int, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["pipeline", "--model", "huge"])
