@@ -162,7 +162,7 @@ def pretrain(
     ``grad_norm``, and, with an ``eval_stream``, ``eval_step`` and ``eval_loss`` (mean loss on a
     fixed set of held-out windows after every chunk).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text bar: works in terminals and notebooks alike
 
     T = train_config.seq_len
     if T > model_config.max_seq_len:
