@@ -12,6 +12,7 @@ loads the checkpoint in a second instead of training again, and any change retra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
@@ -111,8 +112,10 @@ def pretrain_stage(config: PipelineConfig, *, fresh: bool = False, progress: boo
         return StageResult("pretrain", params, meta["metrics"], path, True,
                            time.perf_counter() - start)
 
-    log(f"[pretrain] {config.model} GPT, {gpt.count_params(gpt.init_params(jax.random.PRNGKey(0), model_config)):,} "
-        f"parameters; corpus {len(train_stream):,} train / {len(eval_stream):,} held-out tokens")
+    # eval_shape counts the parameters from their shapes without initialising them.
+    shapes = jax.eval_shape(functools.partial(gpt.init_params, config=model_config),
+                            jax.random.PRNGKey(0))
+    log(f"[pretrain] {config.model} GPT, {gpt.count_params(shapes):,} parameters; corpus {len(train_stream):,} train / {len(eval_stream):,} held-out tokens")
     params, history = train.pretrain(model_config, config.pretrain, train_stream, eval_stream,
                                      seed=config.seed, progress=progress)
     metrics = {
