@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 import sys
 
 from rlhf_book import __version__
@@ -25,10 +26,120 @@ def _pipeline(args) -> int:
     return 0
 
 
+def _relative(path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    path = pathlib.Path(path).resolve()
+    try:
+        return str(path.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _chapters(names):
+    from rlhf_book.textbook.catalog import CHAPTERS, get_chapter
+
+    return [get_chapter(n) for n in names] if names else list(CHAPTERS)
+
+
+def _grade(args) -> int:
+    from rlhf_book.textbook import grading
+
+    chapters = [c for c in _chapters(args.chapters) if c.exercises]
+    where = ("the library's reference solutions" if args.impl == "reference" else
+             ", ".join(_relative(c.stub_file(args.exercises_dir)) for c in chapters))
+    print(f"grading {where}\n")
+    print(f"  {'id':<6}{'exercise':<48}{'status':<12}{'time':>7}")
+    colour = sys.stdout.isatty() and not args.no_color
+
+    def show(result):
+        print(grading.format_row(result, colour), flush=True)
+
+    results = grading.grade(chapters, args.impl, args.exercises_dir, args.timeout, on_result=show)
+    print("\n" + grading.format_summary(results))
+    return 0 if all(r.status == grading.PASSED for r in results) else 1
+
+
+def _exercises(args) -> int:
+    from rlhf_book.textbook import stubs
+
+    chapters = _chapters(args.chapters)
+    if args.check:
+        stale = [_relative(c.stub_file()) for c in chapters if c.exercises
+                 and (not c.stub_file().exists() or c.stub_file().read_text() != stubs.stub_source(c))]
+        for path in stale:
+            print(f"stale: {path} (run `rlhf-book exercises --force`)")
+        return 1 if stale else 0
+    for path, what in stubs.write_stubs(chapters, force=args.force).items():
+        print(f"{_relative(path)}: {what}")
+    return 0
+
+
+def _chapter_table(args) -> int:
+    from rlhf_book.textbook import guides, notebooks
+
+    if args.sync:
+        changed = guides.sync()
+        for path in changed:
+            print(f"synced {_relative(path)}")
+        print(f"{len(changed)} guide(s) changed")
+        return 0
+    print(f"{'chapter':<24}{'notebook':<10}{'guide':<8}{'exercises':<11}{'run time':>8}")
+    for chapter in _chapters(args.chapters):
+        nb, guide = chapter.notebook(), chapter.guide()
+        seconds = notebooks.recorded_seconds(nb) if nb.exists() else None
+        print(f"{chapter.key:<24}{'yes' if nb.exists() else '-':<10}"
+              f"{'yes' if guide.exists() else '-':<8}{len(chapter.exercises):<11}"
+              f"{f'{seconds:.0f} s' if seconds else '-':>8}")
+    problems = guides.stale()
+    for line in problems:
+        print(f"stale excerpts in {line} (run `rlhf-book chapters --sync`)")
+    return 1 if problems else 0
+
+
+def _figures(args) -> int:
+    from rlhf_book.textbook import figures
+
+    if args.list:
+        for spec in figures.load_all().values():
+            print(f"{spec.name:<28}{spec.chapter:<6}{spec.caption}")
+        return 0
+    chapters = [c.short for c in _chapters(args.chapters)] if args.chapters else None
+    entries = figures.write_figures(chapters, args.out,
+                                    progress=lambda name: print(f"drawing {name} ...", flush=True))
+    out = _relative(args.out or figures.project_root() / "figures")
+    for name, entry in entries.items():
+        print(f"  {out}/{entry['file']}  ({entry['seconds']} s)")
+    print(f"{len(entries)} figure(s) written; numbers in {out}/manifest.json")
+    return 0
+
+
+def _notebooks(args) -> int:
+    from rlhf_book.textbook import notebooks
+
+    paths = ([c.notebook() for c in _chapters(args.chapters)] if args.chapters
+             else notebooks.notebook_paths())
+    failed = 0
+    for path in paths:
+        if not path.exists():
+            print(f"{path.name}: no such notebook")
+            failed += 1
+            continue
+        print(f"{path.name}: running ...", flush=True)
+        try:
+            seconds = notebooks.execute(path, write=not args.check)
+        except Exception as err:  # show the failing cell, go on with the others
+            print(f"{path.name}: FAILED\n{err}")
+            failed += 1
+            continue
+        print(f"{path.name}: ran in {seconds:.0f} s" + ("" if args.check else ", outputs saved"))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf-book",
         description="The executable companion to the RLHF book: the whole recipe on a laptop CPU.",
+        epilog="quick start: `rlhf-book pipeline`; exercises: `rlhf-book grade ch00`",
     )
     parser.add_argument("--version", action="version", version=f"rlhf-book {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -45,6 +156,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain even if a checkpoint is cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_pipeline)
+
+    chapter_help = "chapters, e.g. ch00 (default: all)"
+    p = sub.add_parser("grade", help="grade the exercises: a table of passed / failing / "
+                                     "not started / timed out, with hints")
+    p.add_argument("chapters", nargs="*", help=chapter_help)
+    p.add_argument("--impl", choices=["exercises", "reference"], default="exercises",
+                   help="grade your exercises/ (default) or the library's reference solutions")
+    p.add_argument("--exercises-dir", type=pathlib.Path,
+                   help="folder holding the chNN_*.py files to grade (default exercises/)")
+    p.add_argument("--timeout", type=float, help="seconds per exercise (default 60)")
+    p.add_argument("--no-color", action="store_true", help="no colours in the table")
+    p.set_defaults(func=_grade)
+
+    p = sub.add_parser("exercises", help="regenerate the exercise stubs in exercises/ from the "
+                                         "library (never overwrites a stub you edited)")
+    p.add_argument("chapters", nargs="*", help=chapter_help)
+    p.add_argument("--force", action="store_true", help="overwrite stubs even if edited")
+    p.add_argument("--check", action="store_true", help="only report stale stubs (exit 1)")
+    p.set_defaults(func=_exercises)
+
+    p = sub.add_parser("chapters", help="list the chapters; check or --sync the code excerpts "
+                                        "of the chapter guides")
+    p.add_argument("chapters", nargs="*", help=chapter_help)
+    p.add_argument("--sync", action="store_true", help="rewrite the guides' excerpts from the source")
+    p.set_defaults(func=_chapter_table)
+
+    p = sub.add_parser("figures", help="regenerate figures/*.png and figures/manifest.json")
+    p.add_argument("chapters", nargs="*", help=chapter_help)
+    p.add_argument("--out", type=pathlib.Path, help="output folder (default figures/)")
+    p.add_argument("--list", action="store_true", help="list the registered figures")
+    p.set_defaults(func=_figures)
+
+    p = sub.add_parser("notebooks", help="re-execute the notebooks and save their outputs")
+    p.add_argument("chapters", nargs="*", help=chapter_help)
+    p.add_argument("--check", action="store_true", help="execute only; do not write outputs")
+    p.set_defaults(func=_notebooks)
     return parser
 
 

@@ -3,19 +3,16 @@ copying it."""
 
 import ast
 import importlib
-import os
 import pathlib
 import pkgutil
-import time
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 import rlhf_book
+from rlhf_book.textbook import catalog, notebooks
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = notebooks.notebook_paths()
 
 
 def library_names() -> set[str]:
@@ -28,8 +25,10 @@ def library_names() -> set[str]:
     return {n for n in names if not n.startswith("_")}
 
 
-def test_there_are_notebooks():
+def test_every_chapter_has_a_notebook_and_every_notebook_a_chapter():
     assert NOTEBOOKS, "no notebooks found"
+    expected = {c.notebook().name for c in catalog.CHAPTERS}
+    assert {p.name for p in NOTEBOOKS} == expected
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -46,17 +45,16 @@ def test_notebook_does_not_redefine_library_code(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path, record_property):
+def test_notebook_is_committed_with_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env_path) if p)
-    start = time.perf_counter()
-    try:
-        client.execute()
-    finally:
-        os.environ["PYTHONPATH"] = env_path
-    seconds = time.perf_counter() - start
-    record_property("seconds", round(seconds, 1))
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in code), f"{path.name} has unexecuted cells"
+    assert "seconds" in nb.metadata.get("rlhf_book", {}), \
+        f"{path.name} was not saved by `rlhf-book notebooks` (no recorded run time)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, record_property):
+    seconds = notebooks.execute(path)  # raises CellExecutionError with the failing cell
+    record_property("notebook_seconds", round(seconds, 1))
     print(f"{path.name}: executed in {seconds:.1f}s")

@@ -15,7 +15,7 @@ Everything is pure Python + NumPy, ASCII, offline, and a function of its ``seed`
   (:func:`preference_pairs`, :func:`simulate_annotators`), Likert ratings, agreement and the
   accuracy ceiling any reward model faces.
 * :mod:`~rlhf_book.data.arithmetic` -- verifiable arithmetic prompts for RLVR (:func:`verify`).
-* :mod:`~rlhf_book.data.toy` -- the lectures' own toy preference pairs, reproduced exactly.
+* :mod:`~rlhf_book.data.toy` -- the lectures' own toy data (preference pairs, a token policy), exactly.
 
 Data flows one way: this package imports nothing from :mod:`rlhf_book.lm` or the chapters.
 Texts and chat messages (``{"role", "content"}`` dicts) come out; tokenisation happens in
@@ -32,7 +32,8 @@ from rlhf_book.data.sft import SYSTEM_PROMPTS, sft_demonstrations
 from rlhf_book.data.styles import (GOLD_MAX, GOLD_MIN, HEDGE_PHRASES, MAX_ANSWER_BYTES, STYLES,
                                    count_hedges, gold_reward, gold_reward_batch, render_answer,
                                    stated_answer)
-from rlhf_book.data.toy import LESSON_EVAL_PROMPTS, LESSON_PREFERENCE_PAIRS, LESSON_QUANTUM_PAIR
+from rlhf_book.data.toy import (LESSON_EVAL_PROMPTS, LESSON_PREFERENCE_PAIRS, LESSON_QUANTUM_PAIR,
+                               LESSON_TOKEN_POLICY)
 from rlhf_book.data.world import (MAX_PROMPT_BYTES, TOPICS, Fact, Question, all_facts, all_questions,
                                   answer_vocabulary, sample_questions, split_facts, split_questions)
 
@@ -44,7 +45,7 @@ __all__ = [
     "SYSTEM_PROMPTS", "sft_demonstrations",
     "GOLD_MAX", "GOLD_MIN", "HEDGE_PHRASES", "MAX_ANSWER_BYTES", "STYLES", "count_hedges",
     "gold_reward", "gold_reward_batch", "render_answer", "stated_answer",
-    "LESSON_EVAL_PROMPTS", "LESSON_PREFERENCE_PAIRS", "LESSON_QUANTUM_PAIR",
+    "LESSON_EVAL_PROMPTS", "LESSON_PREFERENCE_PAIRS", "LESSON_QUANTUM_PAIR", "LESSON_TOKEN_POLICY",
     "MAX_PROMPT_BYTES", "TOPICS", "Fact", "Question", "all_facts", "all_questions",
     "answer_vocabulary", "sample_questions", "split_facts", "split_questions",
 ]

@@ -139,11 +139,13 @@ def count_params(params: Params) -> int:
 # Layers
 
 
+# [guide:layer-norm]
 def layer_norm(x: jax.Array, p: Params, eps: float = 1e-5) -> jax.Array:
     """LayerNorm over the last axis: ``(x - mean) / sqrt(var + eps) * scale + bias``."""
     mean = x.mean(-1, keepdims=True)
     var = jnp.square(x - mean).mean(-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+# [/guide]
 
 
 def dense(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -151,21 +153,35 @@ def dense(x: jax.Array, w: jax.Array) -> jax.Array:
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
+# [guide:causal-mask]
 def causal_mask(t: int) -> jax.Array:
-    """``[t, t]`` boolean mask, True where query ``i`` may attend to key ``j`` (``j <= i``)."""
+    """``[t, t]`` boolean mask, True where query ``i`` may attend to key ``j`` (``j <= i``).
+
+    Book Appendix A.1, eq. 141: the model factorises ``P(x) = prod_t P(x_t | x_<t)``, so the
+    prediction at position ``i`` may read positions ``0..i`` and nothing later. ``t`` is a
+    Python int (a static shape under ``jit``).
+    """
+    # BEGIN SOLUTION
     return jnp.tril(jnp.ones((t, t), dtype=bool))
+    # END SOLUTION
+# [/guide]
 
 
+# [guide:attention]
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Scaled dot-product attention, ``softmax(q k^T / sqrt(d) + mask) v``.
+    """Scaled dot-product attention, ``softmax(q k^T / sqrt(d), masked) v``.
 
     Shapes: ``q [N, H, S, d]``, ``k, v [N, H, K, d]``, ``mask`` broadcastable to
-    ``[N, H, S, K]`` (True = may attend). Masked scores get the most negative finite float
-    rather than ``-inf``, so a row with no visible key yields a uniform average, not NaN.
+    ``[N, H, S, K]`` (True = may attend); returns ``[N, H, S, d]``. Masked scores get the most
+    negative finite float rather than ``-inf``, so a row with no visible key yields a uniform
+    average of the values, not NaN.
     """
+    # BEGIN SOLUTION
     scores = jnp.einsum("nhsd,nhkd->nhsk", q, k) / math.sqrt(q.shape[-1])
     scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     return jnp.einsum("nhsk,nhkd->nhsd", jax.nn.softmax(scores, axis=-1), v)
+    # END SOLUTION
+# [/guide]
 
 
 def _split_heads(x: jax.Array, n_heads: int) -> jax.Array:
@@ -178,6 +194,7 @@ def _merge_heads(x: jax.Array) -> jax.Array:
     return x.transpose(0, 2, 1, 3).reshape(N, S, H * d)
 
 
+# [guide:self-attention]
 def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start=0):
     """Causal multi-head self-attention of ``x [N, S, D]``.
 
@@ -199,8 +216,10 @@ def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start
         mask = key_pos[None, :] <= start + jnp.arange(S)[:, None]  # [S, max_seq_len]
     out = _merge_heads(attend(q, k, v, mask))
     return dense(out, p["wo"]), cache
+# [/guide]
 
 
+# [guide:block]
 def mlp(p: Params, x: jax.Array) -> jax.Array:
     """Position-wise feed-forward network ``GELU(x W_1 + b_1) W_2 + b_2``."""
     return dense(jax.nn.gelu(dense(x, p["w1"]) + p["b1"]), p["w2"]) + p["b2"]
@@ -212,6 +231,7 @@ def block(p: Params, x: jax.Array, config: GPTConfig, cache=None, start=0):
     x = x + a
     x = x + mlp(p["mlp"], layer_norm(x, p["ln2"]))
     return x, cache
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +262,7 @@ def check_tokens(tokens, config: GPTConfig, *, name: str = "tokens", max_len: in
             )
 
 
+# [guide:forward]
 def embed(params: Params, tokens: jax.Array, start=0) -> jax.Array:
     """Token plus learned position embeddings for tokens at positions ``start ..``: ``[N, S, D]``."""
     S = tokens.shape[1]
@@ -280,6 +301,7 @@ def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidd
     x, _ = jax.lax.scan(layer, x, params["blocks"], unroll=True)
     logits, hidden = unembed(params, x)
     return (logits, hidden) if return_hidden else logits
+# [/guide]
 
 
 def init_cache(config: GPTConfig, batch_size: int):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 
+# [guide:masked-mean]
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     """Sum of ``x`` over the entries where ``mask`` is 1 (``mask`` broadcastable to ``x``)."""
     return jnp.sum(jnp.where(mask.astype(bool), x, 0.0), axis=axis)
@@ -25,16 +26,21 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     mask = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
     count = jnp.sum(mask, axis=axis)
     return masked_sum(x, mask, axis) / jnp.maximum(count, 1.0)
+# [/guide]
 
 
+# [guide:log-probs]
 def log_probs_from_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """``log softmax(logits)[target]`` for every position: ``[..., V], [...] -> [...]``.
 
-    Computed as ``logit[target] - logsumexp(logits)``, which stays finite for logits of any
-    size (no probability is ever formed and then logged).
+    The negative of the softmax cross-entropy with integer labels (book Appendix A.1,
+    eq. 142). Computed as ``logit[target] - logsumexp(logits)``, which stays finite for
+    logits of any size (no probability is ever formed and then logged).
     """
+    # BEGIN SOLUTION
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
+    # END SOLUTION
 
 
 def next_token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -52,3 +58,4 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> ja
     ``mask [N, T]`` marks tokens that count *as targets*; position 0 is never a target.
     """
     return -masked_mean(next_token_log_probs(logits, tokens), mask[:, 1:])
+# [/guide]

@@ -46,13 +46,19 @@ class Generation(NamedTuple):
     mask: jax.Array
 
 
+# [guide:sample-token]
 def sample_token(key, logits, temperature, top_k: int = 0):
     """Sample one token per row from ``logits [N, V]``; return ``(tokens [N], logprobs [N])``.
 
-    ``top_k > 0`` keeps only the ``k`` largest logits; ``temperature == 0`` picks the argmax.
-    The returned log-probability is under ``softmax(logits / temperature)`` without the top-k
-    cut (``temperature = 1`` when greedy), see the module docstring.
+    Temperature sampling draws from ``softmax(logits / temperature)``: below 1 it sharpens the
+    distribution, above 1 it flattens it. ``top_k > 0`` (a Python int) keeps only the ``k``
+    largest logits; ``temperature == 0`` picks the argmax. ``temperature`` may be a traced
+    scalar under ``jit``, so branch with ``jnp.where``, not ``if``. The returned
+    log-probability is under ``softmax(logits / temperature)`` without the top-k cut
+    (``temperature = 1`` when greedy): exactly what a trainer recomputes from the finished
+    sequence, so PPO's ratio is 1 on-policy.
     """
+    # BEGIN SOLUTION
     tau = jnp.where(temperature > 0, temperature, 1.0)
     scaled = logits / tau
     candidates = scaled
@@ -62,6 +68,8 @@ def sample_token(key, logits, temperature, top_k: int = 0):
     sampled = jax.random.categorical(key, candidates, axis=-1)
     tokens = jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
     return tokens, log_probs_from_logits(scaled, tokens)
+    # END SOLUTION
+# [/guide]
 
 
 def _decode(next_logits: Callable, state, prompts, prompt_lengths, key, temperature, *,

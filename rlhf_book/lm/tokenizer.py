@@ -79,6 +79,7 @@ def encode_document(text: str) -> list[int]:
     return [BOS, *encode(text), EOT]
 
 
+# [guide:chat-template]
 def render_chat(
     messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False
 ) -> tuple[list[int], list[int]]:
@@ -111,6 +112,7 @@ def render_chat(
         ids.append(ASSISTANT)
         mask.append(0)
     return ids, mask
+# [/guide]
 
 
 def render_prompt(user: str, system: str | None = None) -> list[int]:

@@ -72,6 +72,7 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+# [guide:optimizer]
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """AdamW with global-norm gradient clipping and a linear-warmup cosine schedule."""
     warmup = min(config.warmup_steps, config.steps // 2)  # short runs still get a decay phase
@@ -119,6 +120,7 @@ def make_train_chunk(loss_fn: Callable, sample_batch: Callable, n_steps: int) ->
         return jax.lax.scan(body, state, jax.random.split(key, n_steps))
 
     return jax.jit(chunk)
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,10 +139,12 @@ def sample_windows(key, stream: jax.Array, batch_size: int, seq_len: int) -> jax
     return jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(stream, s, seq_len))(starts)
 
 
+# [guide:lm-loss]
 def lm_loss(params, tokens, config: gpt.GPTConfig):
     """Next-token cross-entropy of a causal LM over every position of ``tokens [N, T]``."""
     logits = gpt.forward(params, tokens, config)
     return next_token_loss(logits, tokens, jnp.ones(tokens.shape)), {}
+# [/guide]
 
 
 def pretrain(

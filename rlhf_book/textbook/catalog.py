@@ -1,0 +1,142 @@
+"""The table of contents: which chapters exist, and which exercises each one sets.
+
+Everything else in :mod:`rlhf_book.textbook` reads this catalogue: the stub generator (which
+library functions to turn into exercises), the grader (which check grades which exercise),
+the guide sync and the notebook runner (which files belong to a chapter).
+
+An exercise is a library function whose body, or part of it, sits between
+``# BEGIN SOLUTION`` and ``# END SOLUTION``. Its stub in ``exercises/<chapter>.py`` keeps the
+signature and docstring and raises ``NotImplementedError`` in place of the solution; its
+grading check lives in ``rlhf_book.textbook.checks.<chapter>`` under the function's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pathlib
+from typing import Callable
+
+import rlhf_book
+
+PACKAGE_DIR = pathlib.Path(rlhf_book.__file__).resolve().parent
+
+
+def project_root() -> pathlib.Path:
+    """The repository checkout: the folder above the package, where ``notebooks/``,
+    ``chapters/``, ``exercises/`` and ``figures/`` live."""
+    return PACKAGE_DIR.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Exercise:
+    """One graded exercise.
+
+    ``id`` is ``"<chapter number>.<k>"`` (e.g. ``"0.1"``, ``"6.3"``); ``target`` names the
+    reference implementation as ``"module:function"``; ``section`` is where the book (or a
+    lecture) explains it, quoted in every hint; ``timeout`` bounds one grading run in seconds.
+    """
+
+    id: str
+    title: str
+    target: str
+    section: str
+    timeout: float = 60.0
+
+    @property
+    def module(self) -> str:
+        return self.target.split(":")[0]
+
+    @property
+    def function(self) -> str:
+        return self.target.split(":")[1]
+
+    @property
+    def chapter(self) -> "Chapter":
+        return chapter_of(self.id)
+
+    def reference(self) -> Callable:
+        """The library's own implementation."""
+        return getattr(importlib.import_module(self.module), self.function)
+
+    def checker(self) -> Callable[[Callable], None]:
+        """``check(fn)``: returns quietly when ``fn`` is correct, raises ``AssertionError``
+        with the first mismatch otherwise."""
+        checks = importlib.import_module(f"rlhf_book.textbook.checks.{self.chapter.key}")
+        return getattr(checks, self.function)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chapter:
+    """A chapter: its number, its slug (``ch06_policy_gradients``), what it covers, and its
+    exercises. The notebook, guide and stub file are named after the slug."""
+
+    number: int
+    slug: str
+    title: str
+    sections: str
+    exercises: tuple[Exercise, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"ch{self.number:02d}_{self.slug}"
+
+    @property
+    def short(self) -> str:
+        return f"ch{self.number:02d}"
+
+    def notebook(self, root: pathlib.Path | None = None) -> pathlib.Path:
+        return (root or project_root()) / "notebooks" / f"{self.key}.ipynb"
+
+    def guide(self, root: pathlib.Path | None = None) -> pathlib.Path:
+        return (root or project_root()) / "chapters" / f"{self.key}.md"
+
+    def stub_file(self, exercises_dir: pathlib.Path | None = None) -> pathlib.Path:
+        return (exercises_dir or project_root() / "exercises") / f"{self.key}.py"
+
+
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter(
+        0, "mini_gpt", "The mini GPT: the substrate every chapter trains",
+        "Appendix A.1 (language modelling, eqs. 141-142); the lectures' numpy mini GPT "
+        "(seed 003) and token policy (seed 000)",
+        exercises=(
+            Exercise("0.1", "the causal mask", "rlhf_book.lm.gpt:causal_mask",
+                     "book App. A.1, eq. 141"),
+            Exercise("0.2", "scaled dot-product attention", "rlhf_book.lm.gpt:attend",
+                     "ch00 guide, 'Attention'"),
+            Exercise("0.3", "log-probs from logits (softmax cross-entropy)",
+                     "rlhf_book.lm.ops:log_probs_from_logits", "book App. A.1, eq. 142"),
+            Exercise("0.4", "temperature and top-k sampling",
+                     "rlhf_book.lm.sampling:sample_token", "ch00 guide, 'Sampling'"),
+        ),
+    ),
+)
+
+
+def get_chapter(name: str | int) -> Chapter:
+    """Look a chapter up by number (``6``), short name (``ch06``) or full key."""
+    for chapter in CHAPTERS:
+        if name in (chapter.number, chapter.short, chapter.key, str(chapter.number)):
+            return chapter
+    known = ", ".join(c.short for c in CHAPTERS)
+    raise ValueError(f"chapter must be one of {known}, got {name!r}")
+
+
+def all_exercises() -> dict[str, Exercise]:
+    """Every exercise of every chapter, by id, in book order."""
+    return {e.id: e for chapter in CHAPTERS for e in chapter.exercises}
+
+
+def get_exercise(exercise_id: str) -> Exercise:
+    exercises = all_exercises()
+    if exercise_id not in exercises:
+        raise ValueError(f"exercise id must be one of {sorted(exercises)}, got {exercise_id!r}")
+    return exercises[exercise_id]
+
+
+def chapter_of(exercise_id: str) -> Chapter:
+    for chapter in CHAPTERS:
+        if any(e.id == exercise_id for e in chapter.exercises):
+            return chapter
+    raise ValueError(f"no chapter sets an exercise with id {exercise_id!r}")

@@ -1,0 +1,113 @@
+"""The figure registry: every figure of the book's notebooks, regenerable without Jupyter.
+
+A figure function computes its own data (or takes data a notebook already computed), draws
+it, and returns a :class:`FigureResult`: the matplotlib figure plus the key numbers behind it.
+``rlhf-book figures [chNN]`` calls every registered function with no arguments and writes
+``figures/<name>.png`` and ``figures/manifest.json`` (the numbers, the caption, the chapter).
+Notebooks call the same functions, so the PNGs and the notebooks show the same pictures.
+
+Figures are built with ``matplotlib.figure.Figure`` (not ``pyplot``): no global state, no
+figure left open, safe to call in a loop. A :class:`FigureResult` displays itself in Jupyter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import io
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+from matplotlib.figure import Figure
+
+from rlhf_book.textbook.catalog import CHAPTERS, get_chapter, project_root
+
+
+@dataclasses.dataclass
+class FigureResult:
+    """A drawn figure and the numbers it shows (JSON-serialisable scalars and short lists)."""
+
+    figure: Figure
+    numbers: dict[str, Any]
+
+    def _repr_png_(self) -> bytes:  # Jupyter shows the figure when a cell returns this
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        return buffer.getvalue()
+
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    chapter: str  # "ch00"
+    caption: str
+    function: Callable[..., FigureResult]
+
+REGISTRY: dict[str, FigureSpec] = {}
+
+def figure(name: str, chapter: str, caption: str):
+    """Register a figure function under ``name`` (also the PNG's file name)."""
+
+    def register(function):
+        if name in REGISTRY and REGISTRY[name].function.__qualname__ != function.__qualname__:
+            raise ValueError(f"figure name {name!r} is registered twice")
+        REGISTRY[name] = FigureSpec(name, chapter, caption, function)
+        return function
+
+    return register
+
+def load_all() -> dict[str, FigureSpec]:
+    """Import every chapter's figure module (which registers its figures)."""
+    for chapter in CHAPTERS:
+        try:
+            importlib.import_module(f"rlhf_book.textbook.figures.{chapter.key}")
+        except ModuleNotFoundError as err:
+            if err.name != f"rlhf_book.textbook.figures.{chapter.key}":
+                raise
+    return REGISTRY
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+def write_figures(chapters=None, out_dir: pathlib.Path | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """Draw every registered figure of ``chapters`` (default all) into ``out_dir``
+    (default ``figures/``); update ``manifest.json`` there. Returns the new manifest entries."""
+    out_dir = pathlib.Path(out_dir or project_root() / "figures")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {get_chapter(c).short for c in chapters} if chapters else None
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    entries = {}
+    for spec in load_all().values():
+        if wanted and spec.chapter not in wanted:
+            continue
+        if progress:
+            progress(spec.name)
+        start = time.perf_counter()
+        result = spec.function()
+        png = out_dir / f"{spec.name}.png"
+        tmp = png.with_suffix(".png.tmp")
+        result.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        tmp.replace(png)
+        entries[spec.name] = {
+            "chapter": spec.chapter,
+            "file": png.name,
+            "caption": spec.caption,
+            "numbers": _jsonable(result.numbers),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    manifest.update(entries)
+    tmp = manifest_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    tmp.replace(manifest_path)
+    return entries

@@ -1,0 +1,232 @@
+"""Exercise stubs, generated from the library's solution regions.
+
+In library code an exercise's solution sits between two comment lines::
+
+    def causal_mask(t: int) -> jax.Array:
+        \"\"\"...docstring...\"\"\"
+        # BEGIN SOLUTION
+        return jnp.tril(jnp.ones((t, t), dtype=bool))
+        # END SOLUTION
+
+:func:`stub_source` turns every exercise of a chapter into a function with the same signature
+and docstring whose solution region is replaced by ``raise NotImplementedError(...)`` naming
+the exercise and the book section. Code outside the region (input checks, say) is kept.
+
+Each generated file ends with a fingerprint line, the SHA-256 of everything above it. A file
+whose fingerprint still matches is untouched and can be regenerated safely; a file that no
+longer matches has been edited by a reader, and :func:`write_stubs` leaves it alone unless
+forced.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import pathlib
+import re
+import textwrap
+
+from rlhf_book.textbook.catalog import CHAPTERS, PACKAGE_DIR, Chapter, Exercise
+
+BEGIN = "# BEGIN SOLUTION"
+END = "# END SOLUTION"
+FINGERPRINT = "# stub fingerprint: "
+
+
+def solution_regions(source: str, filename: str = "<source>") -> list[tuple[int, int]]:
+    """``(begin, end)`` 0-based line numbers of every ``BEGIN``/``END SOLUTION`` pair.
+
+    Raises ``ValueError`` (with file and line) for an unpaired or nested marker.
+    """
+    regions, begin = [], None
+    for n, line in enumerate(source.splitlines()):
+        marker = line.strip()
+        if marker == BEGIN:
+            if begin is not None:
+                raise ValueError(f"{filename}:{n + 1}: nested '{BEGIN}' (open since line {begin + 1})")
+            begin = n
+        elif marker == END:
+            if begin is None:
+                raise ValueError(f"{filename}:{n + 1}: '{END}' without a '{BEGIN}'")
+            regions.append((begin, n))
+            begin = None
+    if begin is not None:
+        raise ValueError(f"{filename}:{begin + 1}: '{BEGIN}' is never closed")
+    return regions
+
+
+def _module_source(module: str) -> tuple[str, ast.Module, str]:
+    path = pathlib.Path(importlib.import_module(module).__file__)
+    source = path.read_text()
+    return source, ast.parse(source), str(path.relative_to(PACKAGE_DIR.parent))
+
+
+def _function_node(tree: ast.Module, name: str, where: str) -> ast.FunctionDef:
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise ValueError(f"{where}: no top-level function named {name!r}")
+
+
+def _not_implemented(exercise: Exercise, indent: str) -> str:
+    message = (f"Exercise {exercise.id} ({exercise.title}; {exercise.section}) is not started: "
+               f"replace this line with your solution.")
+    return f"{indent}raise NotImplementedError({message!r})"
+
+
+def stub_function(exercise: Exercise) -> str:
+    """The stub of one exercise: the library function with its solution region replaced."""
+    source, tree, where = _module_source(exercise.module)
+    node = _function_node(tree, exercise.function, where)
+    first = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
+    last = node.end_lineno  # exclusive, 0-based
+    lines = source.splitlines()
+    # A closing comment after the last statement lies outside the AST node's span.
+    inside = [r for r in solution_regions(source, where) if first <= r[0] < last]
+    if len(inside) != 1:
+        raise ValueError(f"{where}: {exercise.function} (exercise {exercise.id}) must contain "
+                         f"exactly one solution region, found {len(inside)}")
+    (begin, end), = inside
+    last = max(last, end + 1)
+    indent = re.match(r"\s*", lines[begin]).group(0)
+    body = lines[first:begin] + [_not_implemented(exercise, indent)] + lines[end + 1:last]
+    return "\n".join(body)
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+# Always importable in a stub, whether or not the reference solution uses them.
+_ALWAYS = ("import jax", "import jax.numpy as jnp", "import numpy as np")
+
+
+def _import_lines(node: ast.Import | ast.ImportFrom, used: set[str]) -> list[str]:
+    """The part of an import statement that binds names in ``used``, as source lines."""
+    def bound(alias):
+        return alias.asname or alias.name.split(".")[0]
+
+    aliases = [a for a in node.names if bound(a) in used]
+    if not aliases:
+        return []
+    names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in aliases)
+    if isinstance(node, ast.Import):
+        return [f"import {a.name}" + (f" as {a.asname}" if a.asname else "") for a in aliases]
+    return [f"from {'.' * node.level}{node.module or ''} import {names}"]
+
+
+def _imports(chapter: Chapter) -> list[str]:
+    """Import lines a stub file needs: the source modules' imports that the exercise functions
+    use, then the modules' own top-level names they use (helpers, constants, type aliases).
+
+    A name that is itself an exercise of the chapter is not imported: the stub defines it, so
+    a later exercise that calls an earlier one runs the reader's version.
+    """
+    own = {e.function for e in chapter.exercises}
+    outside, library = list(_ALWAYS), []
+    for exercise in chapter.exercises:
+        source, tree, where = _module_source(exercise.module)
+        used = _names_used(_function_node(tree, exercise.function, where)) - own
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "module", "") != "__future__":
+                for line in _import_lines(node, used):
+                    (library if "rlhf_book" in line else outside).append(line)
+        needed = sorted(used & _top_level_names(tree))
+        if needed:
+            library.append(f"from {exercise.module} import {', '.join(needed)}")
+    outside = sorted(dict.fromkeys(outside), key=lambda line: (line.startswith("from"), line))
+    return ["from __future__ import annotations", "", *outside, "", *dict.fromkeys(library)]
+
+
+def _header(chapter: Chapter) -> str:
+    ids = ", ".join(f"{e.id} {e.title}" for e in chapter.exercises)
+    return textwrap.dedent(f'''\
+        """Exercises of chapter {chapter.number}: {chapter.title}.
+
+        Book: {chapter.sections}.
+        Exercises: {ids}.
+
+        Write each function body where it raises ``NotImplementedError``, then grade your work:
+
+            rlhf-book grade {chapter.short}              # a table: passed / failing / not started
+            pytest tests/test_grading.py --impl=exercises -k "{chapter.number}."
+
+        or, from a notebook, ``from rlhf_book.textbook import check; check("{chapter.exercises[0].id}", fn)``.
+        The chapter guide chapters/{chapter.key}.md explains each function; the reference
+        solution is in the library (the function of the same name), so read it only after trying.
+
+        This file was generated by ``rlhf-book exercises`` from the library's solution regions.
+        """
+        ''')
+
+
+def stub_source(chapter: Chapter) -> str:
+    """The full text of ``exercises/<chapter>.py``, fingerprint line included."""
+    parts = [_header(chapter), "\n".join(_imports(chapter))]
+    parts += [stub_function(e) for e in chapter.exercises]
+    body = "\n\n\n".join(part.rstrip("\n") for part in parts) + "\n"
+    return body + f"\n{FINGERPRINT}{_digest(body + chr(10))}\n"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_edited(text: str) -> bool:
+    """Whether a stub file's content no longer matches its own fingerprint line."""
+    body, sep, tail = text.rpartition(FINGERPRINT)
+    return not sep or tail.strip() != _digest(body)
+
+
+def library_solution_regions() -> dict[str, list[tuple[int, int]]]:
+    """Every solution region in the package, by file (relative to the repository)."""
+    regions = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if "textbook" in path.relative_to(PACKAGE_DIR).parts:
+            continue  # this machinery mentions the markers in its own text
+        found = solution_regions(path.read_text(), str(path))
+        if found:
+            regions[str(path.relative_to(PACKAGE_DIR.parent))] = found
+    return regions
+
+
+def write_stubs(chapters=CHAPTERS, exercises_dir: pathlib.Path | None = None, *,
+                force: bool = False) -> dict[str, str]:
+    """Regenerate the stub files; returns ``{path: what happened}``.
+
+    A file that a reader has edited (its fingerprint no longer matches) is kept unless
+    ``force``: regenerating must never erase someone's work.
+    """
+    report = {}
+    for chapter in chapters:
+        if not chapter.exercises:
+            continue
+        path = chapter.stub_file(exercises_dir)
+        new = stub_source(chapter)
+        if path.exists():
+            old = path.read_text()
+            if old == new:
+                report[str(path)] = "up to date"
+                continue
+            if is_edited(old) and not force:
+                report[str(path)] = "kept: edited by you (use --force to overwrite)"
+                continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".py.tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+        report[str(path)] = "written"
+    return report
