@@ -106,18 +106,20 @@ def causal_mask(size: int = 12, text: str = "The capital of France is Paris.",
 def parameter_count(config: gpt.GPTConfig | None = None) -> FigureResult:
     config = config or gpt.GPTConfig()
     shapes = jax.eval_shape(lambda: gpt.init_params(jax.random.PRNGKey(0), config))
-    groups: dict[str, int] = {}
+    order = ["tok_emb", "pos_emb", "blocks/ln1", "blocks/attn", "blocks/ln2", "blocks/mlp", "ln_f"]
+    groups: dict[str, int] = dict.fromkeys(order, 0)
     for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
         keys = [p.key for p in path]
         name = "/".join(keys[:2]) if keys[0] == "blocks" else keys[0]
-        groups[name] = groups.get(name, 0) + int(np.prod(leaf.shape))
+        groups[name] += int(np.prod(leaf.shape))
     total = sum(groups.values())
     lesson = total - (config.vocab_size - tokenizer.N_BYTES) * config.d_model
 
     fig = Figure(figsize=(6.5, 3))
     ax = fig.add_subplot()
-    names = list(groups)[::-1]
-    ax.barh(names, [groups[n] for n in names], color="tab:blue")
+    names = order[::-1]  # the model's order, top to bottom
+    labels = [f"{n} (x{config.n_layers} layers)" if n.startswith("blocks") else n for n in names]
+    ax.barh(labels, [groups[n] for n in names], color="tab:blue")
     for i, n in enumerate(names):
         ax.text(groups[n], i, f" {groups[n]:,}", va="center", fontsize=8)
     ax.set(xlabel="parameters", xlim=(0, max(groups.values()) * 1.25),
