@@ -81,13 +81,14 @@ def _jsonable(value):
 def write_figures(chapters=None, out_dir: pathlib.Path | None = None,
                   progress: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Draw every registered figure of ``chapters`` (default all) into ``out_dir``
-    (default ``figures/``); update ``manifest.json`` there. Returns the new manifest entries."""
+    (default ``figures/``); update ``manifest.json`` there. Returns the new manifest entries,
+    each with the seconds it took (kept out of the manifest, so regenerating changes nothing)."""
     out_dir = pathlib.Path(out_dir or project_root() / "figures")
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = {get_chapter(c).short for c in chapters} if chapters else None
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    entries = {}
+    entries, seconds = {}, {}
     for spec in load_all().values():
         if wanted and spec.chapter not in wanted:
             continue
@@ -104,10 +105,10 @@ def write_figures(chapters=None, out_dir: pathlib.Path | None = None,
             "file": png.name,
             "caption": spec.caption,
             "numbers": _jsonable(result.numbers),
-            "seconds": round(time.perf_counter() - start, 1),
         }
+        seconds[spec.name] = round(time.perf_counter() - start, 1)
     manifest.update(entries)
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
     tmp.replace(manifest_path)
-    return entries
+    return {name: {**entry, "seconds": seconds[name]} for name, entry in entries.items()}
