@@ -9,8 +9,9 @@ chapter closes with the canonical post-training recipes (§3.3).
 
 Map of this module, in the book's order:
 
-* §3.1, eq. 2 -- returns: :func:`discounted_return` (one number per trajectory) and
-  :func:`discounted_returns` (the return-to-go ``G_t`` at every step, a backwards ``lax.scan``).
+* §3.1, eq. 2 (and §6.1, eqs. 24-25) -- returns: :func:`discounted_return` (one number per
+  trajectory) and :func:`discounted_returns` (the return-to-go ``G_t`` at every step, a
+  backwards ``lax.scan``).
 * §3.1.1, eq. 3 -- the thermostat: :class:`ThermostatConfig`, :func:`thermostat_reward`,
   :func:`thermostat_step`, the policy family :func:`threshold_policy` / :class:`ThresholdPolicy`,
   :func:`rollout_thermostat` and :func:`compare_thermostat_policies`.
@@ -36,9 +37,12 @@ Errata and choices where the book is silent (each also in the docstring concerne
   follow eqs. 1-2: a trajectory of ``T`` steps has rewards ``r_0..r_{T-1}``.
 * The discount factor: L474 says "between 0 and 1", A.4 (L5156) says ``0 <= gamma < 1`` while
   also calling ``gamma = 1`` "no discount", which RLHF uses (L545). We accept ``gamma in [0, 1]``.
-* The return-to-go starts at the current step: ``G_t = sum_{k >= t} gamma^(k-t) r_k``. The
-  seed's §5.7 (L1191, L1193) writes ``sum_{k > t}``, which drops the current reward and starts
-  the discount at ``gamma^1``; upstream has ``k >= t`` (reference notes, errata list #1).
+* Returns, eqs. 24-25 (ch. 6, seed L1321-L1327; reference notes ch. 6, E1): the seed's
+  ``G_t = R_{t+1} + gamma R_{t+2} + ...`` uses Sutton-Barto's reward index, inconsistent with
+  the ``r_t``-at-time-``t`` convention of eq. 2 and the rest of the book, and calls the exact
+  recursion ``G_t = gamma G_{t+1} + R_{t+1}`` an "estimate". We implement the corrected
+  ``G_t = sum_k gamma^k r_{t+k}``, ``G_t = r_t + gamma G_{t+1}`` (as upstream). The same slip
+  is in §5.7 (L1191, L1193: ``sum_{k > t}`` for ``sum_{k >= t}``; errata list #1).
 * The thermostat's dynamics are not given numerically (L501); we use the reference notes'
   Newton-cooling model (see :class:`ThermostatConfig`).
 * CartPole's constants are not given (only 2.4 and 12 degrees); we use Gym ``CartPole-v1``'s.
@@ -55,7 +59,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
@@ -109,23 +112,27 @@ def discounted_return(rewards: jax.Array, gamma: float) -> jax.Array:
 
 # [guide:discounted-returns]
 def discounted_returns(rewards: jax.Array, gamma: float, dones: jax.Array | None = None) -> jax.Array:
-    """The return-to-go at every step, ``G_t = sum_{k >= t} gamma^(k - t) r_k`` (book §3.1, eq. 2).
+    """The return-to-go at every step, ``G_t = sum_{k >= 0} gamma^k r_{t+k}`` (book §6.1,
+    eqs. 24-25, corrected; ``G_0`` is the return inside §3.1's eq. 2).
 
     Shapes: ``rewards [T]`` or ``[B, T]`` (time last); ``dones`` (optional) the same shape,
     1/True on the *last* step of an episode, so that several episodes laid end to end in one
     row do not leak into each other's returns; returns the same shape as ``rewards``.
 
-    Computed backwards with one ``lax.scan`` over time, from the recursion
-    ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` with ``G_T = 0``. ``G_0`` is eq. 2's
-    discounted return of the trajectory; ``G_t`` is the weight REINFORCE puts on
-    ``log pi(a_t | s_t)`` (book §6.1.3, eq. 45).
+    Computed backwards with one ``lax.scan`` over time, from the exact recursion
+    ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` with ``G_T = 0``. ``G_t`` is the weight
+    REINFORCE puts on ``log pi(a_t | s_t)`` (book §6.1.3, eq. 45). ``gamma`` in [0, 1].
 
-    Erratum (eqs. 1-2 and §5.7, L1191/L1193): the seed writes the remaining return as
-    ``sum_{k > t} gamma^(k - t) r_k``, which drops the current reward ``r_t`` and starts the
-    discount at ``gamma^1``; the correct sum (and upstream's) runs over ``k >= t``, and is what
-    this function computes. Eq. 2's horizon is ``t = 0..T-1`` (Appendix A.4 and eq. 145 write
-    ``T``); we follow eq. 2. ``gamma`` must lie in [0, 1] (L474 says "between 0 and 1";
-    A.4 says ``0 <= gamma < 1`` yet calls ``gamma = 1`` "no discount", the RLHF setting).
+    Erratum (eqs. 24-25, seed L1321-L1327; reference notes ch. 6, E1): the seed writes
+    ``G_t = R_{t+1} + gamma R_{t+2} + ... = sum_k gamma^k R_{t+k+1}`` (eq. 24, Sutton-Barto's
+    indexing, the reward *after* acting at ``t``), which is inconsistent with the rest of the
+    book (eqs. 2, 29, 41, 75-77, Appendix A), where ``r_t`` is the reward at time ``t``; and it
+    says the return "can be *estimated* as" ``G_t = gamma G_{t+1} + R_{t+1}`` (eq. 25), which
+    is an exact recursion, not an estimate. Corrected (as upstream): ``G_t = sum_k gamma^k
+    r_{t+k}`` and ``G_t = r_t + gamma G_{t+1}``. The same slip appears in §5.7 (L1191, L1193:
+    ``sum_{k > t}`` for ``sum_{k >= t}``). On ``gamma``: §3.1 (L474) and ch. 6 say
+    ``gamma in [0, 1]``, Appendix A.4 says ``0 <= gamma < 1`` but allows "sometimes
+    ``gamma = 1``" (E34); RLHF uses ``gamma = 1`` (L545), so [0, 1] is accepted.
     """
     _check_unit_interval(gamma, "gamma")
     rewards = _as_float_array(rewards, "rewards")
@@ -220,8 +227,13 @@ def threshold_policy(temperature: jax.Array, low: float, high: float) -> jax.Arr
     With ``low == high == 70`` this is the book's eq. 3 (on iff ``T < 70 °F``). A family of
     threshold rules, parameterised so that a learner can tune it: the ramp makes the policy
     stochastic (and differentiable in its parameters) between the two temperatures.
-    ``low = high = +inf`` is "always on", ``-inf`` "always off".
+    ``low = high = +inf`` is "always on", ``-inf`` "always off". Requires ``low <= high``.
     """
+    try:
+        if float(low) > float(high):
+            raise ValueError(f"low must be <= high, got low={float(low)}, high={float(high)}")
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        pass  # traced under jit: not checkable
     temperature = jnp.asarray(temperature, jnp.float32)
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
     width = high - low
@@ -491,9 +503,13 @@ class REINFORCEConfig:
     an MLP with ``hidden`` tanh units; ``baseline`` subtracts the mean return-to-go of the
     batch at each step (over the episodes still running then), or nothing.
 
-    The defaults learn visibly in seconds: on a 2-core CPU, 16 seeds vmapped take ~20 s
-    (compile included) and raise the mean episode length from ~22 steps to ~140 (see
-    ``tests/test_ch03_training_overview.py`` for the measured numbers).
+    The defaults solve CartPole in seconds. Measured on a 2-core CPU,
+    ``jax.jit(jax.vmap(make_train(REINFORCEConfig())))`` on 16 seeds
+    (``jax.random.split(jax.random.PRNGKey(0), 16)``) takes 8 s, about 5.5 s of it compiling;
+    the mean episode length over the 16 seeds goes 24.3 (iteration 1; a random policy lasts
+    ~22 steps) -> 47 (10) -> 179 (30) -> 426 (50) -> 496 (80), and every seed averages at
+    least 488 over the last five iterations (500 is the cap). Without the baseline the same
+    run ends at ~440 with the worst seed near 240.
     """
 
     iterations: int = 80
@@ -592,7 +608,7 @@ def rlhf_objective(rewards: jax.Array, logp_policy: jax.Array, logp_ref: jax.Arr
     logp_policy, logp_ref, mask = map(jnp.asarray, (logp_policy, logp_ref, mask))
     if rewards.ndim != 1:
         raise ValueError(f"rewards must have shape [B], got shape {rewards.shape}")
-    if logp_policy.shape != (rewards.shape[0], logp_policy.shape[-1]) or logp_policy.ndim != 2:
+    if logp_policy.ndim != 2 or logp_policy.shape[0] != rewards.shape[0]:
         raise ValueError(f"logp_policy must have shape [B={rewards.shape[0]}, T], "
                          f"got shape {logp_policy.shape}")
     for name, x in (("logp_ref", logp_ref), ("mask", mask)):

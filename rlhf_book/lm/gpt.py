@@ -195,10 +195,12 @@ def _merge_heads(x: jax.Array) -> jax.Array:
 
 
 # [guide:self-attention]
-def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start=0):
+def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start=0, mask=None):
     """Causal multi-head self-attention of ``x [N, S, D]``.
 
-    Without a cache the ``S`` tokens attend causally among themselves. With a cache
+    Without a cache the ``S`` tokens attend causally among themselves, or as ``mask``
+    (``[N, S, S]``, True = may attend) says when given: packed sequences pass a block-diagonal
+    causal mask so that no document sees another (chapter 4). With a cache
     ``(k, v)`` of shape ``[N, H, max_seq_len, d]``, the new tokens sit at positions
     ``start .. start+S-1``: their keys and values are written into the cache, and each attends
     to every cached position up to its own. Returns ``(out [N, S, D], new_cache or None)``.
@@ -207,7 +209,7 @@ def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start
     q, k, v = (_split_heads(dense(x, p[w]), H) for w in ("wq", "wk", "wv"))
     S = x.shape[1]
     if cache is None:
-        mask = causal_mask(S)
+        mask = causal_mask(S) if mask is None else mask[:, None]  # [N, 1, S, S]: every head
     else:
         k = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, start, 0))
         v = jax.lax.dynamic_update_slice(cache[1], v, (0, 0, start, 0))
@@ -225,9 +227,9 @@ def mlp(p: Params, x: jax.Array) -> jax.Array:
     return dense(jax.nn.gelu(dense(x, p["w1"]) + p["b1"]), p["w2"]) + p["b2"]
 
 
-def block(p: Params, x: jax.Array, config: GPTConfig, cache=None, start=0):
+def block(p: Params, x: jax.Array, config: GPTConfig, cache=None, start=0, mask=None):
     """One pre-norm transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))``."""
-    a, cache = self_attention(p["attn"], layer_norm(x, p["ln1"]), config, cache, start)
+    a, cache = self_attention(p["attn"], layer_norm(x, p["ln1"]), config, cache, start, mask)
     x = x + a
     x = x + mlp(p["mlp"], layer_norm(x, p["ln2"]))
     return x, cache
@@ -263,11 +265,38 @@ def check_tokens(tokens, config: GPTConfig, *, name: str = "tokens", max_len: in
 
 
 # [guide:forward]
-def embed(params: Params, tokens: jax.Array, start=0) -> jax.Array:
-    """Token plus learned position embeddings for tokens at positions ``start ..``: ``[N, S, D]``."""
+def embed(params: Params, tokens: jax.Array, start=0, positions=None) -> jax.Array:
+    """Token plus learned position embeddings: ``[N, S, D]``.
+
+    Tokens sit at positions ``start ..``, or at ``positions [N, S]`` when given (packed
+    sequences restart their positions at every document).
+    """
+    if positions is not None:
+        return params["tok_emb"][tokens] + params["pos_emb"][positions]
     S = tokens.shape[1]
-    positions = jax.lax.dynamic_slice_in_dim(params["pos_emb"], start, S, axis=0)
-    return params["tok_emb"][tokens] + positions
+    pos = jax.lax.dynamic_slice_in_dim(params["pos_emb"], start, S, axis=0)
+    return params["tok_emb"][tokens] + pos
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Position of each token within its segment: ``[N, T] -> [N, T]``, 0 at every segment start.
+
+    A segment is a run of equal ids, e.g. ``[1 1 1 2 2 0 0] -> [0 1 2 0 1 0 1]``.
+    """
+    T = segment_ids.shape[1]
+    t = jnp.arange(T)
+    is_start = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                                segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    start = jax.lax.cummax(jnp.where(is_start, t, 0), axis=1)
+    return t - start
+
+
+def segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """Block-diagonal causal mask ``[N, T, T]``: query ``i`` may attend to key ``j`` when
+    ``j <= i`` and both belong to the same segment (sequence packing, chapter 4)."""
+    T = segment_ids.shape[1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return same & causal_mask(T)[None]
 
 
 def unembed(params: Params, x: jax.Array):
@@ -276,7 +305,8 @@ def unembed(params: Params, x: jax.Array):
     return dense(h, params["tok_emb"].T), h
 
 
-def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidden: bool = False):
+def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidden: bool = False,
+            segment_ids: jax.Array | None = None):
     """Logits of the next token at every position.
 
     Args:
@@ -285,16 +315,27 @@ def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidd
         config: the model's :class:`GPTConfig` (static under ``jit``).
         return_hidden: also return the final hidden states ``[N, T, D]`` (after ``LN_f``), on
             which chapters 5 and 6 put their reward and value heads.
+        segment_ids: optional ``[N, T]`` ids of packed sequences (chapter 4). Each run of equal
+            ids is a separate document: it attends only within itself and its positions start
+            at 0, so its logits equal those of the document run alone.
 
     Returns:
         ``logits [N, T, V]`` where ``logits[:, t]`` scores token ``t + 1``; or
         ``(logits, hidden)`` with ``return_hidden=True``.
     """
     check_tokens(tokens, config)
-    x = embed(params, tokens)
+    mask = None
+    if segment_ids is None:
+        x = embed(params, tokens)
+    else:
+        if getattr(segment_ids, "shape", None) != tokens.shape:
+            raise ValueError(f"segment_ids must have the shape of tokens {tokens.shape}, "
+                             f"got {getattr(segment_ids, 'shape', None)}")
+        x = embed(params, tokens, positions=segment_positions(segment_ids))
+        mask = segment_mask(segment_ids)
 
     def layer(x, p):
-        return block(p, x, config)[0], None
+        return block(p, x, config, mask=mask)[0], None
 
     # unroll=True: one scan keeps the stacked-layer structure, but XLA:CPU differentiates the
     # unrolled loop ~30% faster than a rolled one (measured on the default config).

@@ -111,6 +111,36 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "rlhf_book.lm.sampling:sample_token", "ch00 guide, 'Sampling'"),
         ),
     ),
+    Chapter(
+        3, "training_overview", "Training overview: the RL problem under RLHF",
+        "book §3.1 problem formulation (eqs. 1-2), §3.1.1 thermostat (eq. 3), §3.1.2 CartPole "
+        "(eqs. 4-9), §3.1.4 the KL-regularised objective (eq. 11), §3.3 canonical recipes; "
+        "returns per §6.1 eqs. 24-25 (corrected) and REINFORCE per §6.1.3 eq. 45",
+        exercises=(
+            Exercise("3.1", "discounted returns-to-go",
+                     "rlhf_book.ch03_training_overview:discounted_returns",
+                     "book §3.1, eq. 2; §6.1, eqs. 24-25 (corrected)"),
+            Exercise("3.2", "one CartPole step (Euler, Gym CartPole-v1)",
+                     "rlhf_book.ch03_training_overview:cartpole_step", "book §3.1.2, eqs. 5-9"),
+            Exercise("3.3", "the REINFORCE loss",
+                     "rlhf_book.ch03_training_overview:reinforce_loss", "book §6.1.3, eq. 45"),
+        ),
+    ),
+    Chapter(
+        4, "instruction_tuning", "Instruction tuning (SFT)",
+        "book ch. 4 (§4.1 chat templates, §4.3 implementation details; App. A.1 eq. 142); "
+        "the lectures' SFT loss masking (seed 001)",
+        exercises=(
+            Exercise("4.1", "the book's chat templates (ChatML, Zephyr, Tulu)",
+                     "rlhf_book.ch04_instruction_tuning:apply_chat_template", "book §4.1"),
+            Exercise("4.2", "the loss mask: all assistant turns or the last",
+                     "rlhf_book.ch04_instruction_tuning:loss_mask_for", "book §4.3"),
+            Exercise("4.3", "the SFT loss (masked next-token NLL)",
+                     "rlhf_book.ch04_instruction_tuning:sft_loss", "book §4.3, App. A.1 eq. 142"),
+            Exercise("4.4", "sequence packing", "rlhf_book.ch04_instruction_tuning:pack_examples",
+                     "book §4.3"),
+        ),
+    ),
 )
 
 

@@ -136,7 +136,7 @@ def _imports(chapter: Chapter) -> list[str]:
     a later exercise that calls an earlier one runs the reader's version.
     """
     own = {e.function for e in chapter.exercises}
-    outside, library = list(_ALWAYS), []
+    outside, library, from_modules = list(_ALWAYS), [], {}
     for exercise in chapter.exercises:
         source, tree, where = _module_source(exercise.module)
         used = _names_used(_function_node(tree, exercise.function, where)) - own
@@ -144,9 +144,9 @@ def _imports(chapter: Chapter) -> list[str]:
             if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "module", "") != "__future__":
                 for line in _import_lines(node, used):
                     (library if "rlhf_book" in line else outside).append(line)
-        needed = sorted(used & _top_level_names(tree))
-        if needed:
-            library.append(f"from {exercise.module} import {', '.join(needed)}")
+        from_modules.setdefault(exercise.module, set()).update(used & _top_level_names(tree))
+    library += [f"from {module} import {', '.join(sorted(names))}"
+                for module, names in from_modules.items() if names]
     outside = sorted(dict.fromkeys(outside), key=lambda line: (line.startswith("from"), line))
     return ["from __future__ import annotations", "", *outside, "", *dict.fromkeys(library)]
 

@@ -1,7 +1,8 @@
 """Grading checks for chapter 3 (training overview).
 
 Oracles: plain Python loops in float64 written from the equations -- the return-to-go
-``G_t = sum_{k >= t} gamma^(k-t) r_k`` (book §3.1, eq. 2), a line-by-line transcription of Gym
+``G_t = sum_k gamma^k r_{t+k}`` (book §6.1, eqs. 24-25 as corrected, with the reward ``r_t``
+of step ``t`` counted undiscounted; ``G_0`` is §3.1's eq. 2), a line-by-line transcription of Gym
 ``CartPole-v1``'s ``step`` (book §3.1.2, eqs. 5-9, with its termination test), and the REINFORCE
 sum ``-(1/E) sum_e sum_t mask log pi (G - b)`` (book §6.1.3, eq. 45) -- plus the closed forms
 they must agree with (the plain sum at ``gamma = 1``, the geometric series for constant
