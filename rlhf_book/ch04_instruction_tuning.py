@@ -282,7 +282,7 @@ def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch:
     eval_fn = None
     if eval_batch is not None:
         evals = jax.tree.map(jnp.asarray, eval_batch)
-        eval_fn = jax.jit(lambda p: loss_fn(p, evals)[0])
+        eval_fn = jax.jit(lambda p, b: loss_fn(p, b)[0])
     history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_loss": []}
     key = jax.random.PRNGKey(seed)
     n_chunks = -(-tc.steps // tc.log_every)
@@ -293,7 +293,7 @@ def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch:
         history["loss"] += np.asarray(metrics["loss"]).tolist()
         if eval_fn is not None:
             history["eval_step"].append((c + 1) * tc.log_every)
-            history["eval_loss"].append(float(eval_fn(state.params)))
+            history["eval_loss"].append(float(eval_fn(state.params, evals)))
         bar.update(tc.log_every)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
     bar.close()

@@ -1,8 +1,9 @@
 """``rlhf-book pipeline``: the whole RLHF recipe on the synthetic world, stage by stage.
 
-Stage 1 (this module, book ch. 3): pretrain the mini GPT on the world's corpus. Later stages
-(SFT, reward model, RL / DPO, evaluation) are added by their chapters and reuse the cached
-checkpoints written here.
+Stage 1 (book ch. 3): pretrain the mini GPT on the world's corpus. Stage 2 (book ch. 4):
+supervised fine-tuning on chat demonstrations, then answers to held-out questions scored by
+the gold reward, next to the pretrained model's. Later stages (reward model, RL / DPO,
+evaluation) are added by their chapters and start from the SFT checkpoint.
 
 Every stage is cached under ``out_dir`` by a key that hashes everything that determines its
 result (model shape, optimisation settings, seed and the exact token stream), so a second run
@@ -22,6 +23,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer, train
 
@@ -43,6 +45,9 @@ class PipelineConfig:
     pretrain: train.TrainConfig = train.TrainConfig(steps=1200, batch_size=16)
     corpus_documents: int = 6000
     eval_fraction: float = 0.05
+    # SFT: 300 steps of 16 packed rows (~2 conversations each), ~45 s on a 2-core CPU.
+    sft: ch04.SFTConfig = ch04.SFTConfig()
+    eval_questions: int = 64  # held-out questions answered by each model
     seed: int = 0
     out_dir: str = "runs"
 
@@ -53,6 +58,9 @@ class PipelineConfig:
             pretrain=train.TrainConfig(steps=60, batch_size=8, seq_len=64, warmup_steps=10,
                                        log_every=20),
             corpus_documents=400,
+            sft=ch04.SFTConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
+                               n_demonstrations=200, log_every=10),
+            eval_questions=8,
             out_dir=out_dir,
         )
 
@@ -131,6 +139,66 @@ def pretrain_stage(config: PipelineConfig, *, fresh: bool = False, progress: boo
     return StageResult("pretrain", params, metrics, path, False, time.perf_counter() - start)
 
 
+def heldout_questions(config: PipelineConfig) -> list:
+    """The held-out questions every stage is evaluated on: facts no demonstration contains."""
+    heldout = data.split_questions(seed=config.seed)[1]
+    rng = np.random.default_rng(config.seed + 1)
+    pick = rng.choice(len(heldout), size=min(config.eval_questions, len(heldout)), replace=False)
+    return [heldout[i] for i in sorted(pick)]
+
+
+def evaluate_model(params, model_config: gpt.GPTConfig, questions) -> tuple[dict, list[str]]:
+    """Greedy answers to ``questions`` through the chat template, scored (ch. 4 evaluation)."""
+    answers, stopped = ch04.generate_answers(params, model_config, questions, max_new_tokens=64)
+    return ch04.evaluate_answers(questions, answers, stopped), answers
+
+
+def sft_stage(config: PipelineConfig, pretrained: StageResult, *, fresh: bool = False,
+              progress: bool = True, log: Callable[[str], None] = print) -> StageResult:
+    """Stage 2: fine-tune the pretrained model on chat demonstrations (book ch. 4), or load the
+    cached checkpoint. Conversations longer than the SFT rows are left out (and counted)."""
+    model_config = gpt.get_config(config.model)
+    sc = config.sft
+    conversations = data.sft_demonstrations(seed=config.seed, n=sc.n_demonstrations)
+    examples = [e for e in ch04.sft_examples(conversations, mask_prompt=sc.mask_prompt)
+                if len(e[0]) <= sc.seq_len]
+    n_eval = max(1, len(examples) // 20)
+    make = ch04.pack_examples if sc.packing else ch04.pad_examples
+    batch, eval_batch = make(examples[n_eval:], sc.seq_len), make(examples[:n_eval], sc.seq_len)
+    key = _cache_key(pretrained.path.name, dataclasses.asdict(sc), config.seed, batch.tokens,
+                     batch.loss_mask)
+    path = pathlib.Path(config.out_dir) / "checkpoints" / f"sft-{config.model}-{key}.msgpack"
+    start = time.perf_counter()
+    if path.exists() and not fresh:
+        params, meta = train.load_checkpoint(path)
+        log(f"[sft] loaded cached checkpoint {path}")
+        return StageResult("sft", params, meta["metrics"], path, True, time.perf_counter() - start)
+    log(f"[sft] {len(examples):,} of {len(conversations):,} demonstrations fit {sc.seq_len} "
+        f"tokens; {'packed' if sc.packing else 'padded'} into {batch.tokens.shape[0]:,} rows "
+        f"(+{eval_batch.tokens.shape[0]} held-out rows)")
+    params, history = ch04.train_sft(model_config, pretrained.params, sc, batch,
+                                     eval_batch=eval_batch, seed=config.seed, progress=progress)
+    metrics = {
+        "initial_loss": float(history["loss"][0]),
+        "final_train_loss": float(np.mean(history["loss"][-sc.log_every:])),
+        "final_eval_loss": float(history["eval_loss"][-1]),
+        "history": {k: np.asarray(v).tolist() for k, v in history.items()},
+        "train_seconds": time.perf_counter() - start,
+    }
+    train.save_checkpoint(path, params, {"model": dataclasses.asdict(model_config),
+                                         "stage": "sft", "metrics": metrics,
+                                         "pretrained": pretrained.path.name})
+    return StageResult("sft", params, metrics, path, False, time.perf_counter() - start)
+
+
+def _table(rows, log):
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        log("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if k == 0:
+            log("  " + "  ".join("-" * w for w in widths).rstrip())
+
+
 def plot_loss_curve(history: dict, path: pathlib.Path, title: str = "Pretraining the mini GPT"):
     """Save the per-step training loss (and held-out loss per chunk) as a PNG."""
     import matplotlib
@@ -170,18 +238,38 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     for prompt, b, a in zip(PRETRAIN_SAMPLE_PROMPTS, before, after):
         log(f"  {prompt!r}\n    before: {b[:60]!r}\n    after:  {a[:60]!r}")
 
-    m = stage.metrics
+    sft = sft_stage(config, stage, fresh=fresh, progress=progress, log=log)
+    sft_figure = plot_loss_curve(sft.metrics["history"], out / "figures" / "sft_loss.png",
+                                 title="SFT of the pretrained mini GPT (assistant tokens)")
+    questions = heldout_questions(config)
+    evaluation = {"pretrained": evaluate_model(stage.params, model_config, questions),
+                  "sft": evaluate_model(sft.params, model_config, questions)}
+    log(f"\nAnswers to held-out questions (greedy, through the chat template), "
+        "pretrained -> SFT:")
+    for k, q in enumerate(questions[:4]):
+        log(f"  {q.prompt!r} (gold: {q.answer})\n"
+            f"    pretrained: {evaluation['pretrained'][1][k][:60]!r}\n"
+            f"    sft:        {evaluation['sft'][1][k][:60]!r}")
+
     rows = [("stage", "params", "steps", "loss start", "train loss", "held-out loss", "time", "")]
-    rows.append(("pretrain", f"{gpt.count_params(stage.params):,}", str(config.pretrain.steps),
-                 f"{m['initial_loss']:.3f}", f"{m['final_train_loss']:.3f}",
-                 f"{m['final_eval_loss']:.3f}", f"{stage.seconds:.1f}s",
-                 "(cached)" if stage.cached else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    log("\nResults")
-    for k, r in enumerate(rows):
-        log("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if k == 0:
-            log("  " + "  ".join("-" * w for w in widths).rstrip())
-    log(f"\ncheckpoint: {stage.path}\nloss curve: {figure}\ntotal: {time.perf_counter() - t0:.1f}s")
-    return {"pretrain": stage, "samples_before": before, "samples_after": after,
-            "figure": figure}
+    for result, steps in ((stage, config.pretrain.steps), (sft, config.sft.steps)):
+        m = result.metrics
+        rows.append((result.name, f"{gpt.count_params(result.params):,}", str(steps),
+                     f"{m['initial_loss']:.3f}", f"{m['final_train_loss']:.3f}",
+                     f"{m['final_eval_loss']:.3f}", f"{result.seconds:.1f}s",
+                     "(cached)" if result.cached else ""))
+    log("\nResults (losses in nats per predicted token; SFT's count assistant tokens only)")
+    _table(rows, log)
+
+    rows = [("model", "gold reward", "accuracy", "answer bytes", "stops by itself")]
+    for name, (m, _) in evaluation.items():
+        rows.append((name, f"{m['gold_reward']:+.3f}", f"{m['accuracy']:.1%}",
+                     f"{m['answer_bytes']:.1f}", f"{m['stopped']:.0%}"))
+    log(f"\nHeld-out questions ({len(questions)} facts never in a demonstration; gold reward "
+        f"in [{data.GOLD_MIN}, {data.GOLD_MAX}])")
+    _table(rows, log)
+    log(f"\ncheckpoints: {stage.path}, {sft.path}\nloss curves: {figure}, {sft_figure}"
+        f"\ntotal: {time.perf_counter() - t0:.1f}s")
+    return {"pretrain": stage, "sft": sft, "samples_before": before, "samples_after": after,
+            "evaluation": {k: v[0] for k, v in evaluation.items()},
+            "figure": figure, "sft_figure": sft_figure}

@@ -18,23 +18,28 @@ def test_quick_pipeline_runs_then_loads_from_cache(tmp_path, capsys):
     out_dir = tmp_path / "runs"
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir)]) == 0
     first = capsys.readouterr().out
-    checkpoints = list((out_dir / "checkpoints").glob("pretrain-tiny-*.msgpack"))
-    assert len(checkpoints) == 1
-    assert (out_dir / "figures" / "pretrain_loss.png").stat().st_size > 1000
+    for stage in ("pretrain", "sft"):
+        assert len(list((out_dir / "checkpoints").glob(f"{stage}-tiny-*.msgpack"))) == 1
+        assert (out_dir / "figures" / f"{stage}_loss.png").stat().st_size > 1000
     assert "Results" in first and "before:" in first and "after:" in first
+    assert "Held-out questions (8 facts" in first
+    table = first.split("Held-out questions")[1]
+    assert "pretrained" in table and "sft" in table and "gold reward" in table
     assert "loaded cached checkpoint" not in first
 
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir)]) == 0
     second = capsys.readouterr().out
-    assert "loaded cached checkpoint" in second and "(cached)" in second
-    # The same checkpoint gives the same greedy samples.
+    assert "[pretrain] loaded cached checkpoint" in second and "[sft] loaded cached checkpoint" in second
+    assert second.count("(cached)") == 2
+    # The same checkpoints give the same greedy samples and the same held-out scores.
     assert first.split("Samples")[1].split("Results")[0] == second.split("Samples")[1].split("Results")[0]
+    assert table.split("checkpoints:")[0] == second.split("Held-out questions")[1].split("checkpoints:")[0]
 
-    # A changed setting is a different cache entry, trained afresh.
+    # A changed pretraining setting is a different cache entry for both stages, trained afresh.
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir),
                      "--steps", "20"]) == 0
     assert "loaded cached checkpoint" not in capsys.readouterr().out
-    assert len(list((out_dir / "checkpoints").glob("*.msgpack"))) == 2
+    assert len(list((out_dir / "checkpoints").glob("*.msgpack"))) == 4
 
 
 def test_bad_arguments_give_one_clear_line(tmp_path, capsys):

@@ -257,7 +257,8 @@ def check_tokens(tokens, config: GPTConfig, *, name: str = "tokens", max_len: in
             f"{name} has {shape[1]} positions, more than max_seq_len={max_len} of the model"
         )
     if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-        lo, hi = int(tokens.min()), int(tokens.max())
+        ids = np.asarray(tokens)  # NumPy: also concrete when captured inside a jit trace
+        lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= config.vocab_size:
             raise ValueError(
                 f"{name} ids must lie in [0, {config.vocab_size}), got values in [{lo}, {hi}]"

@@ -1,0 +1,206 @@
+"""Chapter 4: chat templates, loss masks, the SFT loss, packing, and SFT as a learning test.
+
+The exercises' own checks (the book's template strings, NumPy-loop losses, packing read-back)
+run in tests/test_grading.py; this file tests the rest of the chapter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlhf_book import ch04_instruction_tuning as ch04
+from rlhf_book import data
+from rlhf_book.lm import gpt, tokenizer, train
+
+U = lambda text: {"role": "user", "content": text}  # noqa: E731
+A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+S = lambda text: {"role": "system", "content": text}  # noqa: E731
+
+
+# ----------------------------------------------------------------------------------------------
+# §4.1 roles and templates
+
+
+@pytest.mark.parametrize("messages", [
+    [U("hi")], [S("be brief"), U("hi")], [U("hi"), A("hello")],
+    [S("x"), U("a"), A("b"), U("c"), A("d")],
+])
+def test_check_roles_accepts_alternating_conversations(messages):
+    ch04.check_roles(messages)
+
+
+@pytest.mark.parametrize("messages, position", [
+    ([U("a"), U("b")], 1),
+    ([A("a")], 0),
+    ([S("x"), A("a")], 1),
+    ([U("a"), S("x")], 1),            # the book's Jinja template lets this one through
+    ([S("x"), U("a"), S("y")], 2),    # and this one
+    ([U("a"), A("b"), A("c")], 2),
+])
+def test_check_roles_rejects_the_rest_naming_the_message(messages, position):
+    with pytest.raises(ValueError, match=rf"messages\[{position}\]\['role'\]"):
+        ch04.check_roles(messages)
+
+
+def test_check_roles_rejects_empty_and_non_string_content():
+    with pytest.raises(ValueError, match="at least one message"):
+        ch04.check_roles([])
+    with pytest.raises(ValueError, match=r"messages\[0\]\['content'\] must be a str"):
+        ch04.check_roles([{"role": "user", "content": 3}])
+    with pytest.raises(ValueError, match="style must be one of"):
+        ch04.apply_chat_template([U("a")], "llama")
+
+
+def test_book_conversation_renders_as_the_book_prints_it():
+    text = ch04.apply_chat_template(list(ch04.BOOK_CONVERSATION), "chatml", add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a friendly chatbot who always responds "
+                           "in the style of a pirate<|im_end|>\n")
+    assert text.endswith("<|im_start|>user\nAre you sure about that?<|im_end|>\n<|im_start|>assistant\n")
+    assert text.count("<|im_start|>") == 5 and text.count("<|im_end|>") == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# §4.3 masks
+
+
+TWO_TURNS = [S("Answer briefly."), U("What is 2 + 3?"), A("5"), U("And 2 + 4?"), A("6")]
+
+
+def _trained_text(ids, mask):
+    return tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special=False)
+
+
+def test_loss_mask_modes_train_the_right_turns():
+    ids, mask = ch04.loss_mask_for(TWO_TURNS, "all_assistant")
+    assert _trained_text(ids, mask) == "5<|end|>6<|end|>"
+    ids_last, mask_last = ch04.loss_mask_for(TWO_TURNS, "last_turn")
+    assert ids_last == ids and _trained_text(ids, mask_last) == "6<|end|>"
+    with pytest.raises(ValueError, match="mode must be"):
+        ch04.loss_mask_for(TWO_TURNS, "everything")
+
+
+def test_unroll_gives_one_example_per_assistant_turn_without_future_turns():
+    examples = ch04.unroll_conversation(TWO_TURNS)
+    assert len(examples) == 2
+    (ids0, m0), (ids1, m1) = examples
+    assert _trained_text(ids0, m0) == "5<|end|>" and "6" not in tokenizer.decode(ids0)
+    assert _trained_text(ids1, m1) == "6<|end|>" and ids1 == tokenizer.render_chat(TWO_TURNS)[0]
+
+
+def test_sft_examples_without_prompt_masking_train_every_token_but_the_first():
+    (ids, mask), = ch04.sft_examples([TWO_TURNS[1:3]], mask_prompt=False)
+    assert mask[0] == 0 and all(mask[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing: a document never sees another
+
+
+def _random_examples(rng, lengths):
+    return [([tokenizer.BOS] + rng.integers(0, 256, n - 1).tolist(),
+             [0] + rng.integers(0, 2, n - 1).tolist()) for n in lengths]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(2, 20), min_size=2, max_size=6), st.integers(0, 2**31 - 1))
+def test_packed_logits_equal_each_example_run_alone(tiny_config, tiny_params, lengths, seed):
+    rng = np.random.default_rng(seed)
+    examples = _random_examples(rng, lengths)
+    batch = ch04.pack_examples(examples, 40)
+    logits = np.asarray(gpt.forward(tiny_params, jnp.asarray(batch.tokens), tiny_config,
+                                    segment_ids=jnp.asarray(batch.segment_ids)))
+    k = 0
+    for r in range(batch.tokens.shape[0]):
+        for s in sorted(set(batch.segment_ids[r]) - {0}):
+            where = np.flatnonzero(batch.segment_ids[r] == s)
+            alone = gpt.forward(tiny_params, jnp.asarray([examples[k][0]]), tiny_config)[0]
+            np.testing.assert_allclose(logits[r, where], np.asarray(alone), atol=2e-5)
+            k += 1
+    assert k == len(examples)
+
+
+def test_packed_loss_equals_padded_loss(tiny_config, tiny_params):
+    rng = np.random.default_rng(0)
+    examples = _random_examples(rng, [12, 7, 20, 5, 9, 16])
+    packed, padded = ch04.pack_examples(examples, 40), ch04.pad_examples(examples, 20)
+    assert packed.tokens.shape[0] < padded.tokens.shape[0]
+
+    def loss(b):
+        logits = gpt.forward(tiny_params, jnp.asarray(b.tokens), tiny_config,
+                             segment_ids=jnp.asarray(b.segment_ids))
+        return float(ch04.sft_loss(logits, jnp.asarray(b.tokens), jnp.asarray(b.loss_mask)))
+
+    # the same per-token mean over the same target tokens
+    assert loss(packed) == pytest.approx(loss(padded), abs=1e-5)
+    assert packed.loss_mask.sum() == padded.loss_mask.sum()
+
+
+def test_segment_positions_and_mask():
+    seg = jnp.array([[1, 1, 1, 2, 2, 0, 0]])
+    assert gpt.segment_positions(seg).tolist() == [[0, 1, 2, 0, 1, 0, 1]]
+    mask = np.asarray(gpt.segment_mask(seg))[0]
+    for i in range(7):
+        for j in range(7):
+            assert mask[i, j] == (j <= i and seg[0, i] == seg[0, j])
+
+
+def test_forward_rejects_segment_ids_of_the_wrong_shape(tiny_config, tiny_params):
+    with pytest.raises(ValueError, match="segment_ids must have the shape of tokens"):
+        gpt.forward(tiny_params, jnp.zeros((2, 5), jnp.int32), tiny_config,
+                    segment_ids=jnp.zeros((2, 4), jnp.int32))
+
+
+def test_packing_rejects_an_example_longer_than_a_row():
+    with pytest.raises(ValueError, match=r"examples\[1\] has 9 tokens, more than length=8"):
+        ch04.pack_examples([([1, 2], [0, 1]), ([1] * 9, [0] * 9)], 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# SFT learns the format and raises the gold reward on held-out questions
+
+
+@pytest.fixture(scope="module")
+def sft_run():
+    """Pretrain the small model briefly, fine-tune it, and answer 64 held-out questions."""
+    cfg = gpt.get_config("small")
+    docs = data.pretraining_corpus(seed=0, n_documents=6000)
+    stream = train.token_stream(docs)
+    pre_cfg = train.TrainConfig(steps=PRETRAIN_STEPS, batch_size=16, seq_len=128,
+                                learning_rate=3e-3, warmup_steps=50, log_every=50)
+    pretrained, _ = train.pretrain(cfg, pre_cfg, stream, seed=0, progress=False)
+    examples = ch04.sft_examples(data.sft_demonstrations(seed=0, n=1000))
+    sc = ch04.SFTConfig(steps=SFT_STEPS, batch_size=16, learning_rate=1e-3, log_every=50)
+    tuned, history = ch04.train_sft(cfg, pretrained, sc, ch04.pack_examples(examples, 128),
+                                    progress=False)
+    heldout = data.split_questions()[1]
+    rng = np.random.default_rng(1)
+    questions = [heldout[i] for i in rng.choice(len(heldout), 64, replace=False)]
+    scores = {}
+    for name, params in (("pretrained", pretrained), ("sft", tuned)):
+        answers, stopped = ch04.generate_answers(params, cfg, questions, max_new_tokens=64)
+        scores[name] = ch04.evaluate_answers(questions, answers, stopped)
+    return history, scores
+
+
+PRETRAIN_STEPS, SFT_STEPS = 800, 200
+
+
+@pytest.mark.slow
+def test_sft_loss_falls(sft_run):
+    history, _ = sft_run
+    assert np.mean(history["loss"][-20:]) < 0.5 * np.mean(history["loss"][:5])
+
+
+@pytest.mark.slow
+def test_sft_teaches_stopping_and_raises_the_gold_reward(sft_run):
+    _, scores = sft_run
+    before, after = scores["pretrained"], scores["sft"]
+    print(scores)
+    assert before["stopped"] < 0.2 and after["stopped"] > 0.8
+    assert after["answer_bytes"] < before["answer_bytes"] - 20
+    assert after["gold_reward"] > before["gold_reward"] + MARGIN
+
+
+MARGIN = 0.0
