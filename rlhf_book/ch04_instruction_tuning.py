@@ -235,14 +235,19 @@ def sft_examples(conversations: Sequence[Sequence[Message]], *, mask_prompt: boo
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
-    """SFT settings. The learning rate is ~10x below pretraining's (book §4.3, L802: SFT uses
-    a learning rate 1-2 orders of magnitude smaller; OLMo 2: 3e-4 pretraining vs 1e-5 SFT; a
-    model this small tolerates a larger one)."""
+    """SFT settings. The learning rate is 20x below pretraining's (book §4.3, L802: SFT uses
+    a learning rate 1-2 orders of magnitude smaller; OLMo 2: 3e-4 pretraining vs 1e-5 SFT).
 
-    steps: int = 300
+    Measured on the pipeline's pretrained mini GPT, 64 held-out questions: 150 steps at 1e-4
+    give gold reward -0.75 (accuracy 11%); 100 steps at 3e-4, -0.90 (5%); 100 at 1e-3, -0.94
+    (2%). Longer or hotter SFT memorises the demonstrations' facts and states them for
+    held-out questions; every setting learns to answer briefly and stop.
+    """
+
+    steps: int = 150
     batch_size: int = 16
     seq_len: int = 128
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-4
     warmup_steps: int = 20
     packing: bool = True
     mask_prompt: bool = True

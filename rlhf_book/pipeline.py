@@ -45,7 +45,7 @@ class PipelineConfig:
     pretrain: train.TrainConfig = train.TrainConfig(steps=1200, batch_size=16)
     corpus_documents: int = 6000
     eval_fraction: float = 0.05
-    # SFT: 300 steps of 16 packed rows (~2 conversations each), ~45 s on a 2-core CPU.
+    # SFT: 150 steps of 16 packed rows (~2 conversations each), ~25 s on a 2-core CPU.
     sft: ch04.SFTConfig = ch04.SFTConfig()
     eval_questions: int = 64  # held-out questions answered by each model
     seed: int = 0
