@@ -185,7 +185,7 @@ def test_cli_grade_reference_and_stubs(capsys, stub_dir):
     rows = [line for line in out.splitlines() if re.match(r"  \d+\.\d+ ", line)]
     assert len(rows) == len(CH00.exercises) and all(" passed " in row for row in rows)
     assert f"{len(CH00.exercises)} passed (of {len(CH00.exercises)} exercises)" in out
-    assert cli.main(["grade", "--exercises-dir", str(stub_dir)]) == 1
+    assert cli.main(["grade", "ch00", "--exercises-dir", str(stub_dir)]) == 1
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if re.match(r"  \d+\.\d+ ", line)]
     assert len(rows) == len(CH00.exercises) and all("not started" in row for row in rows)
