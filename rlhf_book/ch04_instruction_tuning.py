@@ -254,6 +254,13 @@ class SFTConfig:
     n_demonstrations: int = 2000
     log_every: int = 25
 
+    def __post_init__(self):
+        if not (isinstance(self.steps, int) and isinstance(self.log_every, int)
+                and self.log_every > 0 and self.steps > 0 and self.steps % self.log_every == 0):
+            raise ValueError("SFTConfig.steps must be a positive multiple of log_every (steps "
+                             f"run in compiled chunks of log_every), got steps={self.steps}, "
+                             f"log_every={self.log_every}")
+
     def train_config(self) -> train.TrainConfig:
         return train.TrainConfig(steps=self.steps, batch_size=self.batch_size,
                                  seq_len=self.seq_len, learning_rate=self.learning_rate,
