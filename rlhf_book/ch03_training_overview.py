@@ -62,6 +62,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
+
 Params = dict[str, Any]
 
 
@@ -488,8 +490,7 @@ def reinforce_loss(logp: jax.Array, returns: jax.Array, mask: jax.Array,
                          f"got shape {jnp.shape(baseline)}") from None
     # BEGIN SOLUTION
     advantage = lax.stop_gradient(jnp.asarray(returns) - baseline)
-    per_step = jnp.where(jnp.asarray(mask).astype(bool), logp * advantage, 0.0)
-    return -jnp.mean(jnp.sum(per_step, axis=-1))
+    return -jnp.mean(masked_sum(logp * advantage, jnp.asarray(mask), axis=-1))
     # END SOLUTION
 # [/guide]
 
@@ -535,8 +536,7 @@ def batch_baseline(returns: jax.Array, mask: jax.Array) -> jax.Array:
     """``[E, T] -> [T]``: the mean return-to-go at each step over the episodes still running
     (0 where none is). A time-dependent baseline ``b(t)``; it includes each episode's own
     return, as the batch-mean baselines of §6.1.2 do."""
-    count = jnp.sum(mask, axis=0)
-    return jnp.sum(returns * mask, axis=0) / jnp.maximum(count, 1.0)
+    return masked_mean(returns, mask, axis=0)
 
 
 # [guide:reinforce-train]
@@ -556,8 +556,7 @@ def make_train(config: REINFORCEConfig):
     optimizer = optax.adam(config.learning_rate)
 
     def loss_fn(params, batch: CartPoleBatch):
-        logp = jax.nn.log_softmax(policy_logits(params, batch.states))
-        logp = jnp.take_along_axis(logp, batch.actions[..., None], axis=-1)[..., 0]
+        logp = log_probs_from_logits(policy_logits(params, batch.states), batch.actions)
         returns = discounted_returns(batch.rewards, config.gamma)
         baseline = batch_baseline(returns, batch.mask) if config.baseline else 0.0
         return reinforce_loss(logp, returns, batch.mask, baseline)
@@ -621,8 +620,7 @@ def rlhf_objective(rewards: jax.Array, logp_policy: jax.Array, logp_ref: jax.Arr
         b = None
     if b is not None and not b >= 0:
         raise ValueError(f"beta must be >= 0, got {b}")
-    log_ratio = jnp.where(mask.astype(bool), logp_policy - logp_ref, 0.0)
-    return rewards - beta * jnp.sum(log_ratio, axis=-1)
+    return rewards - beta * masked_sum(logp_policy - logp_ref, mask, axis=-1)
 # [/guide]
 
 

@@ -329,9 +329,8 @@ def generate_answers(params, model_config: gpt.GPTConfig, questions: Sequence[Qu
     gen = sampling.generate(params, tokens, jax.random.PRNGKey(seed), model_config,
                             prompt_lengths=lengths, max_new_tokens=max_new_tokens,
                             temperature=temperature, eos_id=tokenizer.END)
-    sampled = np.asarray(gen.tokens) * np.asarray(gen.mask) - (1 - np.asarray(gen.mask))
-    stopped = [(row == tokenizer.END).any() for row in sampled]
-    return sampling.completions(gen), stopped
+    stopped = np.any((np.asarray(gen.tokens) == tokenizer.END) & np.asarray(gen.mask, bool), axis=1)
+    return sampling.completions(gen), stopped.tolist()
 
 
 def evaluate_answers(questions: Sequence[Question], answers: Sequence[str],
@@ -339,9 +338,8 @@ def evaluate_answers(questions: Sequence[Question], answers: Sequence[str],
     """Mean gold reward, accuracy (the gold answer stated and correct), mean answer length in
     bytes and the fraction of answers that stopped by themselves."""
     gold = data.gold_reward_batch(questions, answers)
-    correct = [data.stated_answer(q, a) is not None
-               and data.stated_answer(q, a).lower() == q.answer.lower()
-               for q, a in zip(questions, answers)]
+    stated = [data.stated_answer(q, a) for q, a in zip(questions, answers)]
+    correct = [s is not None and s.lower() == q.answer.lower() for q, s in zip(questions, stated)]
     return {
         "gold_reward": float(np.mean(gold)),
         "accuracy": float(np.mean(correct)),

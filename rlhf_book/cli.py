@@ -11,7 +11,6 @@ from rlhf_book import __version__
 
 
 def _pipeline(args) -> int:
-    from rlhf_book.lm.train import TrainConfig
     from rlhf_book.pipeline import PipelineConfig, run_pipeline
 
     config = PipelineConfig.quick() if args.quick else PipelineConfig()

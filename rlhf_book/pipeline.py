@@ -244,7 +244,7 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     questions = heldout_questions(config)
     evaluation = {"pretrained": evaluate_model(stage.params, model_config, questions),
                   "sft": evaluate_model(sft.params, model_config, questions)}
-    log(f"\nAnswers to held-out questions (greedy, through the chat template), "
+    log("\nAnswers to held-out questions (greedy, through the chat template), "
         "pretrained -> SFT:")
     for k, q in enumerate(questions[:4]):
         log(f"  {q.prompt!r} (gold: {q.answer})\n"

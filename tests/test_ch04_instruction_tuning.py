@@ -3,7 +3,6 @@
 The exercises' own checks (the book's template strings, NumPy-loop losses, packing read-back)
 run in tests/test_grading.py; this file tests the rest of the chapter."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

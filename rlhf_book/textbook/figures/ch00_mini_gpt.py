@@ -3,6 +3,7 @@ and the pretraining loss curve. ``notebooks/ch00_mini_gpt.ipynb`` draws through 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -38,11 +39,34 @@ def unigram_entropy(stream: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+@functools.lru_cache(maxsize=1)
+def pretrained_small():
+    """Chapter 0's pretraining run (``PRETRAIN_CONFIG`` on the small model), computed once per
+    process and shared by every figure that needs it: ``(params, history)``."""
+    train_stream, eval_stream = pretraining_streams()
+    return train.pretrain(gpt.get_config(PRETRAIN_MODEL), PRETRAIN_CONFIG, train_stream,
+                          eval_stream, seed=0, progress=False)
+
+
 def _token_label(token_id: int) -> str:
     short = {tokenizer.BOS: "bos", tokenizer.SYSTEM: "sys", tokenizer.USER: "user",
              tokenizer.ASSISTANT: "asst", tokenizer.END: "end"}
     return short.get(token_id, {32: "\u2423", 10: "\u21b5"}.get(
         token_id, chr(token_id) if token_id < 256 else "?"))
+
+
+def draw_token_cells(ax, ids, mask, row0: int, columns: int, face_on: str = "tab:orange") -> int:
+    """Draw ``ids`` as a grid of cells from row ``row0``, masked tokens in ``face_on`` and
+    special tokens in grey; returns the number of rows used."""
+    for n, (token_id, m) in enumerate(zip(ids, mask)):
+        r, c = divmod(n, columns)
+        special = token_id >= tokenizer.N_BYTES
+        face = face_on if m else ("0.82" if special else "white")
+        ax.add_patch(Rectangle((c, -row0 - r - 1), 0.95, 0.9, facecolor=face, edgecolor="0.6",
+                               lw=0.5))
+        ax.text(c + 0.47, -row0 - r - 0.55, _token_label(token_id), ha="center", va="center",
+                fontsize=5.5 if special else 8, family="monospace")
+    return math.ceil(len(ids) / columns)
 
 
 @figure("ch00_chat_template", "ch00",
@@ -56,13 +80,7 @@ def chat_template(conversation=None, columns: int = 24) -> FigureResult:
     rows = math.ceil(len(ids) / columns)
     fig = Figure(figsize=(columns * 0.32, rows * 0.42 + 0.4))
     ax = fig.add_subplot()
-    for n, (token_id, m) in enumerate(zip(ids, mask)):
-        r, c = divmod(n, columns)
-        special = token_id >= tokenizer.N_BYTES
-        face = "tab:orange" if m else ("0.82" if special else "white")
-        ax.add_patch(Rectangle((c, -r - 1), 0.95, 0.9, facecolor=face, edgecolor="0.6", lw=0.5))
-        ax.text(c + 0.47, -r - 0.55, _token_label(token_id), ha="center", va="center",
-                fontsize=5.5 if special else 8, family="monospace")
+    draw_token_cells(ax, ids, mask, 0, columns)
     ax.set(xlim=(0, columns), ylim=(-rows - 0.1, 0.1), aspect="equal")
     ax.axis("off")
     ax.set_title("chat template, one cell per token (orange: assistant mask = 1; grey: special)",
@@ -171,11 +189,9 @@ def pretrain_loss(history: dict | None = None, entropy: float | None = None) -> 
     """Draw a pretraining ``history`` (from :func:`rlhf_book.lm.train.pretrain`); without one,
     run chapter 0's pretraining (``PRETRAIN_CONFIG``, about a minute on a laptop CPU)."""
     if history is None or entropy is None:
-        train_stream, eval_stream = pretraining_streams()
-        entropy = unigram_entropy(train_stream)
+        entropy = unigram_entropy(pretraining_streams()[0])
         if history is None:
-            _, history = train.pretrain(gpt.get_config(PRETRAIN_MODEL), PRETRAIN_CONFIG,
-                                        train_stream, eval_stream, seed=0, progress=False)
+            history = pretrained_small()[1]
     uniform = math.log(tokenizer.VOCAB_SIZE)
     fig = Figure(figsize=(6.5, 3.4))
     ax = fig.add_subplot()

@@ -14,14 +14,13 @@ import math
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
-from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.lm import gpt
 from rlhf_book.textbook.figures import FigureResult, figure
-from rlhf_book.textbook.figures.ch00_mini_gpt import (PRETRAIN_CONFIG, PRETRAIN_MODEL,
-                                                      _token_label, pretraining_streams)
+from rlhf_book.textbook.figures.ch00_mini_gpt import (PRETRAIN_MODEL, draw_token_cells,
+                                                      pretrained_small)
 
 # A two-turn conversation: the loss mask differs between the two modes on the first answer.
 TWO_TURN = (
@@ -60,13 +59,9 @@ def sft_batches(demos, mask_prompt: bool = True, length: int = SFT_CONFIG.seq_le
     return ch04.pack_examples(ch04.sft_examples(demos, mask_prompt=mask_prompt), length)
 
 
-@functools.lru_cache(maxsize=1)
 def pretrained_base():
-    """Chapter 0's pretraining run of the small model (``PRETRAIN_CONFIG``), computed once."""
-    train_stream, eval_stream = pretraining_streams()
-    params, _ = train.pretrain(gpt.get_config(PRETRAIN_MODEL), PRETRAIN_CONFIG, train_stream,
-                               eval_stream, seed=0, progress=False)
-    return params
+    """Chapter 0's pretraining run of the small model, shared with chapter 0's figure."""
+    return pretrained_small()[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,19 +77,6 @@ def sft_runs():
                                            sft_batches(demos, mask_prompt),
                                            eval_batch=eval_batch, seed=0, progress=False)
     return runs
-
-
-def _cells(ax, ids, mask, row0: int, columns: int, face_on: str = "tab:orange") -> int:
-    """Draw ``ids`` as cells from row ``row0``; returns the number of rows used."""
-    for n, (token_id, m) in enumerate(zip(ids, mask)):
-        r, c = divmod(n, columns)
-        special = token_id >= tokenizer.N_BYTES
-        face = face_on if m else ("0.82" if special else "white")
-        ax.add_patch(Rectangle((c, -row0 - r - 1), 0.95, 0.9, facecolor=face, edgecolor="0.6",
-                               lw=0.5))
-        ax.text(c + 0.47, -row0 - r - 0.55, _token_label(token_id), ha="center", va="center",
-                fontsize=5.5 if special else 8, family="monospace")
-    return math.ceil(len(ids) / columns)
 
 
 @figure("ch04_loss_mask", "ch04",
@@ -115,7 +97,7 @@ def loss_mask(conversation=None, columns: int = 30) -> FigureResult:
         ids_m, mask_m = rendered[mode]
         ax.text(0, -row - 0.45, f'mode="{mode}": {sum(mask_m)} of {len(ids_m)} tokens trained',
                 fontsize=9, va="center")
-        row += 1 + _cells(ax, ids_m, mask_m, row + 1, columns)
+        row += 1 + draw_token_cells(ax, ids_m, mask_m, row + 1, columns)
     ax.set(xlim=(0, columns), ylim=(-row - 0.1, 0.1), aspect="equal")
     ax.axis("off")
     fig.tight_layout()
