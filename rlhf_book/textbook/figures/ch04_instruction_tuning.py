@@ -19,8 +19,8 @@ from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
 from rlhf_book.lm import gpt
 from rlhf_book.textbook.figures import FigureResult, figure
-from rlhf_book.textbook.figures.ch00_mini_gpt import (PRETRAIN_MODEL, draw_token_cells,
-                                                      pretrained_small)
+from rlhf_book.textbook.figures.ch00_mini_gpt import (  # noqa: F401  (the notebook's settings)
+    PRETRAIN_CONFIG, PRETRAIN_MODEL, draw_token_cells, pretrained_small, pretraining_streams)
 
 # A two-turn conversation: the loss mask differs between the two modes on the first answer.
 TWO_TURN = (
