@@ -20,7 +20,7 @@ pipeline: $(STAMP)
 	$(BIN)/rlhf-book pipeline $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --timeout=900 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup --timeout=900 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

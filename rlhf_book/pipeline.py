@@ -2,8 +2,10 @@
 
 Stage 1 (book ch. 3): pretrain the mini GPT on the world's corpus. Stage 2 (book ch. 4):
 supervised fine-tuning on chat demonstrations, then answers to held-out questions scored by
-the gold reward, next to the pretrained model's. Later stages (reward model, RL / DPO,
-evaluation) are added by their chapters and start from the SFT checkpoint.
+the gold reward, next to the pretrained model's. Stage 3 (book ch. 5): a Bradley-Terry reward
+model, started from the SFT checkpoint and trained on the simulated annotators' preference
+pairs; its accuracy on pairs about held-out facts is compared with the best any model can reach
+on those noisy labels. Later stages (RL / DPO, evaluation) are added by their chapters.
 
 Every stage is cached under ``out_dir`` by a key that hashes everything that determines its
 result (model shape, optimisation settings, seed and the exact token stream), so a second run
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 
 from rlhf_book import ch04_instruction_tuning as ch04
+from rlhf_book import ch05_reward_models as ch05
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer, train
 
@@ -47,7 +50,14 @@ class PipelineConfig:
     eval_fraction: float = 0.05
     # SFT: 150 steps of 16 packed rows (~2 conversations each), ~25 s on a 2-core CPU.
     sft: ch04.SFTConfig = ch04.SFTConfig()
-    eval_questions: int = 64  # held-out questions answered by each model
+    # Held-out questions answered by each model; None: all 126 (every template of the 42
+    # held-out facts). Greedy answers to all of them take a few seconds.
+    eval_questions: int | None = None
+    # Reward model: pairs labelled by the majority of 3 Bradley-Terry annotators (ch. 11).
+    reward_model: ch05.RMConfig = ch05.RMConfig()
+    annotators: int = 3
+    annotator_noise: float = 0.5
+    eval_pairs: int = 1000  # pairs about held-out facts the reward model is tested on
     seed: int = 0
     out_dir: str = "runs"
 
@@ -61,6 +71,9 @@ class PipelineConfig:
             sft=ch04.SFTConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
                                n_demonstrations=200, log_every=10),
             eval_questions=8,
+            reward_model=ch05.RMConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
+                                       n_pairs=200, log_every=10),
+            eval_pairs=64,
             out_dir=out_dir,
         )
 
@@ -142,8 +155,10 @@ def pretrain_stage(config: PipelineConfig, *, fresh: bool = False, progress: boo
 def heldout_questions(config: PipelineConfig) -> list:
     """The held-out questions every stage is evaluated on: facts no demonstration contains."""
     heldout = data.split_questions(seed=config.seed)[1]
+    if config.eval_questions is None or config.eval_questions >= len(heldout):
+        return heldout
     rng = np.random.default_rng(config.seed + 1)
-    pick = rng.choice(len(heldout), size=min(config.eval_questions, len(heldout)), replace=False)
+    pick = rng.choice(len(heldout), size=config.eval_questions, replace=False)
     return [heldout[i] for i in sorted(pick)]
 
 
@@ -189,6 +204,101 @@ def sft_stage(config: PipelineConfig, pretrained: StageResult, *, fresh: bool = 
                                          "stage": "sft", "metrics": metrics,
                                          "pretrained": pretrained.path.name})
     return StageResult("sft", params, metrics, path, False, time.perf_counter() - start)
+
+
+def preference_data(config: PipelineConfig):
+    """``(train_pairs, heldout_pairs)``: annotated pairs about training facts, and pairs about
+    held-out facts (never in a demonstration or a training pair) to test the reward model on."""
+    kw = dict(n_annotators=config.annotators, noise=config.annotator_noise)
+    train_pairs = data.preference_pairs(seed=config.seed, n=config.reward_model.n_pairs, **kw)
+    heldout = data.split_questions(seed=config.seed)[1]
+    heldout_pairs = data.preference_pairs(seed=config.seed + 1, n=config.eval_pairs,
+                                          questions=heldout, **kw)
+    return train_pairs, heldout_pairs
+
+
+def _fitting(pairs, length: int) -> list:
+    """The pairs whose chosen and rejected conversations both fit ``length`` tokens (all of
+    them for the mini GPT's 128; the quick run's 64-token tiny model drops the longer ones)."""
+    return [p for p in pairs if max(len(ch05.encode_conversation(p.prompt, p.chosen)),
+                                    len(ch05.encode_conversation(p.prompt, p.rejected))) <= length]
+
+
+def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool = False,
+                       progress: bool = True, log: Callable[[str], None] = print) -> StageResult:
+    """Stage 3: a Bradley-Terry reward model on the SFT model (book ch. 5), or the cached one.
+
+    Its metrics compare the accuracy on held-out pairs with two references from the annotator
+    model: the ceiling (the best accuracy any model can reach on those labels) and the
+    annotators' agreement with each other."""
+    model_config = gpt.get_config(config.model)
+    rc = config.reward_model
+    train_pairs, heldout_pairs = (_fitting(pairs, rc.seq_len) for pairs in preference_data(config))
+    batch = ch05.encode_pairs(train_pairs, rc.seq_len)
+    eval_batch = ch05.encode_pairs(heldout_pairs, rc.seq_len)
+    key = _cache_key(sft.path.name, dataclasses.asdict(rc), config.seed, config.annotators,
+                     config.annotator_noise, batch.chosen, batch.rejected)
+    path = pathlib.Path(config.out_dir) / "checkpoints" / f"reward-{config.model}-{key}.msgpack"
+    start = time.perf_counter()
+    if path.exists() and not fresh:
+        params, meta = train.load_checkpoint(path)
+        log(f"[reward model] loaded cached checkpoint {path}")
+        return StageResult("reward model", params, meta["metrics"], path, True,
+                           time.perf_counter() - start)
+    log(f"[reward model] {len(train_pairs):,} training pairs, {len(heldout_pairs):,} held-out "
+        f"pairs; {config.annotators} annotators per pair, noise {config.annotator_noise}")
+    params = ch05.init_reward_model(jax.random.PRNGKey(config.seed), sft.params, model_config)
+    params, history = ch05.train_reward_model(model_config, params, rc, batch,
+                                              eval_batch=eval_batch, seed=config.seed,
+                                              progress=progress)
+    r_c, r_r = ch05.score_pairs(params, model_config, eval_batch, rc.pooling)
+    gold_c = [p.gold_chosen for p in heldout_pairs]
+    gold_r = [p.gold_rejected for p in heldout_pairs]
+    metrics = {
+        "initial_loss": float(np.mean(history["loss"][:rc.log_every])),
+        "final_train_loss": float(np.mean(history["loss"][-rc.log_every:])),
+        "final_eval_loss": float(history["eval_loss"][-1]),
+        "history": {k: np.asarray(v).tolist() for k, v in history.items()},
+        **{f"heldout_{k}": v for k, v in ch05.reward_margins(r_c, r_r).items()},
+        "heldout_gold_accuracy": ch05.gold_pair_accuracy(heldout_pairs, r_c, r_r),
+        "ceiling": data.bt_accuracy_ceiling(gold_c, gold_r, config.annotator_noise,
+                                            config.annotators),
+        "agreement": data.inter_annotator_agreement([p.votes for p in heldout_pairs])
+        if config.annotators > 1 else float("nan"),
+        "heldout_rewards": {"chosen": r_c.tolist(), "rejected": r_r.tolist()},
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(heldout_pairs),
+        "train_seconds": time.perf_counter() - start,
+    }
+    train.save_checkpoint(path, params, {"model": dataclasses.asdict(model_config),
+                                         "stage": "reward model", "metrics": metrics,
+                                         "sft": sft.path.name})
+    return StageResult("reward model", params, metrics, path, False, time.perf_counter() - start)
+
+
+def plot_reward_histograms(metrics: dict, path: pathlib.Path) -> pathlib.Path:
+    """Histograms of the reward model's scores of chosen and rejected responses (held out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = metrics["heldout_rewards"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(min(min(r["chosen"]), min(r["rejected"])),
+                       max(max(r["chosen"]), max(r["rejected"])), 40)
+    ax.hist(r["chosen"], bins=bins, alpha=0.6, label="chosen")
+    ax.hist(r["rejected"], bins=bins, alpha=0.6, label="rejected")
+    ax.set(xlabel="reward r(x, y)", ylabel="pairs",
+           title=f"Reward model on held-out pairs: accuracy {metrics['heldout_accuracy']:.1%} "
+                 f"(ceiling {metrics['ceiling']:.1%})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _table(rows, log):
@@ -251,25 +361,43 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
             f"    pretrained: {evaluation['pretrained'][1][k][:60]!r}\n"
             f"    sft:        {evaluation['sft'][1][k][:60]!r}")
 
+    rm = reward_model_stage(config, sft, fresh=fresh, progress=progress, log=log)
+    rm_figure = plot_reward_histograms(rm.metrics, out / "figures" / "reward_model.png")
+
     rows = [("stage", "params", "steps", "loss start", "train loss", "held-out loss", "time", "")]
-    for result, steps in ((stage, config.pretrain.steps), (sft, config.sft.steps)):
+    for result, steps in ((stage, config.pretrain.steps), (sft, config.sft.steps),
+                          (rm, config.reward_model.steps)):
         m = result.metrics
         rows.append((result.name, f"{gpt.count_params(result.params):,}", str(steps),
                      f"{m['initial_loss']:.3f}", f"{m['final_train_loss']:.3f}",
                      f"{m['final_eval_loss']:.3f}", f"{result.seconds:.1f}s",
                      "(cached)" if result.cached else ""))
-    log("\nResults (losses in nats per predicted token; SFT's count assistant tokens only)")
+    log("\nResults (losses in nats: per predicted token for pretraining and SFT, SFT counting "
+        "assistant tokens only; per pair for the reward model)")
     _table(rows, log)
 
     rows = [("model", "gold reward", "accuracy", "answer bytes", "stops by itself")]
     for name, (m, _) in evaluation.items():
         rows.append((name, f"{m['gold_reward']:+.3f}", f"{m['accuracy']:.1%}",
                      f"{m['answer_bytes']:.1f}", f"{m['stopped']:.0%}"))
-    log(f"\nHeld-out questions ({len(questions)} facts never in a demonstration; gold reward "
-        f"in [{data.GOLD_MIN}, {data.GOLD_MAX}])")
+    n_facts = len({(q.topic, q.subject) for q in questions})
+    log(f"\nHeld-out questions ({len(questions)} questions about {n_facts} facts never in a "
+        f"demonstration; gold reward in [{data.GOLD_MIN}, {data.GOLD_MAX}])")
     _table(rows, log)
-    log(f"\ncheckpoints: {stage.path}, {sft.path}\nloss curves: {figure}, {sft_figure}"
+    m = rm.metrics
+    rows = [("reward model", "accuracy", "vs gold", "ceiling", "annotator agreement",
+             "mean r chosen", "mean r rejected"),
+            ("held-out pairs", f"{m['heldout_accuracy']:.1%}", f"{m['heldout_gold_accuracy']:.1%}",
+             f"{m['ceiling']:.1%}", f"{m['agreement']:.1%}", f"{m['heldout_mean_chosen']:+.2f}",
+             f"{m['heldout_mean_rejected']:+.2f}")]
+    log(f"\nReward model on {m['eval_pairs']} pairs about held-out facts (accuracy: against "
+        f"the annotators' majority label; vs gold: against the higher gold reward; ceiling: the "
+        f"best accuracy any model can reach on these labels)")
+    _table(rows, log)
+    log(f"\ncheckpoints: {stage.path}, {sft.path}, {rm.path}"
+        f"\nfigures: {figure}, {sft_figure}, {rm_figure}"
         f"\ntotal: {time.perf_counter() - t0:.1f}s")
-    return {"pretrain": stage, "sft": sft, "samples_before": before, "samples_after": after,
+    return {"pretrain": stage, "sft": sft, "reward_model": rm,
+            "samples_before": before, "samples_after": after,
             "evaluation": {k: v[0] for k, v in evaluation.items()},
-            "figure": figure, "sft_figure": sft_figure}
+            "figure": figure, "sft_figure": sft_figure, "rm_figure": rm_figure}

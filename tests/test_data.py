@@ -22,7 +22,8 @@ from rlhf_book.data import (GOLD_MAX, GOLD_MIN, LESSON_EVAL_PROMPTS, LESSON_PREF
                             LESSON_QUANTUM_PAIR, STYLES, ArithmeticProblem, Question,
                             all_facts, all_questions, arithmetic_problems, bt_accuracy_ceiling,
                             extract_answer, gold_reward, gold_reward_batch,
-                            inter_annotator_agreement, likert_ratings, preference_pairs,
+                            inter_annotator_agreement, likert_ratings, majority_probability,
+                            preference_pairs,
                             pretraining_corpus, render_answer, sample_questions,
                             sft_demonstrations, simulate_annotators, split_facts,
                             split_questions, verify)
@@ -344,6 +345,30 @@ def test_accuracy_ceiling_matches_monte_carlo():
     # and by hand: equal golds give 0.5, a gap of noise * log(3) gives 0.75
     assert bt_accuracy_ceiling(0.3, 0.3, 1.0) == pytest.approx(0.5)
     assert bt_accuracy_ceiling(0.0, math.log(3) * 0.7, 0.7) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("n_annotators", [1, 2, 3, 4, 5])
+def test_majority_probability_matches_simulated_panels(n_annotators):
+    rng = np.random.default_rng(n_annotators)
+    gold_a, gold_b = rng.uniform(-1, 1, size=20_000), rng.uniform(-1, 1, size=20_000)
+    votes = simulate_annotators(gold_a, gold_b, n_annotators, 0.5, rng)
+    k = votes.sum(axis=1)
+    # the panel's label, with a coin for ties as preference_pairs does
+    label_a = (2 * k > n_annotators) | ((2 * k == n_annotators) & (rng.random(len(k)) < 0.5))
+    q = majority_probability([sigmoid(d / 0.5) for d in gold_a - gold_b], n_annotators)
+    assert within_4_se(label_a.mean(), q.mean(), len(k))
+    ceiling = bt_accuracy_ceiling(gold_a, gold_b, 0.5, n_annotators)
+    assert within_4_se(np.mean(label_a == (gold_a > gold_b)), ceiling, len(k))
+
+
+def test_majority_probability_by_hand():
+    # three annotators at p: p^3 + 3 p^2 (1 - p); two: p^2 + half of 2 p (1 - p) = p
+    assert majority_probability(0.8, 3) == pytest.approx(0.8**3 + 3 * 0.8**2 * 0.2)
+    assert majority_probability(0.8, 2) == pytest.approx(0.8)
+    assert majority_probability(0.5, 7) == pytest.approx(0.5)
+    # a larger panel is a better judge: the ceiling grows with n (odd n)
+    c = [bt_accuracy_ceiling(0.3, 0.0, 0.5, n) for n in (1, 3, 5)]
+    assert c[0] < c[1] < c[2]
 
 
 def test_preference_pairs_follow_the_majority():

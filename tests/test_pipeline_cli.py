@@ -18,32 +18,37 @@ def test_quick_pipeline_runs_then_loads_from_cache(tmp_path, capsys):
     out_dir = tmp_path / "runs"
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir)]) == 0
     first = capsys.readouterr().out
-    for stage in ("pretrain", "sft"):
+    for stage in ("pretrain", "sft", "reward"):
         assert len(list((out_dir / "checkpoints").glob(f"{stage}-tiny-*.msgpack"))) == 1
-        assert (out_dir / "figures" / f"{stage}_loss.png").stat().st_size > 1000
+    for figure in ("pretrain_loss", "sft_loss", "reward_model"):
+        assert (out_dir / "figures" / f"{figure}.png").stat().st_size > 1000
     assert "Results" in first and "before:" in first and "after:" in first
-    assert "Held-out questions (8 facts" in first
+    assert "Held-out questions (8 questions about" in first
     table = first.split("Held-out questions")[1]
     assert "pretrained" in table and "sft" in table and "gold reward" in table
+    rm_table = first.split("Reward model on")[1]
+    assert "accuracy" in rm_table and "ceiling" in rm_table and "held-out pairs" in rm_table
     assert "loaded cached checkpoint" not in first
 
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir)]) == 0
     second = capsys.readouterr().out
-    assert "[pretrain] loaded cached checkpoint" in second and "[sft] loaded cached checkpoint" in second
-    assert second.count("(cached)") == 2
+    for stage in ("pretrain", "sft", "reward model"):
+        assert f"[{stage}] loaded cached checkpoint" in second
+    assert second.count("(cached)") == 3
     # The same checkpoints give the same greedy samples and the same held-out scores.
     def section(out, start, end):
         return out.split(start)[1].split(end)[0]
 
     assert section(first, "Samples", "[sft]") == section(second, "Samples", "[sft]")
-    assert section(first, "Answers to held-out", "Results") == section(second, "Answers to held-out", "Results")
+    assert section(first, "Answers to held-out", "[reward model]") == section(
+        second, "Answers to held-out", "[reward model]")
     assert table.split("checkpoints:")[0] == second.split("Held-out questions")[1].split("checkpoints:")[0]
 
-    # A changed pretraining setting is a different cache entry for both stages, trained afresh.
+    # A changed pretraining setting is a different cache entry for every stage, trained afresh.
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir),
                      "--steps", "20"]) == 0
     assert "loaded cached checkpoint" not in capsys.readouterr().out
-    assert len(list((out_dir / "checkpoints").glob("*.msgpack"))) == 4
+    assert len(list((out_dir / "checkpoints").glob("*.msgpack"))) == 6
 
 
 def test_bad_arguments_give_one_clear_line(tmp_path, capsys):

@@ -26,14 +26,15 @@ Texts and chat messages (``{"role", "content"}`` dicts) come out; tokenisation h
 from rlhf_book.data.arithmetic import ArithmeticProblem, arithmetic_problems, extract_answer, verify
 from rlhf_book.data.corpus import MAX_DOCUMENT_BYTES, pretraining_corpus
 from rlhf_book.data.preferences import (PreferencePair, bt_accuracy_ceiling, inter_annotator_agreement,
-                                        likert_cutpoints, likert_ratings, preference_pairs,
+                                        likert_cutpoints, likert_ratings, majority_probability,
+                                        preference_pairs,
                                         simulate_annotators)
 from rlhf_book.data.sft import SYSTEM_PROMPTS, sft_demonstrations
 from rlhf_book.data.styles import (GOLD_MAX, GOLD_MIN, HEDGE_PHRASES, MAX_ANSWER_BYTES, STYLES,
                                    count_hedges, gold_reward, gold_reward_batch, render_answer,
                                    stated_answer)
 from rlhf_book.data.toy import (LESSON_EVAL_PROMPTS, LESSON_PREFERENCE_PAIRS, LESSON_QUANTUM_PAIR,
-                               LESSON_TOKEN_POLICY)
+                               LESSON_TOKEN_POLICY, LESSON_UNSEEN_PAIRS)
 from rlhf_book.data.world import (MAX_PROMPT_BYTES, TOPICS, Fact, Question, all_facts, all_questions,
                                   answer_vocabulary, sample_questions, split_facts, split_questions)
 
@@ -41,11 +42,11 @@ __all__ = [
     "ArithmeticProblem", "arithmetic_problems", "extract_answer", "verify",
     "MAX_DOCUMENT_BYTES", "pretraining_corpus",
     "PreferencePair", "bt_accuracy_ceiling", "inter_annotator_agreement", "likert_cutpoints",
-    "likert_ratings", "preference_pairs", "simulate_annotators",
+    "likert_ratings", "majority_probability", "preference_pairs", "simulate_annotators",
     "SYSTEM_PROMPTS", "sft_demonstrations",
     "GOLD_MAX", "GOLD_MIN", "HEDGE_PHRASES", "MAX_ANSWER_BYTES", "STYLES", "count_hedges",
     "gold_reward", "gold_reward_batch", "render_answer", "stated_answer",
-    "LESSON_EVAL_PROMPTS", "LESSON_PREFERENCE_PAIRS", "LESSON_QUANTUM_PAIR", "LESSON_TOKEN_POLICY",
+    "LESSON_EVAL_PROMPTS", "LESSON_PREFERENCE_PAIRS", "LESSON_QUANTUM_PAIR", "LESSON_TOKEN_POLICY", "LESSON_UNSEEN_PAIRS",
     "MAX_PROMPT_BYTES", "TOPICS", "Fact", "Question", "all_facts", "all_questions",
     "answer_vocabulary", "sample_questions", "split_facts", "split_questions",
 ]

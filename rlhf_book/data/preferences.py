@@ -26,6 +26,7 @@ Because the labelling probability is known, so are two ceilings:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -140,17 +141,35 @@ def inter_annotator_agreement(votes) -> float:
     return float(np.mean((k * (k - 1) + (n - k) * (n - k - 1)) / (n * (n - 1))))
 
 
-def bt_accuracy_ceiling(gold_a, gold_b, noise: float) -> float:
-    """The best achievable accuracy at predicting a single annotator's label.
+def majority_probability(p, n_annotators: int) -> np.ndarray:
+    """Probability that the majority of ``n_annotators`` independent annotators, each preferring
+    ``a`` with probability ``p``, prefers ``a``; a tie (even ``n``) is a fair coin, as in
+    :func:`preference_pairs`. ``sum_{k > n/2} C(n, k) p^k (1 - p)^(n - k)`` (+ half the tie)."""
+    _check_n_annotators(n_annotators)
+    p = np.asarray(p, dtype=np.float64)
+    n = int(n_annotators)
+    total = np.zeros_like(p)
+    for k in range(n + 1):
+        weight = 1.0 if 2 * k > n else 0.5 if 2 * k == n else 0.0
+        if weight:
+            total = total + weight * math.comb(n, k) * p**k * (1.0 - p) ** (n - k)
+    return total
 
-    The Bayes-optimal predictor picks the higher-gold response and is right with probability
-    ``max(p, 1 - p)``, ``p = sigmoid((gold_a - gold_b) / noise)``; this returns the mean over
-    pairs. No reward model can beat it on held-out annotator labels. Book ch. 5 and ch. 11.
+
+def bt_accuracy_ceiling(gold_a, gold_b, noise: float, n_annotators: int = 1) -> float:
+    """The best achievable accuracy at predicting the label of a pair.
+
+    The label is the choice of one annotator (``n_annotators=1``) or the majority of
+    ``n_annotators`` (ties broken by a coin, as in :func:`preference_pairs`). With
+    ``p = sigmoid((gold_a - gold_b) / noise)`` and ``q`` the probability that the label is
+    ``a`` (:func:`majority_probability`), the Bayes-optimal predictor picks the higher-gold
+    response and is right with probability ``max(q, 1 - q)``; this returns the mean over pairs.
+    No reward model can beat it on held-out labels. Book ch. 5 and ch. 11.
     """
     _check_noise(noise)
     delta = np.asarray(gold_a, dtype=np.float64) - np.asarray(gold_b, dtype=np.float64)
-    p = _sigmoid(delta / noise)
-    return float(np.mean(np.maximum(p, 1.0 - p)))
+    q = majority_probability(_sigmoid(delta / noise), n_annotators)
+    return float(np.mean(np.maximum(q, 1.0 - q)))
 
 
 def likert_cutpoints(n_points: int) -> tuple[float, ...]:

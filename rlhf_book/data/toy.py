@@ -9,6 +9,10 @@ are English in the source and are kept byte for byte):
   repeats itself or is imprecise. Note the length confound: "the shorter one wins" is right
   on 4 of 6 pairs (pairs 2 and 6 prefer the longer answer), and 6 of the 12 sequences exceed
   the lesson's 128-token context once tokenised as prompt + separator + response.
+* :data:`LESSON_UNSEEN_PAIRS` -- four more pairs in the same spirit, **ours, not the lesson's**:
+  its exercise 2 asks the reader to add four unseen pairs and check whether the reward margin
+  learned on the six holds. Two prefer the shorter answer and two the longer one, so a reward
+  model that only learned "shorter is better" is caught.
 * :data:`LESSON_QUANTUM_PAIR` -- the lesson's opening example: asked "Explain quantum
   computing", response A (concise, informative, structured) is the one a person would pick
   every time over response B (a rambling history), although both are factually fine.
@@ -58,6 +62,33 @@ LESSON_PREFERENCE_PAIRS: tuple[dict[str, str], ...] = (
                      "predictions without being explicitly programmed.",
         "rejected": "Machine learning is a type of AI. AI stands for artificial intelligence. "
                     "Machine learning uses data to learn.",
+    },
+)
+
+LESSON_UNSEEN_PAIRS: tuple[dict[str, str], ...] = (
+    {
+        "prompt": "What is the largest planet?",
+        "preferred": "Jupiter is the largest planet.",
+        "rejected": "There are many planets in the solar system. Some are big and some are small. "
+                    "The largest one is probably Jupiter.",
+    },
+    {
+        "prompt": "What is 12 plus 30?",
+        "preferred": "12 plus 30 is 42.",
+        "rejected": "Let me see. 12 plus 30. Adding the tens gives 40 and then the ones give 2, "
+                    "so I think it is 42.",
+    },
+    {
+        "prompt": "Why is the sky blue?",
+        "preferred": "Air scatters blue sunlight much more than red light, so blue light reaches "
+                     "our eyes from all over the sky.",
+        "rejected": "Because it is blue.",
+    },
+    {
+        "prompt": "Explain photosynthesis.",
+        "preferred": "Plants use the energy of sunlight to turn water and carbon dioxide into "
+                     "sugar, releasing oxygen as a by-product.",
+        "rejected": "It is a plant thing.",
     },
 )
 

@@ -141,6 +141,28 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "book §4.3"),
         ),
     ),
+    Chapter(
+        5, "reward_models", "Reward models: Bradley-Terry and its family",
+        "book ch. 5 (§5.1 eqs. 12-17, §5.2-5.3, §5.4 eqs. 18-20, §5.5 eq. 21, §5.6 eq. 22, "
+        "§5.7 types of reward model); the lectures' reward-model material (seeds 000-003, "
+        "seed 003's six pairs and exercises 1-2)",
+        exercises=(
+            Exercise("5.1", "the Bradley-Terry loss, with Llama 2's margin",
+                     "rlhf_book.ch05_reward_models:bradley_terry_loss",
+                     "book §5.1, eqs. 16-17; §5.4.1, eq. 18"),
+            Exercise("5.2", "balancing the C(K, 2) comparisons of a prompt",
+                     "rlhf_book.ch05_reward_models:balanced_pairwise_loss",
+                     "book §5.4.2, eq. 19 (per prompt)"),
+            Exercise("5.3", "the Plackett-Luce ranking loss",
+                     "rlhf_book.ch05_reward_models:plackett_luce_loss", "book §5.4.3, eq. 20"),
+            Exercise("5.4", "the last real token under left or right padding",
+                     "rlhf_book.ch05_reward_models:last_token_index", "book §5.3"),
+            Exercise("5.5", "mean pooling (the lecture's exercise 1)",
+                     "rlhf_book.ch05_reward_models:mean_pool", "ch05 guide, 'Pooling'"),
+            Exercise("5.6", "reward margins on seen and unseen pairs (the lecture's exercise 2)",
+                     "rlhf_book.ch05_reward_models:reward_margins", "ch05 guide, 'Calibration'"),
+        ),
+    ),
 )
 
 
