@@ -19,8 +19,8 @@ The book's chapter 5 in code, in its order:
   :func:`train_reward_model` on the simulated annotators' pairs (book ch. 11).
 
 A Bradley-Terry reward is a *logit*, not a probability: only differences ``r_c - r_r`` are
-identified (adding a constant to every reward changes nothing), so the head's bias never
-receives a gradient. Shapes: ``N`` pairs or sequences, ``K`` completions per prompt, ``T``
+identified (adding a constant to every reward changes nothing), so the gradient of the
+head's bias is zero (up to float32 round-off in the sum over the batch). Shapes: ``N`` pairs or sequences, ``K`` completions per prompt, ``T``
 tokens, ``D`` model width; masks are 1 on entries that count.
 """
 
@@ -33,7 +33,6 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from rlhf_book import data
 from rlhf_book.lm import gpt, tokenizer, train

@@ -118,6 +118,14 @@ def sample_texts(params, model_config: gpt.GPTConfig, prompts, *, seed=0, max_ne
     return sampling.completions(gen)
 
 
+def load_stage(name: str, path: pathlib.Path, log: Callable[[str], None]) -> StageResult:
+    """A stage's cached checkpoint, with the metrics stored beside its parameters."""
+    start = time.perf_counter()
+    params, meta = train.load_checkpoint(path)
+    log(f"[{name}] loaded cached checkpoint {path}")
+    return StageResult(name, params, meta["metrics"], path, True, time.perf_counter() - start)
+
+
 def pretrain_stage(config: PipelineConfig, *, fresh: bool = False, progress: bool = True,
                    log: Callable[[str], None] = print) -> StageResult:
     """Stage 1: pretrain the mini GPT on the corpus, or load the cached checkpoint."""
@@ -128,10 +136,7 @@ def pretrain_stage(config: PipelineConfig, *, fresh: bool = False, progress: boo
     path = pathlib.Path(config.out_dir) / "checkpoints" / f"pretrain-{config.model}-{key}.msgpack"
     start = time.perf_counter()
     if path.exists() and not fresh:
-        params, meta = train.load_checkpoint(path)
-        log(f"[pretrain] loaded cached checkpoint {path}")
-        return StageResult("pretrain", params, meta["metrics"], path, True,
-                           time.perf_counter() - start)
+        return load_stage("pretrain", path, log)
 
     # eval_shape counts the parameters from their shapes without initialising them.
     shapes = jax.eval_shape(functools.partial(gpt.init_params, config=model_config),
@@ -185,9 +190,7 @@ def sft_stage(config: PipelineConfig, pretrained: StageResult, *, fresh: bool = 
     path = pathlib.Path(config.out_dir) / "checkpoints" / f"sft-{config.model}-{key}.msgpack"
     start = time.perf_counter()
     if path.exists() and not fresh:
-        params, meta = train.load_checkpoint(path)
-        log(f"[sft] loaded cached checkpoint {path}")
-        return StageResult("sft", params, meta["metrics"], path, True, time.perf_counter() - start)
+        return load_stage("sft", path, log)
     log(f"[sft] {len(examples):,} of {len(conversations):,} demonstrations fit {sc.seq_len} "
         f"tokens; {'packed' if sc.packing else 'padded'} into {batch.tokens.shape[0]:,} rows "
         f"(+{eval_batch.tokens.shape[0]} held-out rows)")
@@ -241,10 +244,7 @@ def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool 
     path = pathlib.Path(config.out_dir) / "checkpoints" / f"reward-{config.model}-{key}.msgpack"
     start = time.perf_counter()
     if path.exists() and not fresh:
-        params, meta = train.load_checkpoint(path)
-        log(f"[reward model] loaded cached checkpoint {path}")
-        return StageResult("reward model", params, meta["metrics"], path, True,
-                           time.perf_counter() - start)
+        return load_stage("reward model", path, log)
     log(f"[reward model] {len(train_pairs):,} training pairs, {len(heldout_pairs):,} held-out "
         f"pairs; {config.annotators} annotators per pair, noise {config.annotator_noise}")
     params = ch05.init_reward_model(jax.random.PRNGKey(config.seed), sft.params, model_config)
