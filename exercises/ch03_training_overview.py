@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from rlhf_book.lm.ops import as_float_array
 from rlhf_book.lm.ops import masked_sum
-from rlhf_book.ch03_training_overview import CARTPOLE, CartPoleConfig, _as_float_array, _check_unit_interval
+from rlhf_book.ch03_training_overview import CARTPOLE, CartPoleConfig, _check_unit_interval
 
 
 def discounted_returns(rewards: jax.Array, gamma: float, dones: jax.Array | None = None) -> jax.Array:
@@ -51,7 +52,7 @@ def discounted_returns(rewards: jax.Array, gamma: float, dones: jax.Array | None
     ``gamma = 1``" (E34); RLHF uses ``gamma = 1`` (L545), so [0, 1] is accepted.
     """
     _check_unit_interval(gamma, "gamma")
-    rewards = _as_float_array(rewards, "rewards")
+    rewards = as_float_array(rewards, "rewards")
     if rewards.ndim not in (1, 2):
         raise ValueError(f"rewards must have shape [T] or [B, T], got shape {rewards.shape}")
     if dones is None:
@@ -115,4 +116,4 @@ def reinforce_loss(logp: jax.Array, returns: jax.Array, mask: jax.Array,
                          f"got shape {jnp.shape(baseline)}") from None
     raise NotImplementedError('Exercise 3.3 (the REINFORCE loss; book §6.1.3, eq. 45) is not started: replace this line with your solution.')
 
-# stub fingerprint: 4fb23395040f6d96
+# stub fingerprint: ecd513460329cf90

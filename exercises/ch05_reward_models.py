@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.ops import masked_mean
-from rlhf_book.ch05_reward_models import _as_float, _check_rank, _check_same_shape
+from rlhf_book.lm.ops import as_float_array
+from rlhf_book.lm.ops import as_float_array, masked_mean
+from rlhf_book.ch05_reward_models import _check_rank, _check_same_shape
 
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Array:
@@ -38,7 +39,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     ``jax.nn.softplus``, finite for any ``d``: at ``d = -1e4`` the loss is ``1e4``, where the
     seeds' ``-log(sigmoid(d) + 1e-8)`` stops at 18.4 and its gradient vanishes.
     """
-    r_c, r_r = _as_float(chosen_rewards, "chosen_rewards"), _as_float(rejected_rewards,
+    r_c, r_r = as_float_array(chosen_rewards, "chosen_rewards"), as_float_array(rejected_rewards,
                                                                        "rejected_rewards")
     _check_same_shape(r_c, r_r, "chosen_rewards", "rejected_rewards")
     if r_c.ndim != 1 or r_c.shape[0] < 1:
@@ -63,7 +64,7 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     Erratum (eq. 19): the book puts a constant ``1 / C(K, 2)`` in front of an expectation over
     *pairs*, which only rescales the loss; the per-prompt average above is what InstructGPT does.
     """
-    s = _as_float(scores, "scores")
+    s = as_float_array(scores, "scores")
     _check_rank(s, 2, "scores", "[P, K]")
     valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid).astype(bool)
     _check_same_shape(s, valid, "scores", "valid")
@@ -84,7 +85,7 @@ def plackett_luce_loss(scores) -> jax.Array:
     this is :func:`bradley_terry_loss`. The reversed cumulative ``logsumexp`` keeps it finite
     for scores of any size.
     """
-    s = _as_float(scores, "scores")
+    s = as_float_array(scores, "scores")
     _check_rank(s, 2, "scores", "[N, K]")
     if s.shape[0] < 1 or s.shape[1] < 2:
         raise ValueError(f"scores must have shape [N, K] with N >= 1 and K >= 2, got {s.shape}")
@@ -124,4 +125,4 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: 08e7eb1f20785218
+# stub fingerprint: d61eb82d79aab016

@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
+from rlhf_book.lm.ops import as_float_array, log_probs_from_logits, masked_mean, masked_sum
 
 Params = dict[str, Any]
 
@@ -75,16 +75,6 @@ def _check_unit_interval(value, name: str) -> None:
         return
     if not 0.0 <= v <= 1.0 or math.isnan(v):
         raise ValueError(f"{name} must lie in [0, 1], got {v}")
-
-
-def _as_float_array(x, name: str) -> jax.Array:
-    try:
-        x = jnp.asarray(x)
-    except TypeError as err:
-        raise ValueError(f"{name} must be an array of numbers ({err})") from None
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,7 +94,7 @@ def discounted_return(rewards: jax.Array, gamma: float) -> jax.Array:
     follow eq. 2, so a ``[T]`` array holds all of one trajectory's rewards.
     """
     _check_unit_interval(gamma, "gamma")
-    rewards = _as_float_array(rewards, "rewards")
+    rewards = as_float_array(rewards, "rewards")
     if rewards.ndim < 1:
         raise ValueError(f"rewards must have a time axis [..., T], got shape {rewards.shape}")
     powers = jnp.power(jnp.asarray(gamma, rewards.dtype), jnp.arange(rewards.shape[-1]))
@@ -137,7 +127,7 @@ def discounted_returns(rewards: jax.Array, gamma: float, dones: jax.Array | None
     ``gamma = 1``" (E34); RLHF uses ``gamma = 1`` (L545), so [0, 1] is accepted.
     """
     _check_unit_interval(gamma, "gamma")
-    rewards = _as_float_array(rewards, "rewards")
+    rewards = as_float_array(rewards, "rewards")
     if rewards.ndim not in (1, 2):
         raise ValueError(f"rewards must have shape [T] or [B, T], got shape {rewards.shape}")
     if dones is None:

@@ -36,17 +36,7 @@ import numpy as np
 
 from rlhf_book import data
 from rlhf_book.lm import gpt, tokenizer, train
-from rlhf_book.lm.ops import masked_mean, masked_sum
-
-
-def _as_float(x, name: str) -> jax.Array:
-    try:
-        x = jnp.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be an array of numbers ({err})") from None
-    if not jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.complexfloating):
-        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    return x.astype(jnp.result_type(x.dtype, jnp.float32))
+from rlhf_book.lm.ops import as_float_array, masked_mean, masked_sum
 
 
 def _check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
@@ -71,7 +61,7 @@ def bradley_terry_probability(r_a, r_b) -> jax.Array:
     ``r_a`` and ``r_b`` are rewards (logits, any real number) of broadcastable shapes. Only the
     difference matters: ``r_a + c, r_b + c`` give the same probability for every ``c``.
     """
-    r_a, r_b = _as_float(r_a, "r_a"), _as_float(r_b, "r_b")
+    r_a, r_b = as_float_array(r_a, "r_a"), as_float_array(r_b, "r_b")
     return jax.nn.sigmoid(r_a - r_b)
 
 
@@ -87,7 +77,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     ``jax.nn.softplus``, finite for any ``d``: at ``d = -1e4`` the loss is ``1e4``, where the
     seeds' ``-log(sigmoid(d) + 1e-8)`` stops at 18.4 and its gradient vanishes.
     """
-    r_c, r_r = _as_float(chosen_rewards, "chosen_rewards"), _as_float(rejected_rewards,
+    r_c, r_r = as_float_array(chosen_rewards, "chosen_rewards"), as_float_array(rejected_rewards,
                                                                        "rejected_rewards")
     _check_same_shape(r_c, r_r, "chosen_rewards", "rejected_rewards")
     if r_c.ndim != 1 or r_c.shape[0] < 1:
@@ -95,7 +85,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     # BEGIN SOLUTION
     delta = r_c - r_r
     if margin is not None:
-        margin = _as_float(margin, "margin")
+        margin = as_float_array(margin, "margin")
         if margin.shape not in ((), r_c.shape):
             raise ValueError(f"margin must be a scalar or have shape {r_c.shape}, got {margin.shape}")
         delta = delta - margin
@@ -126,7 +116,7 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     Erratum (eq. 19): the book puts a constant ``1 / C(K, 2)`` in front of an expectation over
     *pairs*, which only rescales the loss; the per-prompt average above is what InstructGPT does.
     """
-    s = _as_float(scores, "scores")
+    s = as_float_array(scores, "scores")
     _check_rank(s, 2, "scores", "[P, K]")
     valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid).astype(bool)
     _check_same_shape(s, valid, "scores", "valid")
@@ -157,7 +147,7 @@ def plackett_luce_loss(scores) -> jax.Array:
     this is :func:`bradley_terry_loss`. The reversed cumulative ``logsumexp`` keeps it finite
     for scores of any size.
     """
-    s = _as_float(scores, "scores")
+    s = as_float_array(scores, "scores")
     _check_rank(s, 2, "scores", "[N, K]")
     if s.shape[0] < 1 or s.shape[1] < 2:
         raise ValueError(f"scores must have shape [N, K] with N >= 1 and K >= 2, got {s.shape}")
@@ -175,7 +165,7 @@ def sample_plackett_luce(key: jax.Array, scores) -> jax.Array:
     The Gumbel-max trick: sorting ``s + Gumbel(0, 1)`` noise in descending order gives an exact
     Plackett-Luce sample (each position's winner is a softmax draw among the items left).
     """
-    s = _as_float(scores, "scores")
+    s = as_float_array(scores, "scores")
     g = jax.random.gumbel(key, s.shape, s.dtype)
     return jnp.argsort(-(s + g), axis=-1)
 
@@ -199,9 +189,9 @@ def orm_loss(logits, labels, mask) -> jax.Array:
     ``[N, T]``, ``mask [N, T]`` (1 on completion tokens; prompt and padding excluded). Returns
     the mean over every masked token of the batch, 0 when nothing is masked in.
     """
-    z = _as_float(logits, "logits")
+    z = as_float_array(logits, "logits")
     _check_rank(z, 2, "logits", "[N, T]")
-    y = _as_float(labels, "labels")
+    y = as_float_array(labels, "labels")
     if y.shape == z.shape[:1]:
         y = jnp.broadcast_to(y[:, None], z.shape)
     _check_same_shape(z, y, "logits", "labels (or [N])")
@@ -223,7 +213,7 @@ def prm_loss(logits, step_labels, mask) -> jax.Array:
     here, which the book's code promises in a comment and never does. Returns the mean over
     labelled tokens; **0 when no token is labelled** (the book's code leaves ``loss`` unbound).
     """
-    z = _as_float(logits, "logits")
+    z = as_float_array(logits, "logits")
     if z.ndim != 3 or z.shape[-1] != len(PRM_CLASSES):
         raise ValueError(f"logits must have shape [N, T, 3], got shape {z.shape}")
     labels = jnp.asarray(step_labels)
@@ -243,9 +233,9 @@ def prm_binary_loss(logits, step_labels, mask) -> jax.Array:
     """Eq. 22's binary process reward model: BCE of each step's correctness logit at its last
     token. ``logits [N, T]``, ``step_labels [N, T]`` in ``{0, 1}`` (1 = the step is correct),
     ``mask [N, T]`` 1 at step ends. Mean over labelled tokens, 0 if none (book §5.6, eq. 22)."""
-    z = _as_float(logits, "logits")
+    z = as_float_array(logits, "logits")
     _check_rank(z, 2, "logits", "[N, T]")
-    y = _as_float(step_labels, "step_labels")
+    y = as_float_array(step_labels, "step_labels")
     _check_same_shape(z, y, "logits", "step_labels")
     mask = jnp.asarray(mask)
     _check_same_shape(z, mask, "logits", "mask")
@@ -270,7 +260,7 @@ def aggregate_token_scores(probs, mask, how: str = "mean") -> jax.Array:
     """
     if how not in AGGREGATIONS:
         raise ValueError(f"how must be one of {AGGREGATIONS}, got {how!r}")
-    p = _as_float(probs, "probs")
+    p = as_float_array(probs, "probs")
     _check_rank(p, 2, "probs", "[N, T]")
     m = jnp.asarray(mask).astype(bool)
     _check_same_shape(p, m, "probs", "mask")
@@ -290,7 +280,7 @@ def aggregate_token_scores(probs, mask, how: str = "mean") -> jax.Array:
 def best_of_n(scores) -> jax.Array:
     """Index of the best of ``N`` candidates per prompt: ``scores [..., N] -> [...]``; ties go
     to the first (book §5.7.1, reranking; chapter 9, rejection sampling)."""
-    return jnp.argmax(_as_float(scores, "scores"), axis=-1)
+    return jnp.argmax(as_float_array(scores, "scores"), axis=-1)
 
 
 def preference_accuracy(chosen_rewards, rejected_rewards, tie: float = 0.5) -> jax.Array:
@@ -299,7 +289,7 @@ def preference_accuracy(chosen_rewards, rejected_rewards, tie: float = 0.5) -> j
     ``chosen_rewards [N]``, ``rejected_rewards [N]``; a tie counts ``tie`` (0.5: a coin flip
     would break it; RewardBench-style strict accuracy uses 0).
     """
-    r_c, r_r = _as_float(chosen_rewards, "chosen_rewards"), _as_float(rejected_rewards,
+    r_c, r_r = as_float_array(chosen_rewards, "chosen_rewards"), as_float_array(rejected_rewards,
                                                                        "rejected_rewards")
     _check_same_shape(r_c, r_r, "chosen_rewards", "rejected_rewards")
     if not 0.0 <= tie <= 1.0:

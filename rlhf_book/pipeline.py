@@ -24,6 +24,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import ch05_reward_models as ch05
@@ -278,13 +279,9 @@ def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool 
 
 def plot_reward_histograms(metrics: dict, path: pathlib.Path) -> pathlib.Path:
     """Histograms of the reward model's scores of chosen and rejected responses (held out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     r = metrics["heldout_rewards"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     bins = np.linspace(min(min(r["chosen"]), min(r["rejected"])),
                        max(max(r["chosen"]), max(r["rejected"])), 40)
     ax.hist(r["chosen"], bins=bins, alpha=0.6, label="chosen")
@@ -292,12 +289,16 @@ def plot_reward_histograms(metrics: dict, path: pathlib.Path) -> pathlib.Path:
     ax.set(xlabel="reward r(x, y)", ylabel="pairs",
            title=f"Reward model on held-out pairs: accuracy {metrics['heldout_accuracy']:.1%} "
                  f"(ceiling {metrics['ceiling']:.1%})")
+    return _save(fig, ax, path)
+
+
+def _save(fig: Figure, ax, path: pathlib.Path) -> pathlib.Path:
+    """Grid, legend and layout, then write the figure as a PNG (no pyplot: no global state)."""
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -311,23 +312,13 @@ def _table(rows, log):
 
 def plot_loss_curve(history: dict, path: pathlib.Path, title: str = "Pretraining the mini GPT"):
     """Save the per-step training loss (and held-out loss per chunk) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(history["step"], history["loss"], lw=0.8, alpha=0.7, label="train (per step)")
     if len(history.get("eval_loss", [])):
         ax.plot(history["eval_step"], history["eval_loss"], "o-", ms=3, label="held-out")
     ax.set(xlabel="step", ylabel="next-byte loss (nats)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool = True,

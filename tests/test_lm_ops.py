@@ -53,3 +53,14 @@ def test_next_token_loss_is_the_shifted_masked_nll():
     got = ops.next_token_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(tokens),
                               jnp.asarray(mask))
     np.testing.assert_allclose(got, np.mean(terms), rtol=1e-5)
+
+
+def test_as_float_array_promotes_ints_and_rejects_non_numbers():
+    from rlhf_book.lm.ops import as_float_array
+
+    assert as_float_array([1, 2], "x").dtype == jnp.float32
+    assert as_float_array(np.array([True, False]), "x").tolist() == [1.0, 0.0]
+    assert as_float_array(np.float32(2.5), "x").dtype == jnp.float32
+    for bad in (["a", "b"], np.array([1 + 2j])):
+        with pytest.raises(ValueError, match="x must"):
+            as_float_array(bad, "x")

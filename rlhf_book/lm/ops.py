@@ -11,6 +11,21 @@ import jax
 import jax.numpy as jnp
 
 
+def as_float_array(x, name: str) -> jax.Array:
+    """``x`` as a real floating-point array: ints and bools become float32, floats keep their
+    precision. Anything else (strings, objects, complex numbers) raises ``ValueError`` naming
+    ``name``: the argument check every chapter's loss functions start with."""
+    try:
+        x = jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array of numbers ({err})") from None
+    real = jnp.issubdtype(x.dtype, jnp.bool_) or (jnp.issubdtype(x.dtype, jnp.number)
+                                                  and not jnp.issubdtype(x.dtype, jnp.complexfloating))
+    if not real:
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
 # [guide:masked-mean]
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     """Sum of ``x`` over the entries where ``mask`` is 1 (``mask`` broadcastable to ``x``)."""
