@@ -190,6 +190,16 @@ def generate(params, prompts, key, config: gpt.GPTConfig, *, prompt_lengths=None
                 max_new_tokens=max_new_tokens, top_k=top_k, eos_id=int(eos_id))
 
 
+def sample_cached(params, prompts, prompt_lengths, key, temperature, config: gpt.GPTConfig, *,
+                  max_new_tokens: int, top_k: int = 0, eos_id: int = tokenizer.END) -> Generation:
+    """:func:`generate` with the KV cache but without its eager argument checks, for use
+    inside a jitted function (an RL step), where ``prompts``, ``prompt_lengths`` and
+    ``temperature`` may be traced. The caller guarantees what :func:`generate` checks."""
+    return _generate_cached(params, prompts, prompt_lengths, key,
+                            jnp.asarray(temperature, jnp.float32), config=config,
+                            max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
+
+
 def completions(generation: Generation) -> list[str]:
     """Decode the sampled part of each row to text (special tokens dropped)."""
     tokens, mask = np.asarray(generation.tokens), np.asarray(generation.mask).astype(bool)

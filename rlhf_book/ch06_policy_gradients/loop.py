@@ -1,0 +1,529 @@
+"""Chapter 6, the loop: on-policy RL on the mini GPT, one jitted step at a time (book ch. 6,
+Figures 16-19 and 22).
+
+One RL step, all inside one compiled function:
+
+1. **rollout** -- draw ``B`` prompts, sample ``G`` completions of each with the KV cache
+   (:func:`rlhf_book.lm.sampling.generate`'s decoding loop), remembering the sampler's
+   log-probabilities;
+2. **score** -- a reward per completion: the chapter-5 reward model, or any Python function of
+   the text (the gold reward, an arithmetic verifier) run on the host through
+   ``jax.pure_callback``, as real systems call verifiers;
+3. **reference** -- log-probabilities of the sampled tokens under the policy at rollout
+   (``pi_old``) and under the frozen reference model (``pi_ref``), the per-token KL;
+4. **advantages** -- by the algorithm's rule (batch-mean REINFORCE, RLOO, GRPO, Dr. GRPO, or
+   GAE on a value head for PPO), with the KL either folded into the rewards (REINFORCE, RLOO,
+   PPO) or added to the loss (GRPO and its descendants), as the book's §6.1.4 describes;
+5. **update** -- ``epochs`` passes over the batch in ``minibatches``, each an optax step
+   (clipped by global norm), all inside ``lax.scan``.
+
+The algorithm is a name in :data:`ALGORITHMS`; :class:`RLConfig` holds the rest. Build with
+:func:`make_rl_step` (one step, for a Python loop with a progress bar: :func:`train_rl`) or
+:func:`make_train` (``train(key)`` runs all steps in one ``lax.scan``; ``jax.jit(jax.vmap(
+train))(keys)`` trains one policy per seed at once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlhf_book.ch05_reward_models import reward_scores
+from rlhf_book.ch06_policy_gradients import losses as L
+from rlhf_book.ch15_regularization import KL_ESTIMATORS, kl_estimate
+from rlhf_book.lm import gpt, sampling, tokenizer
+from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
+
+__all__ = [
+    "ALGORITHMS", "Algorithm", "RLConfig", "PromptSet", "encode_prompts", "Reward",
+    "reward_model_reward", "text_reward", "sequence_log_probs", "RLState", "init_rl_state",
+    "Rollout", "rollout", "make_rl_step", "make_train", "train_rl", "completion_texts",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The algorithms as configuration (book §6.3.1, Table 2)
+
+
+class Algorithm(NamedTuple):
+    """What distinguishes one policy-gradient algorithm from another (book §6.3.1, Table 2):
+
+    * ``advantage``: ``"batch_mean"`` (REINFORCE), ``"rloo"``, ``"grpo"``, ``"dr_grpo"`` or
+      ``"gae"`` (PPO's learned value function);
+    * ``loss``: ``"pg"`` (no ratio: ``-A log pi``), ``"ppo"`` (token ratio, clipped objective),
+      ``"gspo"`` (sequence ratio, clipped objective) or ``"cispo"`` (token ratio, clipped weight);
+    * ``kl``: ``"reward"`` (folded into the reward before the advantage) or ``"loss"``;
+    * ``aggregation``: one of :data:`~.losses.AGGREGATIONS`;
+    * ``clip``: default ``(clip_low, clip_high)``; ``dynamic_sampling``: DAPO's group filter.
+    """
+
+    advantage: str
+    loss: str
+    kl: str
+    aggregation: str
+    clip: tuple[float, float] = (0.2, 0.2)
+    dynamic_sampling: bool = False
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    # Williams 1992: a batch-mean baseline, KL summed into the sequence reward (Figure 17).
+    "reinforce": Algorithm("batch_mean", "pg", "reward", "per_sequence"),
+    # Ahmadian et al. 2024: leave-one-out baseline, KL in the reward (Figure 18).
+    "rloo": Algorithm("rloo", "pg", "reward", "per_sequence"),
+    # Schulman et al. 2017 as in the book's C7: per-token KL in the rewards, GAE on a value head.
+    "ppo": Algorithm("gae", "ppo", "reward", "per_sequence"),
+    # DeepSeekMath: group-normalised advantages, token ratio, KL in the loss (Figure 22).
+    "grpo": Algorithm("grpo", "ppo", "loss", "per_sequence"),
+    # Liu et al. 2025: no std, fixed-length normaliser.
+    "dr_grpo": Algorithm("dr_grpo", "ppo", "loss", "fixed_length"),
+    # Yu et al. 2025: clip-higher, token-level loss, dynamic sampling.
+    "dapo": Algorithm("grpo", "ppo", "loss", "per_token", (0.2, 0.28), True),
+    # Zheng et al. 2025: the sequence-level, length-normalised ratio with a tiny clip range.
+    "gspo": Algorithm("grpo", "gspo", "loss", "per_sequence", (3e-4, 4e-4)),
+    # MiniMax-M1: clipped, stop-gradient IS weights; clip = (unused, absolute cap on rho).
+    "cispo": Algorithm("grpo", "cispo", "loss", "per_token", (0.0, 5.0)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """One RL run. ``steps`` RL steps of ``prompts_per_step`` prompts x ``group_size``
+    completions; each batch is used for ``epochs`` passes in ``minibatches`` optimizer steps.
+
+    ``beta`` weighs the KL to the reference model (in the reward or in the loss, by
+    algorithm), estimated per token with ``kl_estimator`` (None: k1 when the KL is a reward,
+    as InstructGPT; k3 when it is a loss term, as GRPO). ``clip_low``/``clip_high`` None take
+    the algorithm's defaults (``ALGORITHMS[...].clip``). ``tis_cap`` (None: off) multiplies each
+    token's loss by the truncated importance weight between the learner's and the sampler's
+    log-probabilities (§6.2.4). ``truncation_penalty`` replaces the score of a completion that
+    did not stop within ``max_new_tokens`` (book §6.2: score only what ends in EOS); None keeps
+    the score. PPO's critic is a linear value head on the policy's last hidden state, trained
+    with ``vf_coef`` times the (clipped, ``value_clip``) value loss; GAE uses ``gamma``, ``lam``.
+    """
+
+    algorithm: str = "grpo"
+    steps: int = 60
+    prompts_per_step: int = 16
+    group_size: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    learning_rate: float = 2e-5
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    minibatches: int = 1
+    beta: float = 0.02
+    kl_estimator: str | None = None
+    clip_low: float | None = None
+    clip_high: float | None = None
+    tis_cap: float | None = None
+    truncation_penalty: float | None = None
+    gamma: float = 1.0
+    lam: float = 0.95
+    vf_coef: float = 0.1
+    value_clip: float | None = 0.2
+    whiten_advantages: bool = True
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"RLConfig.algorithm must be one of {sorted(ALGORITHMS)}, "
+                             f"got {self.algorithm!r}")
+        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "epochs",
+                     "minibatches", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RLConfig.{name} must be a positive int, got {value!r}")
+        if self.group_size < 2 and self.algo.advantage in ("rloo", "grpo", "dr_grpo"):
+            raise ValueError(f"RLConfig.group_size must be >= 2 for {self.algorithm}'s group "
+                             f"baseline, got {self.group_size}")
+        if (self.prompts_per_step * self.group_size) % self.minibatches:
+            raise ValueError(f"RLConfig.minibatches={self.minibatches} must divide the "
+                             f"{self.prompts_per_step * self.group_size} sequences of a step")
+        if self.kl_estimator is not None and self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"RLConfig.kl_estimator must be None or one of {KL_ESTIMATORS}, "
+                             f"got {self.kl_estimator!r}")
+        for name in ("temperature", "learning_rate", "beta", "max_grad_norm", "vf_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature == 0:
+            raise ValueError("RLConfig.temperature must be > 0: RL needs sampled completions")
+        if self.steps % self.log_every:
+            raise ValueError(f"RLConfig.steps must be a multiple of log_every={self.log_every}, "
+                             f"got {self.steps}")
+
+    @property
+    def algo(self) -> Algorithm:
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def clip(self) -> tuple[float, float]:
+        low, high = self.algo.clip
+        return (low if self.clip_low is None else self.clip_low,
+                high if self.clip_high is None else self.clip_high)
+
+    @property
+    def estimator(self) -> str:
+        if self.kl_estimator is not None:
+            return self.kl_estimator
+        return "k1" if self.algo.kl == "reward" else "k3"
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts and rewards
+
+
+class PromptSet(NamedTuple):
+    """The prompts RL draws from: ``tokens [Q, P]`` right-padded chat prompts (ending in the
+    ``<|assistant|>`` header) and their ``lengths [Q]``."""
+
+    tokens: jax.Array
+    lengths: jax.Array
+
+
+def encode_prompts(prompts: Sequence[str]) -> PromptSet:
+    """Chat-template prompts for a list of user messages, right-padded to the longest."""
+    if not prompts:
+        raise ValueError("prompts must be a non-empty sequence of strings")
+    ids = [tokenizer.render_prompt(p) for p in prompts]
+    tokens, lengths = tokenizer.pad_batch(ids, max(map(len, ids)))
+    return PromptSet(jnp.asarray(tokens), jnp.asarray(lengths))
+
+
+class Reward(NamedTuple):
+    """A reward function for the loop: ``fn(params, tokens [N, T], mask [N, T], prompt_ids
+    [N]) -> [N]`` where ``tokens`` holds prompt + completion, ``mask`` is 1 on the completion
+    and ``prompt_ids`` index the :class:`PromptSet`; ``params`` (a reward model's, or None)
+    travel as an argument so that they are not baked into the compiled step."""
+
+    fn: Callable
+    params: Any = None
+
+
+def reward_model_reward(rm_params, model_config: gpt.GPTConfig, pooling: str = "last") -> Reward:
+    """Score completions with a chapter-5 reward model, reading prompt and completion in the
+    chat template exactly as it was trained (``<|bos|>...<|assistant|>answer<|end|>``)."""
+
+    def fn(params, tokens, mask, prompt_ids):
+        del prompt_ids
+        real = (tokens != tokenizer.PAD).astype(jnp.int32)
+        return reward_scores(params, tokens, real, model_config, pooling)
+
+    return Reward(fn, rm_params)
+
+
+def completion_texts(tokens, mask) -> list[str]:
+    """Decode the completion part (``mask == 1``) of each row, special tokens dropped."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
+    return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask)]
+
+
+def text_reward(score: Callable[[Any, str], float], items: Sequence[Any]) -> Reward:
+    """A reward computed on the host from text: ``score(items[prompt_id], completion_text)``,
+    e.g. ``text_reward(data.gold_reward, questions)`` or an arithmetic verifier. Inside the
+    jitted step it runs through ``jax.pure_callback`` (sequentially under ``vmap``)."""
+    items = list(items)
+
+    def host(tokens, mask, prompt_ids):
+        texts = completion_texts(tokens, mask)
+        return np.asarray([score(items[int(i)], t) for i, t in zip(prompt_ids, texts)],
+                          np.float32)
+
+    def fn(params, tokens, mask, prompt_ids):
+        del params
+        out = jax.ShapeDtypeStruct(prompt_ids.shape, jnp.float32)
+        return jax.pure_callback(host, out, tokens, mask, prompt_ids, vmap_method="sequential")
+
+    return Reward(fn, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-probabilities of sampled tokens, and the rollout
+
+
+def sequence_log_probs(lm_params, tokens, config: gpt.GPTConfig, temperature=1.0,
+                       return_hidden: bool = False):
+    """``log pi(tokens[:, t] | tokens[:, :t])`` under ``softmax(logits / temperature)`` for
+    every position: ``[N, T]`` (position 0, which nothing predicts, is 0), aligned with the
+    rollout's mask. With ``return_hidden`` also the hidden state that *predicts* each token
+    (``[N, T, D]``, that of position ``t - 1``): the state ``s_t`` a value head reads."""
+    logits, hidden = gpt.forward(lm_params, tokens, config, return_hidden=True)
+    logp = log_probs_from_logits(logits[:, :-1] / temperature, tokens[:, 1:])
+    logp = jnp.pad(logp, ((0, 0), (1, 0)))
+    if not return_hidden:
+        return logp
+    return logp, jnp.pad(hidden[:, :-1], ((0, 0), (1, 0), (0, 0)))
+
+
+class RLState(NamedTuple):
+    """Everything a step reads and writes. ``params = {"lm": ..., "value": {"w", "b"}}`` (the
+    value head only for PPO); ``ref_params`` and ``reward_params`` are frozen."""
+
+    params: Any
+    opt_state: Any
+    ref_params: Any
+    reward_params: Any
+    step: jax.Array
+
+
+def _optimizer(config: RLConfig) -> optax.GradientTransformation:
+    # Constant learning rate, clipped by global norm: RL fine-tuning rarely uses schedules.
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                       optax.adam(config.learning_rate))
+
+
+def init_rl_state(config: RLConfig, model_config: gpt.GPTConfig, lm_params, reward: Reward,
+                  ref_params=None) -> RLState:
+    """The state at step 0: the policy starts from ``lm_params`` (the SFT model), the reference
+    is ``ref_params`` (default: a frozen copy of ``lm_params``); PPO gets a zero value head."""
+    params = {"lm": lm_params}
+    if config.algo.advantage == "gae":
+        params["value"] = {"w": jnp.zeros((model_config.d_model,), jnp.float32),
+                           "b": jnp.zeros((), jnp.float32)}
+    return RLState(params, _optimizer(config).init(params),
+                   lm_params if ref_params is None else ref_params, reward.params,
+                   jnp.zeros((), jnp.int32))
+
+
+class Rollout(NamedTuple):
+    """One batch of experience, ``N = B * G`` rows in prompt-major order: ``tokens``,
+    ``mask`` (1 on completion tokens), ``sampler_logp``, ``old_logp``, ``ref_logp``,
+    ``old_values`` (PPO; zeros otherwise) all ``[N, T]``; ``scores`` (the reward) and
+    ``rewards`` (after the KL when the KL is a reward) ``[N]``; ``prompt_ids [N]``,
+    ``stopped [N]`` (ended with ``<|end|>``)."""
+
+    tokens: jax.Array
+    mask: jax.Array
+    sampler_logp: jax.Array
+    old_logp: jax.Array
+    ref_logp: jax.Array
+    old_values: jax.Array
+    scores: jax.Array
+    prompt_ids: jax.Array
+    stopped: jax.Array
+
+
+def _values(params, hidden):
+    return hidden @ params["value"]["w"] + params["value"]["b"]
+
+
+def rollout(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig,
+            prompts: PromptSet, reward: Reward) -> Rollout:
+    """Steps 1-3 of the loop: sample, score, and log-probs under ``pi_old`` and ``pi_ref``."""
+    B, G = config.prompts_per_step, config.group_size
+    k_prompts, k_sample = jax.random.split(key)
+    Q = prompts.tokens.shape[0]
+    chosen = jax.random.choice(k_prompts, Q, (B,), replace=B > Q)
+    prompt_ids = jnp.repeat(chosen, G)  # prompt-major: row b * G + g
+    gen = sampling.sample_cached(state.params["lm"], prompts.tokens[prompt_ids],
+                                 prompts.lengths[prompt_ids], k_sample, config.temperature,
+                                 model_config, max_new_tokens=config.max_new_tokens)
+    tokens, mask = gen.tokens, gen.mask
+    lm = jax.lax.stop_gradient(state.params["lm"])
+    if config.algo.advantage == "gae":
+        old_logp, hidden = sequence_log_probs(lm, tokens, model_config, config.temperature,
+                                              return_hidden=True)
+        old_values = jnp.where(mask > 0, _values(state.params, hidden), 0.0)
+    else:
+        old_logp = sequence_log_probs(lm, tokens, model_config, config.temperature)
+        old_values = jnp.zeros_like(old_logp)
+    ref_logp = sequence_log_probs(state.ref_params, tokens, model_config, config.temperature)
+    scores = reward.fn(state.reward_params, tokens, mask, prompt_ids)
+    stopped = jnp.any((tokens == tokenizer.END) & (mask > 0), axis=1)
+    if config.truncation_penalty is not None:
+        scores = jnp.where(stopped, scores, config.truncation_penalty)
+    return Rollout(tokens, mask, gen.logprobs, jnp.where(mask > 0, old_logp, 0.0),
+                   jnp.where(mask > 0, ref_logp, 0.0), old_values, scores, prompt_ids, stopped)
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 4: advantages, and step 5: the update
+
+
+def _masked_whiten(x, mask, eps=1e-8):
+    """``(x - mean) / std`` over the masked-in entries (the book's C7 whitens padding too:
+    erratum E22)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean(jnp.square(x - mean), mask)
+    return jnp.where(mask > 0, (x - mean) * jax.lax.rsqrt(var + eps), 0.0)
+
+
+def _advantages(config: RLConfig, batch: Rollout):
+    """``(advantages [N] or [N, T], returns [N, T], keep [N])`` for the algorithm."""
+    algo, B, G = config.algo, config.prompts_per_step, config.group_size
+    mask = batch.mask
+    zeros = jnp.zeros_like(mask)
+    keep = jnp.ones(mask.shape[0], bool)
+    if algo.advantage == "gae":
+        rewards = L.kl_penalized_token_rewards(batch.scores, batch.old_logp, batch.ref_logp, mask,
+                                               config.beta, config.estimator)
+        adv, returns = L.compute_gae(rewards, batch.old_values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            adv = _masked_whiten(adv, mask)
+        return adv, returns, keep
+    if algo.kl == "reward":
+        rewards = L.kl_penalized_sequence_rewards(batch.scores, batch.old_logp, batch.ref_logp,
+                                                  mask, config.beta, config.estimator)
+    else:
+        rewards = batch.scores
+    if algo.advantage == "batch_mean":
+        adv = L.reinforce_advantages(rewards, "mean")
+    elif algo.advantage == "rloo":
+        adv = L.rloo_advantages(rewards.reshape(B, G)).reshape(-1)
+    else:
+        grouped = rewards.reshape(B, G)
+        adv = L.grpo_advantages(grouped, scale=algo.advantage == "grpo").reshape(-1)
+        if algo.dynamic_sampling:
+            keep = jnp.repeat(L.dynamic_sampling_mask(grouped), G)
+    return adv, zeros, keep
+
+
+def _loss(params, config: RLConfig, model_config: gpt.GPTConfig, mb: dict):
+    """The minibatch loss: the algorithm's policy loss (+ KL term, + value loss)."""
+    algo = config.algo
+    clip_low, clip_high = config.clip
+    mask = mb["mask"] * mb["keep"][:, None]
+    need_values = algo.advantage == "gae"
+    out = sequence_log_probs(params["lm"], mb["tokens"], model_config, config.temperature,
+                             return_hidden=need_values)
+    logp, hidden = out if need_values else (out, None)
+    logp = jnp.where(mask > 0, logp, 0.0)
+    tis = None
+    if config.tis_cap is not None:
+        tis = L.tis_weights(mb["old_logp"], mb["sampler_logp"], config.tis_cap)
+    agg = algo.aggregation
+    T = mask.shape[1]
+    if algo.loss == "pg":
+        policy = L.policy_gradient_loss(logp, mb["adv"], mask, agg, T, tis)
+    elif algo.loss == "ppo" and algo.kl == "loss":
+        policy = L.grpo_loss(logp, mb["old_logp"], mb["ref_logp"], mb["adv"], mask,
+                             0.0, clip_low, clip_high, agg, T, tis)
+    elif algo.loss == "ppo":
+        policy = L.ppo_clip_loss(logp, mb["old_logp"], mb["adv"], mask, clip_low, clip_high,
+                                 agg, T, tis)
+    elif algo.loss == "gspo":
+        policy = L.gspo_loss(logp, mb["old_logp"], mb["adv"], mask, clip_low, clip_high)
+    else:
+        policy = L.cispo_loss(logp, mb["old_logp"], mb["adv"], mask, clip_high, agg, T)
+    kl = kl_estimate(logp, mb["ref_logp"], config.estimator)
+    loss = policy
+    if algo.kl == "loss":
+        loss = loss + config.beta * L.aggregate_loss(kl, mask, agg, T)
+    metrics = {"policy_loss": policy,
+               "clip_fraction": L.clip_fraction(logp, mb["old_logp"], mb["adv"], mask,
+                                                clip_low, clip_high),
+               "approx_kl": L.approx_kl(logp, mb["old_logp"], mask)}
+    if need_values:
+        values = jnp.where(mask > 0, _values(params, hidden), 0.0)
+        vf = L.value_loss(values, mb["old_values"], mb["returns"], mask, config.value_clip, agg, T)
+        loss = loss + config.vf_coef * vf
+        metrics["value_loss"] = vf
+    return loss, metrics
+
+
+def _update(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig, batch: Rollout):
+    """``epochs`` shuffled passes over the batch in ``minibatches`` optax steps (lax.scan)."""
+    adv, returns, keep = _advantages(config, batch)
+    data = {"tokens": batch.tokens, "mask": batch.mask, "old_logp": batch.old_logp,
+            "sampler_logp": batch.sampler_logp, "ref_logp": batch.ref_logp,
+            "old_values": batch.old_values, "adv": adv, "returns": returns, "keep": keep}
+    N, M = batch.tokens.shape[0], config.minibatches
+    optimizer = _optimizer(config)
+
+    def sgd_step(carry, idx):
+        params, opt_state = carry
+        mb = jax.tree.map(lambda x: x[idx], data)
+        (loss, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
+            params, config, model_config, mb)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+        return (optax.apply_updates(params, updates), opt_state), metrics
+
+    def epoch(carry, key):
+        order = jax.random.permutation(key, N) if M > 1 else jnp.arange(N)
+        return jax.lax.scan(sgd_step, carry, order.reshape(M, N // M))
+
+    (params, opt_state), metrics = jax.lax.scan(epoch, (state.params, state.opt_state),
+                                                jax.random.split(key, config.epochs))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+
+def make_rl_step(config: RLConfig, model_config: gpt.GPTConfig, prompts: PromptSet,
+                 reward: Reward) -> Callable:
+    """``step(state, key) -> (state, metrics)``: one whole RL step (rollout, score, reference,
+    advantages, update), to be jitted. Metrics are scalars: the mean reward (``score``), the
+    KL to the reference (``kl``, the sum over a completion's tokens of ``kl_estimator``,
+    averaged), completion ``length`` in tokens, ``stopped`` fraction, the fraction of groups
+    ``kept`` by dynamic sampling, and the update's ``loss``, ``policy_loss``,
+    ``clip_fraction``, ``approx_kl``, ``grad_norm`` (and ``value_loss`` for PPO)."""
+
+    def step(state: RLState, key):
+        k_roll, k_update = jax.random.split(key)
+        batch = rollout(state, k_roll, config, model_config, prompts, reward)
+        state, metrics = _update(state, k_update, config, model_config, batch)
+        kl = kl_estimate(batch.old_logp, batch.ref_logp, config.estimator)
+        metrics.update(
+            score=jnp.mean(batch.scores),
+            kl=jnp.mean(masked_sum(kl, batch.mask, axis=1)),
+            length=jnp.mean(jnp.sum(batch.mask, axis=1)),
+            stopped=jnp.mean(batch.stopped.astype(jnp.float32)),
+        )
+        if config.algo.dynamic_sampling:
+            grouped = batch.scores.reshape(config.prompts_per_step, config.group_size)
+            metrics["kept"] = jnp.mean(L.dynamic_sampling_mask(grouped).astype(jnp.float32))
+        return state, metrics
+
+    return step
+
+
+def make_train(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: PromptSet,
+               reward: Reward, ref_params=None) -> Callable:
+    """``train(key) -> (final_state, metrics)``: all ``config.steps`` RL steps in one
+    ``lax.scan`` (purejaxrl's pattern), metrics with a leading axis of ``steps``. Pure, so
+    ``jax.jit(jax.vmap(train))(jax.random.split(key, n_seeds))`` trains ``n_seeds`` policies
+    from the same start at once."""
+    step = make_rl_step(config, model_config, prompts, reward)
+
+    def train(key):
+        state = init_rl_state(config, model_config, lm_params, reward, ref_params)
+        return jax.lax.scan(step, state, jax.random.split(key, config.steps))
+
+    return train
+
+
+def train_rl(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: PromptSet,
+             reward: Reward, *, ref_params=None, seed: int = 0, progress: bool = True,
+             callback: Callable[[int, RLState], dict] | None = None):
+    """Run ``config.steps`` RL steps from ``lm_params``, ``log_every`` steps per compiled chunk,
+    with a tqdm progress bar. ``callback(step, state)`` (optional) runs after each chunk and
+    returns extra metrics to record (e.g. a held-out evaluation). Returns ``(lm_params,
+    history)``: the trained policy and a dict of per-step metric lists (plus the callback's
+    per-chunk metrics under ``"eval"``)."""
+    from tqdm.auto import tqdm
+
+    step = make_rl_step(config, model_config, prompts, reward)
+
+    @jax.jit
+    def chunk(state, key):
+        return jax.lax.scan(step, state, jax.random.split(key, config.log_every))
+
+    state = init_rl_state(config, model_config, lm_params, reward, ref_params)
+    key = jax.random.PRNGKey(seed)
+    history: dict[str, list] = {"eval": []}
+    bar = tqdm(total=config.steps, desc=f"RL ({config.algorithm})", disable=not progress)
+    for start in range(0, config.steps, config.log_every):
+        key, sub = jax.random.split(key)
+        state, metrics = chunk(state, sub)
+        for k, v in metrics.items():
+            history.setdefault(k, []).extend(np.asarray(v).tolist())
+        if callback is not None:
+            history["eval"].append({"step": start + config.log_every, **callback(start, state)})
+        bar.update(config.log_every)
+        bar.set_postfix(score=f"{history['score'][-1]:+.3f}", kl=f"{history['kl'][-1]:.3f}")
+    bar.close()
+    return state.params["lm"], history
