@@ -12,10 +12,11 @@ log-probabilities of the token under both models, with Schulman's three estimato
   close distributions), low variance, always >= 0;
 * ``k3 = (r - 1) - log r``         unbiased (``E_pi[r] = 1``) and always >= 0, low variance.
 
-``k3`` is computed with ``expm1`` so that it stays accurate when ``pi`` and ``pi_ref`` are
-close (``r - 1`` would cancel) and its log-ratio is clamped to ``[-20, 20]`` so that it stays
-finite for extreme logits (verl clamps the same way; the clamp only binds when the two models
-disagree by a factor ``e^20`` on one token).
+``k3`` is computed with ``expm1``, which avoids the cancellation of ``r - 1`` when ``pi`` and
+``pi_ref`` are close, and its log-ratio is clamped above at 20 so that it stays finite for
+extreme logits (the clamp only binds where the reference likes a sampled token ``e^20`` times
+more than the policy; below, ``k3 = -1 - log r`` is finite anyway, so there is no clamp and
+the gradient keeps pulling the policy back).
 
 Shapes: any shape, ``logp`` and ``ref_logp`` the same; results elementwise.
 """
@@ -57,9 +58,9 @@ def kl_k2(logp, ref_logp) -> jax.Array:
 def kl_k3(logp, ref_logp) -> jax.Array:
     """``k3 = (r - 1) - log r`` with ``log r = log pi_ref - log pi`` per sample (Schulman 2020):
     unbiased and non-negative (``e^x >= 1 + x``). GRPO's KL term (DeepSeekMath; TRL's
-    ``per_token_kl``); book §6.2.6. ``expm1`` keeps it accurate for nearby models; the
-    log-ratio is clamped to +-20 so extreme logits give a large finite value, never inf."""
-    log_r = jnp.clip(_log_ratio(logp, ref_logp), -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ``per_token_kl``); book §6.2.6. ``expm1`` avoids cancellation for nearby models; the
+    log-ratio is clamped above at 20 so extreme logits give a large finite value, never inf."""
+    log_r = jnp.minimum(_log_ratio(logp, ref_logp), LOG_RATIO_CLAMP)
     return jnp.expm1(log_r) - log_r
 # [/guide]
 

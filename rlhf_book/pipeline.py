@@ -5,7 +5,10 @@ supervised fine-tuning on chat demonstrations, then answers to held-out question
 the gold reward, next to the pretrained model's. Stage 3 (book ch. 5): a Bradley-Terry reward
 model, started from the SFT checkpoint and trained on the simulated annotators' preference
 pairs; its accuracy on pairs about held-out facts is compared with the best any model can reach
-on those noisy labels. Later stages (RL / DPO, evaluation) are added by their chapters.
+on those noisy labels. Stage 4 (book ch. 6): reinforcement learning from the SFT model against
+the reward model (GRPO by default) on prompts about training facts; the policy is compared with
+the SFT model on held-out questions in gold reward, reward-model score, KL to the SFT model and
+length. Later stages (DPO, evaluation) are added by their chapters.
 
 Every stage is cached under ``out_dir`` by a key that hashes everything that determines its
 result (model shape, optimisation settings, seed and the exact token stream), so a second run
@@ -23,11 +26,13 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import ch05_reward_models as ch05
+from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer, train
 
@@ -59,6 +64,11 @@ class PipelineConfig:
     annotators: int = 3
     annotator_noise: float = 0.5
     eval_pairs: int = 1000  # pairs about held-out facts the reward model is tested on
+    # RL (ch. 6): GRPO on prompts about training facts, rewarded by the reward model
+    # ("reward_model") or, as an oracle, by the gold reward itself ("gold").
+    rl: ch06.RLConfig = ch06.RLConfig(algorithm="grpo", steps=40, learning_rate=3e-5, beta=0.1,
+                                      max_new_tokens=48)
+    rl_reward: str = "reward_model"
     seed: int = 0
     out_dir: str = "runs"
 
@@ -75,8 +85,16 @@ class PipelineConfig:
             reward_model=ch05.RMConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
                                        n_pairs=200, log_every=10),
             eval_pairs=64,
+            rl=ch06.RLConfig(steps=4, prompts_per_step=4, group_size=4, max_new_tokens=16,
+                             log_every=2),
             out_dir=out_dir,
         )
+
+
+    def __post_init__(self):
+        if self.rl_reward not in ("reward_model", "gold"):
+            raise ValueError(f"PipelineConfig.rl_reward must be 'reward_model' or 'gold', "
+                             f"got {self.rl_reward!r}")
 
 
 @dataclasses.dataclass
@@ -277,6 +295,74 @@ def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool 
     return StageResult("reward model", params, metrics, path, False, time.perf_counter() - start)
 
 
+def policy_report(params, sft_params, rm_params, model_config: gpt.GPTConfig, questions, *,
+                  pooling: str = "last", seed: int = 0) -> dict:
+    """What the RL stage reports for a policy on ``questions`` (held out): greedy answers
+    scored by the gold reward and by the reward model (reading exactly the generated tokens, as
+    in RL), their length, and the sampled KL to the SFT model (``ch06.sampled_kl``, 4 samples
+    per question at temperature 1)."""
+    prompts = ch06.encode_prompts([q.prompt for q in questions])
+    max_new = min(48, model_config.max_seq_len - prompts.tokens.shape[1])
+    gen = sampling.generate(params, prompts.tokens, jax.random.PRNGKey(seed), model_config,
+                            prompt_lengths=prompts.lengths, max_new_tokens=max_new,
+                            temperature=0.0)
+    answers = sampling.completions(gen)
+    stopped = np.any((np.asarray(gen.tokens) == tokenizer.END) & np.asarray(gen.mask, bool), 1)
+    metrics = ch04.evaluate_answers(questions, answers, stopped.tolist())
+    score = jax.jit(ch06.reward_model_reward(rm_params, model_config, pooling).fn)
+    rm = np.asarray(score(rm_params, gen.tokens, gen.mask, jnp.zeros(len(questions), jnp.int32)))
+    kl = ch06.sampled_kl(params, sft_params, prompts, jax.random.PRNGKey(seed), model_config,
+                         max_new_tokens=max_new)
+    return {**metrics, "rm_score": float(rm.mean()), "kl_to_sft": kl["kl"],
+            "kl_to_sft_se": kl["kl_se"], "sampled_length": kl["length"], "answers": answers}
+
+
+def rl_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *, fresh: bool = False,
+             progress: bool = True, log: Callable[[str], None] = print) -> StageResult:
+    """Stage 4: RL from the SFT model (book ch. 6), rewarded by the reward model (or the gold
+    reward), on prompts about training facts; or the cached policy."""
+    model_config = gpt.get_config(config.model)
+    rc = config.rl
+    questions = data.split_questions(seed=config.seed)[0]
+    prompts = ch06.encode_prompts([q.prompt for q in questions])
+    if prompts.tokens.shape[1] + rc.max_new_tokens > model_config.max_seq_len:
+        raise ValueError(f"RL prompts ({prompts.tokens.shape[1]} tokens) + max_new_tokens "
+                         f"{rc.max_new_tokens} exceed the model's {model_config.max_seq_len}")
+    key = _cache_key(sft.path.name, rm.path.name, dataclasses.asdict(rc), config.rl_reward,
+                     config.seed, np.asarray(prompts.tokens))
+    path = pathlib.Path(config.out_dir) / "checkpoints" / f"rl-{config.model}-{key}.msgpack"
+    if path.exists() and not fresh:
+        return load_stage("rl", path, log)
+    start = time.perf_counter()
+    if config.rl_reward == "gold":
+        reward = ch06.text_reward(data.gold_reward, questions)
+    else:
+        reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
+    log(f"[rl] {rc.algorithm} on {len(questions)} prompts about training facts, rewarded by "
+        f"the {config.rl_reward.replace('_', ' ')}: {rc.steps} steps x {rc.prompts_per_step} "
+        f"prompts x {rc.group_size} completions, beta={rc.beta}, lr={rc.learning_rate}")
+    params, history = ch06.train_rl(rc, model_config, sft.params, prompts, reward,
+                                    seed=config.seed, progress=progress)
+    metrics = {"history": {k: v for k, v in history.items() if k != "eval"},
+               "train_seconds": time.perf_counter() - start}
+    train.save_checkpoint(path, params, {"model": dataclasses.asdict(model_config), "stage": "rl",
+                                         "metrics": metrics, "sft": sft.path.name,
+                                         "reward_model": rm.path.name})
+    return StageResult("rl", params, metrics, path, False, time.perf_counter() - start)
+
+
+def plot_rl_curves(history: dict, path: pathlib.Path, reward_name: str) -> pathlib.Path:
+    """The RL stage's training curves: mean reward of the sampled completions and their KL to
+    the SFT model, per step."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    steps = np.arange(1, len(history["score"]) + 1)
+    ax.plot(steps, history["score"], label=f"{reward_name} (mean of samples)")
+    ax.plot(steps, history["kl"], label="KL to SFT (nats per completion)")
+    ax.set(xlabel="RL step", title="RL from the SFT model")
+    return _save(fig, ax, path)
+
+
 def plot_reward_histograms(metrics: dict, path: pathlib.Path) -> pathlib.Path:
     """Histograms of the reward model's scores of chosen and rejected responses (held out)."""
     r = metrics["heldout_rewards"]
@@ -355,6 +441,14 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     rm = reward_model_stage(config, sft, fresh=fresh, progress=progress, log=log)
     rm_figure = plot_reward_histograms(rm.metrics, out / "figures" / "reward_model.png")
 
+    rl = rl_stage(config, sft, rm, fresh=fresh, progress=progress, log=log)
+    reward_name = config.rl_reward.replace("_", " ")
+    rl_figure = plot_rl_curves(rl.metrics["history"], out / "figures" / "rl.png", reward_name)
+    pooling = config.reward_model.pooling
+    report = {name: policy_report(params, sft.params, rm.params, model_config, questions,
+                                  pooling=pooling, seed=config.seed)
+              for name, params in (("sft", sft.params), ("rl", rl.params))}
+
     rows = [("stage", "params", "steps", "loss start", "train loss", "held-out loss", "time", "")]
     for result, steps in ((stage, config.pretrain.steps), (sft, config.sft.steps),
                           (rm, config.reward_model.steps)):
@@ -385,10 +479,28 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
         f"the annotators' majority label; vs gold: against the higher gold reward; ceiling: the "
         f"best accuracy any model can reach on these labels)")
     _table(rows, log)
-    log(f"\ncheckpoints: {stage.path}, {sft.path}, {rm.path}"
-        f"\nfigures: {figure}, {sft_figure}, {rm_figure}"
+    h = rl.metrics["history"]
+    k = max(1, len(h["score"]) // 4)
+    log(f"\nRL ({config.rl.algorithm}, rewarded by the {reward_name}): mean {reward_name} of "
+        f"the sampled completions {np.mean(h['score'][:k]):+.3f} (first {k} steps) -> "
+        f"{np.mean(h['score'][-k:]):+.3f} (last {k}); KL to SFT {h['kl'][-1]:.2f} nats")
+    rows = [("model", "gold reward", "accuracy", "RM score", "KL to SFT", "answer bytes")]
+    for name, m in report.items():
+        rows.append((name, f"{m['gold_reward']:+.3f}", f"{m['accuracy']:.1%}",
+                     f"{m['rm_score']:+.3f}", f"{m['kl_to_sft']:.2f} +- {m['kl_to_sft_se']:.2f}",
+                     f"{m['answer_bytes']:.1f}"))
+    log(f"\nSFT vs RL on the held-out questions (greedy answers; KL: sampled, nats per "
+        f"completion)")
+    _table(rows, log)
+    for k, q in enumerate(questions[:4]):
+        log(f"  {q.prompt!r} (gold: {q.answer})\n    sft: {report['sft']['answers'][k][:60]!r}"
+            f"\n    rl:  {report['rl']['answers'][k][:60]!r}")
+    log(f"\ncheckpoints: {stage.path}, {sft.path}, {rm.path}, {rl.path}"
+        f"\nfigures: {figure}, {sft_figure}, {rm_figure}, {rl_figure}"
         f"\ntotal: {time.perf_counter() - t0:.1f}s")
-    return {"pretrain": stage, "sft": sft, "reward_model": rm,
+    return {"pretrain": stage, "sft": sft, "reward_model": rm, "rl": rl,
+            "rl_report": {k: {m: v for m, v in r.items() if m != "answers"}
+                          for k, r in report.items()}, "rl_figure": rl_figure,
             "samples_before": before, "samples_after": after,
             "evaluation": {k: v[0] for k, v in evaluation.items()},
             "figure": figure, "sft_figure": sft_figure, "rm_figure": rm_figure}

@@ -43,6 +43,7 @@ __all__ = [
     "ALGORITHMS", "Algorithm", "RLConfig", "PromptSet", "encode_prompts", "Reward",
     "reward_model_reward", "text_reward", "sequence_log_probs", "RLState", "init_rl_state",
     "Rollout", "rollout", "make_rl_step", "make_train", "train_rl", "completion_texts",
+    "sampled_kl",
 ]
 
 
@@ -527,3 +528,22 @@ def train_rl(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: 
         bar.set_postfix(score=f"{history['score'][-1]:+.3f}", kl=f"{history['kl'][-1]:.3f}")
     bar.close()
     return state.params["lm"], history
+
+
+def sampled_kl(params, ref_params, prompts: PromptSet, key, model_config: gpt.GPTConfig, *,
+               samples: int = 4, max_new_tokens: int = 32, temperature: float = 1.0) -> dict:
+    """How far a policy has moved from its reference, measured the way the objective counts
+    it: sample ``samples`` completions per prompt from ``params`` and average the sequence KL
+    estimate ``sum_t (log pi - log pi_ref)`` (k1, unbiased for ``KL(pi || pi_ref)`` of whole
+    completions). Returns the mean, its standard error and the mean completion length in
+    tokens."""
+    n = prompts.tokens.shape[0]
+    ids = jnp.repeat(jnp.arange(n), samples)
+    gen = sampling.sample_cached(params, prompts.tokens[ids], prompts.lengths[ids], key,
+                                 temperature, model_config, max_new_tokens=max_new_tokens)
+    log_probs = jax.jit(sequence_log_probs, static_argnums=(2,))
+    logp = log_probs(params, gen.tokens, model_config, temperature)
+    ref = log_probs(ref_params, gen.tokens, model_config, temperature)
+    kl = np.asarray(masked_sum(logp - ref, gen.mask, axis=1))
+    return {"kl": float(kl.mean()), "kl_se": float(kl.std(ddof=1) / np.sqrt(kl.size)),
+            "length": float(np.asarray(gen.mask).sum(1).mean())}

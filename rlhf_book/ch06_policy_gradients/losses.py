@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_book.ch15_regularization import kl_estimate, kl_k3
 from rlhf_book.lm.ops import as_float_array, masked_mean, masked_sum
@@ -393,7 +394,7 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
     if mode == "per_token":
         return masked_mean(per_token_loss, mask)
     length = mask.shape[1] if max_length is None else max_length
-    if not isinstance(length, int) or length < 1:
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
         raise ValueError(f"max_length must be a positive int (or None for T), got {max_length!r}")
     return masked_sum(per_token_loss, mask) / (mask.shape[0] * length)
     # END SOLUTION
@@ -496,6 +497,9 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     for name, value in (("gamma", gamma), ("lam", lam)):
         if not isinstance(value, jax.core.Tracer) and not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
+    dtype = jnp.result_type(rewards, values)  # one dtype for the scan's carry
+    rewards, values = rewards.astype(dtype), values.astype(dtype)
+    gamma, lam = jnp.asarray(gamma, dtype), jnp.asarray(lam, dtype)
     # BEGIN SOLUTION
     def backwards(carry, step):
         next_value, next_advantage = carry

@@ -163,6 +163,40 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "rlhf_book.ch05_reward_models:reward_margins", "ch05 guide, 'Calibration'"),
         ),
     ),
+    Chapter(
+        6, "policy_gradients", "Policy gradients: REINFORCE, RLOO, PPO, GRPO, GSPO, CISPO",
+        "book ch. 6 (§6.1.1-6.1.4 REINFORCE and RLOO, eqs. 23-49; §6.1.5 PPO, eqs. 50-54; "
+        "§6.1.6 GRPO and Dr. GRPO, eqs. 55-60; §6.1.7 GSPO, eqs. 61-64; §6.1.8 CISPO, "
+        "eqs. 65-66; §6.2.2 loss aggregation, eqs. 67-69; §6.2.4 truncated importance sampling, "
+        "eqs. 70-72; §6.2.5-6.2.6 where the KL goes, eq. 74; §6.3.2 GAE, eqs. 75-77; §6.3.3-6.3.4 "
+        "clip fraction and DAPO); the KL estimators of §15 (Schulman 2020)",
+        exercises=(
+            Exercise("6.1", "the RLOO leave-one-out advantage",
+                     "rlhf_book.ch06_policy_gradients.losses:rloo_advantages",
+                     "book §6.1.4, eqs. 47-49"),
+            Exercise("6.2", "PPO's clipped surrogate objective",
+                     "rlhf_book.ch06_policy_gradients.losses:ppo_objective",
+                     "book §6.1.5.1, eq. 52 and Figure 20"),
+            Exercise("6.3", "GRPO's group advantage (and Dr. GRPO's)",
+                     "rlhf_book.ch06_policy_gradients.losses:grpo_advantages",
+                     "book §6.1.6, eqs. 57-60"),
+            Exercise("6.4", "GSPO's sequence-level importance ratio",
+                     "rlhf_book.ch06_policy_gradients.losses:gspo_sequence_ratio",
+                     "book §6.1.7, eq. 63"),
+            Exercise("6.5", "CISPO: clip the weight, not the objective",
+                     "rlhf_book.ch06_policy_gradients.losses:cispo_loss",
+                     "book §6.1.8, eqs. 65-66"),
+            Exercise("6.6", "the three loss aggregations",
+                     "rlhf_book.ch06_policy_gradients.losses:aggregate_loss",
+                     "book §6.2.2, eqs. 67-69"),
+            Exercise("6.7", "truncated importance-sampling weights",
+                     "rlhf_book.ch06_policy_gradients.losses:tis_weights",
+                     "book §6.2.4, eq. 70 and code C6"),
+            Exercise("6.8", "generalised advantage estimation (GAE)",
+                     "rlhf_book.ch06_policy_gradients.losses:compute_gae",
+                     "book §6.3.2, eqs. 75-77 and code C10"),
+        ),
+    ),
 )
 
 
