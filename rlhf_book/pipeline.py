@@ -489,8 +489,8 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
         rows.append((name, f"{m['gold_reward']:+.3f}", f"{m['accuracy']:.1%}",
                      f"{m['rm_score']:+.3f}", f"{m['kl_to_sft']:.2f} +- {m['kl_to_sft_se']:.2f}",
                      f"{m['answer_bytes']:.1f}"))
-    log(f"\nSFT vs RL on the held-out questions (greedy answers; KL: sampled, nats per "
-        f"completion)")
+    log("\nSFT vs RL on the held-out questions (greedy answers; KL: sampled, nats per "
+        "completion)")
     _table(rows, log)
     for k, q in enumerate(questions[:4]):
         log(f"  {q.prompt!r} (gold: {q.answer})\n    sft: {report['sft']['answers'][k][:60]!r}"

@@ -284,17 +284,12 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta=0.0, clip_low=0.2
     (TRL's convention); PPO and RLOO put it in the reward instead
     (:func:`kl_penalized_token_rewards`). ``ref_logp`` is a constant.
     """
-    mask, logp, old_logp, ref_logp = _token_arrays(mask, logp=logp, old_logp=old_logp,
-                                                   ref_logp=ref_logp)
-    _check_clip(clip_low, "clip_low")
-    _check_clip(clip_high, "clip_high")
-    adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
-    ratio = _ratio(logp, jax.lax.stop_gradient(old_logp))
-    per_token = -ppo_objective(ratio, adv, clip_low, clip_high)
-    if tis is not None:
-        per_token = per_token * jax.lax.stop_gradient(_token_arrays(mask, tis=tis)[1])
-    per_token = per_token + beta * kl_k3(logp, jax.lax.stop_gradient(ref_logp))
-    return aggregate_loss(per_token, mask, aggregation, max_length)
+    mask, logp, ref_logp = _token_arrays(mask, logp=logp, ref_logp=ref_logp)
+    policy = ppo_clip_loss(logp, old_logp, advantages, mask, clip_low, clip_high, aggregation,
+                           max_length, tis)
+    # Aggregation is linear, so the KL term can be aggregated on its own with the same rule.
+    kl = kl_k3(logp, jax.lax.stop_gradient(ref_logp))
+    return policy + beta * aggregate_loss(kl, mask, aggregation, max_length)
 # [/guide]
 
 
