@@ -163,8 +163,11 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     for name, value in (("gamma", gamma), ("lam", lam)):
         if not isinstance(value, jax.core.Tracer) and not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
+    dtype = jnp.result_type(rewards, values)  # one dtype for the scan's carry
+    rewards, values = rewards.astype(dtype), values.astype(dtype)
+    gamma, lam = jnp.asarray(gamma, dtype), jnp.asarray(lam, dtype)
     raise NotImplementedError('Exercise 6.8 (generalised advantage estimation (GAE); book §6.3.2, eqs. 75-77 and code C10) is not started: replace this line with your solution.')
     returns = jnp.where(mask > 0, advantages + values, 0.0)
     return advantages, returns
 
-# stub fingerprint: 2d456a41aa0068d5
+# stub fingerprint: e7cb99e5b0bf5729
