@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.lm.ops import as_float_array
-from rlhf_book.lm.ops import as_float_array, masked_mean
-from rlhf_book.ch05_reward_models import _check_rank, _check_same_shape
+from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean
+from rlhf_book.lm.ops import as_float_array, check_rank
+from rlhf_book.ch05_reward_models import _check_same_shape
 
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Array:
@@ -65,7 +66,7 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     *pairs*, which only rescales the loss; the per-prompt average above is what InstructGPT does.
     """
     s = as_float_array(scores, "scores")
-    _check_rank(s, 2, "scores", "[P, K]")
+    check_rank(s, 2, "scores", "[P, K]")
     valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid).astype(bool)
     _check_same_shape(s, valid, "scores", "valid")
     raise NotImplementedError('Exercise 5.2 (balancing the C(K, 2) comparisons of a prompt; book §5.4.2, eq. 19 (per prompt)) is not started: replace this line with your solution.')
@@ -86,7 +87,7 @@ def plackett_luce_loss(scores) -> jax.Array:
     for scores of any size.
     """
     s = as_float_array(scores, "scores")
-    _check_rank(s, 2, "scores", "[N, K]")
+    check_rank(s, 2, "scores", "[N, K]")
     if s.shape[0] < 1 or s.shape[1] < 2:
         raise ValueError(f"scores must have shape [N, K] with N >= 1 and K >= 2, got {s.shape}")
     raise NotImplementedError('Exercise 5.3 (the Plackett-Luce ranking loss; book §5.4.3, eq. 20) is not started: replace this line with your solution.')
@@ -125,4 +126,4 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: d61eb82d79aab016
+# stub fingerprint: 86a4ee422cd9d01a

@@ -36,17 +36,13 @@ import numpy as np
 
 from rlhf_book import data
 from rlhf_book.lm import gpt, tokenizer, train
-from rlhf_book.lm.ops import as_float_array, masked_mean, masked_sum
+from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean, masked_sum
 
 
 def _check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_b} must have the shape of {name_a} {a.shape}, got {b.shape}")
 
-
-def _check_rank(x: jax.Array, rank: int, name: str, dims: str) -> None:
-    if x.ndim != rank:
-        raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +113,7 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     *pairs*, which only rescales the loss; the per-prompt average above is what InstructGPT does.
     """
     s = as_float_array(scores, "scores")
-    _check_rank(s, 2, "scores", "[P, K]")
+    check_rank(s, 2, "scores", "[P, K]")
     valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid).astype(bool)
     _check_same_shape(s, valid, "scores", "valid")
     # BEGIN SOLUTION
@@ -148,7 +144,7 @@ def plackett_luce_loss(scores) -> jax.Array:
     for scores of any size.
     """
     s = as_float_array(scores, "scores")
-    _check_rank(s, 2, "scores", "[N, K]")
+    check_rank(s, 2, "scores", "[N, K]")
     if s.shape[0] < 1 or s.shape[1] < 2:
         raise ValueError(f"scores must have shape [N, K] with N >= 1 and K >= 2, got {s.shape}")
     # BEGIN SOLUTION
@@ -190,7 +186,7 @@ def orm_loss(logits, labels, mask) -> jax.Array:
     the mean over every masked token of the batch, 0 when nothing is masked in.
     """
     z = as_float_array(logits, "logits")
-    _check_rank(z, 2, "logits", "[N, T]")
+    check_rank(z, 2, "logits", "[N, T]")
     y = as_float_array(labels, "labels")
     if y.shape == z.shape[:1]:
         y = jnp.broadcast_to(y[:, None], z.shape)
@@ -234,7 +230,7 @@ def prm_binary_loss(logits, step_labels, mask) -> jax.Array:
     token. ``logits [N, T]``, ``step_labels [N, T]`` in ``{0, 1}`` (1 = the step is correct),
     ``mask [N, T]`` 1 at step ends. Mean over labelled tokens, 0 if none (book §5.6, eq. 22)."""
     z = as_float_array(logits, "logits")
-    _check_rank(z, 2, "logits", "[N, T]")
+    check_rank(z, 2, "logits", "[N, T]")
     y = as_float_array(step_labels, "step_labels")
     _check_same_shape(z, y, "logits", "step_labels")
     mask = jnp.asarray(mask)
@@ -261,7 +257,7 @@ def aggregate_token_scores(probs, mask, how: str = "mean") -> jax.Array:
     if how not in AGGREGATIONS:
         raise ValueError(f"how must be one of {AGGREGATIONS}, got {how!r}")
     p = as_float_array(probs, "probs")
-    _check_rank(p, 2, "probs", "[N, T]")
+    check_rank(p, 2, "probs", "[N, T]")
     m = jnp.asarray(mask).astype(bool)
     _check_same_shape(p, m, "probs", "mask")
     if how == "mean":

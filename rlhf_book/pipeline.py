@@ -295,6 +295,9 @@ def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool 
     return StageResult("reward model", params, metrics, path, False, time.perf_counter() - start)
 
 
+_reward_scores = jax.jit(ch05.reward_scores, static_argnums=(3, 4))
+
+
 def policy_report(params, sft_params, rm_params, model_config: gpt.GPTConfig, questions, *,
                   pooling: str = "last", seed: int = 0) -> dict:
     """What the RL stage reports for a policy on ``questions`` (held out): greedy answers
@@ -309,8 +312,8 @@ def policy_report(params, sft_params, rm_params, model_config: gpt.GPTConfig, qu
     answers = sampling.completions(gen)
     stopped = np.any((np.asarray(gen.tokens) == tokenizer.END) & np.asarray(gen.mask, bool), 1)
     metrics = ch04.evaluate_answers(questions, answers, stopped.tolist())
-    score = jax.jit(ch06.reward_model_reward(rm_params, model_config, pooling).fn)
-    rm = np.asarray(score(rm_params, gen.tokens, gen.mask, jnp.zeros(len(questions), jnp.int32)))
+    real = (gen.tokens != tokenizer.PAD).astype(jnp.int32)  # prompt + answer, as in RL
+    rm = np.asarray(_reward_scores(rm_params, gen.tokens, real, model_config, pooling))
     kl = ch06.sampled_kl(params, sft_params, prompts, jax.random.PRNGKey(seed), model_config,
                          max_new_tokens=max_new)
     return {**metrics, "rm_score": float(rm.mean()), "kl_to_sft": kl["kl"],

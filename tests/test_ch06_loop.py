@@ -10,7 +10,7 @@ import pytest
 
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import data
-from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.lm import gpt, sampling, tokenizer
 
 CONFIG = gpt.get_config("tiny")
 LETTER = ord("a")
@@ -122,7 +122,7 @@ def test_text_reward_runs_the_python_function_on_the_completions(params):
     state = ch06.init_rl_state(config, CONFIG, params, reward)
     batch = jax.jit(lambda s, k: ch06.rollout(s, k, config, CONFIG, prompts, reward))(
         state, jax.random.PRNGKey(6))
-    texts = ch06.completion_texts(batch.tokens, batch.mask)
+    texts = sampling.decode_masked(batch.tokens, batch.mask)
     expected = [data.gold_reward(questions[int(i)], t) for i, t in zip(batch.prompt_ids, texts)]
     np.testing.assert_allclose(np.asarray(batch.scores), expected, rtol=1e-6)
 
@@ -146,6 +146,13 @@ def test_sampled_kl_is_zero_against_itself_and_positive_after_a_change(params, p
     assert moved["kl"] > 3 * moved["kl_se"] > 0
 
 
+def test_train_rl_needs_whole_chunks(params, prompts):
+    """``log_every`` only matters to the chunked driver: make_train accepts any step count."""
+    config = small_config(steps=3, log_every=2)
+    with pytest.raises(ValueError, match="log_every"):
+        ch06.train_rl(config, CONFIG, params, prompts, LETTER_REWARD, progress=False)
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(algorithm="trpo"), "algorithm"),
     (dict(group_size=1), "group_size"),
@@ -154,7 +161,6 @@ def test_sampled_kl_is_zero_against_itself_and_positive_after_a_change(params, p
     (dict(kl_estimator="k4"), "kl_estimator"),
     (dict(steps=0), "steps"),
     (dict(beta=-1.0), "beta"),
-    (dict(steps=3, log_every=2), "log_every"),
 ])
 def test_bad_configs_raise(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -72,7 +72,7 @@ def sampled_gold(params, model, questions, seed, samples=2):
     ids = np.repeat(np.arange(len(questions)), samples)
     gen = sampling.sample_cached(params, prompts.tokens[ids], prompts.lengths[ids],
                                  jax.random.PRNGKey(seed), 1.0, model, max_new_tokens=48)
-    texts = ch06.completion_texts(gen.tokens, gen.mask)
+    texts = sampling.decode_masked(gen.tokens, gen.mask)
     gold = data.gold_reward_batch([questions[i] for i in ids], texts)
     return gold.mean(), gold.std(ddof=1) / np.sqrt(len(gold))
 

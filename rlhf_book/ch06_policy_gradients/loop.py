@@ -42,8 +42,7 @@ from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 __all__ = [
     "ALGORITHMS", "Algorithm", "RLConfig", "PromptSet", "encode_prompts", "Reward",
     "reward_model_reward", "text_reward", "sequence_log_probs", "RLState", "init_rl_state",
-    "Rollout", "rollout", "make_rl_step", "make_train", "train_rl", "completion_texts",
-    "sampled_kl",
+    "Rollout", "rollout", "make_rl_step", "make_train", "train_rl", "sampled_kl",
 ]
 
 
@@ -153,9 +152,6 @@ class RLConfig:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature == 0:
             raise ValueError("RLConfig.temperature must be > 0: RL needs sampled completions")
-        if self.steps % self.log_every:
-            raise ValueError(f"RLConfig.steps must be a multiple of log_every={self.log_every}, "
-                             f"got {self.steps}")
 
     @property
     def algo(self) -> Algorithm:
@@ -217,12 +213,6 @@ def reward_model_reward(rm_params, model_config: gpt.GPTConfig, pooling: str = "
     return Reward(fn, rm_params)
 
 
-def completion_texts(tokens, mask) -> list[str]:
-    """Decode the completion part (``mask == 1``) of each row, special tokens dropped."""
-    tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
-    return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask)]
-
-
 def text_reward(score: Callable[[Any, str], float], items: Sequence[Any]) -> Reward:
     """A reward computed on the host from text: ``score(items[prompt_id], completion_text)``,
     e.g. ``text_reward(data.gold_reward, questions)`` or an arithmetic verifier. Inside the
@@ -230,7 +220,7 @@ def text_reward(score: Callable[[Any, str], float], items: Sequence[Any]) -> Rew
     items = list(items)
 
     def host(tokens, mask, prompt_ids):
-        texts = completion_texts(tokens, mask)
+        texts = sampling.decode_masked(tokens, mask)
         return np.asarray([score(items[int(i)], t) for i, t in zip(prompt_ids, texts)],
                           np.float32)
 
@@ -400,9 +390,6 @@ def _loss(params, config: RLConfig, model_config: gpt.GPTConfig, mb: dict):
     T = mask.shape[1]
     if algo.loss == "pg":
         policy = L.policy_gradient_loss(logp, mb["adv"], mask, agg, T, tis)
-    elif algo.loss == "ppo" and algo.kl == "loss":
-        policy = L.grpo_loss(logp, mb["old_logp"], mb["ref_logp"], mb["adv"], mask,
-                             0.0, clip_low, clip_high, agg, T, tis)
     elif algo.loss == "ppo":
         policy = L.ppo_clip_loss(logp, mb["old_logp"], mb["adv"], mask, clip_low, clip_high,
                                  agg, T, tis)
@@ -507,6 +494,9 @@ def train_rl(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: 
     per-chunk metrics under ``"eval"``)."""
     from tqdm.auto import tqdm
 
+    if config.steps % config.log_every:
+        raise ValueError(f"RLConfig.steps must be a multiple of log_every={config.log_every} "
+                         f"to run in chunks, got {config.steps}")
     step = make_rl_step(config, model_config, prompts, reward)
 
     @jax.jit
@@ -530,6 +520,9 @@ def train_rl(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: 
     return state.params["lm"], history
 
 
+_jit_log_probs = jax.jit(sequence_log_probs, static_argnums=(2,))
+
+
 def sampled_kl(params, ref_params, prompts: PromptSet, key, model_config: gpt.GPTConfig, *,
                samples: int = 4, max_new_tokens: int = 32, temperature: float = 1.0) -> dict:
     """How far a policy has moved from its reference, measured the way the objective counts
@@ -541,9 +534,8 @@ def sampled_kl(params, ref_params, prompts: PromptSet, key, model_config: gpt.GP
     ids = jnp.repeat(jnp.arange(n), samples)
     gen = sampling.sample_cached(params, prompts.tokens[ids], prompts.lengths[ids], key,
                                  temperature, model_config, max_new_tokens=max_new_tokens)
-    log_probs = jax.jit(sequence_log_probs, static_argnums=(2,))
-    logp = log_probs(params, gen.tokens, model_config, temperature)
-    ref = log_probs(ref_params, gen.tokens, model_config, temperature)
+    logp = _jit_log_probs(params, gen.tokens, model_config, temperature)
+    ref = _jit_log_probs(ref_params, gen.tokens, model_config, temperature)
     kl = np.asarray(masked_sum(logp - ref, gen.mask, axis=1))
     return {"kl": float(kl.mean()), "kl_se": float(kl.std(ddof=1) / np.sqrt(kl.size)),
             "length": float(np.asarray(gen.mask).sum(1).mean())}

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.ch15_regularization import kl_estimate, kl_k3
-from rlhf_book.lm.ops import as_float_array, masked_mean, masked_sum
+from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean, masked_sum
 
 __all__ = [
     "AGGREGATIONS", "LOG_RATIO_CLAMP", "reinforce_advantages", "rloo_advantages",
@@ -58,16 +58,12 @@ LOG_RATIO_CLAMP = 20.0
 # Argument checks shared by every function below
 
 
-def _check_rank(x: jax.Array, rank: int, name: str, dims: str) -> None:
-    if x.ndim != rank:
-        raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
-
 
 def _token_arrays(mask, **arrays) -> tuple[jax.Array, ...]:
     """Check that ``mask`` is ``[N, T]`` and every other array has its shape; return the mask
     (float) followed by the arrays (float), in order."""
     mask = as_float_array(mask, "mask")
-    _check_rank(mask, 2, "mask", "[N, T]")
+    check_rank(mask, 2, "mask", "[N, T]")
     out = [mask]
     for name, x in arrays.items():
         x = as_float_array(x, name)
@@ -85,7 +81,7 @@ def _check_clip(value, name: str) -> None:
 
 def _group_rewards(rewards) -> jax.Array:
     rewards = as_float_array(rewards, "rewards")
-    _check_rank(rewards, 2, "rewards", "[B, G] (prompts x completions per prompt)")
+    check_rank(rewards, 2, "rewards", "[B, G] (prompts x completions per prompt)")
     if rewards.shape[1] < 2:
         raise ValueError(f"rewards needs G >= 2 completions per prompt for a group baseline, "
                          f"got shape {rewards.shape}")
@@ -113,7 +109,7 @@ def reinforce_advantages(rewards, baseline="mean") -> jax.Array:
     ``(N - 1) / N`` -- RLOO removes that.
     """
     rewards = as_float_array(rewards, "rewards")
-    _check_rank(rewards, 1, "rewards", "[N]")
+    check_rank(rewards, 1, "rewards", "[N]")
     if baseline is None:
         return rewards
     if isinstance(baseline, str):
@@ -145,7 +141,7 @@ def token_advantages(advantages, mask) -> jax.Array:
     """Advantages per token ``[N, T]``: ``[N]`` (one per sequence, the bandit view of
     §6.2.2.2) broadcast over the sequence's tokens, ``[N, T]`` (the MDP view) as given."""
     mask = as_float_array(mask, "mask")
-    _check_rank(mask, 2, "mask", "[N, T]")
+    check_rank(mask, 2, "mask", "[N, T]")
     advantages = as_float_array(advantages, "advantages")
     if advantages.shape == mask.shape[:1]:
         return jnp.broadcast_to(advantages[:, None], mask.shape)

@@ -26,6 +26,13 @@ def as_float_array(x, name: str) -> jax.Array:
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
+def check_rank(x: jax.Array, rank: int, name: str, dims: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``x`` has ``rank`` axes (``dims`` spells the
+    expected shape, e.g. ``"[B, G]"``)."""
+    if x.ndim != rank:
+        raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
+
+
 # [guide:masked-mean]
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     """Sum of ``x`` over the entries where ``mask`` is 1 (``mask`` broadcastable to ``x``)."""

@@ -200,7 +200,13 @@ def sample_cached(params, prompts, prompt_lengths, key, temperature, config: gpt
                             max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
 
 
+def decode_masked(tokens, mask) -> list[str]:
+    """Decode the tokens where ``mask`` is 1 in each row of ``tokens [N, T]`` to text (special
+    tokens dropped)."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
+    return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask)]
+
+
 def completions(generation: Generation) -> list[str]:
     """Decode the sampled part of each row to text (special tokens dropped)."""
-    tokens, mask = np.asarray(generation.tokens), np.asarray(generation.mask).astype(bool)
-    return [tokenizer.decode(row[m]) for row, m in zip(tokens, mask)]
+    return decode_masked(generation.tokens, generation.mask)

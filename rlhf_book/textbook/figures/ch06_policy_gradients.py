@@ -262,7 +262,7 @@ def answer_breakdown(lm_params, n_questions: int = N_BREAKDOWN_QUESTIONS, seed: 
                         jax.random.split(jax.random.PRNGKey(seed + 1), S),
                         model_config=model_config, max_new_tokens=max_new_tokens)
     tokens = np.asarray(gen.tokens).reshape(S * n_questions, -1)
-    texts = ch06.completion_texts(tokens, np.asarray(gen.mask).reshape(S * n_questions, -1))
+    texts = sampling.decode_masked(tokens, np.asarray(gen.mask).reshape(S * n_questions, -1))
     counts = dict.fromkeys(ANSWER_KINDS, 0)
     gold = []
     for question, text in zip([questions[i] for i in np.tile(ids, S)], texts):
