@@ -312,7 +312,8 @@ def rollout(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig,
     prompt_ids = jnp.repeat(chosen, G)  # prompt-major: row b * G + g
     gen = sampling.sample_cached(state.params["lm"], prompts.tokens[prompt_ids],
                                  prompts.lengths[prompt_ids], k_sample, config.temperature,
-                                 model_config, max_new_tokens=config.max_new_tokens)
+                                 model_config, max_new_tokens=config.max_new_tokens,
+                                 min_prompt_length=sampling.shortest_prompt(prompts.lengths))
     tokens, mask = gen.tokens, gen.mask
     lm = jax.lax.stop_gradient(state.params["lm"])
     if config.algo.advantage == "gae":

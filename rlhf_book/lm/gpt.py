@@ -347,9 +347,15 @@ def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidd
 
 
 def init_cache(config: GPTConfig, batch_size: int):
-    """An empty KV cache: keys and values ``[L, N, H, max_seq_len, d]`` for every layer."""
-    shape = (config.n_layers, batch_size, config.n_heads, config.max_seq_len, config.head_dim)
-    return jnp.zeros(shape), jnp.zeros(shape)
+    """An empty KV cache: one ``(keys, values)`` pair per layer, each ``[N, H, max_seq_len, d]``.
+
+    A tuple of per-layer buffers rather than one stacked ``[L, ...]`` array: inside the
+    sampling loop XLA then writes each new key in place, where a stacked cache threaded
+    through ``lax.scan`` over layers is copied whole at every token (measured: generation
+    2.5x slower on the default model).
+    """
+    shape = (batch_size, config.n_heads, config.max_seq_len, config.head_dim)
+    return tuple((jnp.zeros(shape), jnp.zeros(shape)) for _ in range(config.n_layers))
 
 
 def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTConfig):
@@ -363,11 +369,9 @@ def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTC
     """
     check_tokens(tokens, config)
     x = embed(params, tokens, start)
-
-    def layer(x, layer_inputs):
-        p, k, v = layer_inputs
-        x, (k, v) = block(p, x, config, (k, v), start)
-        return x, (k, v)
-
-    x, cache = jax.lax.scan(layer, x, (params["blocks"], *cache), unroll=True)
-    return unembed(params, x)[0], cache
+    new_cache = []
+    for layer, layer_cache in enumerate(cache):  # a Python loop: one buffer per layer
+        p = jax.tree_util.tree_map(lambda leaf: leaf[layer], params["blocks"])
+        x, layer_cache = block(p, x, config, layer_cache, start)
+        new_cache.append(layer_cache)
+    return unembed(params, x)[0], tuple(new_cache)

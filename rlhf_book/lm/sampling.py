@@ -5,12 +5,13 @@ log-probability of each sampled token (the ``log pi_old`` of PPO's ratio, book c
 module does it for a batch of prompts of different lengths in one compiled loop:
 
 * prompts are right-padded to ``[N, P]`` with their true lengths beside them;
-* one ``lax.scan`` walks positions ``t = 0 .. P + max_new_tokens - 2``. At each step every row
-  feeds its token at ``t`` through the model (one position, against the KV cache) and gets the
-  logits of position ``t + 1``. A row still inside its prompt copies its next prompt token
-  (teacher forcing: this *is* the prefill, done one token at a time, which keeps every row
-  contiguous from position 0 and costs little at a 128-token context); a row past its prompt
-  samples;
+* the positions that every row holds prompt tokens in (up to the shortest prompt) go through
+  the model in one parallel pass that fills the KV cache (the *prefill*);
+* then one ``lax.scan`` walks the remaining positions up to ``P + max_new_tokens - 2``. At each
+  step every row feeds its token at ``t`` through the model (one position, against the KV
+  cache) and gets the logits of position ``t + 1``. A row still inside its prompt copies its
+  next prompt token (teacher forcing: the rest of its prefill, one token at a time, which keeps
+  every row contiguous from position 0); a row past its prompt samples;
 * a row stops after its stop token (``eos_id``, by default the chat template's ``<|end|>``)
   or after ``max_new_tokens``; later positions hold ``<|pad|>``.
 
@@ -73,18 +74,21 @@ def sample_token(key, logits, temperature, top_k: int = 0):
 
 
 def _decode(next_logits: Callable, state, prompts, prompt_lengths, key, temperature, *,
-            max_new_tokens: int, top_k: int, eos_id: int) -> Generation:
+            max_new_tokens: int, top_k: int, eos_id: int, start: int = 0) -> Generation:
     """The shared decoding loop. ``next_logits(state, tokens, t) -> (logits [N, V], state)``
-    returns the logits of position ``t + 1`` given the buffer ``tokens`` filled up to ``t``."""
+    returns the logits of position ``t + 1`` given the buffer ``tokens`` filled up to ``t``.
+    The loop starts at position ``start`` (a Python int): ``state`` must already hold
+    positions ``0 .. start - 1``, which every row has in its prompt."""
     N, P = prompts.shape
     T = P + max_new_tokens
     buffer = jnp.pad(prompts, ((0, 0), (0, max_new_tokens)), constant_values=tokenizer.PAD)
 
     def step(carry, t):
-        state, buffer, done, key = carry
-        key, sub = jax.random.split(key)
+        state, buffer, done = carry
         logits, state = next_logits(state, buffer, t)
-        sampled, logp = sample_token(sub, logits, temperature, top_k)
+        # One key per position (not a chain of splits): the draws do not depend on where the
+        # loop starts, so prefill and cache never change what is sampled.
+        sampled, logp = sample_token(jax.random.fold_in(key, t), logits, temperature, top_k)
         pos = t + 1  # the position being decided
         in_prompt = pos < prompt_lengths
         sampling = ~in_prompt & ~done & (pos < prompt_lengths + max_new_tokens)
@@ -92,11 +96,11 @@ def _decode(next_logits: Callable, state, prompts, prompt_lengths, key, temperat
         new = jnp.where(in_prompt, prompt_token, jnp.where(sampling, sampled, tokenizer.PAD))
         buffer = jax.lax.dynamic_update_index_in_dim(buffer, new, pos, axis=1)
         done = done | (sampling & (sampled == eos_id))
-        return (state, buffer, done, key), (jnp.where(sampling, logp, 0.0), sampling)
+        return (state, buffer, done), (jnp.where(sampling, logp, 0.0), sampling)
 
-    init = (state, buffer, jnp.zeros(N, bool), key)
-    (_, buffer, _, _), (logprobs, mask) = jax.lax.scan(step, init, jnp.arange(T - 1))
-    zeros = jnp.zeros((N, 1))
+    init = (state, buffer, jnp.zeros(N, bool))
+    (_, buffer, _), (logprobs, mask) = jax.lax.scan(step, init, jnp.arange(start, T - 1))
+    zeros = jnp.zeros((N, start + 1))  # positions 0 .. start are prompt: never sampled
     return Generation(
         tokens=buffer,
         logprobs=jnp.concatenate([zeros, logprobs.T], axis=1),
@@ -104,17 +108,20 @@ def _decode(next_logits: Callable, state, prompts, prompt_lengths, key, temperat
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id",
+                                             "prefill"))
 def _generate_cached(params, prompts, prompt_lengths, key, temperature, *, config,
-                     max_new_tokens, top_k, eos_id):
+                     max_new_tokens, top_k, eos_id, prefill=0):
     def next_logits(cache, buffer, t):
         token = jax.lax.dynamic_slice_in_dim(buffer, t, 1, axis=1)  # [N, 1]
         logits, cache = gpt.forward_cached(params, token, t, cache, config)
         return logits[:, 0], cache
 
     cache = gpt.init_cache(config, prompts.shape[0])
+    if prefill:  # the prompt positions every row shares, in one parallel pass
+        cache = gpt.forward_cached(params, prompts[:, :prefill], 0, cache, config)[1]
     return _decode(next_logits, cache, prompts, prompt_lengths, key, temperature,
-                   max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
+                   max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id, start=prefill)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
@@ -184,20 +191,42 @@ def generate(params, prompts, key, config: gpt.GPTConfig, *, prompt_lengths=None
         eos_id = -1  # matches no token
     elif not 0 <= int(eos_id) < config.vocab_size:
         raise ValueError(f"eos_id must be None or in [0, {config.vocab_size}), got {eos_id}")
-    impl = _generate_cached if use_cache else _generate_uncached
-    return impl(params, jnp.asarray(prompts, jnp.int32), prompt_lengths, key,
-                jnp.asarray(temperature, jnp.float32), config=config,
-                max_new_tokens=max_new_tokens, top_k=top_k, eos_id=int(eos_id))
+    prompts = jnp.asarray(prompts, jnp.int32)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    if not use_cache:
+        return _generate_uncached(params, prompts, prompt_lengths, key, temperature,
+                                  config=config, max_new_tokens=max_new_tokens, top_k=top_k,
+                                  eos_id=int(eos_id))
+    return _generate_cached(params, prompts, prompt_lengths, key, temperature, config=config,
+                            max_new_tokens=max_new_tokens, top_k=top_k, eos_id=int(eos_id),
+                            prefill=shortest_prompt(prompt_lengths) - 1)
+
+
+def shortest_prompt(prompt_lengths) -> int:
+    """The shortest prompt in ``prompt_lengths``, as a Python int; 1 (nothing known) when the
+    lengths are traced, i.e. only known when the compiled function runs."""
+    if isinstance(prompt_lengths, jax.core.Tracer):
+        return 1
+    return int(np.min(np.asarray(prompt_lengths)))
 
 
 def sample_cached(params, prompts, prompt_lengths, key, temperature, config: gpt.GPTConfig, *,
-                  max_new_tokens: int, top_k: int = 0, eos_id: int = tokenizer.END) -> Generation:
+                  max_new_tokens: int, top_k: int = 0, eos_id: int = tokenizer.END,
+                  min_prompt_length: int | None = None) -> Generation:
     """:func:`generate` with the KV cache but without its eager argument checks, for use
     inside a jitted function (an RL step), where ``prompts``, ``prompt_lengths`` and
-    ``temperature`` may be traced. The caller guarantees what :func:`generate` checks."""
+    ``temperature`` may be traced. The caller guarantees what :func:`generate` checks, and
+    that every prompt is at least ``min_prompt_length`` tokens long (a Python int; default:
+    :func:`shortest_prompt` of ``prompt_lengths``): the first ``min_prompt_length - 1``
+    positions then go through the model in one parallel pass (the prefill) instead of one loop
+    step each. Inside a jitted function pass it explicitly, e.g. the shortest prompt of the
+    whole set a batch is drawn from."""
+    if min_prompt_length is None:
+        min_prompt_length = shortest_prompt(prompt_lengths)
     return _generate_cached(params, prompts, prompt_lengths, key,
                             jnp.asarray(temperature, jnp.float32), config=config,
-                            max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
+                            max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id,
+                            prefill=max(0, int(min_prompt_length) - 1))
 
 
 def decode_masked(tokens, mask) -> list[str]:
