@@ -134,6 +134,34 @@ def _notebooks(args) -> int:
     return 1 if failed else 0
 
 
+def _bench(args) -> int:
+    import json
+
+    from rlhf_book.textbook import bench
+
+    rl = bench.RLStepBench().rl
+    overrides = {k: v for k, v in {"prompts_per_step": args.prompts, "group_size": args.group_size,
+                                   "max_new_tokens": args.new_tokens}.items() if v is not None}
+    config = bench.RLStepBench(model=args.model, rl=dataclasses.replace(rl, **overrides),
+                               repeats=args.repeats)
+    results = [bench.rl_step(config)]
+    python = None if args.no_reference else bench.reference_python(args.reference_python)
+    if python is None and not args.no_reference:
+        print("TRL side skipped: torch, transformers, trl and datasets are not importable here "
+              "(pip install torch transformers trl datasets, or pass --reference-python)")
+    elif python is not None:
+        results.append(bench.trl_rl_step(results[0], python, steps=args.reference_steps))
+    print()
+    print(bench.format_table(results))
+    print("\nmedians over timed steps after warm-up; the JAX step excludes its one-time compile; "
+          "TRL's step includes HF generate (KV cache, eager PyTorch)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"results written to {_relative(args.json)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf-book",
@@ -191,6 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("chapters", nargs="*", help=chapter_help)
     p.add_argument("--check", action="store_true", help="execute only; do not write outputs")
     p.set_defaults(func=_notebooks)
+
+    p = sub.add_parser("bench", help="measure speed and memory: one jitted RL step, side by side "
+                                     "with TRL's GRPOTrainer where torch and trl are installed")
+    p.add_argument("what", choices=["rl-step"], help="what to measure")
+    p.add_argument("--model", choices=["tiny", "small", "mini"], default="mini",
+                   help="model size (default mini, the pipeline's)")
+    p.add_argument("--prompts", type=int, help="prompts per step (default 16)")
+    p.add_argument("--group-size", type=int, help="completions per prompt (default 8)")
+    p.add_argument("--new-tokens", type=int, help="tokens per completion (default 48)")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--reference-python",
+                   help="a Python with torch, transformers, trl and datasets for the TRL side "
+                        "(default: this one, when they import)")
+    p.add_argument("--reference-steps", type=int, default=12,
+                   help="TRL steps to run; the first two are warm-up (default 12)")
+    p.add_argument("--no-reference", action="store_true", help="skip the TRL side")
+    p.add_argument("--json", type=pathlib.Path, help="also write the results to this JSON file")
+    p.set_defaults(func=_bench)
     return parser
 
 

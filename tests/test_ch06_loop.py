@@ -3,6 +3,8 @@ bad configs raise, and GRPO learns a simple reward on a tiny GPT."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +38,16 @@ def letter_fraction(params, tokens, mask, prompt_ids):
 LETTER_REWARD = ch06.Reward(letter_fraction)
 
 
+def mean_token_id(params, tokens, mask, prompt_ids):
+    """A dense reward (almost surely different for every completion, so that DAPO's dynamic
+    sampling keeps every group): the mean byte value of the completion, scaled to [0, 1]."""
+    del params, prompt_ids
+    return jnp.sum(tokens * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0) / 255.0
+
+
+DENSE_REWARD = ch06.Reward(mean_token_id)
+
+
 def small_config(**kw):
     base = dict(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=8, log_every=1)
     return ch06.RLConfig(**{**base, **kw})
@@ -44,7 +56,7 @@ def small_config(**kw):
 @pytest.mark.parametrize("algorithm", sorted(ch06.ALGORITHMS))
 def test_every_algorithm_runs_and_stays_finite(algorithm, params, prompts):
     config = small_config(algorithm=algorithm, epochs=2, minibatches=2, tis_cap=2.0)
-    state, metrics = jax.jit(ch06.make_train(config, CONFIG, params, prompts, LETTER_REWARD))(
+    state, metrics = jax.jit(ch06.make_train(config, CONFIG, params, prompts, DENSE_REWARD))(
         jax.random.PRNGKey(1))
     for name, value in metrics.items():
         assert value.shape == (config.steps,), name
@@ -56,17 +68,20 @@ def test_every_algorithm_runs_and_stays_finite(algorithm, params, prompts):
     assert max(jax.tree.leaves(moved)) > 0, f"{algorithm} did not update the policy"
 
 
-def test_first_step_is_on_policy(params, prompts):
-    """On the first step pi_theta = pi_old = pi_ref: the recomputed log-probs equal the sampler's,
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_first_step_is_on_policy(params, prompts, epochs):
+    """On the first step pi_theta = pi_old = pi_ref: the log-probs under pi_old (the sampler's
+    own when the batch serves one gradient step, recomputed otherwise) equal the reference's,
     every ratio is 1 (nothing clipped), and the KL to the reference is 0."""
-    config = small_config(algorithm="grpo")
+    config = small_config(algorithm="grpo", epochs=epochs)
     state = ch06.init_rl_state(config, CONFIG, params, LETTER_REWARD)
     batch = ch06.rollout(state, jax.random.PRNGKey(2), config, CONFIG, prompts, LETTER_REWARD)
     mask = np.asarray(batch.mask)
     assert mask.sum() > 0
     np.testing.assert_allclose(np.asarray(batch.old_logp) * mask,
                                np.asarray(batch.sampler_logp) * mask, atol=2e-5)
-    np.testing.assert_allclose(np.asarray(batch.ref_logp), np.asarray(batch.old_logp), atol=0)
+    np.testing.assert_allclose(np.asarray(batch.ref_logp) * mask,
+                               np.asarray(batch.old_logp) * mask, atol=2e-5)
     _, metrics = ch06.make_rl_step(config, CONFIG, prompts, LETTER_REWARD)(state,
                                                                           jax.random.PRNGKey(2))
     assert float(metrics["clip_fraction"]) == 0.0
@@ -84,12 +99,14 @@ def test_rollout_layout_is_prompt_major(params, prompts):
     for row, i in zip(tokens, np.asarray(batch.prompt_ids)):
         n = int(prompts.lengths[i])
         np.testing.assert_array_equal(row[:n], np.asarray(prompts.tokens[i, :n]))
-    # The completion mask starts right after each prompt and never covers padding.
+    # The completion mask is one run starting right after each prompt; after it, only padding.
     mask = np.asarray(batch.mask)
     for row, m, i in zip(tokens, mask, np.asarray(batch.prompt_ids)):
-        n = int(prompts.lengths[i])
-        assert m[:n].sum() == 0 and m[n] == 1
-        assert np.all(row[m > 0] != tokenizer.PAD)
+        n, k = int(prompts.lengths[i]), int(m.sum())
+        assert 1 <= k <= config.max_new_tokens
+        np.testing.assert_array_equal(m[n:n + k], 1)
+        assert m.sum() == k  # nothing masked in outside the run
+        assert np.all(row[n + k:] == tokenizer.PAD)
     assert tokens.shape[1] == P + config.max_new_tokens
 
 
@@ -103,6 +120,25 @@ def test_vmap_over_seeds_equals_one_seed_at_a_time(params, prompts):
         for name in ("score", "kl", "length", "loss"):
             np.testing.assert_allclose(batched[name][k], single[name], rtol=2e-4, atol=2e-5,
                                        err_msg=name)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])  # KL in the reward; KL in the loss
+def test_vmap_over_betas_equals_one_config_per_beta(params, prompts, algorithm):
+    """Sweeping the KL coefficient and the learning rate as traced arguments (one compilation)
+    runs the same steps as a config per value."""
+    config = small_config(algorithm=algorithm, steps=2, learning_rate=1e-3)
+    key = jax.random.PRNGKey(6)
+    betas, rates = jnp.array([0.0, 0.5]), jnp.array([1e-3, 3e-3])
+    train = ch06.make_train(config, CONFIG, params, prompts, DENSE_REWARD)
+    _, swept = jax.jit(jax.vmap(train, in_axes=(None, 0, 0)))(key, betas, rates)
+    for i, (beta, rate) in enumerate(zip(betas.tolist(), rates.tolist())):
+        one = dataclasses.replace(config, beta=beta, learning_rate=rate)
+        _, single = jax.jit(ch06.make_train(one, CONFIG, params, prompts, DENSE_REWARD))(key)
+        for name in ("score", "kl", "loss", "grad_norm"):
+            np.testing.assert_allclose(swept[name][i], single[name], rtol=2e-4, atol=2e-5,
+                                       err_msg=f"{name} at beta={beta}")
+    # the two settings really differ (the sweep did not collapse to one value)
+    assert not np.allclose(swept["loss"][0], swept["loss"][1])
 
 
 def test_train_rl_chunks_equal_one_scan(params, prompts):
@@ -140,7 +176,8 @@ def test_sampled_kl_is_zero_against_itself_and_positive_after_a_change(params, p
     same = ch06.sampled_kl(params, params, prompts, jax.random.PRNGKey(8), CONFIG,
                            max_new_tokens=8)
     assert same["kl"] == 0.0 and same["length"] > 0
-    other = gpt.init_params(jax.random.PRNGKey(9), CONFIG)
+    # A reference with 10x sharper logits (final LayerNorm scaled): clearly a different model.
+    other = {**params, "ln_f": jax.tree.map(lambda a: 10 * a, params["ln_f"])}
     moved = ch06.sampled_kl(params, other, prompts, jax.random.PRNGKey(8), CONFIG,
                             samples=64, max_new_tokens=8)
     assert moved["kl"] > 3 * moved["kl_se"] > 0

@@ -156,16 +156,3 @@ def test_bad_arguments_raise(tiny_config, tiny_params, prompts, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sampling.generate(tiny_params, tokens, jax.random.PRNGKey(0), tiny_config, **kw)
 
-
-def test_prefill_changes_nothing_but_speed(tiny_config, tiny_params, prompts):
-    # The shared prompt prefix goes through the model in one parallel pass; starting the loop
-    # there instead of at position 0 must give the same tokens and log-probabilities.
-    tokens, lengths = prompts
-    key = jax.random.PRNGKey(5)
-    runs = [sampling.sample_cached(tiny_params, jnp.asarray(tokens), jnp.asarray(lengths), key,
-                                   1.0, tiny_config, max_new_tokens=12, min_prompt_length=m)
-            for m in (1, sampling.shortest_prompt(lengths))]
-    assert sampling.shortest_prompt(lengths) > 2
-    np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)
-    np.testing.assert_array_equal(runs[0].mask, runs[1].mask)
-    np.testing.assert_allclose(runs[0].logprobs, runs[1].logprobs, atol=1e-5)

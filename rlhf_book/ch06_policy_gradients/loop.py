@@ -148,6 +148,8 @@ class RLConfig:
             raise ValueError(f"RLConfig.kl_estimator must be None or one of {KL_ESTIMATORS}, "
                              f"got {self.kl_estimator!r}")
         for name in ("temperature", "learning_rate", "beta", "max_grad_norm", "vf_coef"):
+            if isinstance(getattr(self, name), jax.core.Tracer):
+                continue  # a swept value inside make_train's train(): checked by the caller
             if not getattr(self, name) >= 0:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature == 0:
@@ -312,14 +314,19 @@ def rollout(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig,
     prompt_ids = jnp.repeat(chosen, G)  # prompt-major: row b * G + g
     gen = sampling.sample_cached(state.params["lm"], prompts.tokens[prompt_ids],
                                  prompts.lengths[prompt_ids], k_sample, config.temperature,
-                                 model_config, max_new_tokens=config.max_new_tokens,
-                                 min_prompt_length=sampling.shortest_prompt(prompts.lengths))
+                                 model_config, max_new_tokens=config.max_new_tokens)
     tokens, mask = gen.tokens, gen.mask
     lm = jax.lax.stop_gradient(state.params["lm"])
     if config.algo.advantage == "gae":
         old_logp, hidden = sequence_log_probs(lm, tokens, model_config, config.temperature,
                                               return_hidden=True)
         old_values = jnp.where(mask > 0, _values(state.params, hidden), 0.0)
+    elif config.epochs * config.minibatches == 1 and config.tis_cap is None:
+        # The batch serves one gradient step from the parameters that sampled it, so pi_old
+        # is the sampler: its log-probs came with the tokens (TRL skips this forward pass
+        # too). They equal a recomputation up to float round-off.
+        old_logp = gen.logprobs
+        old_values = jnp.zeros_like(old_logp)
     else:
         old_logp = sequence_log_probs(lm, tokens, model_config, config.temperature)
         old_values = jnp.zeros_like(old_logp)
@@ -472,14 +479,19 @@ def make_rl_step(config: RLConfig, model_config: gpt.GPTConfig, prompts: PromptS
 
 def make_train(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: PromptSet,
                reward: Reward, ref_params=None) -> Callable:
-    """``train(key) -> (final_state, metrics)``: all ``config.steps`` RL steps in one
-    ``lax.scan`` (purejaxrl's pattern), metrics with a leading axis of ``steps``. Pure, so
-    ``jax.jit(jax.vmap(train))(jax.random.split(key, n_seeds))`` trains ``n_seeds`` policies
-    from the same start at once."""
-    step = make_rl_step(config, model_config, prompts, reward)
+    """``train(key, beta=None, learning_rate=None) -> (final_state, metrics)``: all
+    ``config.steps`` RL steps in one ``lax.scan`` (purejaxrl's pattern), metrics with a leading
+    axis of ``steps``. Pure, so ``jax.jit(jax.vmap(train))(jax.random.split(key, n_seeds))``
+    trains ``n_seeds`` policies from the same start at once. ``beta`` and ``learning_rate``,
+    when given, replace the config's and may be traced: ``jax.vmap(train)(keys, betas)``
+    sweeps the KL coefficient in one compilation instead of one per value."""
 
-    def train(key):
-        state = init_rl_state(config, model_config, lm_params, reward, ref_params)
+    def train(key, beta=None, learning_rate=None):
+        swept = {k: v for k, v in (("beta", beta), ("learning_rate", learning_rate))
+                 if v is not None}
+        run_config = dataclasses.replace(config, **swept) if swept else config
+        step = make_rl_step(run_config, model_config, prompts, reward)
+        state = init_rl_state(run_config, model_config, lm_params, reward, ref_params)
         return jax.lax.scan(step, state, jax.random.split(key, config.steps))
 
     return train

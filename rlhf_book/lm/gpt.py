@@ -203,19 +203,27 @@ def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start
     causal mask so that no document sees another (chapter 4). With a cache
     ``(k, v)`` of shape ``[N, H, max_seq_len, d]``, the new tokens sit at positions
     ``start .. start+S-1``: their keys and values are written into the cache, and each attends
-    to every cached position up to its own. Returns ``(out [N, S, D], new_cache or None)``.
+    to every cached position up to its own. ``start`` may also be ``[N]`` with ``S = 1``: each
+    row feeds one token at its own position (rows of a batch whose prompts differ in length
+    decode in step). Returns ``(out [N, S, D], new_cache or None)``.
     """
     H = config.n_heads
     q, k, v = (_split_heads(dense(x, p[w]), H) for w in ("wq", "wk", "wv"))
     S = x.shape[1]
     if cache is None:
         mask = causal_mask(S) if mask is None else mask[:, None]  # [N, 1, S, S]: every head
-    else:
+    elif jnp.ndim(start) == 0:
         k = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, start, 0))
         v = jax.lax.dynamic_update_slice(cache[1], v, (0, 0, start, 0))
         cache = (k, v)
         key_pos = jnp.arange(config.max_seq_len)
         mask = key_pos[None, :] <= start + jnp.arange(S)[:, None]  # [S, max_seq_len]
+    else:  # row n writes its one key at position start[n] and reads keys 0 .. start[n]
+        rows = jnp.arange(x.shape[0])
+        k = cache[0].at[rows, :, start].set(k[:, :, 0])
+        v = cache[1].at[rows, :, start].set(v[:, :, 0])
+        cache = (k, v)
+        mask = (jnp.arange(config.max_seq_len) <= start[:, None])[:, None, None, :]
     out = _merge_heads(attend(q, k, v, mask))
     return dense(out, p["wo"]), cache
 # [/guide]
@@ -269,9 +277,12 @@ def check_tokens(tokens, config: GPTConfig, *, name: str = "tokens", max_len: in
 def embed(params: Params, tokens: jax.Array, start=0, positions=None) -> jax.Array:
     """Token plus learned position embeddings: ``[N, S, D]``.
 
-    Tokens sit at positions ``start ..``, or at ``positions [N, S]`` when given (packed
-    sequences restart their positions at every document).
+    Tokens sit at positions ``start ..`` (``start`` a scalar, or ``[N]``: one start per row),
+    or at ``positions [N, S]`` when given (packed sequences restart their positions at every
+    document).
     """
+    if positions is None and jnp.ndim(start) == 1:
+        positions = start[:, None] + jnp.arange(tokens.shape[1])
     if positions is not None:
         return params["tok_emb"][tokens] + params["pos_emb"][positions]
     S = tokens.shape[1]
@@ -363,7 +374,8 @@ def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTC
 
     The cache holds keys and values of every earlier position. Feeding a sequence in pieces
     (a prompt, then one token at a time) gives the same logits as :func:`forward` on the whole
-    sequence, at a cost per new token that does not grow with the prefix length.
+    sequence, at a cost per new token that does not grow with the prefix length. ``start`` is
+    a scalar, or ``[N]`` positions (one per row) when ``S = 1``.
 
     Returns ``(logits [N, S, V], new_cache)``.
     """

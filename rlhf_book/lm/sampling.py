@@ -5,13 +5,11 @@ log-probability of each sampled token (the ``log pi_old`` of PPO's ratio, book c
 module does it for a batch of prompts of different lengths in one compiled loop:
 
 * prompts are right-padded to ``[N, P]`` with their true lengths beside them;
-* the positions that every row holds prompt tokens in (up to the shortest prompt) go through
-  the model in one parallel pass that fills the KV cache (the *prefill*);
-* then one ``lax.scan`` walks the remaining positions up to ``P + max_new_tokens - 2``. At each
-  step every row feeds its token at ``t`` through the model (one position, against the KV
-  cache) and gets the logits of position ``t + 1``. A row still inside its prompt copies its
-  next prompt token (teacher forcing: the rest of its prefill, one token at a time, which keeps
-  every row contiguous from position 0); a row past its prompt samples;
+* the prefill: the whole block of prompts goes through the model in one parallel pass that
+  fills the KV cache;
+* then one ``lax.scan`` of ``max_new_tokens`` steps. At step ``j`` every row feeds the token at
+  its own position ``prompt_length - 1 + j`` (one position per row, against the KV cache) and
+  samples the next one, so rows with prompts of different lengths decode in step;
 * a row stops after its stop token (``eos_id``, by default the chat template's ``<|end|>``)
   or after ``max_new_tokens``; later positions hold ``<|pad|>``.
 
@@ -74,64 +72,68 @@ def sample_token(key, logits, temperature, top_k: int = 0):
 
 
 def _decode(next_logits: Callable, state, prompts, prompt_lengths, key, temperature, *,
-            max_new_tokens: int, top_k: int, eos_id: int, start: int = 0) -> Generation:
-    """The shared decoding loop. ``next_logits(state, tokens, t) -> (logits [N, V], state)``
-    returns the logits of position ``t + 1`` given the buffer ``tokens`` filled up to ``t``.
-    The loop starts at position ``start`` (a Python int): ``state`` must already hold
-    positions ``0 .. start - 1``, which every row has in its prompt."""
-    N, P = prompts.shape
-    T = P + max_new_tokens
-    buffer = jnp.pad(prompts, ((0, 0), (0, max_new_tokens)), constant_values=tokenizer.PAD)
+            max_new_tokens: int, top_k: int, eos_id: int) -> Generation:
+    """The shared decoding loop: ``max_new_tokens`` steps, every row at its own position.
 
-    def step(carry, t):
+    At step ``j`` row ``n`` feeds the token at ``pos[n] = prompt_lengths[n] - 1 + j`` and
+    samples the token of ``pos[n] + 1``; ``next_logits(state, tokens, pos) -> (logits [N, V],
+    state)`` returns those logits given the buffer ``tokens`` filled up to ``pos``.
+    """
+    N, P = prompts.shape
+    K = max_new_tokens
+    buffer = jnp.pad(prompts, ((0, 0), (0, K)), constant_values=tokenizer.PAD)
+    rows = jnp.arange(N)
+
+    def step(carry, j):
         state, buffer, done = carry
-        logits, state = next_logits(state, buffer, t)
-        # One key per position (not a chain of splits): the draws do not depend on where the
-        # loop starts, so prefill and cache never change what is sampled.
-        sampled, logp = sample_token(jax.random.fold_in(key, t), logits, temperature, top_k)
-        pos = t + 1  # the position being decided
-        in_prompt = pos < prompt_lengths
-        sampling = ~in_prompt & ~done & (pos < prompt_lengths + max_new_tokens)
-        prompt_token = jax.lax.dynamic_index_in_dim(buffer, pos, axis=1, keepdims=False)
-        new = jnp.where(in_prompt, prompt_token, jnp.where(sampling, sampled, tokenizer.PAD))
-        buffer = jax.lax.dynamic_update_index_in_dim(buffer, new, pos, axis=1)
-        done = done | (sampling & (sampled == eos_id))
-        return (state, buffer, done), (jnp.where(sampling, logp, 0.0), sampling)
+        pos = prompt_lengths - 1 + j
+        logits, state = next_logits(state, buffer, pos)
+        # One key per step (not a chain of splits), shared by both implementations.
+        sampled, logp = sample_token(jax.random.fold_in(key, j), logits, temperature, top_k)
+        live = ~done
+        buffer = buffer.at[rows, pos + 1].set(jnp.where(live, sampled, tokenizer.PAD))
+        done = done | (sampled == eos_id)
+        return (state, buffer, done), (jnp.where(live, logp, 0.0), live)
 
     init = (state, buffer, jnp.zeros(N, bool))
-    (_, buffer, _), (logprobs, mask) = jax.lax.scan(step, init, jnp.arange(start, T - 1))
-    zeros = jnp.zeros((N, start + 1))  # positions 0 .. start are prompt: never sampled
+    (_, buffer, _), (logprobs, live) = jax.lax.scan(step, init, jnp.arange(K))
+    # Step j decided position prompt_lengths + j of each row: put the [K, N] outputs there.
+    cols = prompt_lengths[:, None] + jnp.arange(K)
+    zeros = jnp.zeros((N, P + K))
     return Generation(
         tokens=buffer,
-        logprobs=jnp.concatenate([zeros, logprobs.T], axis=1),
-        mask=jnp.concatenate([zeros, mask.T.astype(jnp.float32)], axis=1),
+        logprobs=zeros.at[rows[:, None], cols].set(logprobs.T),
+        mask=zeros.at[rows[:, None], cols].set(live.T.astype(jnp.float32)),
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id",
-                                             "prefill"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
 def _generate_cached(params, prompts, prompt_lengths, key, temperature, *, config,
-                     max_new_tokens, top_k, eos_id, prefill=0):
-    def next_logits(cache, buffer, t):
-        token = jax.lax.dynamic_slice_in_dim(buffer, t, 1, axis=1)  # [N, 1]
-        logits, cache = gpt.forward_cached(params, token, t, cache, config)
+                     max_new_tokens, top_k, eos_id):
+    # The prefill: the whole padded prompt block in one parallel pass. Each row's cache is
+    # right up to its own prompt; the slots after it hold padding, which no query sees (each
+    # row attends up to its own position) and which decoding overwrites one by one.
+    cache = gpt.forward_cached(params, prompts, 0, gpt.init_cache(config, prompts.shape[0]),
+                               config)[1]
+    rows = jnp.arange(prompts.shape[0])
+
+    def next_logits(cache, buffer, pos):
+        logits, cache = gpt.forward_cached(params, buffer[rows, pos][:, None], pos, cache, config)
         return logits[:, 0], cache
 
-    cache = gpt.init_cache(config, prompts.shape[0])
-    if prefill:  # the prompt positions every row shares, in one parallel pass
-        cache = gpt.forward_cached(params, prompts[:, :prefill], 0, cache, config)[1]
     return _decode(next_logits, cache, prompts, prompt_lengths, key, temperature,
-                   max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id, start=prefill)
+                   max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
 def _generate_uncached(params, prompts, prompt_lengths, key, temperature, *, config,
                        max_new_tokens, top_k, eos_id):
-    def next_logits(state, buffer, t):
+    rows = jnp.arange(prompts.shape[0])
+
+    def next_logits(state, buffer, pos):
         # The whole forward pass over the buffer at every step: O(T) work per token instead of
-        # O(1). Positions after t hold padding, which the causal mask keeps out of logits[t].
-        logits = gpt.forward(params, buffer, config)
-        return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False), state
+        # O(1). Positions after pos hold padding, which the causal mask keeps out of logits[pos].
+        return gpt.forward(params, buffer, config)[rows, pos], state
 
     return _decode(next_logits, None, prompts, prompt_lengths, key, temperature,
                    max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
@@ -191,42 +193,20 @@ def generate(params, prompts, key, config: gpt.GPTConfig, *, prompt_lengths=None
         eos_id = -1  # matches no token
     elif not 0 <= int(eos_id) < config.vocab_size:
         raise ValueError(f"eos_id must be None or in [0, {config.vocab_size}), got {eos_id}")
-    prompts = jnp.asarray(prompts, jnp.int32)
-    temperature = jnp.asarray(temperature, jnp.float32)
-    if not use_cache:
-        return _generate_uncached(params, prompts, prompt_lengths, key, temperature,
-                                  config=config, max_new_tokens=max_new_tokens, top_k=top_k,
-                                  eos_id=int(eos_id))
-    return _generate_cached(params, prompts, prompt_lengths, key, temperature, config=config,
-                            max_new_tokens=max_new_tokens, top_k=top_k, eos_id=int(eos_id),
-                            prefill=shortest_prompt(prompt_lengths) - 1)
-
-
-def shortest_prompt(prompt_lengths) -> int:
-    """The shortest prompt in ``prompt_lengths``, as a Python int; 1 (nothing known) when the
-    lengths are traced, i.e. only known when the compiled function runs."""
-    if isinstance(prompt_lengths, jax.core.Tracer):
-        return 1
-    return int(np.min(np.asarray(prompt_lengths)))
+    impl = _generate_cached if use_cache else _generate_uncached
+    return impl(params, jnp.asarray(prompts, jnp.int32), prompt_lengths, key,
+                jnp.asarray(temperature, jnp.float32), config=config,
+                max_new_tokens=max_new_tokens, top_k=top_k, eos_id=int(eos_id))
 
 
 def sample_cached(params, prompts, prompt_lengths, key, temperature, config: gpt.GPTConfig, *,
-                  max_new_tokens: int, top_k: int = 0, eos_id: int = tokenizer.END,
-                  min_prompt_length: int | None = None) -> Generation:
+                  max_new_tokens: int, top_k: int = 0, eos_id: int = tokenizer.END) -> Generation:
     """:func:`generate` with the KV cache but without its eager argument checks, for use
     inside a jitted function (an RL step), where ``prompts``, ``prompt_lengths`` and
-    ``temperature`` may be traced. The caller guarantees what :func:`generate` checks, and
-    that every prompt is at least ``min_prompt_length`` tokens long (a Python int; default:
-    :func:`shortest_prompt` of ``prompt_lengths``): the first ``min_prompt_length - 1``
-    positions then go through the model in one parallel pass (the prefill) instead of one loop
-    step each. Inside a jitted function pass it explicitly, e.g. the shortest prompt of the
-    whole set a batch is drawn from."""
-    if min_prompt_length is None:
-        min_prompt_length = shortest_prompt(prompt_lengths)
+    ``temperature`` may be traced. The caller guarantees what :func:`generate` checks."""
     return _generate_cached(params, prompts, prompt_lengths, key,
                             jnp.asarray(temperature, jnp.float32), config=config,
-                            max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id,
-                            prefill=max(0, int(min_prompt_length) - 1))
+                            max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
 
 
 def decode_masked(tokens, mask) -> list[str]:

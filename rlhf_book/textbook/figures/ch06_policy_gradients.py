@@ -297,11 +297,16 @@ def algorithm_runs() -> dict[str, dict]:
 def kl_sweep_runs() -> dict[float, dict]:
     """``{beta: metrics}``: ``KL_SWEEP_CONFIG`` on the length reward (:func:`length_score`) for
     each of ``KL_SWEEP_BETAS``, ``KL_SWEEP_SEEDS`` seeds from :func:`sft_policy`."""
-    _, questions, _ = rl_task()
+    model_config, questions, prompts = rl_task()
     reward = ch06.text_reward(length_score, questions)
-    params = sft_policy()
-    return {b: run_seeds(dataclasses.replace(KL_SWEEP_CONFIG, beta=b), reward, params,
-                         KL_SWEEP_SEEDS)[0] for b in KL_SWEEP_BETAS}
+    train = ch06.make_train(KL_SWEEP_CONFIG, model_config, sft_policy(), prompts, reward)
+    # Every (beta, seed) pair in one vmap, beta traced: one compilation for the whole sweep.
+    n_betas = len(KL_SWEEP_BETAS)
+    keys = jnp.tile(jax.random.split(jax.random.PRNGKey(0), KL_SWEEP_SEEDS), (n_betas, 1))
+    betas = jnp.repeat(jnp.asarray(KL_SWEEP_BETAS, jnp.float32), KL_SWEEP_SEEDS)
+    _, metrics = jax.jit(jax.vmap(train))(keys, betas)
+    metrics = {k: np.asarray(v).reshape(n_betas, KL_SWEEP_SEEDS, -1) for k, v in metrics.items()}
+    return {b: {k: v[i] for k, v in metrics.items()} for i, b in enumerate(KL_SWEEP_BETAS)}
 
 
 def mean_se(x) -> tuple[np.ndarray, np.ndarray]:
