@@ -170,7 +170,7 @@ def trl_rl_step(result: dict, python: str, steps: int = 12, progress=print) -> d
     spec = {"vocab_size": shape["vocab_size"], "d_model": shape["d_model"],
             "n_heads": shape["n_heads"], "n_layers": shape["n_layers"],
             "max_seq_len": shape["max_seq_len"], "d_ff": shape["d_ff"],
-            "prompts": [q.prompt for q in questions][: max(64, result["prompts"])],
+            "prompts": [q.prompt for q in questions],
             "prompts_per_step": result["prompts"], "group_size": result["group_size"],
             "new_tokens": result["new_tokens"], "beta": result["beta"], "steps": steps}
     progress(f"running TRL GRPOTrainer for {steps} steps in {python} ...")
@@ -209,5 +209,5 @@ def format_table(results: list[dict]) -> str:
             else:
                 cells.append(fmt.format(r[key]))
         if any(c != "-" for c in cells):
-            lines.append(f"{label:<28}" + "".join(f"{c:>26}" for c in cells))
+            lines.append(f"{label:<26}" + "".join(f"{c:>34}" for c in cells))
     return "\n".join(lines)
