@@ -1,0 +1,234 @@
+"""Chapter 8: direct alignment algorithms -- DPO and its family, as pure functions.
+
+Book chapter 8 ("Direct alignment algorithms"). DPO (Rafailov et al. 2023) fits the policy to
+preference pairs directly: the KL-regularised RLHF objective (eq. 78) has the closed-form
+optimum ``pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x)`` (eq. 95), so the reward is
+``beta log pi*/pi_ref + beta log Z`` (eq. 100); in the Bradley-Terry likelihood of a pair the
+``log Z`` cancels (eqs. 101-104), which leaves a loss on log-probabilities alone (eqs. 79, 105).
+
+Every loss here takes **sequence** log-probabilities ``[N]``, one per pair: the sum of the
+completion's token log-probabilities (prompt and padding excluded; :func:`sequence_log_probs`
+computes it from token log-probs and a mask), or their per-token average for the
+length-normalised methods (SimPO, ORPO). ``N`` is the number of pairs. The reference model's
+log-probs are constants: pass them from a frozen model (the losses stop their gradient too).
+
+Notation (reference notes): ``h = (pc - pr) - (rc - rr)``, the policy's log-ratio of chosen to
+rejected minus the reference's, with ``pc, pr`` the policy's and ``rc, rr`` the reference's
+sequence log-probs of the chosen and rejected completions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean, masked_sum
+
+__all__ = [
+    "sequence_log_probs", "dpo_logits", "implicit_reward", "dpo_loss", "dpo_gradient_weight",
+    "robust_dpo_loss", "ipo_loss", "hinge_loss", "simpo_loss", "orpo_odds_ratio_loss",
+    "kto_loss",
+]
+
+
+def _pairs(*arrays_and_names):
+    """Float arrays ``[N]`` of one shape, or a ``ValueError`` naming the first that is not."""
+    out = [as_float_array(x, name) for x, name in arrays_and_names]
+    first_name = arrays_and_names[0][1]
+    check_rank(out[0], 1, first_name, "[N]")
+    for x, (_, name) in zip(out[1:], arrays_and_names[1:]):
+        if x.shape != out[0].shape:
+            raise ValueError(f"{name} must have the shape of {first_name} {out[0].shape}, "
+                             f"got {x.shape}")
+    return out
+
+
+def _check_beta(beta, name: str = "beta") -> None:
+    if not isinstance(beta, jax.core.Tracer) and not float(beta) > 0:
+        raise ValueError(f"{name} must be > 0, got {beta}")
+
+
+def _check_smoothing(label_smoothing, upper: float = 0.5) -> None:
+    if isinstance(label_smoothing, jax.core.Tracer):
+        return
+    if not 0 <= float(label_smoothing) < upper:
+        raise ValueError(f"label_smoothing must be in [0, {upper}), got {label_smoothing}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequence log-probabilities (book L2598: log pi(y|x) is the sum over the completion's tokens)
+
+
+def sequence_log_probs(token_log_probs, mask, average: bool = False) -> jax.Array:
+    """``log pi(y|x) = sum_t log pi(y_t | x, y_<t)`` over the completion tokens (``mask`` 1),
+    or its per-token mean with ``average=True`` (SimPO, ORPO). Shapes: ``token_log_probs [N, T]``,
+    ``mask [N, T]``; returns ``[N]``. A row with no completion token gives 0."""
+    token_log_probs = as_float_array(token_log_probs, "token_log_probs")
+    mask = as_float_array(mask, "mask")
+    check_rank(token_log_probs, 2, "token_log_probs", "[N, T]")
+    if mask.shape != token_log_probs.shape:
+        raise ValueError(f"mask must have the shape of token_log_probs {token_log_probs.shape}, "
+                         f"got {mask.shape}")
+    if average:
+        return masked_mean(token_log_probs, mask, axis=1)
+    return masked_sum(token_log_probs, mask, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# §8.1 DPO: the loss (eq. 79), the implicit reward (eq. 80), the gradient (eqs. 81, 108)
+
+
+def dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+               ref_rejected_logps) -> jax.Array:
+    """``h = (pc - pr) - (rc - rr)`` ``[N]``: how much more the policy prefers the chosen
+    completion than the reference does (the book's code calls it ``logits``; book §8.3). The
+    reference terms are constants (``stop_gradient``)."""
+    pc, pr, rc, rr = _pairs((policy_chosen_logps, "policy_chosen_logps"),
+                            (policy_rejected_logps, "policy_rejected_logps"),
+                            (ref_chosen_logps, "ref_chosen_logps"),
+                            (ref_rejected_logps, "ref_rejected_logps"))
+    return (pc - pr) - jax.lax.stop_gradient(rc - rr)
+
+
+def implicit_reward(policy_logps, ref_logps, beta=0.1) -> jax.Array:
+    """DPO's implicit reward ``beta log pi(y|x) / pi_ref(y|x)`` ``[N]`` (book eq. 80). It equals
+    the reward of eq. 100 up to ``beta log Z(x)``, a shift per prompt that no pairwise comparison
+    can see; logged as ``chosen_rewards`` and ``rejected_rewards`` (book §8.3)."""
+    _check_beta(beta)
+    policy_logps, ref_logps = _pairs((policy_logps, "policy_logps"), (ref_logps, "ref_logps"))
+    return beta * (policy_logps - jax.lax.stop_gradient(ref_logps))
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+             beta=0.1, label_smoothing=0.0) -> jax.Array:
+    """The DPO loss ``mean(-log sigmoid(beta h))`` (book eq. 79 = eq. 105; Rafailov et al. 2023).
+
+    ``label_smoothing = eps > 0`` is conservative DPO (cDPO; TRL's ``sigmoid`` loss): each label
+    is taken to be flipped with probability ``eps``, so the loss is the cross-entropy against
+    a soft target, ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``, whose optimum
+    is a finite ``h* = log((1 - eps) / eps) / beta`` instead of ``h -> infinity``.
+
+    Shapes: four ``[N]`` sequence log-probs; returns a scalar. At ``pi = pi_ref`` every ``h`` is
+    0 and the loss is ``log 2``.
+    """
+    _check_beta(beta)
+    _check_smoothing(label_smoothing)
+    h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                   ref_rejected_logps)
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+              - label_smoothing * jax.nn.log_sigmoid(-beta * h))
+    return jnp.mean(losses)
+
+
+def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                        ref_rejected_logps, beta=0.1) -> jax.Array:
+    """The weight ``w = sigmoid(-beta h)`` ``[N]`` of each pair in DPO's gradient (book eqs. 81,
+    108): ``grad L = -beta E[w (grad log pi(y_c) - grad log pi(y_r))]``. ``w`` is near 1 when the
+    implicit reward ranks the pair the wrong way round and near 0 when it already ranks it
+    right by a wide margin; ``1/2`` at ``pi = pi_ref``."""
+    _check_beta(beta)
+    h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                   ref_rejected_logps)
+    return jax.nn.sigmoid(-beta * h)
+
+
+# ----------------------------------------------------------------------------------------------
+# §8.2 The family (the book names them; the formulas are the papers' and TRL's)
+
+
+def robust_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                    ref_rejected_logps, beta=0.1, label_smoothing=0.1) -> jax.Array:
+    """Robust DPO (Chowdhury et al. 2024; TRL's ``robust``): an unbiased loss under labels
+    flipped with probability ``eps``,
+    ``mean([-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)] / (1 - 2 eps))``.
+    Unlike cDPO (:func:`dpo_loss` with ``label_smoothing``) its expectation over the noisy
+    labels equals the clean DPO loss. Four ``[N]`` log-probs; a scalar."""
+    _check_beta(beta)
+    _check_smoothing(label_smoothing)
+    h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                   ref_rejected_logps)
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+              + label_smoothing * jax.nn.log_sigmoid(-beta * h)) / (1.0 - 2.0 * label_smoothing)
+    return jnp.mean(losses)
+
+
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+             beta=0.1) -> jax.Array:
+    """IPO (Azar et al. 2023): ``mean((h - 1 / (2 beta))^2)``, on the log-probs as given (sums,
+    as in the paper; TRL length-averages them first). A squared loss pulls ``h`` to the finite
+    target ``1 / (2 beta)`` even when every label agrees, where DPO's ``h`` grows without bound.
+    IPO is the PsiPO family's choice ``Psi = identity``; the book's ``Psi(q) = log(q / (1 - q))``
+    is the choice that gives back DPO (erratum in the guide). Four ``[N]``; a scalar."""
+    _check_beta(beta)
+    h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                   ref_rejected_logps)
+    return jnp.mean(jnp.square(h - 1.0 / (2.0 * beta)))
+
+
+def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+               beta=0.1) -> jax.Array:
+    """SLiC's hinge (Zhao et al. 2023; TRL's ``hinge``): ``mean(relu(1 - beta h))``, zero once
+    the margin ``beta h`` reaches 1. Four ``[N]``; a scalar."""
+    _check_beta(beta)
+    h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                   ref_rejected_logps)
+    return jnp.mean(jax.nn.relu(1.0 - beta * h))
+
+
+def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax.Array:
+    """SimPO (Meng et al. 2024): ``mean(-log sigmoid(beta (ac - ar) - gamma))`` on the
+    **per-token average** log-probs ``ac, ar`` ``[N]`` (``sequence_log_probs(...,
+    average=True)``). No reference model, and a target margin ``gamma`` (book L2754 mentions
+    only the length normalisation). Returns a scalar."""
+    _check_beta(beta)
+    ac, ar = _pairs((avg_chosen_logps, "avg_chosen_logps"),
+                    (avg_rejected_logps, "avg_rejected_logps"))
+    return jnp.mean(-jax.nn.log_sigmoid(beta * (ac - ar) - gamma))
+
+
+def _log1mexp(x):
+    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2`` (Maechler 2012)."""
+    return jnp.where(x < -jnp.log(2.0), jnp.log1p(-jnp.exp(x)), jnp.log(-jnp.expm1(x)))
+
+
+def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
+    """ORPO's odds-ratio term (Hong et al. 2024): ``mean(-log sigmoid(log odds(y_c) - log
+    odds(y_r)))`` with ``odds(y) = P / (1 - P)`` and ``P = exp(average token log-prob)``
+    ``[N]``. ORPO adds ``lambda`` times this to the chosen completion's NLL, with no reference
+    model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1 stays finite. The
+    averages must be < 0 (``P < 1``). Returns a scalar."""
+    ac, ar = _pairs((avg_chosen_logps, "avg_chosen_logps"),
+                    (avg_rejected_logps, "avg_rejected_logps"))
+    # P = 1 exactly has infinite odds: keep the log-prob a hair below 0.
+    ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
+    log_odds = (ac - _log1mexp(ac)) - (ar - _log1mexp(ar))
+    return jnp.mean(-jax.nn.log_sigmoid(log_odds))
+
+
+def kto_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+             kl_reference_point, beta=0.1, desirable_weight=1.0,
+             undesirable_weight=1.0) -> jax.Array:
+    """KTO (Ethayarajh et al. 2024; TRL's ``KTOTrainer``): unpaired good and bad completions
+    scored against a reference point ``z0``, an estimate of ``KL(pi || pi_ref)`` (detached and
+    clamped at 0). With ``r = log pi / pi_ref``, a desirable completion costs
+    ``lambda_D (1 - sigmoid(beta (r - z0)))`` and an undesirable one
+    ``lambda_U (1 - sigmoid(beta (z0 - r)))``; the loss is the mean over all of them.
+
+    Shapes: ``policy_chosen_logps``/``ref_chosen_logps`` ``[N_D]`` (desirable),
+    ``policy_rejected_logps``/``ref_rejected_logps`` ``[N_U]`` (undesirable; the two counts
+    may differ), ``kl_reference_point`` a scalar. The book does not mention KTO (reference
+    notes, §8.2). Returns a scalar."""
+    _check_beta(beta)
+    pc, rc = _pairs((policy_chosen_logps, "policy_chosen_logps"),
+                    (ref_chosen_logps, "ref_chosen_logps"))
+    pr, rr = _pairs((policy_rejected_logps, "policy_rejected_logps"),
+                    (ref_rejected_logps, "ref_rejected_logps"))
+    z0 = jnp.maximum(jax.lax.stop_gradient(as_float_array(kl_reference_point,
+                                                          "kl_reference_point")), 0.0)
+    if z0.ndim:
+        raise ValueError(f"kl_reference_point must be a scalar, got shape {z0.shape}")
+    chosen_ratio = pc - jax.lax.stop_gradient(rc)
+    rejected_ratio = pr - jax.lax.stop_gradient(rr)
+    chosen = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (chosen_ratio - z0)))
+    rejected = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - rejected_ratio)))
+    return jnp.mean(jnp.concatenate([chosen, rejected]))

@@ -1,0 +1,247 @@
+"""Chapter 8's losses: the reference notes' worked numbers, NumPy transcriptions of each formula,
+eq. 108's gradient, invariances, extreme inputs and bad shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_book import ch08_direct_alignment as ch08
+
+BETA = 0.1
+# Reference notes §8.7 exercise 1: pc = -10, pr = -12, rc = rr = -11, so h = 2.
+PC, PR, RC, RR = (jnp.array([v]) for v in (-10.0, -12.0, -11.0, -11.0))
+
+
+def np_log_sigmoid(z):
+    return -np.logaddexp(0.0, -z)
+
+
+def random_pairs(n=64, seed=0, scale=5.0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(-20.0, scale, n) for _ in range(4)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The worked example
+
+
+def test_dpo_worked_example():
+    h = ch08.dpo_logits(PC, PR, RC, RR)
+    assert float(h[0]) == 2.0
+    assert float(ch08.dpo_loss(PC, PR, RC, RR, BETA)) == pytest.approx(0.598139, abs=1e-6)
+    assert float(ch08.dpo_gradient_weight(PC, PR, RC, RR, BETA)[0]) == pytest.approx(0.450166,
+                                                                                      abs=1e-6)
+    assert float(ch08.implicit_reward(PC, RC, BETA)[0]) == pytest.approx(0.1, abs=1e-6)
+    assert float(ch08.implicit_reward(PR, RR, BETA)[0]) == pytest.approx(-0.1, abs=1e-6)
+    # the other losses on the same pair (reference notes §8.7)
+    assert float(ch08.ipo_loss(PC, PR, RC, RR, BETA)) == pytest.approx(9.0, abs=1e-5)
+    assert float(ch08.dpo_loss(PC, PR, RC, RR, BETA, label_smoothing=0.1)) == pytest.approx(
+        0.618139, abs=1e-6)
+    assert float(ch08.robust_dpo_loss(PC, PR, RC, RR, BETA, 0.1)) == pytest.approx(0.573139,
+                                                                                   abs=1e-6)
+    assert float(ch08.hinge_loss(PC, PR, RC, RR, BETA)) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_dpo_gradient_is_eq_108():
+    """dL/dpc = -beta sigmoid(-beta h) and dL/dpr = +beta sigmoid(-beta h): -0.0450166."""
+    grads = jax.grad(ch08.dpo_loss, argnums=(0, 1, 2, 3))(PC, PR, RC, RR, BETA)
+    assert float(grads[0][0]) == pytest.approx(-0.0450166, abs=1e-7)
+    assert float(grads[1][0]) == pytest.approx(0.0450166, abs=1e-7)
+    # the reference is frozen: no gradient flows into it
+    assert float(grads[2][0]) == 0.0 and float(grads[3][0]) == 0.0
+
+
+def test_dpo_gradient_weight_on_a_batch_matches_jax_grad():
+    pc, pr, rc, rr = (jnp.asarray(x) for x in random_pairs(16, seed=1))
+    g_pc = jax.grad(ch08.dpo_loss)(pc, pr, rc, rr, 0.3)
+    w = ch08.dpo_gradient_weight(pc, pr, rc, rr, 0.3)
+    np.testing.assert_allclose(g_pc, -0.3 * w / 16, rtol=1e-5, atol=1e-9)
+
+
+def test_at_the_reference_the_loss_is_log_2_and_the_weight_one_half():
+    pc, pr, _, _ = (jnp.asarray(x) for x in random_pairs(8, seed=2))
+    assert float(ch08.dpo_loss(pc, pr, pc, pr, BETA)) == pytest.approx(np.log(2.0), abs=1e-6)
+    np.testing.assert_allclose(ch08.dpo_gradient_weight(pc, pr, pc, pr, BETA), 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Each loss against a NumPy transcription of its formula
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.1, 1.0])
+def test_pairwise_losses_match_numpy(beta):
+    pc, pr, rc, rr = random_pairs(seed=3)
+    h = (pc - pr) - (rc - rr)
+    eps = 0.2
+    expected = {
+        "dpo": np.mean(-np_log_sigmoid(beta * h)),
+        "cdpo": np.mean(-(1 - eps) * np_log_sigmoid(beta * h) - eps * np_log_sigmoid(-beta * h)),
+        "robust": np.mean((-(1 - eps) * np_log_sigmoid(beta * h)
+                           + eps * np_log_sigmoid(-beta * h)) / (1 - 2 * eps)),
+        "ipo": np.mean((h - 1 / (2 * beta)) ** 2),
+        "hinge": np.mean(np.maximum(0.0, 1 - beta * h)),
+    }
+    args = [jnp.asarray(x, jnp.float32) for x in (pc, pr, rc, rr)]
+    got = {
+        "dpo": ch08.dpo_loss(*args, beta),
+        "cdpo": ch08.dpo_loss(*args, beta, label_smoothing=eps),
+        "robust": ch08.robust_dpo_loss(*args, beta, eps),
+        "ipo": ch08.ipo_loss(*args, beta),
+        "hinge": ch08.hinge_loss(*args, beta),
+    }
+    for name in expected:
+        np.testing.assert_allclose(float(got[name]), expected[name], rtol=2e-5, err_msg=name)
+
+
+def test_simpo_and_orpo_match_numpy():
+    rng = np.random.default_rng(4)
+    ac, ar = rng.uniform(-3.0, -0.01, 50), rng.uniform(-3.0, -0.01, 50)
+    beta, gamma = 2.0, 0.5
+    simpo = np.mean(-np_log_sigmoid(beta * (ac - ar) - gamma))
+    np.testing.assert_allclose(float(ch08.simpo_loss(jnp.asarray(ac), jnp.asarray(ar), beta,
+                                                     gamma)), simpo, rtol=2e-5)
+    p_c, p_r = np.exp(ac), np.exp(ar)  # odds computed the direct way, in float64
+    log_odds = np.log(p_c / (1 - p_c)) - np.log(p_r / (1 - p_r))
+    np.testing.assert_allclose(float(ch08.orpo_odds_ratio_loss(jnp.asarray(ac), jnp.asarray(ar))),
+                               np.mean(-np_log_sigmoid(log_odds)), rtol=2e-5)
+
+
+@pytest.mark.parametrize("kl", [0.3, -0.5])  # a negative estimate is clamped to 0
+def test_kto_matches_numpy(kl):
+    rng = np.random.default_rng(5)
+    pc, rc = rng.normal(-20, 3, 7), rng.normal(-20, 3, 7)
+    pr, rr = rng.normal(-20, 3, 4), rng.normal(-20, 3, 4)  # unpaired: different counts
+    beta, lam_d, lam_u = 0.1, 1.0, 1.33
+    z0 = max(kl, 0.0)
+    chosen = lam_d * (1 - 1 / (1 + np.exp(-beta * ((pc - rc) - z0))))
+    rejected = lam_u * (1 - 1 / (1 + np.exp(-beta * (z0 - (pr - rr)))))
+    expected = np.mean(np.concatenate([chosen, rejected]))
+    got = ch08.kto_loss(*(jnp.asarray(x) for x in (pc, pr, rc, rr)), kl, beta, lam_d, lam_u)
+    np.testing.assert_allclose(float(got), expected, rtol=2e-5)
+
+
+def test_sequence_log_probs_sum_and_average_over_the_mask():
+    rng = np.random.default_rng(6)
+    token_logps = -rng.uniform(0, 3, (3, 6))
+    mask = np.array([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], np.float32)
+    total = ch08.sequence_log_probs(jnp.asarray(token_logps), jnp.asarray(mask))
+    mean = ch08.sequence_log_probs(jnp.asarray(token_logps), jnp.asarray(mask), average=True)
+    for n in range(2):
+        kept = token_logps[n][mask[n] > 0]
+        assert float(total[n]) == pytest.approx(kept.sum(), rel=1e-6)
+        assert float(mean[n]) == pytest.approx(kept.mean(), rel=1e-6)
+    assert float(total[2]) == 0.0 and np.isfinite(float(mean[2]))  # an empty completion
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients, invariances, optima
+
+
+LOSSES = {
+    "dpo": lambda a, b, c, d: ch08.dpo_loss(a, b, c, d, 0.3),
+    "cdpo": lambda a, b, c, d: ch08.dpo_loss(a, b, c, d, 0.3, 0.1),
+    "robust": lambda a, b, c, d: ch08.robust_dpo_loss(a, b, c, d, 0.3, 0.1),
+    "ipo": lambda a, b, c, d: ch08.ipo_loss(a, b, c, d, 0.3),
+    "kto": lambda a, b, c, d: ch08.kto_loss(a, b, c, d, 0.2, 0.3),
+    "simpo": lambda a, b, c, d: ch08.simpo_loss(a / 10, b / 10, 2.0, 0.5),
+    "orpo": lambda a, b, c, d: ch08.orpo_odds_ratio_loss(a / 10, b / 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gradients_match_finite_differences(name):
+    jax.config.update("jax_enable_x64", True)
+    try:
+        pc, pr, rc, rr = (jnp.asarray(x, jnp.float64) for x in random_pairs(5, seed=7, scale=2.0))
+        loss = LOSSES[name]
+        grad = jax.grad(loss, argnums=(0, 1))(pc, pr, rc, rr)
+        step = 1e-6
+        for which, g in enumerate(grad):
+            for i in range(5):
+                e = jnp.zeros(5, jnp.float64).at[i].set(step)
+                args = [pc, pr]
+                plus, minus = list(args), list(args)
+                plus[which], minus[which] = args[which] + e, args[which] - e
+                fd = (loss(*plus, rc, rr) - loss(*minus, rc, rr)) / (2 * step)
+                assert float(g[i]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9), (which, i)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_invariances():
+    pc, pr, rc, rr = (jnp.asarray(x) for x in random_pairs(1, seed=8))
+    base = float(ch08.dpo_loss(pc, pr, rc, rr, BETA))
+    # a prompt-level shift log Z of the policy's two log-probs changes nothing
+    assert float(ch08.dpo_loss(pc + 3.0, pr + 3.0, rc, rr, BETA)) == pytest.approx(base, abs=1e-5)
+    # swapping chosen and rejected: loss(h) - loss(-h) = -beta h
+    h = float(ch08.dpo_logits(pc, pr, rc, rr)[0])
+    swapped = float(ch08.dpo_loss(pr, pc, rr, rc, BETA))
+    assert base - swapped == pytest.approx(-BETA * h, abs=1e-5)
+    # beta -> 0: log 2
+    assert float(ch08.dpo_loss(pc, pr, rc, rr, 1e-7)) == pytest.approx(np.log(2.0), abs=1e-6)
+
+
+def test_cdpo_and_ipo_have_finite_optima():
+    beta, eps = 0.5, 0.1
+    h_star = np.log((1 - eps) / eps) / beta  # cDPO's optimum
+
+    def cdpo(h):
+        return ch08.dpo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta, eps)
+
+    assert abs(float(jax.grad(cdpo)(jnp.array([h_star]))[0])) < 1e-6
+    assert float(jax.grad(cdpo)(jnp.array([h_star + 1.0]))[0]) > 0  # past it the loss rises
+
+    def ipo(h):
+        return ch08.ipo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta)
+
+    assert float(jax.grad(ipo)(jnp.array([1 / (2 * beta)]))[0]) == 0.0
+    def dpo(h):
+        return ch08.dpo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta)
+
+    # plain DPO has no finite optimum: its gradient stays negative however large h grows
+    for h in (h_star, 10.0, 30.0):
+        assert float(jax.grad(dpo)(jnp.array([h]))[0]) < 0
+
+
+def test_jit_equals_eager():
+    args = [jnp.asarray(x, jnp.float32) for x in random_pairs(9, seed=9)]
+    for name, loss in LOSSES.items():
+        np.testing.assert_allclose(float(jax.jit(loss)(*args)), float(loss(*args)), rtol=1e-6,
+                                   err_msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Extreme inputs and bad input
+
+
+def test_no_nan_or_inf_for_extreme_log_probs():
+    big = jnp.array([1e4, -1e4, 0.0])
+    zero = jnp.zeros(3)
+    for name, loss in LOSSES.items():
+        if name in ("simpo", "orpo"):
+            continue
+        value, grads = jax.value_and_grad(loss, argnums=(0, 1))(big, -big, zero, zero)
+        assert np.isfinite(float(value)), name
+        assert all(np.all(np.isfinite(g)) for g in grads), name
+    # ORPO at P -> 1 (average log-prob 0) and P -> 0 (very negative)
+    for ac in (jnp.array([0.0, -1e-12]), jnp.array([-1e4, -50.0])):
+        value, grads = jax.value_and_grad(ch08.orpo_odds_ratio_loss, argnums=(0, 1))(
+            ac, jnp.array([-1.0, -1.0]))
+        assert np.isfinite(float(value)) and all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_bad_input_raises_value_error():
+    one, two = jnp.zeros(3), jnp.zeros(4)
+    with pytest.raises(ValueError, match="policy_rejected_logps must have the shape"):
+        ch08.dpo_loss(one, two, one, one)
+    with pytest.raises(ValueError, match=r"policy_chosen_logps must have shape \[N\]"):
+        ch08.dpo_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        ch08.ipo_loss(one, one, one, one, beta=0.0)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        ch08.dpo_loss(one, one, one, one, 0.1, label_smoothing=0.5)
+    with pytest.raises(ValueError, match="kl_reference_point must be a scalar"):
+        ch08.kto_loss(one, two, one, two, jnp.zeros(2))
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        ch08.sequence_log_probs(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
