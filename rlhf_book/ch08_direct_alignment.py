@@ -25,9 +25,10 @@ import jax.numpy as jnp
 from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean, masked_sum
 
 __all__ = [
-    "sequence_log_probs", "dpo_logits", "implicit_reward", "dpo_loss", "dpo_gradient_weight",
-    "robust_dpo_loss", "ipo_loss", "hinge_loss", "simpo_loss", "orpo_odds_ratio_loss",
-    "kto_loss",
+    "log_partition", "optimal_policy", "regularized_objective", "reward_from_policy",
+    "population_dpo_loss", "sequence_log_probs", "dpo_logits", "implicit_reward", "dpo_loss",
+    "dpo_gradient_weight", "robust_dpo_loss", "ipo_loss", "hinge_loss", "simpo_loss",
+    "orpo_odds_ratio_loss", "kto_loss",
 ]
 
 
@@ -72,6 +73,82 @@ def sequence_log_probs(token_log_probs, mask, average: bool = False) -> jax.Arra
     if average:
         return masked_mean(token_log_probs, mask, axis=1)
     return masked_sum(token_log_probs, mask, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# §8.1.2 The derivation, on a finite response set: responses y = 0 .. K-1 of one prompt, with
+# probabilities under the reference ``ref_probs [K]`` and rewards ``rewards [K]``.
+
+
+def _distribution(probs, name: str) -> jax.Array:
+    probs = as_float_array(probs, name)
+    check_rank(probs, 1, name, "[K]")
+    return probs
+
+
+def log_partition(ref_probs, rewards, beta) -> jax.Array:
+    """``log Z = log sum_y pi_ref(y) exp(r(y) / beta)`` (book eq. 87), by ``logsumexp``. A
+    scalar; ``ref_probs [K]`` and ``rewards [K]``."""
+    _check_beta(beta)
+    ref_probs = _distribution(ref_probs, "ref_probs")
+    rewards = _distribution(rewards, "rewards")
+    if rewards.shape != ref_probs.shape:
+        raise ValueError(f"rewards must have the shape of ref_probs {ref_probs.shape}, "
+                         f"got {rewards.shape}")
+    return jax.nn.logsumexp(jnp.log(ref_probs) + rewards / beta)
+
+
+def optimal_policy(ref_probs, rewards, beta) -> jax.Array:
+    """The maximiser of the KL-regularised objective, ``pi*(y) = pi_ref(y) exp(r(y) / beta) /
+    Z`` (book eq. 95), ``[K]``: the reference tilted towards reward, more sharply the smaller
+    ``beta``. Computed in log space, so a small ``beta`` does not overflow."""
+    log_z = log_partition(ref_probs, rewards, beta)
+    return jnp.exp(jnp.log(as_float_array(ref_probs, "ref_probs"))
+                   + as_float_array(rewards, "rewards") / beta - log_z)
+
+
+def regularized_objective(probs, ref_probs, rewards, beta) -> jax.Array:
+    """``J(pi) = E_pi[r] - beta KL(pi || pi_ref)`` (book eq. 78 = eq. 82) for a distribution
+    ``probs [K]``. Its maximum is ``beta log Z``, reached only at :func:`optimal_policy`:
+    ``J(pi) = beta log Z - beta KL(pi || pi*)`` (eqs. 88-94)."""
+    _check_beta(beta)
+    probs = _distribution(probs, "probs")
+    ref_probs = _distribution(ref_probs, "ref_probs")
+    rewards = _distribution(rewards, "rewards")
+    # 0 log 0 = 0: a response the policy never gives contributes nothing to the KL.
+    safe = jnp.where(probs > 0, probs, 1.0)
+    log_ratio = jnp.where(probs > 0, jnp.log(safe) - jnp.log(ref_probs), 0.0)
+    return jnp.sum(probs * rewards) - beta * jnp.sum(probs * log_ratio)
+
+
+def reward_from_policy(policy_probs, ref_probs, beta, log_z=0.0) -> jax.Array:
+    """Invert eq. 95: ``r(y) = beta log pi*(y) / pi_ref(y) + beta log Z`` (book eq. 100),
+    ``[K]``. Without ``log_z`` this is DPO's implicit reward (eq. 80): the true reward shifted
+    by ``-beta log Z``, the same for every response of the prompt."""
+    _check_beta(beta)
+    policy_probs = _distribution(policy_probs, "policy_probs")
+    ref_probs = _distribution(ref_probs, "ref_probs")
+    return beta * (jnp.log(policy_probs) - jnp.log(ref_probs)) + beta * log_z
+
+
+def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
+    """The DPO loss over **every** ordered pair of a finite response set, each labelled by the
+    Bradley-Terry probability of the true reward, ``p(i > j) = sigmoid(r_i - r_j)`` (book eq.
+    96): the loss of infinite, fully covering preference data. ``policy_logits [K]`` define
+    ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of eq. 95, which is what DPO
+    claims; a scalar."""
+    _check_beta(beta)
+    ref_probs = _distribution(ref_probs, "ref_probs")
+    rewards = _distribution(rewards, "rewards")
+    log_pi = jax.nn.log_softmax(_distribution(policy_logits, "policy_logits"))
+    implicit = beta * (log_pi - jnp.log(ref_probs))  # [K]
+    margin = implicit[:, None] - implicit[None, :]  # [K, K]: beta h of the pair (i, j)
+    p_true = jax.nn.sigmoid(rewards[:, None] - rewards[None, :])
+    K = rewards.shape[0]
+    off_diagonal = 1.0 - jnp.eye(K)
+    # pair (i, j) with i preferred w.p. p_true[i, j]: -log sigmoid(margin[i, j]) in that case
+    losses = -p_true * jax.nn.log_sigmoid(margin)
+    return jnp.sum(losses * off_diagonal) / (K * (K - 1))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -245,3 +245,93 @@ def test_bad_input_raises_value_error():
         ch08.kto_loss(one, two, one, two, jnp.zeros(2))
     with pytest.raises(ValueError, match="mask must have the shape"):
         ch08.sequence_log_probs(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match="rewards must have the shape of ref_probs"):
+        ch08.optimal_policy(jnp.ones(3) / 3, jnp.zeros(4), 0.5)
+    with pytest.raises(ValueError, match=r"ref_probs must have shape \[K\]"):
+        ch08.log_partition(jnp.ones((2, 3)) / 3, jnp.zeros((2, 3)), 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The derivation (book §8.1.2) on the reference notes' toy: pi_ref = [0.5, 0.3, 0.2], r = [1, 0, 2]
+
+REF, REWARDS = jnp.array([0.5, 0.3, 0.2]), jnp.array([1.0, 0.0, 2.0])
+# beta: (pi*, Z, KL(pi* || pi_ref), E_pi*[r], J = beta log Z), reference notes §8.1
+TOY_TABLE = {
+    0.25: ([0.0438, 0.0005, 0.9558], 623.79, 1.3853, 1.9553, 1.6090),
+    0.5: ([0.2477, 0.0201, 0.7322], 14.914, 0.7218, 1.7121, 1.3512),
+    1.0: ([0.4333, 0.0956, 0.4711], 3.1370, 0.2322, 1.3755, 1.1433),
+    2.0: ([0.4942, 0.1799, 0.3259], 1.6680, 0.0614, 1.1461, 1.0233),
+    10.0: ([0.5038, 0.2735, 0.2227], 1.0969, 0.0025, 0.9492, 0.9246),
+}
+
+
+@pytest.mark.parametrize("beta", sorted(TOY_TABLE))
+def test_optimal_policy_reproduces_the_toy_table(beta):
+    probs, z, kl, expected_reward, value = TOY_TABLE[beta]
+    pi = ch08.optimal_policy(REF, REWARDS, beta)
+    np.testing.assert_allclose(pi, probs, atol=1e-4)
+    assert float(jnp.exp(ch08.log_partition(REF, REWARDS, beta))) == pytest.approx(z, rel=1e-4)
+    pi64 = np.asarray(pi, np.float64)
+    assert np.sum(pi64 * np.log(pi64 / np.asarray(REF))) == pytest.approx(kl, abs=1e-3)
+    assert float(jnp.sum(pi * REWARDS)) == pytest.approx(expected_reward, abs=1e-4)
+    assert float(ch08.regularized_objective(pi, REF, REWARDS, beta)) == pytest.approx(value,
+                                                                                     abs=1e-4)
+
+
+def test_the_optimum_is_beta_log_z_and_any_other_policy_falls_short_by_beta_kl():
+    """Eqs. 88-95: J(pi) = beta log Z - beta KL(pi || pi*) for every pi; equality only at pi*."""
+    beta = 0.5
+    log_z = float(ch08.log_partition(REF, REWARDS, beta))
+    star = np.asarray(ch08.optimal_policy(REF, REWARDS, beta), np.float64)
+    rng = np.random.default_rng(10)
+    for probs in rng.dirichlet(np.ones(3), size=20):
+        j = float(ch08.regularized_objective(jnp.asarray(probs), REF, REWARDS, beta))
+        kl_to_star = np.sum(probs * np.log(probs / star))
+        assert j == pytest.approx(beta * log_z - beta * kl_to_star, abs=1e-4)
+        assert j < beta * log_z
+    assert float(ch08.regularized_objective(jnp.asarray(star), REF, REWARDS, beta)) == \
+        pytest.approx(beta * log_z, abs=1e-5)
+
+
+def test_the_reward_is_recovered_up_to_beta_log_z_and_bradley_terry_cannot_see_it():
+    """Eq. 100 gives r back exactly with beta log Z; without it (DPO's implicit reward, eq. 80)
+    r shifted by -beta log Z, which cancels in every Bradley-Terry probability (eqs. 101-104)."""
+    beta = 0.5
+    star = ch08.optimal_policy(REF, REWARDS, beta)
+    log_z = ch08.log_partition(REF, REWARDS, beta)
+    np.testing.assert_allclose(ch08.reward_from_policy(star, REF, beta, log_z), REWARDS, atol=1e-5)
+    implicit = ch08.reward_from_policy(star, REF, beta)
+    np.testing.assert_allclose(implicit, REWARDS - beta * log_z, atol=1e-5)
+    bt = jax.nn.sigmoid(implicit[:, None] - implicit[None, :])
+    np.testing.assert_allclose(bt, jax.nn.sigmoid(REWARDS[:, None] - REWARDS[None, :]), atol=1e-6)
+    # the reference notes' numbers: 0.7311 for (y1, y2) and (y3, y1), 0.8808 for (y3, y2)
+    assert float(bt[0, 1]) == pytest.approx(0.7311, abs=1e-4)
+    assert float(bt[2, 0]) == pytest.approx(0.7311, abs=1e-4)
+    assert float(bt[2, 1]) == pytest.approx(0.8808, abs=1e-4)
+
+
+def test_minimising_dpo_on_exact_preferences_recovers_the_optimal_policy():
+    """With every pair covered and labelled by BT(r), the DPO minimiser is pi* (eq. 95)."""
+    import optax
+
+    rng = np.random.default_rng(11)
+    ref = jnp.asarray(rng.dirichlet(np.ones(5)), jnp.float32)
+    rewards = jnp.asarray(rng.normal(0, 1, 5), jnp.float32)
+    beta = 0.5
+    optimizer = optax.adam(0.05)
+
+    @jax.jit
+    def fit(logits):
+        def step(carry, _):
+            logits, state = carry
+            grads = jax.grad(ch08.population_dpo_loss)(logits, ref, rewards, beta)
+            updates, state = optimizer.update(grads, state)
+            return (optax.apply_updates(logits, updates), state), None
+
+        return jax.lax.scan(step, (logits, optimizer.init(logits)), None, length=3000)[0][0]
+
+    pi = jax.nn.softmax(fit(jnp.log(ref)))  # start at the reference
+    np.testing.assert_allclose(pi, ch08.optimal_policy(ref, rewards, beta), atol=1e-3)
+    # the centred implicit rewards equal the centred true rewards
+    implicit = ch08.reward_from_policy(pi, ref, beta)
+    np.testing.assert_allclose(implicit - implicit.mean(), rewards - rewards.mean(), atol=1e-3)
