@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlhf_book import cli
-from rlhf_book.textbook import catalog, grading, guides, stubs
+from rlhf_book.textbook import catalog, grading, guides, stubs, substrate
 from rlhf_book.textbook.checks import Mismatch, expect_close
 
 CH00 = catalog.get_chapter("ch00")
@@ -295,3 +295,44 @@ def test_cli_exercises_check_and_chapters(capsys):
     assert "ch00_mini_gpt" in out and "stale" not in out
     assert cli.main(["grade", "ch42"]) == 2
     assert "chapter must be one of" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# The substrate cache
+
+def test_substrate_fingerprint_tracks_settings_and_source(monkeypatch):
+    from rlhf_book.lm import train
+    config = train.TrainConfig(steps=10)
+    key = substrate.fingerprint(config, 0)
+    assert key == substrate.fingerprint(train.TrainConfig(steps=10), 0)
+    assert key != substrate.fingerprint(train.TrainConfig(steps=11), 0)
+    assert key != substrate.fingerprint(config, 1)
+    assert key != substrate.fingerprint(config, 0, sources=("ch04_instruction_tuning",))
+    real = substrate.source_text
+    monkeypatch.setattr(substrate, "source_text", lambda *names: real(*names) + "# edited\n")
+    assert key != substrate.fingerprint(config, 0)
+    with pytest.raises(ValueError, match="rlhf_book/no_such_module"):
+        real("no_such_module")
+
+
+def test_substrate_cache_computes_once_then_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv(substrate.CACHE_ENV, str(tmp_path))
+    assert substrate.cache_dir() == tmp_path
+    params = {"w": np.arange(6.0, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.int32)}
+    history = {"loss": np.array([2.0, 1.5, 1.25]), "step": np.array([1, 2, 3])}
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return params, history
+
+    for _ in range(2):
+        got, hist = substrate.cached("toy", "abc", compute)
+        np.testing.assert_array_equal(got["w"], params["w"])
+        np.testing.assert_array_equal(got["b"], params["b"])
+        np.testing.assert_array_equal(hist["loss"], history["loss"])
+    assert len(calls) == 1 and substrate.path_for("toy", "abc").is_file()
+    assert substrate.load("toy", "other-key") is None
+    substrate.path_for("toy", "abc").write_bytes(b"not a checkpoint")  # unreadable: recompute
+    substrate.cached("toy", "abc", compute)
+    assert len(calls) == 2 and substrate.load("toy", "abc") is not None

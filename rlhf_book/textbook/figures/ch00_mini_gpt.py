@@ -4,6 +4,7 @@ and the pretraining loss curve. ``notebooks/ch00_mini_gpt.ipynb`` draws through 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import jax
@@ -14,6 +15,7 @@ from matplotlib.patches import Rectangle
 
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer, train
+from rlhf_book.textbook import substrate
 from rlhf_book.textbook.figures import FigureResult, figure
 
 TEMPERATURES = (0.5, 1.0, 2.0)
@@ -39,13 +41,30 @@ def unigram_entropy(stream: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def pretrain_key() -> str:
+    """The substrate-cache fingerprint of chapter 0's pretraining run: its settings, the code
+    that builds its data, and the library's source (see :mod:`rlhf_book.textbook.substrate`)."""
+    return substrate.fingerprint(gpt.get_config(PRETRAIN_MODEL), PRETRAIN_CONFIG,
+                                 PRETRAIN_DOCUMENTS, PRETRAIN_EVAL_FRACTION, 0,
+                                 inspect.getsource(pretraining_streams))
+
+
 @functools.lru_cache(maxsize=1)
 def pretrained_small():
-    """Chapter 0's pretraining run (``PRETRAIN_CONFIG`` on the small model), computed once per
-    process and shared by every figure that needs it: ``(params, history)``."""
-    train_stream, eval_stream = pretraining_streams()
-    return train.pretrain(gpt.get_config(PRETRAIN_MODEL), PRETRAIN_CONFIG, train_stream,
-                          eval_stream, seed=0, progress=False)
+    """Chapter 0's pretraining run (``PRETRAIN_CONFIG`` on the small model), shared by every
+    figure and notebook that needs it: ``(params, history)``. Loaded from the substrate cache
+    when chapter 0's notebook (or an earlier call) stored it, else trained (about a minute on a
+    laptop CPU) and stored."""
+    def compute():
+        train_stream, eval_stream = pretraining_streams()
+        return train.pretrain(gpt.get_config(PRETRAIN_MODEL), PRETRAIN_CONFIG, train_stream,
+                              eval_stream, seed=0, progress=False)
+    return substrate.cached("pretrained_small", pretrain_key(), compute)
+
+
+def store_pretrained_small(params, history) -> None:
+    """Store a run of chapter 0's pretraining (the notebook's own) for the later chapters."""
+    substrate.save("pretrained_small", pretrain_key(), params, history)
 
 
 def _token_label(token_id: int) -> str:

@@ -9,6 +9,7 @@ pretraining of the small model, then the two SFT runs, each done once and shared
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import numpy as np
@@ -18,9 +19,11 @@ from matplotlib.figure import Figure
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
 from rlhf_book.lm import gpt
+from rlhf_book.textbook import substrate
 from rlhf_book.textbook.figures import FigureResult, figure
 from rlhf_book.textbook.figures.ch00_mini_gpt import (  # noqa: F401  (the notebook's settings)
-    PRETRAIN_CONFIG, PRETRAIN_MODEL, draw_token_cells, pretrained_small, pretraining_streams)
+    PRETRAIN_CONFIG, PRETRAIN_MODEL, draw_token_cells, pretrain_key, pretrained_small,
+    pretraining_streams)
 
 # A two-turn conversation: the loss mask differs between the two modes on the first answer.
 TWO_TURN = (
@@ -66,7 +69,8 @@ def pretrained_base():
 
 @functools.lru_cache(maxsize=1)
 def sft_runs():
-    """``{mask_prompt: (params, history)}`` for both SFT runs from :func:`pretrained_base`."""
+    """``{mask_prompt: (params, history)}`` for both SFT runs from :func:`pretrained_base`;
+    the prompt-masked model is stored for the later chapters (:func:`sft_small`)."""
     config = gpt.get_config(PRETRAIN_MODEL)
     demos, heldout_demos, _ = sft_datasets()
     eval_batch = sft_batches(heldout_demos, mask_prompt=True)
@@ -76,7 +80,38 @@ def sft_runs():
         runs[mask_prompt] = ch04.train_sft(config, base, SFT_CONFIG,
                                            sft_batches(demos, mask_prompt),
                                            eval_batch=eval_batch, seed=0, progress=False)
+    store_sft_small(runs[True][0])
     return runs
+
+
+def sft_key() -> str:
+    """The substrate-cache fingerprint of the prompt-masked SFT run: chapter 0's model, the
+    settings, the code that builds the rows, and chapter 4's module."""
+    return substrate.fingerprint(pretrain_key(), SFT_CONFIG, 0, inspect.getsource(sft_datasets),
+                                 inspect.getsource(sft_batches),
+                                 sources=("ch04_instruction_tuning",))
+
+
+def _train_sft_small():
+    demos = sft_datasets()[0]
+    return ch04.train_sft(gpt.get_config(PRETRAIN_MODEL), pretrained_base(), SFT_CONFIG,
+                          sft_batches(demos, True), seed=0, progress=False)
+
+
+@functools.lru_cache(maxsize=1)
+def sft_small():
+    """The chapter's SFT model of the small GPT (the prompt-masked run, ``sft_runs()[True][0]``),
+    the policy chapters 6, 8 and 9 start from. Taken from :func:`sft_runs` when that ran in this
+    process, else loaded from the substrate cache, else trained alone (same data, settings and
+    seed, so the same parameters) and stored."""
+    if sft_runs.cache_info().currsize:
+        return sft_runs()[True][0]
+    return substrate.cached("sft_small", sft_key(), _train_sft_small)[0]
+
+
+def store_sft_small(params) -> None:
+    """Store the prompt-masked SFT model (the notebook's own run) for the later chapters."""
+    substrate.save("sft_small", sft_key(), params)
 
 
 @figure("ch04_loss_mask", "ch04",

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling
@@ -205,18 +204,10 @@ def gspo_spread(lengths=GSPO_LENGTHS, sigma: float = GSPO_SIGMA, n: int = GSPO_S
     return out
 
 
-@functools.lru_cache(maxsize=1)
 def sft_policy():
-    """Chapter 4's SFT model of the small GPT (the prompt-masked run): ``sft_runs()[True][0]``.
-    When chapter 4's two runs are not already computed in this process, only the masked run is
-    trained (same data, settings and seed, so the same parameters), which halves the cost."""
-    if ch04_figures.sft_runs.cache_info().currsize:
-        return ch04_figures.sft_runs()[True][0]
-    demos = ch04_figures.sft_datasets()[0]
-    params, _ = ch04.train_sft(gpt.get_config(PRETRAIN_MODEL), ch04_figures.pretrained_base(),
-                               ch04_figures.SFT_CONFIG, ch04_figures.sft_batches(demos, True),
-                               seed=0, progress=False)
-    return params
+    """Chapter 4's SFT model of the small GPT (the prompt-masked run), the policy every RL run
+    starts from: :func:`rlhf_book.textbook.figures.ch04_instruction_tuning.sft_small`."""
+    return ch04_figures.sft_small()
 
 
 def rl_task():
