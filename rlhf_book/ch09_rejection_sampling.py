@@ -110,8 +110,10 @@ def select_top_overall(rewards, k: int):
     B, N = rewards.shape
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= B * N:
         raise ValueError(f"k must be an int in [1, B * N] = [1, {B * N}], got {k!r}")
+    # BEGIN SOLUTION
     _, flat = jax.lax.top_k(rewards.reshape(-1), int(k))
     return unflatten_index(flat, N)
+    # END SOLUTION
 # [/guide]
 
 
@@ -129,7 +131,9 @@ def inverse_permutation(perm) -> jax.Array:
     n = perm.shape[0]
     if _concrete(perm) and not np.array_equal(np.sort(np.asarray(perm)), np.arange(n)):
         raise ValueError(f"perm must be a permutation of 0..{n - 1}")
+    # BEGIN SOLUTION
     return jnp.zeros_like(perm).at[perm].set(jnp.arange(n, dtype=perm.dtype))
+    # END SOLUTION
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +162,9 @@ def best_of_n_kl(n) -> jax.Array:
     ``n`` a number or array, every entry ``>= 1``; 0 at ``n = 1``, growing like ``log n``."""
     _check_n(n, integer=False)
     n = jnp.asarray(n, jnp.result_type(float))
+    # BEGIN SOLUTION
     return jnp.log(n) - (n - 1.0) / n
+    # END SOLUTION
 # [/guide]
 
 

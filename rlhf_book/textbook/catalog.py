@@ -197,6 +197,23 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "book §6.3.2, eqs. 75-77 and code C10"),
         ),
     ),
+    Chapter(
+        9, "rejection_sampling", "Rejection sampling and best-of-N",
+        "book ch. 9 (§9.1 the training process: eqs. 109-116, the worked example eqs. 117-123, "
+        "the code snippet, Figure 28; §9.2 implementation details; §9.3 best-of-N, eqs. "
+        "124-125, with the KL of best-of-N from Stiennon et al. 2020 and Beirami et al. 2024)",
+        exercises=(
+            Exercise("9.1", "the top K (prompt, completion) pairs of the reward matrix",
+                     "rlhf_book.ch09_rejection_sampling:select_top_overall",
+                     "book §9.1, eqs. 115-116 and the worked example, eqs. 121-123"),
+            Exercise("9.2", "undoing a sort: the inverse permutation of the book's snippet",
+                     "rlhf_book.ch09_rejection_sampling:inverse_permutation",
+                     "book §9.1, the code snippet (L2942-2961)"),
+            Exercise("9.3", "the KL of best-of-N from the base policy",
+                     "rlhf_book.ch09_rejection_sampling:best_of_n_kl",
+                     "book §9.3; Stiennon et al. 2020, Beirami et al. 2024"),
+        ),
+    ),
 )
 
 
