@@ -1,0 +1,642 @@
+"""Chapter 8, the loop: DPO on the mini GPT, offline and on-policy (book §8.1, §8.3-8.5).
+
+One DPO step, all inside one compiled function:
+
+1. **pairs** -- offline: ``batch_size`` pairs drawn from a fixed preference dataset (the
+   simulated annotators' pairs, :func:`rlhf_book.data.preference_pairs`), whose reference
+   log-probabilities were computed once before training (book L2796: "cache the reference
+   log-probs"); on-policy (online DPO, book §8.2 L2764 and §8.5): ``batch_size`` prompts, ``G``
+   completions of each sampled from the *current* policy with the KV cache, scored by a reward
+   (the gold reward here, as a perfect annotator), best vs worst of each group as chosen vs
+   rejected (a group whose scores all tie carries no preference and gets weight 0), reference
+   log-probs from the frozen SFT model;
+2. **log-probs** -- the policy's sequence log-probabilities ``log pi(y|x) = sum_t log pi(y_t |
+   x, y_<t)`` over the completion tokens only (book L2598), chosen and rejected in one forward
+   pass (TRL's ``concatenated_forward``);
+3. **loss** -- the chosen member of the DPO family (:data:`LOSSES`), plus ``nll_coef`` times
+   the negative log-likelihood of the chosen completions (RPO, Pang et al. 2024; TRL's
+   ``rpo_alpha``), the usual remedy for *preference displacement* (book §8.2, Figure 27: both
+   log-probs fall, the rejected one faster);
+4. **update** -- one optax step (Adam, clipped by global norm).
+
+Build with :func:`make_dpo_step` (one step; :func:`train_dpo` drives it in chunks with a
+progress bar) or :func:`make_dpo_train` (``train(key)`` runs all steps in one ``lax.scan``;
+``jax.jit(jax.vmap(train))(keys)`` trains one policy per seed at once). Metrics carry TRL's
+``DPOTrainer`` names: ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
+``rewards/margins``, ``logps/chosen``, ``logps/rejected``, ``nll``.
+
+Shapes: ``N`` pairs, ``T`` tokens (prompt + completion, right-padded), ``B`` prompts per
+on-policy step, ``G`` completions per prompt, ``Q`` prompts in the prompt set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlhf_book import data
+from rlhf_book.ch05_reward_models import preference_accuracy
+from rlhf_book.ch06_policy_gradients.loop import PromptSet, Reward, encode_prompts
+from rlhf_book.ch06_policy_gradients.loop import sequence_log_probs as token_log_probs
+from rlhf_book.ch08_direct_alignment import losses as L
+from rlhf_book.lm import gpt, sampling, tokenizer
+from rlhf_book.lm.ops import masked_mean, masked_sum
+
+__all__ = [
+    "LOSSES", "REFERENCE_FREE", "DPOConfig", "PreferenceBatch", "RefLogProbs",
+    "encode_preference_pairs", "completion_log_probs", "pair_log_probs", "preference_losses",
+    "dpo_batch_loss", "DPOState", "init_dpo_state", "sample_offline_batch", "on_policy_pairs",
+    "make_dpo_step", "make_dpo_train", "train_dpo", "implicit_reward_accuracy",
+    "evaluate_policy",
+]
+
+# The losses the loop trains with (formulas in :mod:`.losses`): DPO (eq. 79), cDPO (DPO with
+# label smoothing), robust DPO, IPO, SLiC's hinge, and the reference-free SimPO and ORPO.
+LOSSES = ("dpo", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo")
+# These two read the policy's per-token *average* log-probs and no reference model.
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """One DPO run: ``steps`` optax steps of ``batch_size`` pairs (offline) or ``batch_size``
+    prompts x ``completions_per_prompt`` samples (``on_policy``).
+
+    * ``loss``: one of :data:`LOSSES`; ``beta`` is DPO's KL coefficient (eq. 78-79; TRL's
+      default 0.1), SimPO's reward scale and ORPO's ``lambda``; ``label_smoothing`` is the
+      flip rate ``eps`` of ``"cdpo"`` and ``"robust"`` (it must be 0 for the other losses,
+      which ignore it); ``simpo_gamma`` is SimPO's target margin.
+    * ``nll_coef``: weight of the chosen completions' NLL, averaged over their tokens in the
+      batch (TRL's ``rpo_alpha``: ``cross_entropy`` over every chosen token). RPO uses 1;
+      ORPO is ``loss="orpo"`` with ``nll_coef=1`` (the paper's ``L_SFT + lambda L_OR``).
+    * ``learning_rate`` (constant, Adam) and ``max_grad_norm`` (global-norm clipping).
+    * on-policy only: ``completions_per_prompt`` (``G >= 2``: best vs worst of each group),
+      ``max_new_tokens`` and ``temperature`` of the sampler.
+    * ``log_every``: steps per compiled chunk in :func:`train_dpo`.
+
+    The DPO paper's own settings (beta 0.1, lr 1e-6, batch 64) are for 7B models; the small
+    GPT of the tests learns its preferences with beta 1, lr 3e-4 and 60 steps of 16 pairs
+    (beta 0.5 or lr 1e-3 drift further from the reference and displace more, measured in
+    ``tests/test_ch08_dpo_loop.py``).
+    """
+
+    loss: str = "dpo"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    nll_coef: float = 0.0
+    steps: int = 100
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    max_grad_norm: float = 1.0
+    on_policy: bool = False
+    completions_per_prompt: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"DPOConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("steps", "batch_size", "completions_per_prompt", "max_new_tokens",
+                     "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"DPOConfig.{name} must be a positive int, got {value!r}")
+        if self.completions_per_prompt < 2:
+            raise ValueError("DPOConfig.completions_per_prompt must be >= 2 (a pair is the best "
+                             f"and the worst of a group), got {self.completions_per_prompt}")
+        if not isinstance(self.on_policy, bool):
+            raise ValueError(f"DPOConfig.on_policy must be a bool, got {self.on_policy!r}")
+        for name in ("beta", "learning_rate", "max_grad_norm", "temperature"):
+            value = getattr(self, name)
+            if _is_traced(value):
+                continue  # a swept value inside make_dpo_train's train()
+            if not float(value) > 0:
+                raise ValueError(f"DPOConfig.{name} must be > 0, got {value!r}")
+        if not _is_traced(self.nll_coef) and not float(self.nll_coef) >= 0:
+            raise ValueError(f"DPOConfig.nll_coef must be >= 0, got {self.nll_coef!r}")
+        eps = float(self.label_smoothing)
+        if self.loss in ("cdpo", "robust"):
+            if not 0 <= eps < 0.5:
+                raise ValueError(f"DPOConfig.label_smoothing must be in [0, 0.5) for "
+                                 f"loss={self.loss!r}, got {self.label_smoothing!r}")
+        elif eps != 0:
+            raise ValueError(f"DPOConfig.label_smoothing must be 0 for loss={self.loss!r} (it "
+                             f"is the flip rate of 'cdpo' and 'robust'), got "
+                             f"{self.label_smoothing!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Preference pairs as static-shape token batches
+
+
+class PreferenceBatch(NamedTuple):
+    """Preference pairs as tokens, all with leading axis ``N``: ``chosen`` and ``rejected``
+    ``[N, T]`` (``<|bos|><|user|>prompt<|end|><|assistant|>completion<|end|>``, right-padded
+    with ``<|pad|>``), their completion masks ``chosen_mask`` and ``rejected_mask`` ``[N, T]``
+    (1 on the completion's tokens and its closing ``<|end|>``: the tokens whose log-probs
+    count), and ``weight [N]`` (1 for a pair, 0 for a row that carries no preference)."""
+
+    chosen: jax.Array
+    chosen_mask: jax.Array
+    rejected: jax.Array
+    rejected_mask: jax.Array
+    weight: jax.Array
+
+
+class RefLogProbs(NamedTuple):
+    """The frozen reference's sequence log-probs ``log pi_ref(y|x)`` of each pair's
+    ``chosen`` and ``rejected`` completion, ``[N]`` each (sums over completion tokens)."""
+
+    chosen: jax.Array
+    rejected: jax.Array
+
+
+def _render(prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    # The chat template's assistant mask is exactly the completion plus its <|end|>.
+    return tokenizer.render_chat([{"role": "user", "content": prompt},
+                                  {"role": "assistant", "content": completion}])
+
+
+def encode_preference_pairs(pairs: Sequence[Any], length: int | None = None) -> PreferenceBatch:
+    """Tokenise pairs (anything with ``prompt``, ``chosen`` and ``rejected`` texts, e.g.
+    :class:`rlhf_book.data.PreferencePair`) into a :class:`PreferenceBatch` of width
+    ``length`` (default: the longest sequence). The same token ids a chapter-5 reward model
+    reads (``ch05.encode_conversation``), plus completion masks; every weight is 1."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pairs must be a non-empty sequence of preference pairs, got an empty one")
+    for k, p in enumerate(pairs):
+        if not all(isinstance(getattr(p, f, None), str) for f in ("prompt", "chosen", "rejected")):
+            raise ValueError(f"pairs[{k}] must have str attributes prompt, chosen and rejected, "
+                             f"got {type(p).__name__}")
+    chosen = [_render(p.prompt, p.chosen) for p in pairs]
+    rejected = [_render(p.prompt, p.rejected) for p in pairs]
+    longest = max(len(ids) for ids, _ in chosen + rejected)
+    length = longest if length is None else length
+    if not isinstance(length, int) or length < longest:
+        raise ValueError(f"length must be an int >= the longest pair's {longest} tokens, "
+                         f"got {length!r}")
+
+    def pad(rows):
+        tokens, _ = tokenizer.pad_batch([ids for ids, _ in rows], length)
+        masks, _ = tokenizer.pad_batch([m for _, m in rows], length, pad_id=0)
+        return jnp.asarray(tokens), jnp.asarray(masks, jnp.float32)
+
+    c, c_mask = pad(chosen)
+    r, r_mask = pad(rejected)
+    return PreferenceBatch(c, c_mask, r, r_mask, jnp.ones(len(pairs), jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequence log-probabilities from the mini GPT (book L2598)
+
+
+def completion_log_probs(params, batch: PreferenceBatch, model_config: gpt.GPTConfig):
+    """The policy's log-probs of both halves of every pair, in one forward pass over the
+    ``[2N, T]`` concatenation (TRL's ``concatenated_forward``). Returns ``(chosen, rejected)``,
+    each a dict of ``"sum"`` ``[N]`` (``log pi(y|x)``, eq. 79's quantity), ``"mean"`` ``[N]``
+    (per-token average: SimPO, ORPO) and ``"tokens"`` ``[N, T]`` (per-token log-probs, 0 off
+    the completion)."""
+    n = batch.chosen.shape[0]
+    tokens = jnp.concatenate([batch.chosen, batch.rejected])
+    mask = jnp.concatenate([batch.chosen_mask, batch.rejected_mask])
+    logp = jnp.where(mask > 0, token_log_probs(params, tokens, model_config), 0.0)
+    total = L.sequence_log_probs(logp, mask)
+    mean = L.sequence_log_probs(logp, mask, average=True)
+
+    def half(s):
+        return {"sum": total[s], "mean": mean[s], "tokens": logp[s]}
+
+    return half(slice(0, n)), half(slice(n, 2 * n))
+
+
+def _pair_sums(params, batch: PreferenceBatch, model_config: gpt.GPTConfig):
+    chosen, rejected = completion_log_probs(params, batch, model_config)
+    return chosen["sum"], rejected["sum"]
+
+
+_jit_pair_sums = jax.jit(_pair_sums, static_argnums=(2,))
+
+
+def pair_log_probs(params, batch: PreferenceBatch, model_config: gpt.GPTConfig,
+                   chunk_size: int = 128) -> RefLogProbs:
+    """Sequence log-probs ``(chosen [N], rejected [N])`` of every pair under ``params``,
+    ``chunk_size`` pairs per jitted call (the last chunk is padded with copies of the first
+    pair, so one compilation serves any ``N >= chunk_size``). Run once with the reference model before
+    training, this is the reference-log-prob cache of book L2796 (TRL's
+    ``precompute_ref_log_probs``). Returns NumPy arrays in a :class:`RefLogProbs`."""
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    n = batch.chosen.shape[0]
+    size = min(chunk_size, n)
+    out_c, out_r = [], []
+    for start in range(0, n, size):
+        part = jax.tree.map(lambda x: x[start:start + size], batch)
+        k = part.chosen.shape[0]
+        if k < size:
+            part = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], size - k, 0)]),
+                                part)
+        c, r = _jit_pair_sums(params, part, model_config)
+        out_c.append(np.asarray(c)[:k])
+        out_r.append(np.asarray(r)[:k])
+    return RefLogProbs(np.concatenate(out_c), np.concatenate(out_r))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss of a batch (book eq. 79 and the family of §8.2), with TRL's metrics
+
+
+def _per_pair(loss_fn: Callable, *arrays) -> jax.Array:
+    """Per-pair losses ``[N]`` from a batch-mean loss of :mod:`.losses`: the mean over a batch
+    of one is that pair's loss. (Weighted means need per-pair values; this keeps one copy of
+    each formula.)"""
+    return jax.vmap(lambda *xs: loss_fn(*(x[None] for x in xs)))(*arrays)
+
+
+def preference_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                      config: DPOConfig) -> jax.Array:
+    """Per-pair losses ``[N]`` of ``config.loss``. The first four arguments are sequence
+    log-probs ``[N]`` (sums over completion tokens) for the reference-based losses (eq. 79 and
+    family: ``h = (pc - pr) - (rc - rr)``) and per-token **averages** for the reference-free
+    ones (SimPO, ORPO: the reference arguments are then ignored). IPO takes the sums as in its
+    paper (TRL length-averages them first)."""
+    beta, eps = config.beta, config.label_smoothing
+    pc, pr, rc, rr = policy_chosen, policy_rejected, ref_chosen, ref_rejected
+    if config.loss == "dpo":
+        return _per_pair(lambda *a: L.dpo_loss(*a, beta), pc, pr, rc, rr)
+    if config.loss == "cdpo":
+        return _per_pair(lambda *a: L.dpo_loss(*a, beta, eps), pc, pr, rc, rr)
+    if config.loss == "robust":
+        return _per_pair(lambda *a: L.robust_dpo_loss(*a, beta, eps), pc, pr, rc, rr)
+    if config.loss == "ipo":
+        return _per_pair(lambda *a: L.ipo_loss(*a, beta), pc, pr, rc, rr)
+    if config.loss == "hinge":
+        return _per_pair(lambda *a: L.hinge_loss(*a, beta), pc, pr, rc, rr)
+    if config.loss == "simpo":
+        return _per_pair(lambda *a: L.simpo_loss(*a, beta, config.simpo_gamma), pc, pr)
+    return beta * _per_pair(L.orpo_odds_ratio_loss, pc, pr)  # "orpo": lambda * L_OR
+
+
+def dpo_batch_loss(params, ref_logps: RefLogProbs, batch: PreferenceBatch, config: DPOConfig,
+                   model_config: gpt.GPTConfig):
+    """``(loss, metrics)`` of a batch of pairs under the policy ``params``.
+
+    ``loss = sum_i w_i l_i / sum_i w_i + nll_coef * NLL``, where ``l_i`` is the pair loss of
+    ``config.loss`` (:func:`preference_losses`), ``w_i = batch.weight`` (0 for a tie) and
+    ``NLL`` the mean negative log-likelihood per chosen completion token of the weighted pairs
+    (TRL's ``rpo_alpha`` term). ``ref_logps`` are constants (their gradient is stopped).
+
+    Metrics (weighted means over pairs, TRL's names): ``rewards/chosen`` and
+    ``rewards/rejected`` are the implicit rewards ``beta log pi/pi_ref`` (eq. 80; for SimPO
+    and ORPO ``beta`` times the average log-prob, TRL's ``CPOTrainer``), ``rewards/margins``
+    their difference, ``rewards/accuracies`` the fraction with chosen > rejected (strict, as
+    TRL: 0 at ``pi = pi_ref``, where every reward ties at 0, when the reference log-probs come
+    from the same computation; a reference cached in other batch shapes differs from the
+    policy's by float round-off, ~1e-6, which then decides those ties), ``logps/chosen`` and
+    ``logps/rejected`` the policy's sequence log-probs, ``nll``, ``loss`` and
+    ``loss/preference`` (the loss without the NLL term).
+    """
+    chosen, rejected = completion_log_probs(params, batch, model_config)
+    ref_c = jax.lax.stop_gradient(jnp.asarray(ref_logps.chosen, jnp.float32))
+    ref_r = jax.lax.stop_gradient(jnp.asarray(ref_logps.rejected, jnp.float32))
+    w = batch.weight
+    if config.loss in REFERENCE_FREE:
+        losses = preference_losses(chosen["mean"], rejected["mean"], ref_c, ref_r, config)
+        reward_c, reward_r = config.beta * chosen["mean"], config.beta * rejected["mean"]
+    else:
+        losses = preference_losses(chosen["sum"], rejected["sum"], ref_c, ref_r, config)
+        reward_c = L.implicit_reward(chosen["sum"], ref_c, config.beta)
+        reward_r = L.implicit_reward(rejected["sum"], ref_r, config.beta)
+    preference = masked_mean(losses, w)
+    # TRL: cross_entropy over every chosen completion token of the batch (a token mean).
+    nll = masked_mean(-chosen["tokens"], batch.chosen_mask * w[:, None])
+    loss = preference + config.nll_coef * nll
+    reward_c, reward_r = jax.lax.stop_gradient(reward_c), jax.lax.stop_gradient(reward_r)
+
+    def mean(x):
+        return masked_mean(jax.lax.stop_gradient(x), w)
+
+    metrics = {
+        "loss": loss, "loss/preference": preference, "nll": nll,
+        "rewards/chosen": mean(reward_c), "rewards/rejected": mean(reward_r),
+        "rewards/accuracies": mean((reward_c > reward_r).astype(jnp.float32)),
+        "rewards/margins": mean(reward_c - reward_r),
+        "logps/chosen": mean(chosen["sum"]), "logps/rejected": mean(rejected["sum"]),
+    }
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The state, the two sources of pairs, one step
+
+
+class DPOState(NamedTuple):
+    """Everything a step reads and writes: the policy ``params`` and Adam's ``opt_state``;
+    the frozen ``ref_params`` (used on-policy; offline the reference enters only through the
+    cached log-probs) and ``reward_params`` (the on-policy reward's, or None); ``step``."""
+
+    params: Any
+    opt_state: Any
+    ref_params: Any
+    reward_params: Any
+    step: jax.Array
+
+
+def _optimizer(config: DPOConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
+                       optax.adam(config.learning_rate))
+
+
+def init_dpo_state(config: DPOConfig, sft_params, reward: Reward | None = None,
+                   ref_params=None) -> DPOState:
+    """Step 0: the policy starts at the SFT model and the reference is a frozen copy of it
+    (``ref_params`` overrides), so every implicit reward starts at 0 and the DPO loss at
+    ``log 2`` (reference notes §8.3). Offline, the state holds no reference: it enters through
+    the cached log-probs."""
+    ref = (sft_params if ref_params is None else ref_params) if config.on_policy else None
+    return DPOState(sft_params, _optimizer(config).init(sft_params), ref,
+                    None if reward is None else reward.params, jnp.zeros((), jnp.int32))
+
+
+def sample_offline_batch(key, pairs: PreferenceBatch, ref_logps: RefLogProbs,
+                         batch_size: int) -> tuple[PreferenceBatch, RefLogProbs]:
+    """One step's pairs: ``batch_size`` of the ``N`` pairs drawn uniformly at random, distinct
+    within the step (unless ``batch_size > N``) and independent across steps, with their
+    cached reference log-probs."""
+    n = pairs.chosen.shape[0]
+    idx = jax.random.choice(key, n, (batch_size,), replace=batch_size > n)
+
+    def take(x):
+        return jnp.asarray(x)[idx]
+
+    return jax.tree.map(take, pairs), jax.tree.map(take, ref_logps)
+
+
+def on_policy_pairs(state: DPOState, key, config: DPOConfig, model_config: gpt.GPTConfig,
+                    prompts: PromptSet, reward: Reward):
+    """Online DPO's pairs (book §8.2 L2764, Guo et al. 2024; here labelled by a reward, the
+    gold one in the tests): draw ``B = batch_size`` prompts, sample ``G`` completions of each
+    from the current policy with the KV cache, score them, and pair the best (chosen) with
+    the worst (rejected) of each group; a group whose best and worst scores tie gets weight 0.
+    Returns ``(batch [B], ref_logps [B], info)``: the reference log-probs are the frozen
+    model's and ``info`` holds the mean ``score`` of all ``B * G`` samples, the scores of the
+    chosen and rejected, the fraction of groups that form a pair, and the mean completion
+    length."""
+    B, G = config.batch_size, config.completions_per_prompt
+    k_prompts, k_sample = jax.random.split(key)
+    Q = prompts.tokens.shape[0]
+    chosen_prompts = jax.random.choice(k_prompts, Q, (B,), replace=B > Q)
+    prompt_ids = jnp.repeat(chosen_prompts, G)  # prompt-major: row b * G + g
+    policy = jax.lax.stop_gradient(state.params)
+    gen = sampling.sample_cached(policy, prompts.tokens[prompt_ids], prompts.lengths[prompt_ids],
+                                 k_sample, config.temperature, model_config,
+                                 max_new_tokens=config.max_new_tokens)
+    scores = reward.fn(state.reward_params, gen.tokens, gen.mask, prompt_ids).reshape(B, G)
+    rows = jnp.arange(B) * G
+    best = rows + jnp.argmax(scores, axis=1)
+    worst = rows + jnp.argmin(scores, axis=1)
+    weight = (jnp.max(scores, axis=1) > jnp.min(scores, axis=1)).astype(jnp.float32)
+    batch = PreferenceBatch(gen.tokens[best], gen.mask[best], gen.tokens[worst], gen.mask[worst],
+                            weight)
+    ref = RefLogProbs(*_pair_sums(state.ref_params, batch, model_config))
+    info = {"score": jnp.mean(scores), "score/chosen": jnp.max(scores, axis=1).mean(),
+            "score/rejected": jnp.min(scores, axis=1).mean(), "pairs": jnp.mean(weight),
+            "length": jnp.mean(jnp.sum(gen.mask, axis=1))}
+    return batch, jax.tree.map(jax.lax.stop_gradient, ref), info
+
+
+def _check_data(config: DPOConfig, model_config: gpt.GPTConfig, pairs, prompts, reward):
+    """``ValueError`` unless the run has the data its mode needs, of a width the model takes."""
+    if config.on_policy:
+        if not isinstance(prompts, PromptSet) or not isinstance(reward, Reward):
+            raise ValueError("on_policy=True needs prompts (a ch06 PromptSet, from "
+                             "encode_prompts) and reward (a ch06 Reward, e.g. text_reward), "
+                             f"got {type(prompts).__name__} and {type(reward).__name__}")
+        width = prompts.tokens.shape[1] + config.max_new_tokens
+        if width > model_config.max_seq_len:
+            raise ValueError(f"prompts of {prompts.tokens.shape[1]} tokens + max_new_tokens="
+                             f"{config.max_new_tokens} must fit max_seq_len="
+                             f"{model_config.max_seq_len}, got {width}")
+        return
+    if not isinstance(pairs, PreferenceBatch):
+        raise ValueError("offline DPO needs pairs (a PreferenceBatch, from "
+                         f"encode_preference_pairs), got {type(pairs).__name__}")
+    if pairs.chosen.shape[1] > model_config.max_seq_len:
+        raise ValueError(f"pairs of {pairs.chosen.shape[1]} tokens must fit max_seq_len="
+                         f"{model_config.max_seq_len}")
+
+
+def make_dpo_step(config: DPOConfig, model_config: gpt.GPTConfig, pairs: PreferenceBatch | None
+                  = None, ref_logps: RefLogProbs | None = None, *, prompts: PromptSet | None
+                  = None, reward: Reward | None = None) -> Callable:
+    """``step(state, key) -> (state, metrics)``: one whole DPO step, to be jitted.
+
+    Offline (``config.on_policy`` False): ``pairs`` and their cached reference log-probs
+    ``ref_logps`` (:func:`pair_log_probs` with the reference model). On-policy: ``prompts``
+    and ``reward``. Metrics are the scalars of :func:`dpo_batch_loss` plus ``grad_norm``
+    (before clipping) and, on-policy, those of :func:`on_policy_pairs`."""
+    _check_data(config, model_config, pairs, prompts, reward)
+    if not config.on_policy:
+        if ref_logps is None:
+            raise ValueError("offline DPO needs ref_logps, the reference model's log-probs of "
+                             "pairs (pair_log_probs(ref_params, pairs, model_config))")
+        ref_logps = RefLogProbs(jnp.asarray(ref_logps.chosen, jnp.float32),
+                                jnp.asarray(ref_logps.rejected, jnp.float32))
+        if ref_logps.chosen.shape != pairs.weight.shape:
+            raise ValueError(f"ref_logps must hold one log-prob per pair {pairs.weight.shape}, "
+                             f"got {ref_logps.chosen.shape}")
+    optimizer = _optimizer(config)
+
+    def step(state: DPOState, key):
+        if config.on_policy:
+            batch, ref, info = on_policy_pairs(state, key, config, model_config, prompts, reward)
+        else:
+            batch, ref = sample_offline_batch(key, pairs, ref_logps, config.batch_size)
+            info = {}
+        (_, metrics), grads = jax.value_and_grad(dpo_batch_loss, has_aux=True)(
+            state.params, ref, batch, config, model_config)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads), **info}
+        return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+    return step
+
+
+def make_dpo_train(config: DPOConfig, model_config: gpt.GPTConfig, sft_params,
+                   pairs: PreferenceBatch | None = None, *, prompts: PromptSet | None = None,
+                   reward: Reward | None = None, ref_params=None) -> Callable:
+    """``train(key, beta=None, learning_rate=None, nll_coef=None) -> (final_state, metrics)``: all
+    ``config.steps`` DPO steps from the SFT model in one ``lax.scan``, metrics with a leading
+    axis of ``steps``. Pure, so ``jax.jit(jax.vmap(train))(jax.random.split(key, n_seeds))``
+    trains ``n_seeds`` policies at once (purejaxrl's pattern) in one compilation.
+
+    Offline (``pairs``): the reference log-probs of every pair are computed here, once, with
+    ``ref_params`` (default: ``sft_params``), and ``train`` reads them from the cache.
+    On-policy (``config.on_policy``; ``prompts`` and ``reward``): each step samples and labels
+    fresh pairs (:func:`on_policy_pairs`). ``beta``, ``learning_rate`` and ``nll_coef``, when
+    given, replace the config's and may be traced: ``jax.vmap(train)(keys, None, None,
+    coefs)`` trains with and without the NLL term in one compilation (as chapter 6's
+    ``train`` sweeps ``beta``).
+    """
+    _check_data(config, model_config, pairs, prompts, reward)
+    ref_logps = None
+    if not config.on_policy:
+        ref = sft_params if ref_params is None else ref_params
+        ref_logps = pair_log_probs(ref, pairs, model_config)
+
+    def train(key, beta=None, learning_rate=None, nll_coef=None):
+        swept = {k: v for k, v in (("beta", beta), ("learning_rate", learning_rate),
+                                   ("nll_coef", nll_coef)) if v is not None}
+        run_config = dataclasses.replace(config, **swept) if swept else config
+        step = make_dpo_step(run_config, model_config, pairs, ref_logps, prompts=prompts,
+                             reward=reward)
+        state = init_dpo_state(run_config, sft_params, reward, ref_params)
+        return jax.lax.scan(step, state, jax.random.split(key, config.steps))
+
+    return train
+
+
+def train_dpo(config: DPOConfig, model_config: gpt.GPTConfig, sft_params,
+              pairs: PreferenceBatch | None = None, *, prompts: PromptSet | None = None,
+              reward: Reward | None = None, ref_params=None, seed: int = 0,
+              progress: bool = True, callback: Callable[[int, DPOState], dict] | None = None):
+    """Run ``config.steps`` DPO steps from ``sft_params``, ``log_every`` per compiled chunk,
+    with a tqdm progress bar: the steps of :func:`make_dpo_train` (its keys are drawn per
+    chunk here, so the batches differ). ``callback(step, state)`` runs after each chunk and
+    returns extra metrics to record under ``"eval"`` (e.g. :func:`implicit_reward_accuracy`
+    on held-out pairs). Returns ``(params, history)``: the trained policy and a dict of
+    per-step metric lists."""
+    from tqdm.auto import tqdm
+
+    if config.steps % config.log_every:
+        raise ValueError(f"DPOConfig.steps must be a multiple of log_every={config.log_every} "
+                         f"to run in chunks, got {config.steps}")
+    _check_data(config, model_config, pairs, prompts, reward)
+    ref_logps = None
+    if not config.on_policy:
+        ref_logps = pair_log_probs(sft_params if ref_params is None else ref_params, pairs,
+                                   model_config)
+    step = make_dpo_step(config, model_config, pairs, ref_logps, prompts=prompts, reward=reward)
+
+    @jax.jit
+    def chunk(state, key):
+        return jax.lax.scan(step, state, jax.random.split(key, config.log_every))
+
+    state = init_dpo_state(config, sft_params, reward, ref_params)
+    key = jax.random.PRNGKey(seed)
+    history: dict[str, list] = {"eval": []}
+    bar = tqdm(total=config.steps, desc=f"DPO ({config.loss})", disable=not progress)
+    for start in range(0, config.steps, config.log_every):
+        key, sub = jax.random.split(key)
+        state, metrics = chunk(state, sub)
+        for k, v in metrics.items():
+            history.setdefault(k, []).extend(np.asarray(v).tolist())
+        if callback is not None:
+            history["eval"].append({"step": start + config.log_every, **callback(start, state)})
+        bar.update(config.log_every)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}",
+                        acc=f"{history['rewards/accuracies'][-1]:.2f}")
+    bar.close()
+    return state.params, history
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: the implicit reward as a reward model, and the policy's answers
+
+
+def _accuracy_and_se(chosen, rejected) -> tuple[float, float]:
+    acc = float(preference_accuracy(chosen, rejected, tie=0.5))
+    return acc, float(np.sqrt(acc * (1.0 - acc) / max(len(chosen), 1)))
+
+
+def implicit_reward_accuracy(params, ref_params, pairs: Sequence[data.PreferencePair],
+                             model_config: gpt.GPTConfig, beta: float = 0.1, *,
+                             ref_logps: RefLogProbs | None = None) -> dict[str, float]:
+    """DPO's policy read as a reward model (book eq. 80, "your language model is secretly a
+    reward model"): the implicit reward ``r = beta log pi(y|x) / pi_ref(y|x)`` of both halves
+    of held-out pairs, and how often it ranks them as
+
+    * the annotators did (``accuracy``: the labels, noisy; ceiling
+      :func:`rlhf_book.data.bt_accuracy_ceiling`), and
+    * the gold reward does (``gold_accuracy``, over the ``n_gold`` pairs whose gold rewards
+      differ: the truth behind the votes).
+
+    A tie counts 1/2 (chance), so a policy equal to its reference scores 0.5 on both. Also
+    returns binomial standard errors (``*_se``), the mean ``margin`` ``r_c - r_r`` and the mean
+    sequence log-probs ``logps/chosen``, ``logps/rejected`` under ``params`` (to watch
+    preference displacement). ``ref_logps`` (optional) are the reference's, cached."""
+    pairs = list(pairs)
+    batch = encode_preference_pairs(pairs)
+    pc, pr = pair_log_probs(params, batch, model_config)
+    rc, rr = ref_logps if ref_logps is not None else pair_log_probs(ref_params, batch,
+                                                                    model_config)
+    r_c = beta * (np.asarray(pc) - np.asarray(rc))
+    r_r = beta * (np.asarray(pr) - np.asarray(rr))
+    acc, se = _accuracy_and_se(r_c, r_r)
+    out = {"accuracy": acc, "accuracy_se": se, "n": len(pairs),
+           "margin": float(np.mean(r_c - r_r)), "logps/chosen": float(np.mean(pc)),
+           "logps/rejected": float(np.mean(pr))}
+    gold = np.array([getattr(p, "gold_chosen", np.nan) - getattr(p, "gold_rejected", np.nan)
+                     for p in pairs])
+    keep = np.isfinite(gold) & (gold != 0)
+    if keep.any():
+        winner = np.where(gold > 0, r_c, r_r)[keep]  # the higher-gold half of each pair
+        loser = np.where(gold > 0, r_r, r_c)[keep]
+        out["gold_accuracy"], out["gold_accuracy_se"] = _accuracy_and_se(winner, loser)
+    else:
+        out["gold_accuracy"] = out["gold_accuracy_se"] = float("nan")
+    out["n_gold"] = int(keep.sum())
+    return out
+
+
+_jit_token_log_probs = jax.jit(token_log_probs, static_argnums=(2,))
+
+
+def evaluate_policy(params, ref_params, questions: Sequence[data.Question],
+                    model_config: gpt.GPTConfig, key, *, samples: int = 2,
+                    max_new_tokens: int = 48, temperature: float = 1.0) -> dict[str, float]:
+    """Answer each question ``samples`` times with the policy (KV-cache sampling at
+    ``temperature``; 0 is greedy) and measure what DPO trades (book eq. 78): the mean
+    ``gold`` reward of the answers (the "true human preference"), and the ``kl`` to the
+    reference, ``sum_t log pi(y_t|.) - log pi_ref(y_t|.)`` per answer (k1 of whole sequences,
+    at temperature 1: an unbiased estimate of ``KL(pi || pi_ref)`` only when
+    ``temperature == 1``). Returns means with standard errors (``gold_se``, ``kl_se``), the
+    mean answer ``length`` in tokens, the fraction that ``stopped`` with ``<|end|>``, and
+    ``n``."""
+    questions = list(questions)
+    if not questions:
+        raise ValueError("questions must be a non-empty sequence of Question")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    prompts = encode_prompts([q.prompt for q in questions])
+    ids = np.repeat(np.arange(len(questions)), samples)
+    gen = sampling.generate(params, prompts.tokens[ids], key, model_config,
+                            prompt_lengths=prompts.lengths[ids], max_new_tokens=max_new_tokens,
+                            temperature=temperature)
+    texts = sampling.decode_masked(gen.tokens, gen.mask)
+    gold = data.gold_reward_batch([questions[i] for i in ids], texts)
+    logp = _jit_token_log_probs(params, gen.tokens, model_config)
+    ref = _jit_token_log_probs(ref_params, gen.tokens, model_config)
+    kl = np.asarray(masked_sum(logp - ref, gen.mask, axis=1))
+    mask = np.asarray(gen.mask)
+    stopped = np.any((np.asarray(gen.tokens) == tokenizer.END) & (mask > 0), axis=1)
+    n = len(texts)
+
+    def se(x):
+        return float(np.std(x, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+    return {"gold": float(gold.mean()), "gold_se": se(gold), "kl": float(kl.mean()),
+            "kl_se": se(kl), "length": float(mask.sum(1).mean()),
+            "stopped": float(stopped.mean()), "n": n}
