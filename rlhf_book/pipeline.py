@@ -8,7 +8,9 @@ pairs; its accuracy on pairs about held-out facts is compared with the best any 
 on those noisy labels. Stage 4 (book ch. 6): reinforcement learning from the SFT model against
 the reward model (GRPO by default) on prompts about training facts; the policy is compared with
 the SFT model on held-out questions in gold reward, reward-model score, KL to the SFT model and
-length. Later stages (DPO, evaluation) are added by their chapters.
+length. Stage 5 (book ch. 8): DPO from the SFT model on the reward model's training pairs; and
+best-of-N sampling from the SFT model ranked by the reward model (book ch. 9). Both join the
+RL policy in the final table. Later stages (evaluation) are added by their chapters.
 
 Every stage is cached under ``out_dir`` by a key that hashes everything that determines its
 result (model shape, optimisation settings, seed and the exact token stream), so a second run
@@ -33,6 +35,8 @@ from matplotlib.figure import Figure
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import ch05_reward_models as ch05
 from rlhf_book import ch06_policy_gradients as ch06
+from rlhf_book import ch08_direct_alignment as ch08
+from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer, train
 
@@ -69,6 +73,11 @@ class PipelineConfig:
     rl: ch06.RLConfig = ch06.RLConfig(algorithm="grpo", steps=40, learning_rate=3e-5, beta=0.1,
                                       max_new_tokens=48)
     rl_reward: str = "reward_model"
+    # DPO (ch. 8) from the SFT model on the reward model's training pairs (offline), and
+    # best-of-N sampling (ch. 9) from the SFT model, ranked by the reward model.
+    dpo: ch08.DPOConfig = ch08.DPOConfig(beta=0.5, learning_rate=3e-5, steps=100, batch_size=16,
+                                         log_every=20)
+    best_of_n: int = 8
     seed: int = 0
     out_dir: str = "runs"
 
@@ -87,11 +96,16 @@ class PipelineConfig:
             eval_pairs=64,
             rl=ch06.RLConfig(steps=4, prompts_per_step=4, group_size=4, max_new_tokens=16,
                              log_every=2),
+            dpo=ch08.DPOConfig(steps=4, batch_size=8, log_every=2),
+            best_of_n=4,
             out_dir=out_dir,
         )
 
 
     def __post_init__(self):
+        if not isinstance(self.best_of_n, int) or self.best_of_n < 1:
+            raise ValueError(f"PipelineConfig.best_of_n must be an int >= 1, got "
+                             f"{self.best_of_n!r}")
         if self.rl_reward not in ("reward_model", "gold"):
             raise ValueError(f"PipelineConfig.rl_reward must be 'reward_model' or 'gold', "
                              f"got {self.rl_reward!r}")
@@ -320,6 +334,32 @@ def policy_report(params, sft_params, rm_params, model_config: gpt.GPTConfig, qu
             "kl_to_sft_se": kl["kl_se"], "sampled_length": kl["length"], "answers": answers}
 
 
+def best_of_n_report(sft_params, rm_params, model_config: gpt.GPTConfig, questions, n: int, *,
+                     pooling: str = "last", seed: int = 0) -> dict:
+    """Best-of-``n`` from the SFT model (book ch. 9) on ``questions`` (held out): ``n``
+    completions per question sampled at temperature 1, the reward model's favourite kept. Its
+    gold reward, accuracy and length are measured like a policy's; the KL to the SFT model is
+    the analytic bound ``log n - (n - 1)/n`` (``ch09.best_of_n_kl``: exact for continuous
+    rewards, an upper bound with ties). ``single`` is the gold reward of one sample (all ``n``
+    averaged): what best-of-``n`` improves on."""
+    prompts = ch06.encode_prompts([q.prompt for q in questions])
+    max_new = min(48, model_config.max_seq_len - prompts.tokens.shape[1])
+    reward = ch06.reward_model_reward(rm_params, model_config, pooling)
+    bon = ch09.best_of_n_sample(sft_params, model_config, prompts, reward, n,
+                                jax.random.PRNGKey(seed), max_new_tokens=max_new)
+    answers = sampling.decode_masked(bon.tokens, bon.mask)
+    chosen_stopped = np.asarray(bon.stopped)[np.arange(len(questions)), np.asarray(bon.choice)]
+    metrics = ch04.evaluate_answers(questions, answers, chosen_stopped.tolist())
+    B, _, T = bon.all_tokens.shape
+    every = sampling.decode_masked(np.asarray(bon.all_tokens).reshape(B * n, T),
+                                   np.asarray(bon.all_mask).reshape(B * n, T))
+    single = data.gold_reward_batch([q for q in questions for _ in range(n)], every)
+    return {**metrics, "rm_score": float(np.mean(bon.rewards)),
+            "kl_to_sft": float(ch09.best_of_n_kl(n)), "single_gold_reward": float(np.mean(single)),
+            "single_rm_score": float(np.mean(bon.all_rewards)), "n_samples": n,
+            "answers": answers}
+
+
 def rl_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *, fresh: bool = False,
              progress: bool = True, log: Callable[[str], None] = print) -> StageResult:
     """Stage 4: RL from the SFT model (book ch. 6), rewarded by the reward model (or the gold
@@ -354,6 +394,37 @@ def rl_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *, fresh
     return StageResult("rl", params, metrics, path, False, time.perf_counter() - start)
 
 
+def dpo_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool = False,
+              progress: bool = True, log: Callable[[str], None] = print) -> StageResult:
+    """Stage 5: DPO from the SFT model (book ch. 8) on the annotators' pairs the reward model
+    was trained on (offline), with the SFT model as the reference; or the cached policy. Its
+    metrics include the implicit reward's accuracy on the held-out pairs (book eq. 80: the
+    policy read as a reward model), next to the reward model's."""
+    model_config = gpt.get_config(config.model)
+    dc = config.dpo
+    train_pairs, heldout_pairs = (_fitting(pairs, model_config.max_seq_len)
+                                  for pairs in preference_data(config))
+    batch = ch08.encode_preference_pairs(train_pairs)
+    key = _cache_key(sft.path.name, dataclasses.asdict(dc), config.seed, config.annotators,
+                     config.annotator_noise, np.asarray(batch.chosen), np.asarray(batch.rejected))
+    path = pathlib.Path(config.out_dir) / "checkpoints" / f"dpo-{config.model}-{key}.msgpack"
+    if path.exists() and not fresh:
+        return load_stage("dpo", path, log)
+    start = time.perf_counter()
+    log(f"[dpo] {dc.loss} on {len(train_pairs):,} annotated pairs (offline), beta={dc.beta}, "
+        f"lr={dc.learning_rate}, {dc.steps} steps x {dc.batch_size} pairs")
+    params, history = ch08.train_dpo(dc, model_config, sft.params, batch, seed=config.seed,
+                                     progress=progress)
+    heldout = ch08.implicit_reward_accuracy(params, sft.params, heldout_pairs, model_config,
+                                            beta=dc.beta)
+    metrics = {"history": {k: v for k, v in history.items() if k != "eval"},
+               "heldout": heldout, "train_seconds": time.perf_counter() - start}
+    train.save_checkpoint(path, params, {"model": dataclasses.asdict(model_config),
+                                         "stage": "dpo", "metrics": metrics,
+                                         "sft": sft.path.name})
+    return StageResult("dpo", params, metrics, path, False, time.perf_counter() - start)
+
+
 def plot_rl_curves(history: dict, path: pathlib.Path, reward_name: str) -> pathlib.Path:
     """The RL stage's training curves: mean reward of the sampled completions and their KL to
     the SFT model, per step."""
@@ -363,6 +434,20 @@ def plot_rl_curves(history: dict, path: pathlib.Path, reward_name: str) -> pathl
     ax.plot(steps, history["score"], label=f"{reward_name} (mean of samples)")
     ax.plot(steps, history["kl"], label="KL to SFT (nats per completion)")
     ax.set(xlabel="RL step", title="RL from the SFT model")
+    return _save(fig, ax, path)
+
+
+def plot_dpo_curves(history: dict, path: pathlib.Path) -> pathlib.Path:
+    """The DPO stage's training curves: the batch's mean sequence log-probs of the chosen and
+    rejected completions (preference displacement: both may fall, the rejected faster) and the
+    implicit reward margin."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    steps = np.arange(1, len(history["loss"]) + 1)
+    ax.plot(steps, history["logps/chosen"], label="log pi(chosen) (batch mean)")
+    ax.plot(steps, history["logps/rejected"], label="log pi(rejected) (batch mean)")
+    ax.plot(steps, history["rewards/margins"], label="implicit reward margin")
+    ax.set(xlabel="DPO step", title="DPO from the SFT model")
     return _save(fig, ax, path)
 
 
@@ -447,10 +532,16 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     rl = rl_stage(config, sft, rm, fresh=fresh, progress=progress, log=log)
     reward_name = config.rl_reward.replace("_", " ")
     rl_figure = plot_rl_curves(rl.metrics["history"], out / "figures" / "rl.png", reward_name)
+    dpo = dpo_stage(config, sft, fresh=fresh, progress=progress, log=log)
+    dpo_figure = plot_dpo_curves(dpo.metrics["history"], out / "figures" / "dpo.png")
     pooling = config.reward_model.pooling
     report = {name: policy_report(params, sft.params, rm.params, model_config, questions,
                                   pooling=pooling, seed=config.seed)
-              for name, params in (("sft", sft.params), ("rl", rl.params))}
+              for name, params in (("sft", sft.params), ("rl", rl.params),
+                                   ("dpo", dpo.params))}
+    bon_name = f"best-of-{config.best_of_n}"
+    report[bon_name] = best_of_n_report(sft.params, rm.params, model_config, questions,
+                                        config.best_of_n, pooling=pooling, seed=config.seed)
 
     rows = [("stage", "params", "steps", "loss start", "train loss", "held-out loss", "time", "")]
     for result, steps in ((stage, config.pretrain.steps), (sft, config.sft.steps),
@@ -487,23 +578,41 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     log(f"\nRL ({config.rl.algorithm}, rewarded by the {reward_name}): mean {reward_name} of "
         f"the sampled completions {np.mean(h['score'][:k]):+.3f} (first {k} steps) -> "
         f"{np.mean(h['score'][-k:]):+.3f} (last {k}); KL to SFT {h['kl'][-1]:.2f} nats")
+    d = dpo.metrics["heldout"]
+    log(f"\nDPO ({config.dpo.loss}, beta={config.dpo.beta}): the implicit reward "
+        f"beta*log(pi/pi_sft) ranks {d['accuracy']:.1%} +- {d['accuracy_se']:.1%} of the held-out "
+        f"pairs as the annotators did (reward model: {rm.metrics['heldout_accuracy']:.1%}) and "
+        f"{d['gold_accuracy']:.1%} as the gold reward does; mean log-prob of the chosen "
+        f"responses {dpo.metrics['history']['logps/chosen'][0]:+.1f} -> "
+        f"{dpo.metrics['history']['logps/chosen'][-1]:+.1f}, rejected "
+        f"{dpo.metrics['history']['logps/rejected'][0]:+.1f} -> "
+        f"{dpo.metrics['history']['logps/rejected'][-1]:+.1f} nats (training batches)")
+    b = report[bon_name]
+    log(f"Best-of-{config.best_of_n} (ranked by the reward model): one sample -> the reward "
+        f"model's pick: RM score {b['single_rm_score']:+.3f} -> {b['rm_score']:+.3f}, gold "
+        f"reward {b['single_gold_reward']:+.3f} -> {b['gold_reward']:+.3f}; KL to SFT <= "
+        f"log N - (N-1)/N = {b['kl_to_sft']:.2f} nats")
     rows = [("model", "gold reward", "accuracy", "RM score", "KL to SFT", "answer bytes")]
     for name, m in report.items():
+        kl = (f"{m['kl_to_sft']:.2f} +- {m['kl_to_sft_se']:.2f}" if "kl_to_sft_se" in m
+              else f"<= {m['kl_to_sft']:.2f}")
         rows.append((name, f"{m['gold_reward']:+.3f}", f"{m['accuracy']:.1%}",
-                     f"{m['rm_score']:+.3f}", f"{m['kl_to_sft']:.2f} +- {m['kl_to_sft_se']:.2f}",
-                     f"{m['answer_bytes']:.1f}"))
-    log("\nSFT vs RL on the held-out questions (greedy answers; KL: sampled, nats per "
-        "completion)")
+                     f"{m['rm_score']:+.3f}", kl, f"{m['answer_bytes']:.1f}"))
+    log(f"\nSFT vs RL, DPO and best-of-N on the held-out questions (greedy answers, except "
+        f"best-of-N: {config.best_of_n} samples at temperature 1, the reward model's favourite "
+        f"kept; KL: sampled, nats per completion, or best-of-N's analytic bound)")
     _table(rows, log)
     for k, q in enumerate(questions[:4]):
-        log(f"  {q.prompt!r} (gold: {q.answer})\n    sft: {report['sft']['answers'][k][:60]!r}"
-            f"\n    rl:  {report['rl']['answers'][k][:60]!r}")
-    log(f"\ncheckpoints: {stage.path}, {sft.path}, {rm.path}, {rl.path}"
-        f"\nfigures: {figure}, {sft_figure}, {rm_figure}, {rl_figure}"
+        log(f"  {q.prompt!r} (gold: {q.answer})" + "".join(
+            f"\n    {name + ':':<{len(bon_name) + 1}} {report[name]['answers'][k][:60]!r}"
+            for name in report))
+    log(f"\ncheckpoints: {stage.path}, {sft.path}, {rm.path}, {rl.path}, {dpo.path}"
+        f"\nfigures: {figure}, {sft_figure}, {rm_figure}, {rl_figure}, {dpo_figure}"
         f"\ntotal: {time.perf_counter() - t0:.1f}s")
-    return {"pretrain": stage, "sft": sft, "reward_model": rm, "rl": rl,
+    return {"pretrain": stage, "sft": sft, "reward_model": rm, "rl": rl, "dpo": dpo,
             "rl_report": {k: {m: v for m, v in r.items() if m != "answers"}
                           for k, r in report.items()}, "rl_figure": rl_figure,
+            "dpo_figure": dpo_figure,
             "samples_before": before, "samples_after": after,
             "evaluation": {k: v[0] for k, v in evaluation.items()},
             "figure": figure, "sft_figure": sft_figure, "rm_figure": rm_figure}
