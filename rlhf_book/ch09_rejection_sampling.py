@@ -117,6 +117,7 @@ def select_top_overall(rewards, k: int):
 # [/guide]
 
 
+# [guide:inverse-permutation]
 def inverse_permutation(perm) -> jax.Array:
     """``inv`` with ``inv[perm] = arange(n)``, so that ``x[perm][inv] == x``: how to undo a sort
     (book §9.1's code snippet, L2942-2961, scatter form; ``argsort(perm)`` is its second form).
@@ -134,6 +135,7 @@ def inverse_permutation(perm) -> jax.Array:
     # BEGIN SOLUTION
     return jnp.zeros_like(perm).at[perm].set(jnp.arange(n, dtype=perm.dtype))
     # END SOLUTION
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,6 +310,7 @@ class BestOfN(NamedTuple):
     stopped: jax.Array
 
 
+# [guide:bon-sample]
 def _best_of_n(lm_params, reward_params, prompt_tokens, prompt_lengths, key, temperature, *,
                model_config, reward_fn, n, max_new_tokens, top_k, truncation_penalty):
     B = prompt_tokens.shape[0]
@@ -326,6 +329,7 @@ def _best_of_n(lm_params, reward_params, prompt_tokens, prompt_lengths, key, tem
     rows = jnp.arange(B)
     return BestOfN(all_tokens[rows, choice], all_mask[rows, choice], all_rewards[rows, choice],
                    choice, all_tokens, all_mask, all_rewards, stopped.reshape(B, n))
+# [/guide]
 
 
 # One compilation per (model shape, reward function, n, lengths): a new key, new parameters,
