@@ -60,6 +60,7 @@ def _check_smoothing(label_smoothing, upper: float = 0.5) -> None:
 # Sequence log-probabilities (book L2598: log pi(y|x) is the sum over the completion's tokens)
 
 
+# [guide:sequence-log-probs]
 def sequence_log_probs(token_log_probs, mask, average: bool = False) -> jax.Array:
     """``log pi(y|x) = sum_t log pi(y_t | x, y_<t)`` over the completion tokens (``mask`` 1),
     or its per-token mean with ``average=True`` (SimPO, ORPO). Shapes: ``token_log_probs [N, T]``,
@@ -73,6 +74,7 @@ def sequence_log_probs(token_log_probs, mask, average: bool = False) -> jax.Arra
     if average:
         return masked_mean(token_log_probs, mask, axis=1)
     return masked_sum(token_log_probs, mask, axis=1)
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,6 +88,7 @@ def _distribution(probs, name: str) -> jax.Array:
     return probs
 
 
+# [guide:dpo-derivation]
 def log_partition(ref_probs, rewards, beta) -> jax.Array:
     """``log Z = log sum_y pi_ref(y) exp(r(y) / beta)`` (book eq. 87), by ``logsumexp``. A
     scalar; ``ref_probs [K]`` and ``rewards [K]``."""
@@ -102,9 +105,11 @@ def optimal_policy(ref_probs, rewards, beta) -> jax.Array:
     """The maximiser of the KL-regularised objective, ``pi*(y) = pi_ref(y) exp(r(y) / beta) /
     Z`` (book eq. 95), ``[K]``: the reference tilted towards reward, more sharply the smaller
     ``beta``. Computed in log space, so a small ``beta`` does not overflow."""
+    # BEGIN SOLUTION
     log_z = log_partition(ref_probs, rewards, beta)
     return jnp.exp(jnp.log(as_float_array(ref_probs, "ref_probs"))
                    + as_float_array(rewards, "rewards") / beta - log_z)
+    # END SOLUTION
 
 
 def regularized_objective(probs, ref_probs, rewards, beta) -> jax.Array:
@@ -129,8 +134,10 @@ def reward_from_policy(policy_probs, ref_probs, beta, log_z=0.0) -> jax.Array:
     policy_probs = _distribution(policy_probs, "policy_probs")
     ref_probs = _distribution(ref_probs, "ref_probs")
     return beta * (jnp.log(policy_probs) - jnp.log(ref_probs)) + beta * log_z
+# [/guide]
 
 
+# [guide:population-dpo]
 def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
     """The DPO loss over **every** ordered pair of a finite response set, each labelled by the
     Bradley-Terry probability of the true reward, ``p(i > j) = sigmoid(r_i - r_j)`` (book eq.
@@ -140,6 +147,7 @@ def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
     _check_beta(beta)
     ref_probs = _distribution(ref_probs, "ref_probs")
     rewards = _distribution(rewards, "rewards")
+    # BEGIN SOLUTION
     log_pi = jax.nn.log_softmax(_distribution(policy_logits, "policy_logits"))
     implicit = beta * (log_pi - jnp.log(ref_probs))  # [K]
     margin = implicit[:, None] - implicit[None, :]  # [K, K]: beta h of the pair (i, j)
@@ -149,12 +157,15 @@ def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
     # pair (i, j) with i preferred w.p. p_true[i, j]: -log sigmoid(margin[i, j]) in that case
     losses = -p_true * jax.nn.log_sigmoid(margin)
     return jnp.sum(losses * off_diagonal) / (K * (K - 1))
+    # END SOLUTION
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
 # §8.1 DPO: the loss (eq. 79), the implicit reward (eq. 80), the gradient (eqs. 81, 108)
 
 
+# [guide:dpo-loss]
 def dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                ref_rejected_logps) -> jax.Array:
     """``h = (pc - pr) - (rc - rr)`` ``[N]``: how much more the policy prefers the chosen
@@ -190,13 +201,17 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     """
     _check_beta(beta)
     _check_smoothing(label_smoothing)
+    # BEGIN SOLUTION
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
     losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
               - label_smoothing * jax.nn.log_sigmoid(-beta * h))
     return jnp.mean(losses)
+    # END SOLUTION
+# [/guide]
 
 
+# [guide:dpo-gradient-weight]
 def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                         ref_rejected_logps, beta=0.1) -> jax.Array:
     """The weight ``w = sigmoid(-beta h)`` ``[N]`` of each pair in DPO's gradient (book eqs. 81,
@@ -204,15 +219,19 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     implicit reward ranks the pair the wrong way round and near 0 when it already ranks it
     right by a wide margin; ``1/2`` at ``pi = pi_ref``."""
     _check_beta(beta)
+    # BEGIN SOLUTION
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
     return jax.nn.sigmoid(-beta * h)
+    # END SOLUTION
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
 # §8.2 The family (the book names them; the formulas are the papers' and TRL's)
 
 
+# [guide:dpo-family]
 def robust_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                     ref_rejected_logps, beta=0.1, label_smoothing=0.1) -> jax.Array:
     """Robust DPO (Chowdhury et al. 2024; TRL's ``robust``): an unbiased loss under labels
@@ -237,9 +256,11 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     IPO is the PsiPO family's choice ``Psi = identity``; the book's ``Psi(q) = log(q / (1 - q))``
     is the choice that gives back DPO (erratum in the guide). Four ``[N]``; a scalar."""
     _check_beta(beta)
+    # BEGIN SOLUTION
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
     return jnp.mean(jnp.square(h - 1.0 / (2.0 * beta)))
+    # END SOLUTION
 
 
 def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
@@ -250,8 +271,10 @@ def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
     return jnp.mean(jax.nn.relu(1.0 - beta * h))
+# [/guide]
 
 
+# [guide:simpo-orpo]
 def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax.Array:
     """SimPO (Meng et al. 2024): ``mean(-log sigmoid(beta (ac - ar) - gamma))`` on the
     **per-token average** log-probs ``ac, ar`` ``[N]`` (``sequence_log_probs(...,
@@ -260,7 +283,9 @@ def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax
     _check_beta(beta)
     ac, ar = _pairs((avg_chosen_logps, "avg_chosen_logps"),
                     (avg_rejected_logps, "avg_rejected_logps"))
+    # BEGIN SOLUTION
     return jnp.mean(-jax.nn.log_sigmoid(beta * (ac - ar) - gamma))
+    # END SOLUTION
 
 
 def _log1mexp(x):
@@ -278,8 +303,11 @@ def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
                     (avg_rejected_logps, "avg_rejected_logps"))
     # P = 1 exactly has infinite odds: keep the log-prob a hair below 0.
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
+    # BEGIN SOLUTION
     log_odds = (ac - _log1mexp(ac)) - (ar - _log1mexp(ar))
     return jnp.mean(-jax.nn.log_sigmoid(log_odds))
+    # END SOLUTION
+# [/guide]
 
 
 def kto_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,

@@ -198,6 +198,35 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
     ),
     Chapter(
+        8, "direct_alignment", "Direct alignment: DPO and its family",
+        "book ch. 8 (§8.1.1 the DPO loss, eqs. 79-81; §8.1.2.1 the optimal policy, eqs. 82-95; "
+        "§8.1.2.2 the Bradley-Terry objective, eqs. 96-105; §8.1.2.3 the gradient, eqs. "
+        "106-108; §8.2 cDPO, robust DPO, IPO, SLiC, SimPO, ORPO, preference displacement, online "
+        "DPO; §8.3 the original implementation; §8.5 online vs offline); KTO (not in the book)",
+        exercises=(
+            Exercise("8.1", "the DPO loss (and cDPO's label smoothing)",
+                     "rlhf_book.ch08_direct_alignment.losses:dpo_loss",
+                     "book §8.1.1, eq. 79; §8.2 (cDPO)"),
+            Exercise("8.2", "DPO's gradient weight",
+                     "rlhf_book.ch08_direct_alignment.losses:dpo_gradient_weight",
+                     "book §8.1.1, eq. 81; §8.1.2.3, eqs. 106-108"),
+            Exercise("8.3", "the KL-regularised optimum pi* (eq. 95)",
+                     "rlhf_book.ch08_direct_alignment.losses:optimal_policy",
+                     "book §8.1.2.1, eqs. 82-95"),
+            Exercise("8.4", "the population DPO loss on exact preferences",
+                     "rlhf_book.ch08_direct_alignment.losses:population_dpo_loss",
+                     "book §8.1.2.2, eqs. 96-105"),
+            Exercise("8.5", "IPO's squared loss",
+                     "rlhf_book.ch08_direct_alignment.losses:ipo_loss",
+                     "book §8.2, L2748 (IPO is Psi = identity; ch08 guide, erratum 1)"),
+            Exercise("8.6", "SimPO: length-normalised, with a margin",
+                     "rlhf_book.ch08_direct_alignment.losses:simpo_loss", "book §8.2, L2754"),
+            Exercise("8.7", "ORPO's odds-ratio term",
+                     "rlhf_book.ch08_direct_alignment.losses:orpo_odds_ratio_loss",
+                     "book §8.2, L2753"),
+        ),
+    ),
+    Chapter(
         9, "rejection_sampling", "Rejection sampling and best-of-N",
         "book ch. 9 (§9.1 the training process: eqs. 109-116, the worked example eqs. 117-123, "
         "the code snippet, Figure 28; §9.2 implementation details; §9.3 best-of-N, eqs. "
