@@ -36,7 +36,7 @@ import optax
 from rlhf_book.ch05_reward_models import reward_scores
 from rlhf_book.ch06_policy_gradients import losses as L
 from rlhf_book.ch15_regularization import KL_ESTIMATORS, kl_estimate
-from rlhf_book.lm import gpt, sampling, tokenizer
+from rlhf_book.lm import gpt, sampling, tokenizer, train
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 
 __all__ = [
@@ -505,31 +505,15 @@ def train_rl(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: 
     returns extra metrics to record (e.g. a held-out evaluation). Returns ``(lm_params,
     history)``: the trained policy and a dict of per-step metric lists (plus the callback's
     per-chunk metrics under ``"eval"``)."""
-    from tqdm.auto import tqdm
-
     if config.steps % config.log_every:
         raise ValueError(f"RLConfig.steps must be a multiple of log_every={config.log_every} "
                          f"to run in chunks, got {config.steps}")
     step = make_rl_step(config, model_config, prompts, reward)
-
-    @jax.jit
-    def chunk(state, key):
-        return jax.lax.scan(step, state, jax.random.split(key, config.log_every))
-
     state = init_rl_state(config, model_config, lm_params, reward, ref_params)
-    key = jax.random.PRNGKey(seed)
-    history: dict[str, list] = {"eval": []}
-    bar = tqdm(total=config.steps, desc=f"RL ({config.algorithm})", disable=not progress)
-    for start in range(0, config.steps, config.log_every):
-        key, sub = jax.random.split(key)
-        state, metrics = chunk(state, sub)
-        for k, v in metrics.items():
-            history.setdefault(k, []).extend(np.asarray(v).tolist())
-        if callback is not None:
-            history["eval"].append({"step": start + config.log_every, **callback(start, state)})
-        bar.update(config.log_every)
-        bar.set_postfix(score=f"{history['score'][-1]:+.3f}", kl=f"{history['kl'][-1]:.3f}")
-    bar.close()
+    state, history = train.run_in_chunks(
+        step, state, steps=config.steps, chunk_size=config.log_every, seed=seed,
+        desc=f"RL ({config.algorithm})", progress=progress, callback=callback,
+        postfix=lambda h: {"score": f"{h['score'][-1]:+.3f}", "kl": f"{h['kl'][-1]:.3f}"})
     return state.params["lm"], history
 
 

@@ -44,7 +44,7 @@ from rlhf_book.ch05_reward_models import preference_accuracy
 from rlhf_book.ch06_policy_gradients.loop import PromptSet, Reward, encode_prompts
 from rlhf_book.ch06_policy_gradients.loop import sequence_log_probs as token_log_probs
 from rlhf_book.ch08_direct_alignment import losses as L
-from rlhf_book.lm import gpt, sampling, tokenizer
+from rlhf_book.lm import gpt, sampling, tokenizer, train
 from rlhf_book.lm.ops import masked_mean, masked_sum
 
 __all__ = [
@@ -518,7 +518,6 @@ def train_dpo(config: DPOConfig, model_config: gpt.GPTConfig, sft_params,
     returns extra metrics to record under ``"eval"`` (e.g. :func:`implicit_reward_accuracy`
     on held-out pairs). Returns ``(params, history)``: the trained policy and a dict of
     per-step metric lists."""
-    from tqdm.auto import tqdm
 
     if config.steps % config.log_every:
         raise ValueError(f"DPOConfig.steps must be a multiple of log_every={config.log_every} "
@@ -529,26 +528,12 @@ def train_dpo(config: DPOConfig, model_config: gpt.GPTConfig, sft_params,
         ref_logps = pair_log_probs(sft_params if ref_params is None else ref_params, pairs,
                                    model_config)
     step = make_dpo_step(config, model_config, pairs, ref_logps, prompts=prompts, reward=reward)
-
-    @jax.jit
-    def chunk(state, key):
-        return jax.lax.scan(step, state, jax.random.split(key, config.log_every))
-
     state = init_dpo_state(config, sft_params, reward, ref_params)
-    key = jax.random.PRNGKey(seed)
-    history: dict[str, list] = {"eval": []}
-    bar = tqdm(total=config.steps, desc=f"DPO ({config.loss})", disable=not progress)
-    for start in range(0, config.steps, config.log_every):
-        key, sub = jax.random.split(key)
-        state, metrics = chunk(state, sub)
-        for k, v in metrics.items():
-            history.setdefault(k, []).extend(np.asarray(v).tolist())
-        if callback is not None:
-            history["eval"].append({"step": start + config.log_every, **callback(start, state)})
-        bar.update(config.log_every)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}",
-                        acc=f"{history['rewards/accuracies'][-1]:.2f}")
-    bar.close()
+    state, history = train.run_in_chunks(
+        step, state, steps=config.steps, chunk_size=config.log_every, seed=seed,
+        desc=f"DPO ({config.loss})", progress=progress, callback=callback,
+        postfix=lambda h: {"loss": f"{h['loss'][-1]:.3f}",
+                           "acc": f"{h['rewards/accuracies'][-1]:.2f}"})
     return state.params, history
 
 

@@ -123,6 +123,42 @@ def make_train_chunk(loss_fn: Callable, sample_batch: Callable, n_steps: int) ->
 # [/guide]
 
 
+def run_in_chunks(step: Callable, state, *, steps: int, chunk_size: int, seed: int = 0,
+                  desc: str = "train", progress: bool = True,
+                  postfix: Callable[[dict], dict] | None = None,
+                  callback: Callable[[int, Any], dict] | None = None):
+    """Apply ``step(state, key) -> (state, metrics)`` ``steps`` times, ``chunk_size`` steps per
+    compiled ``lax.scan`` (one compilation), with a tqdm bar updated between chunks: the
+    driver of the RL and DPO loops. ``postfix(history)`` gives the bar's numbers;
+    ``callback(step, state)`` runs after each chunk and returns extra metrics, recorded with
+    their step under ``history["eval"]``. Returns ``(state, history)``, ``history`` a dict of
+    per-step metric lists."""
+    from tqdm.auto import tqdm
+
+    if steps % chunk_size:
+        raise ValueError(f"steps must be a multiple of the chunk size {chunk_size} to run in "
+                         f"chunks, got {steps}")
+
+    @jax.jit
+    def chunk(state, key):
+        return jax.lax.scan(step, state, jax.random.split(key, chunk_size))
+
+    key = jax.random.PRNGKey(seed)
+    history: dict[str, list] = {"eval": []}
+    with tqdm(total=steps, desc=desc, disable=not progress) as bar:
+        for start in range(0, steps, chunk_size):
+            key, sub = jax.random.split(key)
+            state, metrics = chunk(state, sub)
+            for k, v in metrics.items():
+                history.setdefault(k, []).extend(np.asarray(v).tolist())
+            if callback is not None:
+                history["eval"].append({"step": start + chunk_size, **callback(start, state)})
+            bar.update(chunk_size)
+            if postfix is not None:
+                bar.set_postfix(postfix(history))
+    return state, history
+
+
 # ----------------------------------------------------------------------------------------------
 # Pretraining: next-token prediction on a stream of documents
 
