@@ -243,6 +243,23 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "book §9.3; Stiennon et al. 2020, Beirami et al. 2024"),
         ),
     ),
+    Chapter(
+        15, "regularization", "Regularisation: the KL penalty and what else keeps a policy close",
+        "book ch. 15 (§15.1 the KL to a reference, eqs. 126-129, and the implementation example "
+        "of §15.1.2; §15.2 implicit regularisation: SFT memorises / RL generalises, retaining by "
+        "doing, RL's razor, eqs. 130-135; §15.3 pretraining gradients (PPO-ptx, DPO + NLL, eqs. "
+        "136-139) and margin-based regularisation, eq. 140); Schulman's KL estimators (2020)",
+        exercises=(
+            Exercise("15.1", "Schulman's k3 estimator, stable for nearby models",
+                     "rlhf_book.ch15_regularization:kl_k3",
+                     "book §15.1, eq. 129; Schulman 2020; ch15 guide, 'Estimating the KL'"),
+            Exercise("15.2", "the exact KL over the vocabulary",
+                     "rlhf_book.ch15_regularization:exact_kl", "book §15.1, eq. 128"),
+            Exercise("15.3", "the sequence KL of a generation, masked",
+                     "rlhf_book.ch15_regularization:sequence_kl",
+                     "book §15.1.2, the implementation example (its kl_full, fixed)"),
+        ),
+    ),
 )
 
 
