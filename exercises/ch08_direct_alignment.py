@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.lm.ops import as_float_array
-from rlhf_book.ch08_direct_alignment.losses import _check_beta, _check_smoothing, _distribution, _log1mexp, _pairs, dpo_logits, log_partition
+from rlhf_book.lm.ops import as_float_vectors
+from rlhf_book.ch08_direct_alignment.losses import _check_beta, _check_smoothing, _distribution, _log1mexp, dpo_logits, log_partition
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
@@ -89,8 +90,8 @@ def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax
     average=True)``). No reference model, and a target margin ``gamma`` (book L2754 mentions
     only the length normalisation). Returns a scalar."""
     _check_beta(beta)
-    ac, ar = _pairs((avg_chosen_logps, "avg_chosen_logps"),
-                    (avg_rejected_logps, "avg_rejected_logps"))
+    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
+                              (avg_rejected_logps, "avg_rejected_logps"))
     raise NotImplementedError('Exercise 8.6 (SimPO: length-normalised, with a margin; book §8.2, L2754) is not started: replace this line with your solution.')
 
 
@@ -100,10 +101,10 @@ def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
     ``[N]``. ORPO adds ``lambda`` times this to the chosen completion's NLL, with no reference
     model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1 stays finite. The
     averages must be < 0 (``P < 1``). Returns a scalar."""
-    ac, ar = _pairs((avg_chosen_logps, "avg_chosen_logps"),
-                    (avg_rejected_logps, "avg_rejected_logps"))
+    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
+                              (avg_rejected_logps, "avg_rejected_logps"))
     # P = 1 exactly has infinite odds: keep the log-prob a hair below 0.
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2, L2753) is not started: replace this line with your solution.")
 
-# stub fingerprint: 9b8c4f8e622cf874
+# stub fingerprint: 16c5a805a3bf860e

@@ -51,7 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import xlogy
 
-from rlhf_book.lm.ops import as_float_array, check_rank, masked_sum, next_token_log_probs
+from rlhf_book.lm.ops import (as_float_array, as_float_vectors, check_rank, masked_sum,
+                               next_token_log_probs)
 
 __all__ = [
     "KL_ESTIMATORS", "LOG_RATIO_CLAMP", "LLAMA2_MARGINS", "exact_kl", "sequence_kl", "kl_k1",
@@ -501,18 +502,6 @@ def ptx_loss(rl_loss, pretrain_nll, gamma) -> jax.Array:
 # [/guide]
 
 
-def _pair_arrays(*arrays_and_names) -> list[jax.Array]:
-    """Float arrays ``[N]`` of one shape, or a ``ValueError`` naming the first that is not."""
-    out = [as_float_array(x, name) for x, name in arrays_and_names]
-    first = arrays_and_names[0][1]
-    check_rank(out[0], 1, first, "[N]")
-    for x, (_, name) in zip(out[1:], arrays_and_names[1:]):
-        if x.shape != out[0].shape:
-            raise ValueError(f"{name} must have the shape of {first} {out[0].shape} ([N]), "
-                             f"got {x.shape}")
-    return out
-
-
 def _margin(margin, n_shape: tuple[int, ...]) -> jax.Array:
     margin = as_float_array(margin, "margin")
     if margin.shape not in ((), n_shape):
@@ -543,7 +532,7 @@ def dpo_nll_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
 
     _check_at_least(beta, "beta", strict=True)
     _check_at_least(alpha, "alpha")
-    pc, pr, rc, rr, lengths = _pair_arrays(
+    pc, pr, rc, rr, lengths = as_float_vectors(
         (policy_chosen_logps, "policy_chosen_logps"),
         (policy_rejected_logps, "policy_rejected_logps"),
         (ref_chosen_logps, "ref_chosen_logps"), (ref_rejected_logps, "ref_rejected_logps"),
@@ -580,8 +569,8 @@ def margin_bt_loss(chosen_rewards, rejected_rewards, margin) -> jax.Array:
     growing without bound on the easy pairs. ``m = 0`` is the Bradley-Terry loss; for ``m >
     0`` the loss is larger at every gap. Finite for any gap (softplus).
     """
-    r_c, r_r = _pair_arrays((chosen_rewards, "chosen_rewards"),
-                            (rejected_rewards, "rejected_rewards"))
+    r_c, r_r = as_float_vectors((chosen_rewards, "chosen_rewards"),
+                                (rejected_rewards, "rejected_rewards"))
     return jax.nn.softplus(-(r_c - r_r - _margin(margin, r_c.shape)))
 
 

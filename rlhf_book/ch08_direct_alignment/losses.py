@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean, masked_sum
+from rlhf_book.lm.ops import as_float_array, as_float_vectors, check_rank, masked_mean, masked_sum
 
 __all__ = [
     "log_partition", "optimal_policy", "regularized_objective", "reward_from_policy",
@@ -30,18 +30,6 @@ __all__ = [
     "dpo_gradient_weight", "robust_dpo_loss", "ipo_loss", "hinge_loss", "simpo_loss",
     "orpo_odds_ratio_loss", "kto_loss",
 ]
-
-
-def _pairs(*arrays_and_names):
-    """Float arrays ``[N]`` of one shape, or a ``ValueError`` naming the first that is not."""
-    out = [as_float_array(x, name) for x, name in arrays_and_names]
-    first_name = arrays_and_names[0][1]
-    check_rank(out[0], 1, first_name, "[N]")
-    for x, (_, name) in zip(out[1:], arrays_and_names[1:]):
-        if x.shape != out[0].shape:
-            raise ValueError(f"{name} must have the shape of {first_name} {out[0].shape}, "
-                             f"got {x.shape}")
-    return out
 
 
 def _check_beta(beta, name: str = "beta") -> None:
@@ -171,10 +159,10 @@ def dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
     """``h = (pc - pr) - (rc - rr)`` ``[N]``: how much more the policy prefers the chosen
     completion than the reference does (the book's code calls it ``logits``; book §8.3). The
     reference terms are constants (``stop_gradient``)."""
-    pc, pr, rc, rr = _pairs((policy_chosen_logps, "policy_chosen_logps"),
-                            (policy_rejected_logps, "policy_rejected_logps"),
-                            (ref_chosen_logps, "ref_chosen_logps"),
-                            (ref_rejected_logps, "ref_rejected_logps"))
+    pc, pr, rc, rr = as_float_vectors((policy_chosen_logps, "policy_chosen_logps"),
+                                      (policy_rejected_logps, "policy_rejected_logps"),
+                                      (ref_chosen_logps, "ref_chosen_logps"),
+                                      (ref_rejected_logps, "ref_rejected_logps"))
     return (pc - pr) - jax.lax.stop_gradient(rc - rr)
 
 
@@ -183,7 +171,8 @@ def implicit_reward(policy_logps, ref_logps, beta=0.1) -> jax.Array:
     the reward of eq. 100 up to ``beta log Z(x)``, a shift per prompt that no pairwise comparison
     can see; logged as ``chosen_rewards`` and ``rejected_rewards`` (book §8.3)."""
     _check_beta(beta)
-    policy_logps, ref_logps = _pairs((policy_logps, "policy_logps"), (ref_logps, "ref_logps"))
+    policy_logps, ref_logps = as_float_vectors((policy_logps, "policy_logps"),
+                                               (ref_logps, "ref_logps"))
     return beta * (policy_logps - jax.lax.stop_gradient(ref_logps))
 
 
@@ -281,8 +270,8 @@ def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax
     average=True)``). No reference model, and a target margin ``gamma`` (book L2754 mentions
     only the length normalisation). Returns a scalar."""
     _check_beta(beta)
-    ac, ar = _pairs((avg_chosen_logps, "avg_chosen_logps"),
-                    (avg_rejected_logps, "avg_rejected_logps"))
+    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
+                              (avg_rejected_logps, "avg_rejected_logps"))
     # BEGIN SOLUTION
     return jnp.mean(-jax.nn.log_sigmoid(beta * (ac - ar) - gamma))
     # END SOLUTION
@@ -299,8 +288,8 @@ def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
     ``[N]``. ORPO adds ``lambda`` times this to the chosen completion's NLL, with no reference
     model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1 stays finite. The
     averages must be < 0 (``P < 1``). Returns a scalar."""
-    ac, ar = _pairs((avg_chosen_logps, "avg_chosen_logps"),
-                    (avg_rejected_logps, "avg_rejected_logps"))
+    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
+                              (avg_rejected_logps, "avg_rejected_logps"))
     # P = 1 exactly has infinite odds: keep the log-prob a hair below 0.
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     # BEGIN SOLUTION
@@ -324,10 +313,10 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     may differ), ``kl_reference_point`` a scalar. The book does not mention KTO (reference
     notes, §8.2). Returns a scalar."""
     _check_beta(beta)
-    pc, rc = _pairs((policy_chosen_logps, "policy_chosen_logps"),
-                    (ref_chosen_logps, "ref_chosen_logps"))
-    pr, rr = _pairs((policy_rejected_logps, "policy_rejected_logps"),
-                    (ref_rejected_logps, "ref_rejected_logps"))
+    pc, rc = as_float_vectors((policy_chosen_logps, "policy_chosen_logps"),
+                              (ref_chosen_logps, "ref_chosen_logps"))
+    pr, rr = as_float_vectors((policy_rejected_logps, "policy_rejected_logps"),
+                              (ref_rejected_logps, "ref_rejected_logps"))
     z0 = jnp.maximum(jax.lax.stop_gradient(as_float_array(kl_reference_point,
                                                           "kl_reference_point")), 0.0)
     if z0.ndim:
