@@ -53,15 +53,20 @@ FRONTIER_SEEDS = 2
 # 0) against the SFT model, TOKEN_PROMPTS training questions x TOKEN_SAMPLES completions.
 TOKEN_PROMPTS, TOKEN_SAMPLES = 32, 4
 
-# Forgetting (notebook section 6). Task 1 (old): the world's capital, animal and colour
-# questions; task 2 (new): its arithmetic questions. From chapter 4's SFT model, the same
-# budget of FORGET_STEPS steps of 16 sequences at learning rate 3e-4 each way: SFT on
-# demonstrations of arithmetic answers, or on-policy RL (GRPO, 4 questions x 4 completions,
-# beta = 0: no explicit KL term) on the gold reward of arithmetic questions; FORGET_SEEDS seeds
-# vmapped. Both tasks are scored by the gold reward of one sampled answer (T = 1) per question
-# and seed, on EVAL_QUESTIONS training questions of each task.
+# Forgetting (notebook section 7). Task 1 (old): the world's capital, animal and colour
+# questions, scored by the gold reward. Task 2 (new): a format on its arithmetic questions --
+# open the answer with NEW_PREFIX ("The answer is 7."), one of the four templates chapter 4's
+# SFT data uses for arithmetic, so the start model already does it about a quarter of the time
+# and both methods can learn it at a small budget. Task 2's score is the share of answers that
+# open with the prefix. From chapter 4's SFT model, the same budget of FORGET_STEPS steps of 16
+# sequences at learning rate FORGET_LR each way: SFT on demonstrations "The answer is {x}." of
+# arithmetic questions, or on-policy RL (GRPO, 4 questions x 4 completions, beta = 0: no
+# explicit KL term) on the format score; FORGET_SEEDS seeds vmapped. Evaluation: one sampled
+# answer (T = 1) per question and seed on EVAL_QUESTIONS training questions of each task, and
+# the exact sequence KL to the start model along those answers.
 OLD_TOPICS = ("capital", "animal", "color")
 NEW_TOPICS = ("arithmetic",)
+NEW_PREFIX = "The answer is"
 FORGET_STEPS = 24
 FORGET_SEEDS = 4
 FORGET_LR = 3e-4
@@ -376,8 +381,18 @@ def forgetting_tasks():
             [q for q in questions if q.topic in NEW_TOPICS])
 
 
+def new_task_score(question, response: str) -> float:
+    """Task 2's score (and RL reward): 1 if ``response`` opens with ``NEW_PREFIX``, else 0."""
+    del question
+    return float(response.strip().startswith(NEW_PREFIX))
+
+
 def _sft_rows(questions, seed: int = 0):
-    demos = data.sft_demonstrations(seed=seed, n=1000, questions=questions)
+    """Demonstrations of task 2: "The answer is {x}." to arithmetic questions."""
+    rng = np.random.default_rng(seed)
+    demos = [[{"role": "user", "content": q.prompt},
+              {"role": "assistant", "content": f"{NEW_PREFIX} {q.answer}."}]
+             for q in (questions[i] for i in rng.integers(len(questions), size=1000))]
     examples = ch04.sft_examples(demos, mask_prompt=True)
     return ch04.pad_examples(examples, max(len(tokens) for tokens, _ in examples))
 
@@ -409,11 +424,23 @@ def make_sft_train(model_config, lm_params, rows, steps: int = FORGET_STEPS,
     return train
 
 
-def evaluate_policies(lm_params, questions, seed: int = 0) -> np.ndarray:
-    """Gold reward of one sampled answer (T = 1) to each of the first ``EVAL_QUESTIONS`` of
-    ``questions`` (a fixed shuffle) per policy: ``[policies, EVAL_QUESTIONS]``. ``lm_params``
-    has a leading policy axis."""
+@functools.partial(jax.jit, static_argnames=("model_config",))
+def _policy_kls(lm_params, ref_params, tokens, mask, model_config):
+    """Exact sequence KL to ``ref_params`` along each policy's own samples: ``[policies, N]``."""
+    ref = jax.vmap(lambda t: gpt.forward(ref_params, t, model_config))(tokens)
+    logits = jax.vmap(lambda p, t: gpt.forward(p, t, model_config))(lm_params, tokens)
+    kl = jax.vmap(lambda l, r, t, m: ch15.generation_kl(l, r, t, m).exact)
+    return kl(logits, ref, tokens, mask)
+
+
+def evaluate_policies(lm_params, questions, score=data.gold_reward, ref_params=None,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``score`` of one sampled answer (T = 1) to each of the first ``EVAL_QUESTIONS`` of
+    ``questions`` (a fixed shuffle) per policy, and the exact sequence KL of each answer to
+    ``ref_params`` (chapter 4's SFT model by default): two ``[policies, EVAL_QUESTIONS]``
+    arrays. ``lm_params`` has a leading policy axis."""
     model_config = gpt.get_config(ch06_figures.PRETRAIN_MODEL)
+    ref_params = ch06_figures.sft_policy() if ref_params is None else ref_params
     rng = np.random.default_rng(seed)
     chosen = [questions[i] for i in rng.permutation(len(questions))[:EVAL_QUESTIONS]]
     prompts = ch06.encode_prompts([q.prompt for q in chosen])
@@ -421,17 +448,20 @@ def evaluate_policies(lm_params, questions, seed: int = 0) -> np.ndarray:
     gen = ch06_figures._sample_seeds(lm_params, prompts.tokens, prompts.lengths,
                                      jax.random.split(jax.random.PRNGKey(seed + 1), S),
                                      model_config=model_config, max_new_tokens=EVAL_TOKENS)
+    kls = _policy_kls(lm_params, ref_params, gen.tokens, gen.mask, model_config)
     tokens = np.asarray(gen.tokens).reshape(S * len(chosen), -1)
     texts = sampling.decode_masked(tokens, np.asarray(gen.mask).reshape(S * len(chosen), -1))
-    return data.gold_reward_batch(chosen * S, texts).reshape(S, len(chosen))
+    scores = np.array([score(q, t) for q, t in zip(chosen * S, texts)]).reshape(S, len(chosen))
+    return scores, np.asarray(kls)
 
 
 @functools.lru_cache(maxsize=1)
 def forgetting_runs() -> dict:
     """SFT and RL on task 2 from chapter 4's SFT model, ``FORGET_SEEDS`` seeds each, and the
-    gold reward on both tasks before and after: ``{"old": {"start", "sft", "rl"}, "new": ...}``
-    each ``[seeds]`` (the start evaluated with as many sampling seeds), plus the SFT losses and
-    the RL metrics."""
+    scores on both tasks before and after: ``{"old": {"start", "sft", "rl"}, "new": ...}``
+    each ``[seeds]`` (the start evaluated with as many sampling seeds), the mean exact KL to
+    the start along the answers the same way (``"old_kl"``, ``"new_kl"``), plus the SFT
+    losses and the RL metrics."""
     model_config, _, _ = ch06_figures.rl_task()
     start = ch06_figures.sft_policy()
     old, new = forgetting_tasks()
@@ -439,37 +469,49 @@ def forgetting_runs() -> dict:
     sft_params, sft_losses = jax.jit(jax.vmap(make_sft_train(model_config, start, _sft_rows(new),
                                                              learning_rate=FORGET_LR)))(keys)
     prompts = ch06.encode_prompts([q.prompt for q in new])
-    reward = ch06.text_reward(data.gold_reward, new)
+    reward = ch06.text_reward(new_task_score, new)
     train = ch06.make_train(FORGET_RL_CONFIG, model_config, start, prompts, reward)
     state, rl_metrics = jax.jit(jax.vmap(train))(keys)
     starts = jax.tree.map(lambda x: jnp.broadcast_to(x, (FORGET_SEEDS, *x.shape)), start)
     out = {"sft_loss": np.asarray(sft_losses),
            "rl_score": np.asarray(rl_metrics["score"]), "rl_kl": np.asarray(rl_metrics["kl"])}
-    for name, questions in (("old", old), ("new", new)):
-        out[name] = {run: evaluate_policies(p, questions).mean(1)
-                     for run, p in (("start", starts), ("sft", sft_params),
-                                    ("rl", state.params["lm"]))}
+    for name, questions, score in (("old", old, data.gold_reward), ("new", new, new_task_score)):
+        out[name], out[f"{name}_kl"] = {}, {}
+        for run, p in (("start", starts), ("sft", sft_params), ("rl", state.params["lm"])):
+            scores, kls = evaluate_policies(p, questions, score, start)
+            out[name][run], out[f"{name}_kl"][run] = scores.mean(1), kls.mean(1)
     return out
 
 
 @figure("ch15_forgetting", "ch15",
         "Forgetting (§15.2): from chapter 4's SFT model, 24 steps of 16 sequences on a new task "
-        "(the world's arithmetic questions) by SFT on demonstrations or by on-policy RL (GRPO on "
-        "the gold reward, no KL term); 4 seeds each. Gold reward of one sampled answer per "
-        "question on 64 questions of the new task (left) and of the old task (capital, animal "
-        "and colour questions; right), before and after; mean +- standard error over seeds.")
+        "(open the answer to an arithmetic question with 'The answer is') by SFT on "
+        "demonstrations or by on-policy RL (GRPO on the format score, no KL term); 4 seeds "
+        "each. Left: share of 64 sampled answers to arithmetic questions in the new format. "
+        "Middle: gold reward of one sampled answer to each of 64 old-task questions (capital, "
+        "animal, colour). Right: exact KL to the start model per answer, summed over tokens, on "
+        "each task's answers. Mean +- standard error over seeds.")
 def forgetting(runs: dict | None = None) -> FigureResult:
     runs = forgetting_runs() if runs is None else runs
-    fig = Figure(figsize=(9, 3.4))
-    axes = fig.subplots(1, 2)
+    fig = Figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
     numbers = {}
-    for ax, task, title in ((axes[0], "new", "new task (arithmetic)"),
-                            (axes[1], "old", "old task (capital, animal, colour)")):
+    labels = ["start", "+ SFT", "+ RL"]
+    for ax, task, title, ylabel in (
+            (axes[0], "new", "new task (format on arithmetic)", "share 'The answer is ...'"),
+            (axes[1], "old", "old task (capital, animal, colour)", "gold reward")):
         for i, run in enumerate(("start", "sft", "rl")):
             m, se = mean_se(runs[task][run])
             ax.bar(i, m, yerr=se, color=COLOURS[run], capsize=4)
             numbers[f"{task}_{run}"] = {"mean": float(m), "se": float(se)}
-        ax.set_xticks(range(3), ["start (SFT model)", "+ SFT on new", "+ RL on new"])
-        _finish(ax, ylabel="gold reward", title=title)
+        ax.set_xticks(range(3), labels)
+        _finish(ax, ylabel=ylabel, title=title)
+    for j, task in enumerate(("new", "old")):
+        for i, run in enumerate(("sft", "rl")):
+            m, se = mean_se(runs[f"{task}_kl"][run])
+            axes[2].bar(3 * j + i, m, yerr=se, color=COLOURS[run], capsize=4)
+            numbers[f"{task}_kl_{run}"] = {"mean": float(m), "se": float(se)}
+    axes[2].set_xticks([0, 1, 3, 4], ["SFT\nnew", "RL\nnew", "SFT\nold", "RL\nold"])
+    _finish(axes[2], ylabel="KL to start per answer (nats)", title="distance moved")
     fig.tight_layout()
     return FigureResult(fig, numbers)
