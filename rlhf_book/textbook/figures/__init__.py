@@ -57,6 +57,13 @@ def figure(name: str, chapter: str, caption: str):
 
     return register
 
+def finish_axes(ax, **kw):
+    """Set ``ax``'s labels, limits, title... (``ax.set(**kw)``) and a light grid: the last line
+    of most of the chapters' plots."""
+    ax.set(**kw)
+    ax.grid(alpha=0.3)
+
+
 def load_all() -> dict[str, FigureSpec]:
     """Import every chapter's figure module (which registers its figures)."""
     for chapter in CHAPTERS:

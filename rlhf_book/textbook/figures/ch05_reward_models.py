@@ -29,7 +29,7 @@ from rlhf_book import ch05_reward_models as ch05
 from rlhf_book import data
 from rlhf_book.ch03_training_overview import discounted_returns
 from rlhf_book.lm import gpt
-from rlhf_book.textbook.figures import FigureResult, figure
+from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 from rlhf_book.textbook.figures.ch00_mini_gpt import PRETRAIN_MODEL, pretrained_small
 
 # §5.1: the Bradley-Terry curves; the margins of §5.4.1 (Llama 2: the rating gap, e.g. 5 - 2 = 3).
@@ -232,11 +232,6 @@ def lesson_runs() -> dict[str, dict]:
     return runs
 
 
-def _finish(ax, **kw):
-    ax.set(**kw)
-    ax.grid(alpha=0.3)
-
-
 # ----------------------------------------------------------------------------------------------
 # Figures
 
@@ -258,8 +253,8 @@ def bradley_terry(deltas=DELTAS, margins=MARGINS) -> FigureResult:
         left.plot(d, pd, "o", ms=5, color="tab:red")
         left.annotate(f"{label}: {pd:.4f}", (d, pd), xytext=offset, textcoords="offset points",
                       ha=ha, fontsize=7)
-    _finish(left, xlabel="reward gap r_c - r_r", ylabel="P(chosen beats rejected)",
-            title="sigmoid(r_c - r_r): only the gap matters", ylim=(0, 1))
+    finish_axes(left, xlabel="reward gap r_c - r_r", ylabel="P(chosen beats rejected)",
+                title="sigmoid(r_c - r_r): only the gap matters", ylim=(0, 1))
     numbers = {"sigmoid(3.0)": float(ch05.bradley_terry_probability(3.0, 0.0)),
                "sigmoid(0.1)": float(ch05.bradley_terry_probability(0.1, 0.0)),
                "P(2.0 beats 0.5)": float(ch05.bradley_terry_probability(2.0, 0.5))}
@@ -270,8 +265,8 @@ def bradley_terry(deltas=DELTAS, margins=MARGINS) -> FigureResult:
     numbers["loss(gap 0)"] = float(per_pair_bt_loss([0.0])[0])
     grad = jax.grad(lambda r_c: ch05.bradley_terry_loss(r_c, jnp.array([0.5])))(jnp.array([2.0]))
     numbers["dloss/dr_c at 2.0 vs 0.5"] = float(grad[0])  # = sigmoid(1.5) - 1
-    _finish(right, xlabel="reward gap r_c - r_r", ylabel="-log sigmoid(gap - m)  (nats)",
-            title="Bradley-Terry loss with a margin (eq. 18)", ylim=(0, 9.5))
+    finish_axes(right, xlabel="reward gap r_c - r_r", ylabel="-log sigmoid(gap - m)  (nats)",
+                title="Bradley-Terry loss with a margin (eq. 18)", ylim=(0, 9.5))
     right.legend(fontsize=8)
     fig.tight_layout()
     return FigureResult(fig, numbers)
@@ -300,8 +295,8 @@ def plackett_luce(scores=PL_SCORES, draws: int = PL_DRAWS, seed: int = 0) -> Fig
         left.text(k, exact[o] + 0.01, f"{exact[o]:.4f}", ha="center", fontsize=7)
     left.set_xticks(x, [" > ".join(f"s={scores[i]:g}" for i in o) for o in orders], fontsize=6.5,
                     rotation=20)
-    _finish(left, ylabel="P(ranking)", title=f"rankings of scores {tuple(scores)}: sum = "
-            f"{sum(exact.values()):.6f}")
+    finish_axes(left, ylabel="P(ranking)", title=f"rankings of scores {tuple(scores)}: sum = "
+                f"{sum(exact.values()):.6f}")
     left.legend(fontsize=8)
 
     numbers = {"rankings": {" > ".join(map(str, o)): exact[o] for o in orders},
@@ -313,8 +308,8 @@ def plackett_luce(scores=PL_SCORES, draws: int = PL_DRAWS, seed: int = 0) -> Fig
         rmse = float(np.sqrt(np.mean((fitted - true_c) ** 2)))
         right.plot(true_c, fitted, marker, ms=5, alpha=0.8, label=f"{label}: RMSE {rmse:.2f}")
         numbers[f"rmse {label}"] = rmse
-    _finish(right, xlabel="true score r* (centred)", ylabel="fitted score (centred)",
-            title=f"{FIT_RANKINGS} rankings of {FIT_K} of {FIT_ITEMS} items")
+    finish_axes(right, xlabel="true score r* (centred)", ylabel="fitted score (centred)",
+                title=f"{FIT_RANKINGS} rankings of {FIT_K} of {FIT_ITEMS} items")
     right.legend(fontsize=7)
     fig.tight_layout()
     return FigureResult(fig, numbers)
@@ -349,9 +344,10 @@ def accuracy_vs_pairs(runs: dict | None = None, heldout=None) -> FigureResult:
                label=f"annotators' agreement {refs['agreement']:.3f}")
     ax.axhline(0.5, color="0.5", lw=0.8, label="chance")
     ax.set_xscale("log")
-    _finish(ax, xlabel="training pairs (log scale)", ylabel="held-out accuracy", ylim=(0.45, 1.0),
-            title=f"{len(heldout)} held-out pairs, {RM_CONFIG.steps} steps x "
-                  f"{RM_CONFIG.batch_size} pairs per model")
+    finish_axes(ax, xlabel="training pairs (log scale)", ylabel="held-out accuracy",
+                ylim=(0.45, 1.0),
+                title=f"{len(heldout)} held-out pairs, {RM_CONFIG.steps} steps x "
+                      f"{RM_CONFIG.batch_size} pairs per model")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     numbers = {f"{n} pairs": {"accuracy": a, "gold_accuracy": g,
@@ -380,8 +376,8 @@ def reward_histograms(run: RMRun | None = None, heldout=None) -> FigureResult:
     left.hist(r_r, bins=bins, alpha=0.6, color="tab:orange",
               label=f"rejected (mean {r_r.mean():+.2f})")
     margins = ch05.reward_margins(r_c, r_r)
-    _finish(left, xlabel="reward r(x, y)", ylabel="responses",
-            title=f"accuracy {margins['accuracy']:.3f}, mean margin {margins['margin']:.2f}")
+    finish_axes(left, xlabel="reward r(x, y)", ylabel="responses",
+                title=f"accuracy {margins['accuracy']:.3f}, mean margin {margins['margin']:.2f}")
     left.legend(fontsize=8)
 
     names = list(groups)
@@ -393,7 +389,7 @@ def reward_histograms(run: RMRun | None = None, heldout=None) -> FigureResult:
     right.axvline(0.5, color="0.5", lw=0.8)
     right.set_yticks(y, [f"{n} ({groups[n]['n']})" for n in names], fontsize=7)
     right.invert_yaxis()
-    _finish(right, xlabel="held-out accuracy", xlim=(0, 1.05), title="by pair of answer styles")
+    finish_axes(right, xlabel="held-out accuracy", xlim=(0, 1.05), title="by pair of answer styles")
     right.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return FigureResult(fig, {**margins, "by_style": groups})
@@ -434,8 +430,8 @@ def lesson(runs: dict | None = None) -> FigureResult:
                             "unseen": ch05.reward_margins(*run["unseen"]),
                             "margins": margins.round(3).tolist(),
                             "final_loss": float(run["history"]["loss"][-1])}
-    _finish(left, xlabel="step", ylabel="Bradley-Terry loss (6 pairs)", yscale="log",
-            title=f"training, {LESSON_RM.steps} steps at {LESSON_RM.learning_rate:g}")
+    finish_axes(left, xlabel="step", ylabel="Bradley-Terry loss (6 pairs)", yscale="log",
+                title=f"training, {LESSON_RM.steps} steps at {LESSON_RM.learning_rate:g}")
     left.legend(fontsize=8)
     top = 1.3 * max(np.abs(numbers[p]["margins"]).max() for p in runs)
     right.set_ylim(-top, top)
@@ -446,8 +442,8 @@ def lesson(runs: dict | None = None) -> FigureResult:
     right.text(n_seen + 1.5, 0.9 * top, "unseen", ha="center", fontsize=8)
     right.set_xticks(x, [f"{'S' if i < n_seen else 'U'}{(i if i < n_seen else i - n_seen) + 1}\n"
                          f"{lengths[i, 0]}/{lengths[i, 1]}" for i in x], fontsize=7)
-    _finish(right, xlabel="pair (tokens: preferred / rejected)", ylabel="margin r_c - r_r",
-            title="margins: positive = the preferred answer scores higher")
+    finish_axes(right, xlabel="pair (tokens: preferred / rejected)", ylabel="margin r_c - r_r",
+                title="margins: positive = the preferred answer scores higher")
     right.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return FigureResult(fig, numbers)
@@ -509,8 +505,8 @@ def rm_types(rewards: dict | None = None, probs=ORM_PROBS) -> FigureResult:
         agg_ax.text(v, k, f" {v:.4f}", va="center", ha="left" if v >= 0 else "right", fontsize=8)
     agg_ax.axvline(0, color="k", lw=0.6)
     agg_ax.invert_yaxis()
-    _finish(agg_ax, xlabel="sequence score", xlim=(-1.6, 1.4),
-            title=f"ORM p_t = {tuple(probs)} aggregated")
+    finish_axes(agg_ax, xlabel="sequence score", xlim=(-1.6, 1.4),
+                title=f"ORM p_t = {tuple(probs)} aggregated")
     fig.tight_layout()
     return FigureResult(fig, {"value_targets": {k: v.tolist() for k, v in values.items()},
                               "orm_targets": {k: [outcome[k]] * T for k in rewards},

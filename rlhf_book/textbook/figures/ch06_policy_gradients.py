@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling
-from rlhf_book.textbook.figures import FigureResult, figure
+from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 from rlhf_book.textbook.figures import ch04_instruction_tuning as ch04_figures
 from rlhf_book.textbook.figures.ch00_mini_gpt import PRETRAIN_MODEL
 
@@ -317,11 +317,6 @@ def first_last(x, window: int = 3) -> dict[str, float]:
             "change_se": float(change.std(ddof=1) / np.sqrt(len(change)))}
 
 
-def _finish(ax, **kw):
-    ax.set(**kw)
-    ax.grid(alpha=0.3)
-
-
 def _band(ax, x, values, colour, label, **kw):
     mean, se = mean_se(values)
     ax.plot(x, mean, color=colour, label=label, **kw)
@@ -387,7 +382,7 @@ def ppo_regions(eps: float = PPO_EPS) -> FigureResult:
             top.plot(r, j, "o", color="tab:red", ms=5)
             top.annotate(f"rho={r:g}: J={j:+.2f}", (r, j), xytext=(4, -12 if advantage > 0 else 6),
                          textcoords="offset points", fontsize=7)
-        _finish(top, title=f"A = {advantage:+g}", ylabel="objective J")
+        finish_axes(top, title=f"A = {advantage:+g}", ylabel="objective J")
         top.legend(fontsize=7, loc="upper left" if advantage > 0 else "lower left")
         bottom.plot(c["rho"], c["dJ"], color="tab:blue", lw=2, label="PPO dJ/d rho")
         bottom.plot(c["rho"], c["ppo_weight"], color="tab:blue", ls="--", lw=1,
@@ -395,7 +390,7 @@ def ppo_regions(eps: float = PPO_EPS) -> FigureResult:
         bottom.plot(c["rho"], c["cispo_weight"], color="tab:purple", ls="--", lw=1.5,
                     label="CISPO weight min(rho, 1+eps) A")
         bottom.axhline(0, color="k", lw=0.6)
-        _finish(bottom, xlabel="ratio rho = pi_theta / pi_old", ylabel="gradient")
+        finish_axes(bottom, xlabel="ratio rho = pi_theta / pi_old", ylabel="gradient")
         bottom.legend(fontsize=7, loc="upper left" if advantage > 0 else "lower left")
         exact = ppo_curves(advantage, TABLE_RATIOS, eps)
         numbers[f"A={advantage:+g}"] = {
@@ -423,14 +418,14 @@ def group_advantages(group_size: int = GROUP_SIZE) -> FigureResult:
         ax.plot(g["k"], g[f"{name}_correct"], "o-", color=colour, label=f"{label}: correct")
         ax.plot(g["k"], g[f"{name}_incorrect"], "s--", color=colour, ms=4, label="... incorrect")
     ax.axhline(0, color="k", lw=0.6)
-    _finish(ax, xlabel=f"k correct of G = {group_size}", ylabel="advantage",
-            title="advantage of a correct and an incorrect completion")
+    finish_axes(ax, xlabel=f"k correct of G = {group_size}", ylabel="advantage",
+                title="advantage of a correct and an incorrect completion")
     ax.legend(fontsize=6.5, ncol=2, loc="lower left")
     right.bar(g["k"], 1.0 / g["std"], color="tab:blue", alpha=0.6)
     for k, v in zip(g["k"], 1.0 / g["std"]):
         right.text(k, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
-    _finish(right, xlabel=f"k correct of G = {group_size}", ylabel="1 / std (ddof = 1)",
-            title="GRPO's extra weight = GRPO / Dr. GRPO", ylim=(0, 3.3))
+    finish_axes(right, xlabel=f"k correct of G = {group_size}", ylabel="1 / std (ddof = 1)",
+                title="GRPO's extra weight = GRPO / Dr. GRPO", ylim=(0, 3.3))
     fig.tight_layout()
     return FigureResult(fig, {k: v.tolist() for k, v in g.items()})
 
@@ -450,12 +445,12 @@ def gae_lambda(lambdas=GAE_LAMBDAS) -> FigureResult:
     left.bar(t - 0.2, sweep["returns"], 0.4, color="tab:orange", label="target (return) 0.73")
     left.bar(t + 0.2, FIG21_VALUES, 0.4, color="tab:blue", label="prediction V(s_t)")
     left.set_xticks(t, tokens, fontsize=8)
-    _finish(left, ylabel="value", title="the critic's regression (Figure 21)", ylim=(0, 0.9))
+    finish_axes(left, ylabel="value", title="the critic's regression (Figure 21)", ylim=(0, 0.9))
     left.legend(fontsize=7, loc="lower right")
     for lam, colour in zip(lambdas, ("tab:gray", "tab:cyan", "tab:blue", "tab:red")):
         right.plot(t, sweep[lam], "o-", color=colour, label=f"lambda = {lam:g}")
     right.set_xticks(t, tokens, fontsize=8)
-    _finish(right, ylabel="advantage A_t", title="GAE advantages (gamma = 1)")
+    finish_axes(right, ylabel="advantage A_t", title="GAE advantages (gamma = 1)")
     right.legend(fontsize=7)
     fig.tight_layout()
     return FigureResult(fig, {f"lambda={lam:g}": sweep[lam].tolist() for lam in lambdas}
@@ -483,8 +478,8 @@ def tis_gspo(cap: float = TIS_CAP) -> FigureResult:
     left.plot(points[shown], wp[shown], "o", color="tab:red", ms=5)
     for p, v in zip(points[shown], wp[shown]):
         left.annotate(f"{v:.3g}", (p, v), xytext=(3, 5), textcoords="offset points", fontsize=7)
-    _finish(left, xlabel="log pi_learner - log pi_sampler", ylabel="weight", ylim=(0, 4),
-            title="truncated importance sampling (C = 2)")
+    finish_axes(left, xlabel="log pi_learner - log pi_sampler", ylabel="weight", ylim=(0, 4),
+                title="truncated importance sampling (C = 2)")
     left.legend(fontsize=7, loc="upper left")
     L = np.asarray(spread["length"])
     right.loglog(L, spread["token_log_std"], "o-", color="0.5", label="one token log rho_t")
@@ -492,8 +487,8 @@ def tis_gspo(cap: float = TIS_CAP) -> FigureResult:
                  label="sequence sum_t log rho_t (unnormalised)")
     right.loglog(L, spread["gspo_log_std"], "^-", color="tab:blue",
                  label="GSPO mean_t log rho_t (eq. 63)")
-    _finish(right, xlabel="completion length |a| (tokens)", ylabel="std of the log-ratio",
-            title=f"token log-ratios ~ N(0, {GSPO_SIGMA:g}^2)")
+    finish_axes(right, xlabel="completion length |a| (tokens)", ylabel="std of the log-ratio",
+                title=f"token log-ratios ~ N(0, {GSPO_SIGMA:g}^2)")
     right.legend(fontsize=7)
     fig.tight_layout()
     return FigureResult(fig, {"tis_weights": dict(zip(map(str, TIS_LOG_RATIOS), wp.tolist())),
@@ -526,11 +521,11 @@ def rl_algorithms(runs: dict | None = None) -> FigureResult:
                               "kl_last": first_last(metrics["kl"])["last"],
                               "length": first_last(metrics["length"]),
                               "seeds": int(metrics["score"].shape[0])}
-    _finish(axes[0], xlabel="RL step", ylabel="mean gold reward of the step's samples",
-            title="gold reward (training questions)")
-    _finish(axes[1], xlabel="RL step", ylabel="KL(pi || pi_SFT) per completion (nats)",
-            title="KL to the SFT model")
-    _finish(axes[2], xlabel="RL step", ylabel="tokens", title="completion length")
+    finish_axes(axes[0], xlabel="RL step", ylabel="mean gold reward of the step's samples",
+                title="gold reward (training questions)")
+    finish_axes(axes[1], xlabel="RL step", ylabel="KL(pi || pi_SFT) per completion (nats)",
+                title="KL to the SFT model")
+    finish_axes(axes[2], xlabel="RL step", ylabel="tokens", title="completion length")
     axes[0].legend(fontsize=7)
     answers = {name: m["answers"] for name, m in runs.items() if "answers" in m}
     if answers:
@@ -541,7 +536,7 @@ def rl_algorithms(runs: dict | None = None) -> FigureResult:
             axes[3].bar(range(len(names)), share, bottom=bottom, color=colour, label=kind)
             bottom += share
         axes[3].set_xticks(range(len(names)), names, rotation=30, fontsize=7)
-        _finish(axes[3], ylabel="fraction of answers", ylim=(0, 1), title="final answers")
+        finish_axes(axes[3], ylabel="fraction of answers", ylim=(0, 1), title="final answers")
         axes[3].legend(fontsize=7, loc="lower right")
         numbers["answers"] = answers
     fig.tight_layout()
@@ -570,10 +565,10 @@ def kl_sweep(runs: dict | None = None) -> FigureResult:
                                      "reward": first_last(metrics["score"]),
                                      "kl": first_last(metrics["kl"]),
                                      "seeds": int(metrics["score"].shape[0])}
-    _finish(axes[0], xlabel="RL step", ylabel="tokens", title="completion length")
-    _finish(axes[1], xlabel="RL step", ylabel="len(response) / 100", title="the flawed reward")
-    _finish(axes[2], xlabel="RL step", ylabel="KL(pi || pi_SFT) per completion (nats)",
-            title="KL to the SFT model")
+    finish_axes(axes[0], xlabel="RL step", ylabel="tokens", title="completion length")
+    finish_axes(axes[1], xlabel="RL step", ylabel="len(response) / 100", title="the flawed reward")
+    finish_axes(axes[2], xlabel="RL step", ylabel="KL(pi || pi_SFT) per completion (nats)",
+                title="KL to the SFT model")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return FigureResult(fig, numbers)

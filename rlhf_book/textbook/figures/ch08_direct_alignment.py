@@ -14,7 +14,6 @@ chapter 4's SFT model of the small GPT, loaded from the substrate cache or train
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -26,7 +25,7 @@ from matplotlib.figure import Figure
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import ch08_direct_alignment as ch08
 from rlhf_book import data
-from rlhf_book.textbook.figures import FigureResult, figure
+from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 from rlhf_book.textbook.figures import ch06_policy_gradients as ch06_figures
 from rlhf_book.textbook.figures.ch04_instruction_tuning import sft_small
 from rlhf_book.textbook.figures.ch06_policy_gradients import first_last, mean_se, rl_task
@@ -79,11 +78,6 @@ ONLINE_CONFIG = ch08.DPOConfig(on_policy=True, steps=RL_CONFIG.steps,
 COLOURS = {"dpo": "tab:blue", "cdpo": "tab:orange", "robust": "tab:brown", "ipo": "tab:green",
            "hinge": "tab:red", "simpo": "tab:purple", "dpo+nll": "tab:cyan",
            "online dpo": "tab:pink", "grpo": "tab:olive", "sft": "0.4", "tabular": "tab:gray"}
-
-
-def _finish(ax, **kw):
-    ax.set(**kw)
-    ax.grid(alpha=0.3)
 
 
 def smooth(x, window: int = 5) -> np.ndarray:
@@ -475,10 +469,10 @@ def dpo_loss_weight(betas=LOSS_BETAS) -> FigureResult:
                    textcoords="offset points", fontsize=7)
     for ax in (left, right):
         ax.axvline(0, color="0.5", lw=0.6)
-    _finish(left, xlabel="margin h", ylabel="-log sigmoid(beta h)", ylim=(0, 4),
-            title="the DPO loss (eq. 79)")
-    _finish(right, xlabel="margin h", ylabel="sigmoid(-beta h)", ylim=(0, 1.02),
-            title="the gradient weight w (eq. 108)")
+    finish_axes(left, xlabel="margin h", ylabel="-log sigmoid(beta h)", ylim=(0, 4),
+                title="the DPO loss (eq. 79)")
+    finish_axes(right, xlabel="margin h", ylabel="sigmoid(-beta h)", ylim=(0, 1.02),
+                title="the gradient weight w (eq. 108)")
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     fig.tight_layout()
@@ -515,10 +509,10 @@ def loss_family(beta: float = WORKED_BETA, eps: float = FAMILY_EPS) -> FigureRes
     right.axhline(0, color="k", lw=0.6)
     left.set_yscale("symlog", linthresh=1.0)
     right.set_yscale("symlog", linthresh=0.01)
-    _finish(left, xlabel="margin h", ylabel="loss (linear to 1, then log)", ylim=(0, 2000),
-            title=f"losses at beta = {beta:g}")
-    _finish(right, xlabel="margin h", ylabel="-dL/dh (linear to +-0.01, then log)",
-            ylim=(-100, 100), title="push on the margin (0: the loss is satisfied)")
+    finish_axes(left, xlabel="margin h", ylabel="loss (linear to 1, then log)", ylim=(0, 2000),
+                title=f"losses at beta = {beta:g}")
+    finish_axes(right, xlabel="margin h", ylabel="-dL/dh (linear to +-0.01, then log)",
+                ylim=(-100, 100), title="push on the margin (0: the loss is satisfied)")
     left.legend(fontsize=7)
     fig.tight_layout()
     numbers = {"worked_pair": worked, "cdpo_optimum": h_cdpo, "ipo_optimum": 1 / (2 * beta),
@@ -545,7 +539,7 @@ def derivation(betas=TOY_BETAS) -> FigureResult:
         left.bar(labels, stacks[:, k], bottom=bottom, color=colour,
                  label=f"y{k + 1} (r = {TOY_REWARDS[k]:g})")
         bottom += stacks[:, k]
-    _finish(left, xlabel="beta", ylabel="probability", title="pi* = pi_ref exp(r / beta) / Z")
+    finish_axes(left, xlabel="beta", ylabel="probability", title="pi* = pi_ref exp(r / beta) / Z")
     left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
 
     beta = 1.0
@@ -563,15 +557,15 @@ def derivation(betas=TOY_BETAS) -> FigureResult:
     middle.plot(grid, beta * table[beta]["log_Z"] - beta * grid, color="k", lw=1,
                 label="beta log Z - beta KL(pi || pi*)")
     middle.plot(0, table[beta]["J"], "*", color="tab:red", ms=12, label="pi*")
-    _finish(middle, xlabel="KL(pi || pi*)", ylabel="J(pi)", title=f"J(pi) at beta = {beta:g}")
+    finish_axes(middle, xlabel="KL(pi || pi*)", ylabel="J(pi)", title=f"J(pi) at beta = {beta:g}")
     middle.legend(fontsize=7)
 
     learned = {b: fit_population_dpo(b)[0] for b in betas}
     for b, marker in zip(betas, "osD^v"):
         right.plot(table[b]["pi"], learned[b], marker, ls="none", ms=6, label=f"beta = {b:g}")
     right.plot([0, 1], [0, 1], color="0.5", lw=0.8)
-    _finish(right, xlabel="pi* (eq. 95)", ylabel="pi minimising the population DPO loss",
-            title="DPO recovers pi*")
+    finish_axes(right, xlabel="pi* (eq. 95)", ylabel="pi minimising the population DPO loss",
+                title="DPO recovers pi*")
     right.legend(fontsize=7)
     fig.tight_layout()
     jax_vs_numpy = float(np.max(np.abs(J_all - J_numpy)))
@@ -611,10 +605,10 @@ def achieved_kl(runs: dict | None = None) -> FigureResult:
             numbers[loss][f"beta={beta:g}"] = {
                 "h_at_100": float(run["h"][99]), "h_last": float(run["h"][-1]),
                 "kl_at_100": float(run["kl"][99]), "kl_last": float(run["kl"][-1])}
-    _finish(left, xlabel="gradient step", ylabel="margin h", xscale="log", yscale="log",
-            title="the margin on a certain preference")
-    _finish(right, xlabel="gradient step", ylabel="KL(pi || pi_ref) (nats)", xscale="log",
-            title="the KL reached")
+    finish_axes(left, xlabel="gradient step", ylabel="margin h", xscale="log", yscale="log",
+                title="the margin on a certain preference")
+    finish_axes(right, xlabel="gradient step", ylabel="KL(pi || pi_ref) (nats)", xscale="log",
+                title="the KL reached")
     right.legend(fontsize=6.5, ncol=3, loc="upper left")
     fig.tight_layout()
     return FigureResult(fig, numbers)
@@ -649,11 +643,11 @@ def displacement(runs: dict | None = None) -> FigureResult:
                                        "unseen": float(run["unseen"][s - 1])}
                          for s in (1000, len(steps))}
     axes[0].axhline(-np.log(DISPLACEMENT_M), color="0.5", lw=0.6)
-    _finish(axes[0], xlabel="step", ylabel="log-probability", ylim=(-26, 0.5),
-            title="chosen (solid) and rejected (dashed)")
-    _finish(axes[1], xlabel="step", ylabel="log pi(y_c) - log pi(y_r)", title="the margin h")
-    _finish(axes[2], xlabel="step", ylabel="probability", ylim=(-0.02, 1.02),
-            title="mass on the 48 responses no pair mentions")
+    finish_axes(axes[0], xlabel="step", ylabel="log-probability", ylim=(-26, 0.5),
+                title="chosen (solid) and rejected (dashed)")
+    finish_axes(axes[1], xlabel="step", ylabel="log pi(y_c) - log pi(y_r)", title="the margin h")
+    finish_axes(axes[2], xlabel="step", ylabel="probability", ylim=(-0.02, 1.02),
+                title="mass on the 48 responses no pair mentions")
     axes[0].legend(fontsize=6, loc="lower left")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
@@ -693,11 +687,11 @@ def dpo_world(runs: dict | None = None) -> FigureResult:
                          "logps/chosen": first_last(m["logps/chosen"], 5),
                          "logps/rejected": first_last(m["logps/rejected"], 5),
                          "loss": first_last(m["loss/preference"], 5)}
-    _finish(axes[0], xlabel="step", ylabel="fraction of pairs (mean of 5 steps)", ylim=(0, 1),
-            title="implicit reward ranks the batch's pairs right")
+    finish_axes(axes[0], xlabel="step", ylabel="fraction of pairs (mean of 5 steps)", ylim=(0, 1),
+                title="implicit reward ranks the batch's pairs right")
     axes[0].legend(fontsize=7)
-    _finish(axes[1], xlabel="step", ylabel="sequence log-prob (nats, mean of 5 steps)",
-            title="log pi(y_c) (solid), log pi(y_r) (dashed)")
+    finish_axes(axes[1], xlabel="step", ylabel="sequence log-prob (nats, mean of 5 steps)",
+                title="log pi(y_c) (solid), log pi(y_r) (dashed)")
     axes[1].legend(fontsize=6.5)
     ev = runs["eval"]
     names = [n for n in ("sft", *OFFLINE_RUNS, "online dpo", "grpo") if n in ev]
@@ -709,8 +703,8 @@ def dpo_world(runs: dict | None = None) -> FigureResult:
         bottom += values
     for k, n in enumerate(names):
         axes[2].text(k, 1.01, f"{ev[n]['answers']['gold']:+.2f}", ha="center", fontsize=7)
-    _finish(axes[2], ylabel="fraction of answers", ylim=(0, 1.1),
-            title="final answers (gold reward above)")
+    finish_axes(axes[2], ylabel="fraction of answers", ylim=(0, 1.1),
+                title="final answers (gold reward above)")
     axes[2].tick_params(axis="x", labelsize=7)
     axes[2].legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -30,7 +30,7 @@ from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
 from rlhf_book.lm import sampling
 from rlhf_book.lm.ops import masked_sum
-from rlhf_book.textbook.figures import FigureResult, figure
+from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 from rlhf_book.textbook.figures import ch06_policy_gradients as ch06_figures
 
 # Book eq. (117): M = 5 prompts x N = 4 completions, and the K = 5 of eqs. (121)-(123).
@@ -266,11 +266,6 @@ def plug_in_exact_kl(rewards, ns=WORLD_NS) -> np.ndarray:
     return np.maximum(kl, 0.0)  # round-off: -0.0 or -1e-9 for a prompt whose samples all tie
 
 
-def _finish(ax, **kw):
-    ax.set(**kw)
-    ax.grid(alpha=0.3)
-
-
 # ----------------------------------------------------------------------------------------------
 # Figures
 
@@ -357,10 +352,10 @@ def selection(rewards=BOOK_R, k: int = BOOK_K) -> FigureResult:
     for i in range(1, B):
         right.axvline(i * N - 0.5, color="0.4", lw=0.6, ls=":")
     right.set_xticks(np.arange(B * N), [str(f) for f in range(B * N)], fontsize=7)
-    _finish(right, xlabel="flat index k (prompt k // 4, completion k % 4; 0-based)",
-            ylabel="reward", ylim=(0, 1.1),
-            title=f"R_flat: argsort(R_flat)[-5:] = {literal.tolist()} (eq. 116, ascending); "
-                  f"eq. 123: {(top_p * N + top_c).tolist()}")
+    finish_axes(right, xlabel="flat index k (prompt k // 4, completion k % 4; 0-based)",
+                ylabel="reward", ylim=(0, 1.1),
+                title=f"R_flat: argsort(R_flat)[-5:] = {literal.tolist()} (eq. 116, ascending); "
+                      f"eq. 123: {(top_p * N + top_c).tolist()}")
     right.title.set_fontsize(8.5)
     fig.tight_layout()
     return FigureResult(fig, {
@@ -395,7 +390,7 @@ def bon_curves(ns=CURVE_NS) -> FigureResult:
     left.plot(ns[ns > 1], np.sqrt(2 * np.log(ns[ns > 1])), color="0.5", ls="--",
               label="sqrt(2 log N)")
     left.set_xscale("log", base=2)
-    _finish(left, xlabel="N", ylabel="expected reward of best-of-N", title="reward vs N")
+    finish_axes(left, xlabel="N", ylabel="expected reward of best-of-N", title="reward vs N")
     left.legend(fontsize=7.5)
     colours = iter(("tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:brown"))
     for name, curve in kl.items():
@@ -405,7 +400,7 @@ def bon_curves(ns=CURVE_NS) -> FigureResult:
             right.plot(ns, curve, color=next(colours), ls="-" if "K=" in name else "--",
                        lw=1.4, label=name)
     right.set_xscale("log", base=2)
-    _finish(right, xlabel="N", ylabel="KL(pi_BoN || pi) (nats)", title="KL vs N")
+    finish_axes(right, xlabel="N", ylabel="KL(pi_BoN || pi) (nats)", title="KL vs N")
     right.legend(fontsize=7.5)
     fig.tight_layout()
     at = {int(n): i for i, n in enumerate(ns)}
@@ -445,7 +440,7 @@ def bon_world(runs: dict | None = None) -> FigureResult:
         left.errorbar(ns, mean, yerr=se, fmt="o-", color=colour, ms=4, capsize=2, label=label)
     left.set_xscale("log", base=2)
     left.set_xticks(ns, [str(n) for n in ns])
-    _finish(left, xlabel="N", ylabel="gold reward of best-of-N", title="best-of-N: gold vs N")
+    finish_axes(left, xlabel="N", ylabel="gold reward of best-of-N", title="best-of-N: gold vs N")
     left.legend(fontsize=7.5)
     right.errorbar(formula, sft, yerr=sft_se, fmt="o--", color="tab:blue", ms=4, capsize=2,
                    label="BoN, KL = log N - (N - 1)/N (bound)")
@@ -455,8 +450,8 @@ def bon_world(runs: dict | None = None) -> FigureResult:
         right.annotate(f"N={n}", (x, y), xytext=(3, -10), textcoords="offset points", fontsize=7)
     right.errorbar([kl_mean], [rs_gold], xerr=[kl_se], yerr=[rs_gold_se], fmt="*",
                    color="tab:red", ms=11, capsize=2, label="one round of RS (sampled)")
-    _finish(right, xlabel="KL from the SFT model (nats per completion)", ylabel="gold reward",
-            title="gold vs KL")
+    finish_axes(right, xlabel="KL from the SFT model (nats per completion)", ylabel="gold reward",
+                title="gold vs KL")
     right.legend(fontsize=7.5, loc="center right")
     fig.tight_layout()
     return FigureResult(fig, {
@@ -494,7 +489,7 @@ def rs_finetune(runs: dict | None = None) -> FigureResult:
                                     f"{len(set(top['prompt_idx'].tolist()))} prompts")):
         left.hist(values, bins=bins, weights=np.full(values.size, 1 / values.size),
                   histtype="step", lw=2, color=colour, label=f"{label} (mean {values.mean():+.3f})")
-    _finish(left, xlabel="gold reward", ylabel="fraction", title="before and after selection")
+    finish_axes(left, xlabel="gold reward", ylabel="fraction", title="before and after selection")
     left.legend(fontsize=7, loc="upper center")
     answers = runs["answers"]
     names = list(answers)
@@ -516,7 +511,7 @@ def rs_finetune(runs: dict | None = None) -> FigureResult:
         right.text(i, 1.02, f"gold {np.mean(means[name]):+.3f}", ha="center", fontsize=7.5)
     right.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=8)
     title = "gains: " + "; ".join(f"{k} {g:+.3f} +- {s:.3f}" for k, (g, s) in gains.items())
-    _finish(right, ylabel="fraction of answers", ylim=(0, 1.1), title=title)
+    finish_axes(right, ylabel="fraction of answers", ylim=(0, 1.1), title=title)
     right.title.set_fontsize(8)
     right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()

@@ -26,8 +26,7 @@ from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import ch15_regularization as ch15
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling
-from rlhf_book.lm import train as lm_train
-from rlhf_book.textbook.figures import FigureResult, figure
+from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 from rlhf_book.textbook.figures import ch06_policy_gradients as ch06_figures
 from rlhf_book.textbook.figures.ch06_policy_gradients import mean_se
 
@@ -78,11 +77,6 @@ EVAL_TOKENS = 20
 
 COLOURS = {"k1": "tab:blue", "k2": "tab:orange", "k3": "tab:green", "exact": "k",
            "sft": "tab:red", "rl": "tab:blue", "start": "0.4"}
-
-
-def _finish(ax, **kw):
-    ax.set(**kw)
-    ax.grid(alpha=0.3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,16 +147,16 @@ def estimators(gauss: dict | None = None, cat: dict | None = None) -> FigureResu
         axes[1].plot(mus, [gauss[m][name]["std"] for m in mus] / true, "o-", ms=3,
                      color=COLOURS[name], label=name)
     axes[1].set_yscale("log")
-    _finish(axes[0], xlabel="mu (KL = mu^2 / 2)", ylabel="bias / true KL",
-            title="Gaussian: bias")
-    _finish(axes[1], xlabel="mu", ylabel="std / true KL", title="Gaussian: spread per sample")
+    finish_axes(axes[0], xlabel="mu (KL = mu^2 / 2)", ylabel="bias / true KL",
+                title="Gaussian: bias")
+    finish_axes(axes[1], xlabel="mu", ylabel="std / true KL", title="Gaussian: spread per sample")
     scale = np.asarray(cat["scale"])
     axes[2].plot(scale, cat["exact"], "k-", lw=2, label="exact (sum over vocabulary)")
     for name in ch15.KL_ESTIMATORS:
         m, se = np.asarray(cat[name]["mean"]), np.asarray(cat[name]["se"])
         axes[2].errorbar(scale, m, yerr=2 * se, fmt="o", ms=3, color=COLOURS[name], label=name)
-    _finish(axes[2], xlabel="noise scale of the reference logits", ylabel="nats",
-            title=f"categorical, V = {CAT_VOCAB}")
+    finish_axes(axes[2], xlabel="noise scale of the reference logits", ylabel="nats",
+                title=f"categorical, V = {CAT_VOCAB}")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -216,7 +210,7 @@ def estimator_gradient_bars(grads: dict | None = None) -> FigureResult:
         ax.bar(v + (i - 2) * w, grads[key], w, color=colours[key],
                label=("E[grad " + label + "]") if key.startswith("k") else label)
     ax.axhline(0, color="k", lw=0.5)
-    _finish(ax, xlabel="logit index", ylabel="d / d theta_v", title="expected gradients")
+    finish_axes(ax, xlabel="logit index", ylabel="d / d theta_v", title="expected gradients")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     err = {f"{k}_vs_{t}": float(np.max(np.abs(grads[k] - (grads[t] if t else 0))))
@@ -285,9 +279,9 @@ def frontier(runs: dict | None = None) -> FigureResult:
     axes[0].plot(means[:, 0], means[:, 1], "k--", lw=0.8)
     axes[0].axhline(np.mean([p["reward_first"].mean() for p in points.values()]), color="0.5",
                     ls=":", label="first 3 steps")
-    _finish(axes[0], xlabel="KL(pi || pi_SFT) per completion (nats)", ylabel="gold reward",
-            title="reward against KL")
-    _finish(axes[1], xlabel="RL step", ylabel="nats", title="KL per completion")
+    finish_axes(axes[0], xlabel="KL(pi || pi_SFT) per completion (nats)", ylabel="gold reward",
+                title="reward against KL")
+    finish_axes(axes[1], xlabel="RL step", ylabel="nats", title="KL per completion")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -352,14 +346,14 @@ def token_kl(result: dict | None = None) -> FigureResult:
         se = np.sqrt(((x - mean) ** 2 * m[:, pos]).sum(0) / (n[pos] - 1) / n[pos])
         axes[0].plot(pos, mean, "o-", ms=3, color=COLOURS[name], label=name)
         axes[0].fill_between(pos, mean - se, mean + se, color=COLOURS[name], alpha=0.2)
-    _finish(axes[0], xlabel="completion position", ylabel="nats",
-            title="KL(pi || pi_SFT) per token")
+    finish_axes(axes[0], xlabel="completion position", ylabel="nats",
+                title="KL(pi || pi_SFT) per token")
     seq_exact, seq_k1 = result["exact"].sum(1), result["k1"].sum(1)
     axes[1].scatter(seq_exact, seq_k1, s=8, color=COLOURS["k1"])
     lim = [min(seq_k1.min(), 0), max(seq_exact.max(), seq_k1.max())]
     axes[1].plot(lim, lim, "k--", lw=0.8, label="y = x")
-    _finish(axes[1], xlabel="sum of exact per-token KL", ylabel="sum of k1 (log-ratio)",
-            title="per completion")
+    finish_axes(axes[1], xlabel="sum of exact per-token KL", ylabel="sum of k1 (log-ratio)",
+                title="per completion")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -505,13 +499,13 @@ def forgetting(runs: dict | None = None) -> FigureResult:
             ax.bar(i, m, yerr=se, color=COLOURS[run], capsize=4)
             numbers[f"{task}_{run}"] = {"mean": float(m), "se": float(se)}
         ax.set_xticks(range(3), labels)
-        _finish(ax, ylabel=ylabel, title=title)
+        finish_axes(ax, ylabel=ylabel, title=title)
     for j, task in enumerate(("new", "old")):
         for i, run in enumerate(("sft", "rl")):
             m, se = mean_se(runs[f"{task}_kl"][run])
             axes[2].bar(3 * j + i, m, yerr=se, color=COLOURS[run], capsize=4)
             numbers[f"{task}_kl_{run}"] = {"mean": float(m), "se": float(se)}
     axes[2].set_xticks([0, 1, 3, 4], ["SFT\nnew", "RL\nnew", "SFT\nold", "RL\nold"])
-    _finish(axes[2], ylabel="KL to start per answer (nats)", title="distance moved")
+    finish_axes(axes[2], ylabel="KL to start per answer (nats)", title="distance moved")
     fig.tight_layout()
     return FigureResult(fig, numbers)
