@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rlhf_book.lm.ops import as_float_array
+from rlhf_book.lm.checks import as_float_array
 from rlhf_book.lm.ops import masked_sum
 from rlhf_book.ch03_training_overview import CARTPOLE, CartPoleConfig, _check_unit_interval
 
@@ -116,4 +116,4 @@ def reinforce_loss(logp: jax.Array, returns: jax.Array, mask: jax.Array,
                          f"got shape {jnp.shape(baseline)}") from None
     raise NotImplementedError('Exercise 3.3 (the REINFORCE loss; book §6.1.3, eq. 45) is not started: replace this line with your solution.')
 
-# stub fingerprint: ecd513460329cf90
+# stub fingerprint: f714f16dabdbf85a

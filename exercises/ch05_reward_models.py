@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.ops import as_float_array
-from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean
-from rlhf_book.lm.ops import as_float_array, check_rank
+from rlhf_book.lm.checks import as_float_array
+from rlhf_book.lm.checks import as_float_array, check_rank
+from rlhf_book.lm.ops import masked_mean
 from rlhf_book.ch05_reward_models import _check_same_shape
 
 
@@ -126,4 +126,4 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: 86a4ee422cd9d01a
+# stub fingerprint: 457b30606645b017

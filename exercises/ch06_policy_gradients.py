@@ -24,7 +24,7 @@ import numpy as np
 
 from rlhf_book.lm.ops import masked_mean
 from rlhf_book.lm.ops import masked_mean, masked_sum
-from rlhf_book.lm.ops import as_float_array
+from rlhf_book.lm.checks import as_float_array
 from rlhf_book.ch06_policy_gradients.losses import AGGREGATIONS, LOG_RATIO_CLAMP, _check_clip, _group_rewards, _ratio, _token_arrays, token_advantages
 
 
@@ -170,4 +170,4 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     returns = jnp.where(mask > 0, advantages + values, 0.0)
     return advantages, returns
 
-# stub fingerprint: e7cb99e5b0bf5729
+# stub fingerprint: e84fa0096c06563b

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.ops import as_float_array
-from rlhf_book.lm.ops import as_float_vectors
+from rlhf_book.lm.checks import as_float_array
+from rlhf_book.lm.checks import as_float_vectors
 from rlhf_book.ch08_direct_alignment.losses import _check_beta, _check_smoothing, _distribution, _log1mexp, dpo_logits, log_partition
 
 
@@ -107,4 +107,4 @@ def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2, L2753) is not started: replace this line with your solution.")
 
-# stub fingerprint: 16c5a805a3bf860e
+# stub fingerprint: 617df68f7b1b9b5b

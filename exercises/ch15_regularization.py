@@ -22,15 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.ops import as_float_array, check_rank, masked_sum
-from rlhf_book.ch15_regularization import LOG_RATIO_CLAMP, _like, _log_ratio, _logits_pair, _token_mask
+from rlhf_book.lm.checks import as_float_array, check_rank
+from rlhf_book.lm.ops import masked_sum
+from rlhf_book.lm.kl import LOG_RATIO_CLAMP, log_ratio
+from rlhf_book.ch15_regularization import _like, _logits_pair, _token_mask
 
 
 def kl_k3(logp, ref_logp) -> jax.Array:
     """``k3 = (r - 1) - log r`` with ``log r = log pi_ref - log pi`` per sample (Schulman 2020):
-    unbiased and non-negative (``e^x >= 1 + x``). GRPO's KL term (DeepSeekMath; TRL's
-    ``per_token_kl``); book §6.2.6. ``expm1`` avoids cancellation for nearby models; the
-    log-ratio is clamped above at 20 so extreme logits give a large finite value, never inf."""
+    unbiased and never negative (``e^x >= 1 + x``). GRPO's KL term (book §6.2.6; DeepSeekMath;
+    TRL's ``per_token_kl``). ``expm1`` avoids cancellation for nearby models; the log-ratio is
+    clamped above at 20 so that extreme logits give a large finite value, never inf."""
     raise NotImplementedError("Exercise 15.1 (Schulman's k3 estimator, stable for nearby models; book §15.1, eq. 129; Schulman 2020; ch15 guide, 'Estimating the KL') is not started: replace this line with your solution.")
 
 
@@ -78,4 +80,4 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     mask = _token_mask(mask, logits.shape[:2], "[N, T]")
     raise NotImplementedError('Exercise 15.3 (the sequence KL of a generation, masked; book §15.1.2, the implementation example (its kl_full, fixed)) is not started: replace this line with your solution.')
 
-# stub fingerprint: fc5536243d3838a2
+# stub fingerprint: e92f9db3627f25b0

@@ -62,7 +62,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from rlhf_book.lm.ops import as_float_array, log_probs_from_logits, masked_mean, masked_sum
+from rlhf_book.lm.checks import as_float_array
+from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 
 Params = dict[str, Any]
 

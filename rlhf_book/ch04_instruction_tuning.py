@@ -273,8 +273,6 @@ def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch:
     """Fine-tune ``params`` on the rows of ``batch`` (random rows per step, inside a jitted
     ``lax.scan`` chunk). Returns ``(params, history)`` with ``step``, ``loss`` (every step) and,
     with an ``eval_batch``, ``eval_step`` and ``eval_loss`` (the SFT loss on all its rows)."""
-    from tqdm import tqdm
-
     rows = jax.tree.map(jnp.asarray, batch)
     if rows.tokens.shape[1] > model_config.max_seq_len:
         raise ValueError(f"batch rows have {rows.tokens.shape[1]} tokens, more than the model's "
@@ -288,29 +286,20 @@ def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch:
         idx = jax.random.randint(key, (sft_config.batch_size,), 0, rows.tokens.shape[0])
         return jax.tree.map(lambda x: x[idx], rows)
 
-    tc = sft_config.train_config()
-    state = train.create_train_state(params, train.make_optimizer(tc))
-    chunk = train.make_train_chunk(loss_fn, sample_batch, tc.log_every)
-    eval_fn = None
+    evaluate = None
     if eval_batch is not None:
         evals = jax.tree.map(jnp.asarray, eval_batch)
-        eval_fn = jax.jit(lambda p, b: loss_fn(p, b)[0])
-    history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "eval_loss": []}
-    key = jax.random.PRNGKey(seed)
-    n_chunks = -(-tc.steps // tc.log_every)
-    bar = tqdm(total=n_chunks * tc.log_every, desc="sft", disable=not progress, unit="step")
-    for c in range(n_chunks):
-        key, sub = jax.random.split(key)
-        state, metrics = chunk(state, sub)
-        history["loss"] += np.asarray(metrics["loss"]).tolist()
-        if eval_fn is not None:
-            history["eval_step"].append((c + 1) * tc.log_every)
-            history["eval_loss"].append(float(eval_fn(state.params, evals)))
-        bar.update(tc.log_every)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-    bar.close()
-    history["step"] = list(range(1, len(history["loss"]) + 1))
-    return state.params, {k: np.asarray(v) for k, v in history.items()}
+        eval_loss = jax.jit(lambda p: loss_fn(p, evals)[0])
+        evaluate = lambda state: {"loss": float(eval_loss(state.params))}  # noqa: E731
+
+    tc = sft_config.train_config()
+    state, history = train.run_in_chunks(
+        train.make_supervised_step(loss_fn, sample_batch),
+        train.create_train_state(params, train.make_optimizer(tc)),
+        steps=tc.steps, chunk_size=tc.log_every, key=jax.random.PRNGKey(seed), desc="sft",
+        progress=progress, evaluate=evaluate,
+        postfix=lambda h: {"loss": f"{h['loss'][-1]:.3f}"})
+    return state.params, history
 # [/guide]
 
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from rlhf_book import data
 from rlhf_book.lm import gpt, tokenizer, train
-from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean, masked_sum
+from rlhf_book.lm.checks import as_float_array, check_rank
+from rlhf_book.lm.ops import masked_mean, masked_sum
 
 
 def _check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
@@ -469,8 +470,6 @@ def train_reward_model(model_config: gpt.GPTConfig, params, rm_config: RMConfig,
     each step inside a jitted ``lax.scan`` chunk of ``log_every`` steps. Returns ``(params,
     history)`` with ``loss`` and ``accuracy`` per step and, with an ``eval_batch``,
     ``eval_step``, ``eval_loss`` and ``eval_accuracy`` after every chunk."""
-    from tqdm import tqdm
-
     pairs = jax.tree.map(jnp.asarray, batch)
     if pairs.chosen.shape[1] > model_config.max_seq_len:
         raise ValueError(f"pairs have {pairs.chosen.shape[1]} tokens, more than the model's "
@@ -483,28 +482,18 @@ def train_reward_model(model_config: gpt.GPTConfig, params, rm_config: RMConfig,
         idx = jax.random.randint(key, (rm_config.batch_size,), 0, pairs.chosen.shape[0])
         return jax.tree.map(lambda x: x[idx], pairs)
 
+    def evaluate(state):
+        ev = evaluate_reward_model(state.params, model_config, eval_batch, rm_config.pooling)
+        return {"loss": ev["loss"], "accuracy": ev["accuracy"]}
+
     tc = rm_config.train_config()
-    state = train.create_train_state(params, train.make_optimizer(tc))
-    chunk = train.make_train_chunk(loss_fn, sample_batch, tc.log_every)
-    history: dict[str, list] = {"loss": [], "accuracy": [], "eval_step": [], "eval_loss": [],
-                                "eval_accuracy": []}
-    key = jax.random.PRNGKey(seed)
-    bar = tqdm(total=tc.steps, desc=desc, disable=not progress, unit="step")
-    for c in range(tc.steps // tc.log_every):
-        key, sub = jax.random.split(key)
-        state, metrics = chunk(state, sub)
-        history["loss"] += np.asarray(metrics["loss"]).tolist()
-        history["accuracy"] += np.asarray(metrics["accuracy"]).tolist()
-        if eval_batch is not None:
-            ev = evaluate_reward_model(state.params, model_config, eval_batch, rm_config.pooling)
-            history["eval_step"].append((c + 1) * tc.log_every)
-            history["eval_loss"].append(ev["loss"])
-            history["eval_accuracy"].append(ev["accuracy"])
-        bar.update(tc.log_every)
-        bar.set_postfix(loss=f"{np.mean(history['loss'][-tc.log_every:]):.3f}")
-    bar.close()
-    history["step"] = list(range(1, len(history["loss"]) + 1))
-    return state.params, {k: np.asarray(v) for k, v in history.items()}
+    state, history = train.run_in_chunks(
+        train.make_supervised_step(loss_fn, sample_batch),
+        train.create_train_state(params, train.make_optimizer(tc)),
+        steps=tc.steps, chunk_size=tc.log_every, key=jax.random.PRNGKey(seed), desc=desc,
+        progress=progress, evaluate=None if eval_batch is None else evaluate,
+        postfix=lambda h: {"loss": f"{np.mean(h['loss'][-tc.log_every:]):.3f}"})
+    return state.params, history
 # [/guide]
 
 

@@ -41,7 +41,7 @@ from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book.ch05_reward_models import best_of_n
 from rlhf_book.ch06_policy_gradients import PromptSet, Reward
 from rlhf_book.lm import gpt, sampling, tokenizer
-from rlhf_book.lm.ops import as_float_array, check_rank
+from rlhf_book.lm.checks import as_float_array, check_rank
 
 __all__ = [
     "select_top_per_prompt", "unflatten_index", "select_top_overall", "inverse_permutation",

@@ -51,8 +51,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import xlogy
 
-from rlhf_book.lm.ops import (as_float_array, as_float_vectors, check_rank, masked_sum,
-                               next_token_log_probs)
+from rlhf_book.ch08_direct_alignment.losses import dpo_logits
+from rlhf_book.lm.checks import as_float_array, as_float_vectors, check_choice, check_rank
+# Schulman's estimators live in lm (chapters 6 and 8 use them too); chapter 15 teaches them.
+from rlhf_book.lm.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_estimate, kl_k1, kl_k2, kl_k3  # noqa: F401
+from rlhf_book.lm.ops import masked_sum, next_token_log_probs
 
 __all__ = [
     "KL_ESTIMATORS", "LOG_RATIO_CLAMP", "LLAMA2_MARGINS", "exact_kl", "sequence_kl", "kl_k1",
@@ -61,8 +64,6 @@ __all__ = [
     "ppo_ptx_objective", "ptx_loss", "dpo_nll_loss", "margin_bt_loss", "margin_dpo_loss",
 ]
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-LOG_RATIO_CLAMP = 20.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,11 +94,6 @@ def _token_mask(mask, shape: tuple[int, ...], dims: str) -> jax.Array:
     return mask
 
 
-def _check_estimator(estimator) -> None:
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
-
-
 def _check_at_least(value, name: str, low: float = 0.0, strict: bool = False) -> None:
     """``value >= low`` (``> low`` if ``strict``); traced values are not checked."""
     if isinstance(value, jax.core.Tracer):
@@ -115,15 +111,6 @@ def _scalar(x, name: str) -> jax.Array:
     if x.shape != ():
         raise ValueError(f"{name} must be a scalar (shape ()), got shape {x.shape}")
     return x
-
-
-def _log_ratio(logp, ref_logp) -> jax.Array:
-    """``log r = ref_logp - logp`` after checking both are real arrays of the same shape."""
-    logp = as_float_array(logp, "logp")
-    ref_logp = as_float_array(ref_logp, "ref_logp")
-    if logp.shape != ref_logp.shape:
-        raise ValueError(f"ref_logp must have the shape of logp {logp.shape}, got {ref_logp.shape}")
-    return ref_logp - logp
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,38 +175,6 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
 
 # ----------------------------------------------------------------------------------------------
 # §15.1, eq. 129: the Monte-Carlo form, Schulman's estimators
-
-
-# [guide:kl-estimators]
-def kl_k1(logp, ref_logp) -> jax.Array:
-    """``k1 = log pi - log pi_ref`` per sample: the plain Monte-Carlo estimate of
-    ``KL(pi || pi_ref)`` from samples of ``pi`` (Schulman 2020). Unbiased; negative wherever the
-    reference likes a sampled token more than the policy does."""
-    return -_log_ratio(logp, ref_logp)
-
-
-def kl_k2(logp, ref_logp) -> jax.Array:
-    """``k2 = (log pi - log pi_ref)^2 / 2`` per sample (Schulman 2020). Non-negative and low
-    variance but biased; the book's PPO code logs it as ``approx_kl`` (§6.2.5)."""
-    return 0.5 * jnp.square(_log_ratio(logp, ref_logp))
-
-
-def kl_k3(logp, ref_logp) -> jax.Array:
-    """``k3 = (r - 1) - log r`` with ``log r = log pi_ref - log pi`` per sample (Schulman 2020):
-    unbiased and non-negative (``e^x >= 1 + x``). GRPO's KL term (DeepSeekMath; TRL's
-    ``per_token_kl``); book §6.2.6. ``expm1`` avoids cancellation for nearby models; the
-    log-ratio is clamped above at 20 so extreme logits give a large finite value, never inf."""
-    # BEGIN SOLUTION
-    log_r = jnp.minimum(_log_ratio(logp, ref_logp), LOG_RATIO_CLAMP)
-    return jnp.expm1(log_r) - log_r
-    # END SOLUTION
-# [/guide]
-
-
-def kl_estimate(logp, ref_logp, estimator: str = "k3") -> jax.Array:
-    """The per-sample KL estimate named by ``estimator`` (one of :data:`KL_ESTIMATORS`)."""
-    _check_estimator(estimator)
-    return {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}[estimator](logp, ref_logp)
 
 
 # [guide:sequence-kl-estimate]
@@ -301,7 +256,7 @@ def generation_kl(logits, ref_logits, tokens, mask, estimator: str = "k1") -> Ge
         if ids.min() < 0 or ids.max() >= V:
             raise ValueError(f"tokens must lie in [0, V) = [0, {V}), got values from "
                              f"{ids.min()} to {ids.max()}")
-    _check_estimator(estimator)
+    check_choice(estimator, "estimator", KL_ESTIMATORS)
     targets = _token_mask(mask, tokens.shape, "[N, T]")[:, 1:]
     logp = next_token_log_probs(logits, tokens)
     ref_logp = next_token_log_probs(ref_logits, tokens)
@@ -409,7 +364,7 @@ def estimator_loss_gradient(logits, ref_logits, estimator: str = "k3") -> jax.Ar
     sequence KL (the tests show both on a two-token example).
     """
     logits, ref_logits = _logits_pair(logits, ref_logits, ("logits", "ref_logits"))
-    _check_estimator(estimator)
+    check_choice(estimator, "estimator", KL_ESTIMATORS)
     ref_logp = jax.lax.stop_gradient(jax.nn.log_softmax(ref_logits, axis=-1))
 
     def expected_estimate(z):
@@ -443,7 +398,7 @@ def estimator_reward_gradient(logits, ref_logits, estimator: str = "k1") -> jax.
     these means.
     """
     logits, ref_logits = _logits_pair(logits, ref_logits, ("logits", "ref_logits"))
-    _check_estimator(estimator)
+    check_choice(estimator, "estimator", KL_ESTIMATORS)
     ref_logp = jax.lax.stop_gradient(jax.nn.log_softmax(ref_logits, axis=-1))
 
     def surrogate(z):
@@ -528,7 +483,6 @@ def dpo_nll_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
     instead of per pair; the two agree when the chosen completions have one length.
     """
     # Imported here: chapter 8's package imports chapter 6, which imports this module.
-    from rlhf_book.ch08_direct_alignment.losses import dpo_logits
 
     _check_at_least(beta, "beta", strict=True)
     _check_at_least(alpha, "alpha")
@@ -584,7 +538,6 @@ def margin_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
     sequence log-probs, ``margin`` a scalar or ``[N]``; returns a scalar. ``m = 0`` is chapter
     8's ``dpo_loss``; it equals the mean of :func:`margin_bt_loss` on the implicit rewards.
     """
-    from rlhf_book.ch08_direct_alignment.losses import dpo_logits  # see dpo_nll_loss
 
     _check_at_least(beta, "beta", strict=True)
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,

@@ -39,6 +39,7 @@ from rlhf_book import ch08_direct_alignment as ch08
 from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer, train
+from rlhf_book.lm.eval import evaluate_policy
 
 # The prompts the pipeline shows samples for: a fact the corpus states, a Q/A, an arithmetic line.
 PRETRAIN_SAMPLE_PROMPTS = (
@@ -316,7 +317,7 @@ def policy_report(params, sft_params, rm_params, model_config: gpt.GPTConfig, qu
                   pooling: str = "last", seed: int = 0) -> dict:
     """What the RL stage reports for a policy on ``questions`` (held out): greedy answers
     scored by the gold reward and by the reward model (reading exactly the generated tokens, as
-    in RL), their length, and the sampled KL to the SFT model (``ch06.sampled_kl``, 4 samples
+    in RL), their length, and the sampled KL to the SFT model (``lm.eval.evaluate_policy``, 4 samples
     per question at temperature 1)."""
     prompts = ch06.encode_prompts([q.prompt for q in questions])
     max_new = min(48, model_config.max_seq_len - prompts.tokens.shape[1])
@@ -328,7 +329,8 @@ def policy_report(params, sft_params, rm_params, model_config: gpt.GPTConfig, qu
     metrics = ch04.evaluate_answers(questions, answers, stopped.tolist())
     real = (gen.tokens != tokenizer.PAD).astype(jnp.int32)  # prompt + answer, as in RL
     rm = np.asarray(_reward_scores(rm_params, gen.tokens, real, model_config, pooling))
-    kl = ch06.sampled_kl(params, sft_params, prompts, jax.random.PRNGKey(seed), model_config,
+    kl = evaluate_policy(params, questions, model_config, jax.random.PRNGKey(seed),
+                         ref_params=sft_params, samples=4, temperature=1.0,
                          max_new_tokens=max_new)
     return {**metrics, "rm_score": float(rm.mean()), "kl_to_sft": kl["kl"],
             "kl_to_sft_se": kl["kl_se"], "sampled_length": kl["length"], "answers": answers}

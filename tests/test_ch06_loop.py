@@ -13,6 +13,7 @@ import pytest
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer
+from rlhf_book.lm.eval import evaluate_policy
 
 CONFIG = gpt.get_config("tiny")
 LETTER = ord("a")
@@ -146,7 +147,7 @@ def test_train_rl_chunks_equal_one_scan(params, prompts):
     config = small_config(algorithm="grpo", steps=2, log_every=1)
     _, history = ch06.train_rl(config, CONFIG, params, prompts, LETTER_REWARD, seed=5,
                                progress=False)
-    assert len(history["score"]) == 2 and history["eval"] == []
+    assert len(history["score"]) == 2 and "eval_step" not in history
     assert all(np.isfinite(history["loss"]))
 
 
@@ -172,22 +173,23 @@ def test_truncation_penalty_replaces_scores_of_unfinished_completions(params, pr
     assert np.all(np.asarray(batch.scores)[~stopped] == -7.0)
 
 
-def test_sampled_kl_is_zero_against_itself_and_positive_after_a_change(params, prompts):
-    same = ch06.sampled_kl(params, params, prompts, jax.random.PRNGKey(8), CONFIG,
-                           max_new_tokens=8)
+def test_sampled_kl_is_zero_against_itself_and_positive_after_a_change(params):
+    questions = data.split_questions()[0][:4]
+    same = evaluate_policy(params, questions, CONFIG, jax.random.PRNGKey(8), ref_params=params,
+                           samples=4, max_new_tokens=8)
     assert same["kl"] == 0.0 and same["length"] > 0
     # A reference with 10x sharper logits (final LayerNorm scaled): clearly a different model.
     other = {**params, "ln_f": jax.tree.map(lambda a: 10 * a, params["ln_f"])}
-    moved = ch06.sampled_kl(params, other, prompts, jax.random.PRNGKey(8), CONFIG,
+    moved = evaluate_policy(params, questions, CONFIG, jax.random.PRNGKey(8), ref_params=other,
                             samples=64, max_new_tokens=8)
     assert moved["kl"] > 3 * moved["kl_se"] > 0
 
 
-def test_train_rl_needs_whole_chunks(params, prompts):
-    """``log_every`` only matters to the chunked driver: make_train accepts any step count."""
+def test_train_rl_runs_a_shorter_last_chunk(params, prompts):
+    """``log_every`` only sets the chunks of the driver: 3 steps run as chunks of 2 and 1."""
     config = small_config(steps=3, log_every=2)
-    with pytest.raises(ValueError, match="log_every"):
-        ch06.train_rl(config, CONFIG, params, prompts, LETTER_REWARD, progress=False)
+    _, history = ch06.train_rl(config, CONFIG, params, prompts, LETTER_REWARD, progress=False)
+    assert len(history["score"]) == 3 and history["step"].tolist() == [1, 2, 3]
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -20,6 +20,7 @@ from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import ch08_direct_alignment as ch08
 from rlhf_book import data
 from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.lm.eval import evaluate_policy
 
 TINY = gpt.get_config("tiny")  # 64 tokens of context: short toy pairs only
 
@@ -327,10 +328,13 @@ def test_vmap_over_seeds_and_nll_coefs_equals_one_run_at_a_time(policy, toy_batc
 def test_train_dpo_runs_in_chunks(policy, toy_batch):
     config = tiny_config(steps=2, log_every=1)
     params, history = ch08.train_dpo(config, TINY, policy, toy_batch, progress=False)
-    assert len(history["loss"]) == 2 and history["eval"] == []
+    assert len(history["loss"]) == 2 and "eval_step" not in history
     assert history["loss"][0] == pytest.approx(math.log(2.0), abs=1e-6)
-    with pytest.raises(ValueError, match="log_every"):
-        ch08.train_dpo(tiny_config(steps=3, log_every=2), TINY, policy, toy_batch, progress=False)
+    # A last, shorter chunk is compiled once more: 3 steps in chunks of 2.
+    _, history = ch08.train_dpo(tiny_config(steps=3, log_every=2), TINY, policy, toy_batch,
+                                progress=False, evaluate=lambda state: {"steps": int(state.step)})
+    assert len(history["loss"]) == 3 and history["step"].tolist() == [1, 2, 3]
+    assert history["eval_step"].tolist() == [2, 3] and history["eval_steps"].tolist() == [2, 3]
 
 
 def test_make_dpo_train_checks_its_data(policy, toy_batch):
@@ -394,11 +398,11 @@ def test_on_policy_train_runs_and_vmaps(policy):
 
 def test_evaluate_policy_against_itself_has_zero_kl(policy):
     questions = [data.Question(topic="color", prompt="Sky?", answer="blue", subject="the sky")]
-    out = ch08.evaluate_policy(policy, policy, questions, TINY, jax.random.PRNGKey(8), samples=3,
+    out = evaluate_policy(policy, questions, TINY, jax.random.PRNGKey(8), ref_params=policy, samples=3,
                                max_new_tokens=8)
     assert out["kl"] == 0.0 and out["n"] == 3
     assert data.GOLD_MIN <= out["gold"] <= data.GOLD_MAX
-    greedy = ch08.evaluate_policy(policy, policy, questions, TINY, jax.random.PRNGKey(9),
+    greedy = evaluate_policy(policy, questions, TINY, jax.random.PRNGKey(9), ref_params=policy,
                                   samples=2, max_new_tokens=8, temperature=0.0)
     assert greedy["gold_se"] == 0.0  # one answer, twice
 
@@ -428,7 +432,7 @@ def world():
                         log_every=500)
     sft, _ = ch04.train_sft(model, gpt.init_params(jax.random.PRNGKey(0), model), sc, batch,
                             progress=False)
-    before = ch08.evaluate_policy(sft, sft, questions, model, jax.random.PRNGKey(5), samples=16)
+    before = evaluate_policy(sft, questions, model, jax.random.PRNGKey(5), ref_params=sft, samples=16)
     return SimpleNamespace(model=model, sft=sft, questions=questions, before=before)
 
 
@@ -457,8 +461,8 @@ def offline(world):
         out[name, seed] = {
             "heldout": ch08.implicit_reward_accuracy(params, world.sft, heldout, world.model,
                                                      BETA, ref_logps=ref_held),
-            "answers": ch08.evaluate_policy(params, world.sft, world.questions, world.model,
-                                            jax.random.PRNGKey(5), samples=16),
+            "answers": evaluate_policy(params, world.questions, world.model, ref_params=world.sft,
+            key=                                            jax.random.PRNGKey(5), samples=16),
             "d_chosen": np.asarray(logps.chosen) - ref_train.chosen,
             "d_rejected": np.asarray(logps.rejected) - ref_train.rejected,
         }
@@ -534,8 +538,8 @@ def test_on_policy_dpo_labelled_by_the_gold_reward_raises_it(world):
                             completions_per_prompt=4, max_new_tokens=48, on_policy=True)
     state, m = jax.jit(ch08.make_dpo_train(config, world.model, world.sft, prompts=prompts,
                                            reward=reward))(jax.random.PRNGKey(0))
-    after = ch08.evaluate_policy(state.params, world.sft, world.questions, world.model,
-                                 jax.random.PRNGKey(5), samples=16)
+    after = evaluate_policy(state.params, world.questions, world.model, ref_params=world.sft,
+        key=                                 jax.random.PRNGKey(5), samples=16)
     before = world.before
     se = math.hypot(before["gold_se"], after["gold_se"])
     # observed: 0.007 (SE 0.057) -> 0.501 (SE 0.055), 6.2 SE; KL to the SFT model 1.6 nats

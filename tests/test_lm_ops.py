@@ -56,7 +56,7 @@ def test_next_token_loss_is_the_shifted_masked_nll():
 
 
 def test_as_float_array_promotes_ints_and_rejects_non_numbers():
-    from rlhf_book.lm.ops import as_float_array
+    from rlhf_book.lm.checks import as_float_array
 
     assert as_float_array([1, 2], "x").dtype == jnp.float32
     assert as_float_array(np.array([True, False]), "x").tolist() == [1.0, 0.0]

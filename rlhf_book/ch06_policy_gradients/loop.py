@@ -26,23 +26,24 @@ train))(keys)`` trains one policy per seed at once).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from rlhf_book.ch05_reward_models import reward_scores
 from rlhf_book.ch06_policy_gradients import losses as L
-from rlhf_book.ch15_regularization import KL_ESTIMATORS, kl_estimate
-from rlhf_book.lm import gpt, sampling, tokenizer, train
-from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
+from rlhf_book.lm.kl import KL_ESTIMATORS, kl_estimate
+from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.lm.ops import masked_mean, masked_sum
+from rlhf_book.lm.rollout import (PolicyState, PromptSet, Reward, adam, encode_prompts,
+                                  init_policy_state, sample_groups, text_reward, token_log_probs)
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "RLConfig", "PromptSet", "encode_prompts", "Reward",
-    "reward_model_reward", "text_reward", "sequence_log_probs", "RLState", "init_rl_state",
-    "Rollout", "rollout", "make_rl_step", "make_train", "train_rl", "sampled_kl",
+    "reward_model_reward", "text_reward", "token_log_probs", "RLState", "init_rl_state",
+    "Rollout", "rollout", "make_rl_step", "make_train", "train_rl",
 ]
 
 
@@ -176,33 +177,6 @@ class RLConfig:
 # Prompts and rewards
 
 
-class PromptSet(NamedTuple):
-    """The prompts RL draws from: ``tokens [Q, P]`` right-padded chat prompts (ending in the
-    ``<|assistant|>`` header) and their ``lengths [Q]``."""
-
-    tokens: jax.Array
-    lengths: jax.Array
-
-
-def encode_prompts(prompts: Sequence[str]) -> PromptSet:
-    """Chat-template prompts for a list of user messages, right-padded to the longest."""
-    if not prompts:
-        raise ValueError("prompts must be a non-empty sequence of strings")
-    ids = [tokenizer.render_prompt(p) for p in prompts]
-    tokens, lengths = tokenizer.pad_batch(ids, max(map(len, ids)))
-    return PromptSet(jnp.asarray(tokens), jnp.asarray(lengths))
-
-
-class Reward(NamedTuple):
-    """A reward function for the loop: ``fn(params, tokens [N, T], mask [N, T], prompt_ids
-    [N]) -> [N]`` where ``tokens`` holds prompt + completion, ``mask`` is 1 on the completion
-    and ``prompt_ids`` index the :class:`PromptSet`; ``params`` (a reward model's, or None)
-    travel as an argument so that they are not baked into the compiled step."""
-
-    fn: Callable
-    params: Any = None
-
-
 def reward_model_reward(rm_params, model_config: gpt.GPTConfig, pooling: str = "last") -> Reward:
     """Score completions with a chapter-5 reward model, reading prompt and completion in the
     chat template exactly as it was trained (``<|bos|>...<|assistant|>answer<|end|>``)."""
@@ -215,58 +189,16 @@ def reward_model_reward(rm_params, model_config: gpt.GPTConfig, pooling: str = "
     return Reward(fn, rm_params)
 
 
-def text_reward(score: Callable[[Any, str], float], items: Sequence[Any]) -> Reward:
-    """A reward computed on the host from text: ``score(items[prompt_id], completion_text)``,
-    e.g. ``text_reward(data.gold_reward, questions)`` or an arithmetic verifier. Inside the
-    jitted step it runs through ``jax.pure_callback`` (sequentially under ``vmap``)."""
-    items = list(items)
-
-    def host(tokens, mask, prompt_ids):
-        texts = sampling.decode_masked(tokens, mask)
-        return np.asarray([score(items[int(i)], t) for i, t in zip(prompt_ids, texts)],
-                          np.float32)
-
-    def fn(params, tokens, mask, prompt_ids):
-        del params
-        out = jax.ShapeDtypeStruct(prompt_ids.shape, jnp.float32)
-        return jax.pure_callback(host, out, tokens, mask, prompt_ids, vmap_method="sequential")
-
-    return Reward(fn, None)
-
-
 # ----------------------------------------------------------------------------------------------
 # Log-probabilities of sampled tokens, and the rollout
 
 
-def sequence_log_probs(lm_params, tokens, config: gpt.GPTConfig, temperature=1.0,
-                       return_hidden: bool = False):
-    """``log pi(tokens[:, t] | tokens[:, :t])`` under ``softmax(logits / temperature)`` for
-    every position: ``[N, T]`` (position 0, which nothing predicts, is 0), aligned with the
-    rollout's mask. With ``return_hidden`` also the hidden state that *predicts* each token
-    (``[N, T, D]``, that of position ``t - 1``): the state ``s_t`` a value head reads."""
-    logits, hidden = gpt.forward(lm_params, tokens, config, return_hidden=True)
-    logp = log_probs_from_logits(logits[:, :-1] / temperature, tokens[:, 1:])
-    logp = jnp.pad(logp, ((0, 0), (1, 0)))
-    if not return_hidden:
-        return logp
-    return logp, jnp.pad(hidden[:, :-1], ((0, 0), (1, 0), (0, 0)))
-
-
-class RLState(NamedTuple):
-    """Everything a step reads and writes. ``params = {"lm": ..., "value": {"w", "b"}}`` (the
-    value head only for PPO); ``ref_params`` and ``reward_params`` are frozen."""
-
-    params: Any
-    opt_state: Any
-    ref_params: Any
-    reward_params: Any
-    step: jax.Array
+# The state of a step is the policy state shared with chapter 8's loop.
+RLState = PolicyState
 
 
 def _optimizer(config: RLConfig) -> optax.GradientTransformation:
-    # Constant learning rate, clipped by global norm: RL fine-tuning rarely uses schedules.
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                       optax.adam(config.learning_rate))
+    return adam(config.learning_rate, config.max_grad_norm)
 
 
 def init_rl_state(config: RLConfig, model_config: gpt.GPTConfig, lm_params, reward: Reward,
@@ -277,9 +209,8 @@ def init_rl_state(config: RLConfig, model_config: gpt.GPTConfig, lm_params, rewa
     if config.algo.advantage == "gae":
         params["value"] = {"w": jnp.zeros((model_config.d_model,), jnp.float32),
                            "b": jnp.zeros((), jnp.float32)}
-    return RLState(params, _optimizer(config).init(params),
-                   lm_params if ref_params is None else ref_params, reward.params,
-                   jnp.zeros((), jnp.int32))
+    return init_policy_state(params, _optimizer(config),
+                             lm_params if ref_params is None else ref_params, reward.params)
 
 
 class Rollout(NamedTuple):
@@ -307,18 +238,13 @@ def _values(params, hidden):
 def rollout(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig,
             prompts: PromptSet, reward: Reward) -> Rollout:
     """Steps 1-3 of the loop: sample, score, and log-probs under ``pi_old`` and ``pi_ref``."""
-    B, G = config.prompts_per_step, config.group_size
-    k_prompts, k_sample = jax.random.split(key)
-    Q = prompts.tokens.shape[0]
-    chosen = jax.random.choice(k_prompts, Q, (B,), replace=B > Q)
-    prompt_ids = jnp.repeat(chosen, G)  # prompt-major: row b * G + g
-    gen = sampling.sample_cached(state.params["lm"], prompts.tokens[prompt_ids],
-                                 prompts.lengths[prompt_ids], k_sample, config.temperature,
-                                 model_config, max_new_tokens=config.max_new_tokens)
+    gen, prompt_ids = sample_groups(state.params["lm"], prompts, key, config.prompts_per_step,
+                                    config.group_size, config.temperature, model_config,
+                                    max_new_tokens=config.max_new_tokens)
     tokens, mask = gen.tokens, gen.mask
     lm = jax.lax.stop_gradient(state.params["lm"])
     if config.algo.advantage == "gae":
-        old_logp, hidden = sequence_log_probs(lm, tokens, model_config, config.temperature,
+        old_logp, hidden = token_log_probs(lm, tokens, model_config, config.temperature,
                                               return_hidden=True)
         old_values = jnp.where(mask > 0, _values(state.params, hidden), 0.0)
     elif config.epochs * config.minibatches == 1 and config.tis_cap is None:
@@ -328,11 +254,11 @@ def rollout(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig,
         old_logp = gen.logprobs
         old_values = jnp.zeros_like(old_logp)
     else:
-        old_logp = sequence_log_probs(lm, tokens, model_config, config.temperature)
+        old_logp = token_log_probs(lm, tokens, model_config, config.temperature)
         old_values = jnp.zeros_like(old_logp)
-    ref_logp = sequence_log_probs(state.ref_params, tokens, model_config, config.temperature)
+    ref_logp = token_log_probs(state.ref_params, tokens, model_config, config.temperature)
     scores = reward.fn(state.reward_params, tokens, mask, prompt_ids)
-    stopped = jnp.any((tokens == tokenizer.END) & (mask > 0), axis=1)
+    stopped = gen.stopped
     if config.truncation_penalty is not None:
         scores = jnp.where(stopped, scores, config.truncation_penalty)
     return Rollout(tokens, mask, gen.logprobs, jnp.where(mask > 0, old_logp, 0.0),
@@ -387,7 +313,7 @@ def _loss(params, config: RLConfig, model_config: gpt.GPTConfig, mb: dict):
     clip_low, clip_high = config.clip
     mask = mb["mask"] * mb["keep"][:, None]
     need_values = algo.advantage == "gae"
-    out = sequence_log_probs(params["lm"], mb["tokens"], model_config, config.temperature,
+    out = token_log_probs(params["lm"], mb["tokens"], model_config, config.temperature,
                              return_hidden=need_values)
     logp, hidden = out if need_values else (out, None)
     logp = jnp.where(mask > 0, logp, 0.0)
@@ -499,40 +425,16 @@ def make_train(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts
 
 def train_rl(config: RLConfig, model_config: gpt.GPTConfig, lm_params, prompts: PromptSet,
              reward: Reward, *, ref_params=None, seed: int = 0, progress: bool = True,
-             callback: Callable[[int, RLState], dict] | None = None):
+             evaluate: Callable[[RLState], dict] | None = None):
     """Run ``config.steps`` RL steps from ``lm_params``, ``log_every`` steps per compiled chunk,
-    with a tqdm progress bar. ``callback(step, state)`` (optional) runs after each chunk and
-    returns extra metrics to record (e.g. a held-out evaluation). Returns ``(lm_params,
-    history)``: the trained policy and a dict of per-step metric lists (plus the callback's
-    per-chunk metrics under ``"eval"``)."""
-    if config.steps % config.log_every:
-        raise ValueError(f"RLConfig.steps must be a multiple of log_every={config.log_every} "
-                         f"to run in chunks, got {config.steps}")
+    through the one training driver (:func:`rlhf_book.lm.train.run_in_chunks`) with a progress
+    bar; ``evaluate(state)`` (optional, e.g. a held-out evaluation) runs after each chunk.
+    Returns ``(lm_params, history)``: the trained policy and the per-step metrics."""
     step = make_rl_step(config, model_config, prompts, reward)
     state = init_rl_state(config, model_config, lm_params, reward, ref_params)
     state, history = train.run_in_chunks(
-        step, state, steps=config.steps, chunk_size=config.log_every, seed=seed,
-        desc=f"RL ({config.algorithm})", progress=progress, callback=callback,
+        step, state, steps=config.steps, chunk_size=config.log_every,
+        key=jax.random.PRNGKey(seed), desc=f"RL ({config.algorithm})", progress=progress,
+        evaluate=evaluate,
         postfix=lambda h: {"score": f"{h['score'][-1]:+.3f}", "kl": f"{h['kl'][-1]:.3f}"})
     return state.params["lm"], history
-
-
-_jit_log_probs = jax.jit(sequence_log_probs, static_argnums=(2,))
-
-
-def sampled_kl(params, ref_params, prompts: PromptSet, key, model_config: gpt.GPTConfig, *,
-               samples: int = 4, max_new_tokens: int = 32, temperature: float = 1.0) -> dict:
-    """How far a policy has moved from its reference, measured the way the objective counts
-    it: sample ``samples`` completions per prompt from ``params`` and average the sequence KL
-    estimate ``sum_t (log pi - log pi_ref)`` (k1, unbiased for ``KL(pi || pi_ref)`` of whole
-    completions). Returns the mean, its standard error and the mean completion length in
-    tokens."""
-    n = prompts.tokens.shape[0]
-    ids = jnp.repeat(jnp.arange(n), samples)
-    gen = sampling.sample_cached(params, prompts.tokens[ids], prompts.lengths[ids], key,
-                                 temperature, model_config, max_new_tokens=max_new_tokens)
-    logp = _jit_log_probs(params, gen.tokens, model_config, temperature)
-    ref = _jit_log_probs(ref_params, gen.tokens, model_config, temperature)
-    kl = np.asarray(masked_sum(logp - ref, gen.mask, axis=1))
-    return {"kl": float(kl.mean()), "kl_se": float(kl.std(ddof=1) / np.sqrt(kl.size)),
-            "length": float(np.asarray(gen.mask).sum(1).mean())}

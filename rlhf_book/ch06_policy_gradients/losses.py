@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.ch15_regularization import kl_estimate, kl_k3
-from rlhf_book.lm.ops import as_float_array, check_rank, masked_mean, masked_sum
+from rlhf_book.lm.kl import kl_estimate, kl_k3
+from rlhf_book.lm.checks import as_float_array, check_rank
+from rlhf_book.lm.ops import masked_mean, masked_sum
 
 __all__ = [
     "AGGREGATIONS", "LOG_RATIO_CLAMP", "reinforce_advantages", "rloo_advantages",

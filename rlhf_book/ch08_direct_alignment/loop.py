@@ -41,18 +41,17 @@ import optax
 
 from rlhf_book import data
 from rlhf_book.ch05_reward_models import preference_accuracy
-from rlhf_book.ch06_policy_gradients.loop import PromptSet, Reward, encode_prompts
-from rlhf_book.ch06_policy_gradients.loop import sequence_log_probs as token_log_probs
 from rlhf_book.ch08_direct_alignment import losses as L
-from rlhf_book.lm import gpt, sampling, tokenizer, train
-from rlhf_book.lm.ops import masked_mean, masked_sum
+from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.lm.ops import masked_mean
+from rlhf_book.lm.rollout import (PolicyState, PromptSet, Reward, adam, init_policy_state,
+                                  sample_groups, token_log_probs)
 
 __all__ = [
     "LOSSES", "REFERENCE_FREE", "DPOConfig", "PreferenceBatch", "RefLogProbs",
     "encode_preference_pairs", "completion_log_probs", "pair_log_probs", "preference_losses",
     "dpo_batch_loss", "DPOState", "init_dpo_state", "sample_offline_batch", "on_policy_pairs",
     "make_dpo_step", "make_dpo_train", "train_dpo", "implicit_reward_accuracy",
-    "evaluate_policy",
 ]
 
 # The losses the loop trains with (formulas in :mod:`.losses`): DPO (eq. 79), cDPO (DPO with
@@ -341,21 +340,13 @@ def dpo_batch_loss(params, ref_logps: RefLogProbs, batch: PreferenceBatch, confi
 # The state, the two sources of pairs, one step
 
 
-class DPOState(NamedTuple):
-    """Everything a step reads and writes: the policy ``params`` and Adam's ``opt_state``;
-    the frozen ``ref_params`` (used on-policy; offline the reference enters only through the
-    cached log-probs) and ``reward_params`` (the on-policy reward's, or None); ``step``."""
-
-    params: Any
-    opt_state: Any
-    ref_params: Any
-    reward_params: Any
-    step: jax.Array
+# The state of a step is the policy state shared with chapter 6's loop (offline, it holds no
+# reference: the reference enters through the cached log-probs).
+DPOState = PolicyState
 
 
 def _optimizer(config: DPOConfig) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
-                       optax.adam(config.learning_rate))
+    return adam(config.learning_rate, config.max_grad_norm)
 
 
 def init_dpo_state(config: DPOConfig, sft_params, reward: Reward | None = None,
@@ -365,8 +356,8 @@ def init_dpo_state(config: DPOConfig, sft_params, reward: Reward | None = None,
     ``log 2`` (reference notes §8.3). Offline, the state holds no reference: it enters through
     the cached log-probs."""
     ref = (sft_params if ref_params is None else ref_params) if config.on_policy else None
-    return DPOState(sft_params, _optimizer(config).init(sft_params), ref,
-                    None if reward is None else reward.params, jnp.zeros((), jnp.int32))
+    return init_policy_state(sft_params, _optimizer(config), ref,
+                             None if reward is None else reward.params)
 
 
 def sample_offline_batch(key, pairs: PreferenceBatch, ref_logps: RefLogProbs,
@@ -394,14 +385,9 @@ def on_policy_pairs(state: DPOState, key, config: DPOConfig, model_config: gpt.G
     chosen and rejected, the fraction of groups that form a pair, and the mean completion
     length."""
     B, G = config.batch_size, config.completions_per_prompt
-    k_prompts, k_sample = jax.random.split(key)
-    Q = prompts.tokens.shape[0]
-    chosen_prompts = jax.random.choice(k_prompts, Q, (B,), replace=B > Q)
-    prompt_ids = jnp.repeat(chosen_prompts, G)  # prompt-major: row b * G + g
-    policy = jax.lax.stop_gradient(state.params)
-    gen = sampling.sample_cached(policy, prompts.tokens[prompt_ids], prompts.lengths[prompt_ids],
-                                 k_sample, config.temperature, model_config,
-                                 max_new_tokens=config.max_new_tokens)
+    gen, prompt_ids = sample_groups(jax.lax.stop_gradient(state.params), prompts, key, B, G,
+                                    config.temperature, model_config,
+                                    max_new_tokens=config.max_new_tokens)
     scores = reward.fn(state.reward_params, gen.tokens, gen.mask, prompt_ids).reshape(B, G)
     rows = jnp.arange(B) * G
     best = rows + jnp.argmax(scores, axis=1)
@@ -511,17 +497,13 @@ def make_dpo_train(config: DPOConfig, model_config: gpt.GPTConfig, sft_params,
 def train_dpo(config: DPOConfig, model_config: gpt.GPTConfig, sft_params,
               pairs: PreferenceBatch | None = None, *, prompts: PromptSet | None = None,
               reward: Reward | None = None, ref_params=None, seed: int = 0,
-              progress: bool = True, callback: Callable[[int, DPOState], dict] | None = None):
+              progress: bool = True, evaluate: Callable[[DPOState], dict] | None = None):
     """Run ``config.steps`` DPO steps from ``sft_params``, ``log_every`` per compiled chunk,
     with a tqdm progress bar: the steps of :func:`make_dpo_train` (its keys are drawn per
-    chunk here, so the batches differ). ``callback(step, state)`` runs after each chunk and
-    returns extra metrics to record under ``"eval"`` (e.g. :func:`implicit_reward_accuracy`
-    on held-out pairs). Returns ``(params, history)``: the trained policy and a dict of
-    per-step metric lists."""
-
-    if config.steps % config.log_every:
-        raise ValueError(f"DPOConfig.steps must be a multiple of log_every={config.log_every} "
-                         f"to run in chunks, got {config.steps}")
+    chunk here, so the batches differ), through the one training driver
+    (:func:`rlhf_book.lm.train.run_in_chunks`). ``evaluate(state)`` (optional, e.g.
+    :func:`implicit_reward_accuracy` on held-out pairs) runs after each chunk. Returns
+    ``(params, history)``: the trained policy and the per-step metrics."""
     _check_data(config, model_config, pairs, prompts, reward)
     ref_logps = None
     if not config.on_policy:
@@ -530,8 +512,9 @@ def train_dpo(config: DPOConfig, model_config: gpt.GPTConfig, sft_params,
     step = make_dpo_step(config, model_config, pairs, ref_logps, prompts=prompts, reward=reward)
     state = init_dpo_state(config, sft_params, reward, ref_params)
     state, history = train.run_in_chunks(
-        step, state, steps=config.steps, chunk_size=config.log_every, seed=seed,
-        desc=f"DPO ({config.loss})", progress=progress, callback=callback,
+        step, state, steps=config.steps, chunk_size=config.log_every,
+        key=jax.random.PRNGKey(seed), desc=f"DPO ({config.loss})", progress=progress,
+        evaluate=evaluate,
         postfix=lambda h: {"loss": f"{h['loss'][-1]:.3f}",
                            "acc": f"{h['rewards/accuracies'][-1]:.2f}"})
     return state.params, history
@@ -584,44 +567,3 @@ def implicit_reward_accuracy(params, ref_params, pairs: Sequence[data.Preference
         out["gold_accuracy"] = out["gold_accuracy_se"] = float("nan")
     out["n_gold"] = int(keep.sum())
     return out
-
-
-_jit_token_log_probs = jax.jit(token_log_probs, static_argnums=(2,))
-
-
-def evaluate_policy(params, ref_params, questions: Sequence[data.Question],
-                    model_config: gpt.GPTConfig, key, *, samples: int = 2,
-                    max_new_tokens: int = 48, temperature: float = 1.0) -> dict[str, float]:
-    """Answer each question ``samples`` times with the policy (KV-cache sampling at
-    ``temperature``; 0 is greedy) and measure what DPO trades (book eq. 78): the mean
-    ``gold`` reward of the answers (the "true human preference"), and the ``kl`` to the
-    reference, ``sum_t log pi(y_t|.) - log pi_ref(y_t|.)`` per answer (k1 of whole sequences,
-    at temperature 1: an unbiased estimate of ``KL(pi || pi_ref)`` only when
-    ``temperature == 1``). Returns means with standard errors (``gold_se``, ``kl_se``), the
-    mean answer ``length`` in tokens, the fraction that ``stopped`` with ``<|end|>``, and
-    ``n``."""
-    questions = list(questions)
-    if not questions:
-        raise ValueError("questions must be a non-empty sequence of Question")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
-    prompts = encode_prompts([q.prompt for q in questions])
-    ids = np.repeat(np.arange(len(questions)), samples)
-    gen = sampling.generate(params, prompts.tokens[ids], key, model_config,
-                            prompt_lengths=prompts.lengths[ids], max_new_tokens=max_new_tokens,
-                            temperature=temperature)
-    texts = sampling.decode_masked(gen.tokens, gen.mask)
-    gold = data.gold_reward_batch([questions[i] for i in ids], texts)
-    logp = _jit_token_log_probs(params, gen.tokens, model_config)
-    ref = _jit_token_log_probs(ref_params, gen.tokens, model_config)
-    kl = np.asarray(masked_sum(logp - ref, gen.mask, axis=1))
-    mask = np.asarray(gen.mask)
-    stopped = np.any((np.asarray(gen.tokens) == tokenizer.END) & (mask > 0), axis=1)
-    n = len(texts)
-
-    def se(x):
-        return float(np.std(x, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-
-    return {"gold": float(gold.mean()), "gold_se": se(gold), "kl": float(kl.mean()),
-            "kl_se": se(kl), "length": float(mask.sum(1).mean()),
-            "stopped": float(stopped.mean()), "n": n}

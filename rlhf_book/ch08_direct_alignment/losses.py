@@ -22,7 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rlhf_book.lm.ops import as_float_array, as_float_vectors, check_rank, masked_mean, masked_sum
+from rlhf_book.lm.checks import as_float_array, as_float_vectors, check_rank
+from rlhf_book.lm.ops import masked_mean, masked_sum
 
 __all__ = [
     "log_partition", "optimal_policy", "regularized_objective", "reward_from_policy",

@@ -11,42 +11,6 @@ import jax
 import jax.numpy as jnp
 
 
-def as_float_array(x, name: str) -> jax.Array:
-    """``x`` as a real floating-point array: ints and bools become float32, floats keep their
-    precision. Anything else (strings, objects, complex numbers) raises ``ValueError`` naming
-    ``name``: the argument check every chapter's loss functions start with."""
-    try:
-        x = jnp.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be an array of numbers ({err})") from None
-    real = jnp.issubdtype(x.dtype, jnp.bool_) or (jnp.issubdtype(x.dtype, jnp.number)
-                                                  and not jnp.issubdtype(x.dtype, jnp.complexfloating))
-    if not real:
-        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
-
-
-def check_rank(x: jax.Array, rank: int, name: str, dims: str) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``x`` has ``rank`` axes (``dims`` spells the
-    expected shape, e.g. ``"[B, G]"``)."""
-    if x.ndim != rank:
-        raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
-
-
-def as_float_vectors(*arrays_and_names) -> list[jax.Array]:
-    """``(x, name)`` pairs as float arrays ``[N]`` of one shape (per-pair quantities such as
-    sequence log-probs of chosen and rejected completions), or a ``ValueError`` naming the
-    first argument that is not."""
-    out = [as_float_array(x, name) for x, name in arrays_and_names]
-    first = arrays_and_names[0][1]
-    check_rank(out[0], 1, first, "[N]")
-    for x, (_, name) in zip(out[1:], arrays_and_names[1:]):
-        if x.shape != out[0].shape:
-            raise ValueError(f"{name} must have the shape of {first} {out[0].shape} ([N]), "
-                             f"got {x.shape}")
-    return out
-
-
 # [guide:masked-mean]
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     """Sum of ``x`` over the entries where ``mask`` is 1 (``mask`` broadcastable to ``x``)."""

@@ -44,6 +44,12 @@ class Generation(NamedTuple):
     logprobs: jax.Array
     mask: jax.Array
 
+    @property
+    def stopped(self) -> jax.Array:
+        """``[N]`` (or ``[..., N]``): whether each completion ended with ``<|end|>`` within
+        its budget, rather than being cut off at ``max_new_tokens``."""
+        return jnp.any((self.tokens == tokenizer.END) & (self.mask > 0), axis=-1)
+
 
 # [guide:sample-token]
 def sample_token(key, logits, temperature, top_k: int = 0):

@@ -1,12 +1,16 @@
 """Training core: an optax train state, jitted steps run in chunks under ``lax.scan``,
 pretraining on a token stream, and checkpoints.
 
-The pattern every chapter's training loop follows:
+The pattern every training loop of the package follows (pretraining, SFT, the reward model,
+RL and DPO):
 
-* the loss is a pure function ``loss_fn(params, batch) -> (loss, metrics)``;
-* :func:`make_train_chunk` compiles ``n`` optimizer steps into one ``lax.scan`` (batches are
-  drawn *inside* the compiled loop from a PRNG key), so Python only runs once per chunk, to
-  update the progress bar;
+* a step is a pure function ``step(state, key) -> (state, metrics)``; for supervised losses
+  ``loss_fn(params, batch) -> (loss, metrics)`` it is :func:`make_supervised_step` (the batch is
+  drawn *inside* the compiled loop from the key);
+* :func:`run_in_chunks`, the one driver, compiles ``n`` steps into one ``lax.scan`` and runs
+  chunk after chunk, so Python only runs between chunks: a progress bar and a held-out
+  evaluation; :func:`make_train` runs every step in one ``lax.scan`` instead, so that
+  ``jax.vmap`` trains one model per seed at once;
 * the optimizer is optax's AdamW with global-norm clipping and a warmup-cosine schedule.
 
 Checkpoints are msgpack files (via ``flax.serialization``; no pickle, so loading one cannot run
@@ -17,6 +21,7 @@ half-written checkpoint behind. Loading restores every array bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -28,6 +33,7 @@ import numpy as np
 import optax
 from flax import serialization
 from flax.training import train_state
+from tqdm import tqdm  # a plain text bar: works in terminals and notebooks alike
 
 from rlhf_book.lm import gpt, tokenizer
 from rlhf_book.lm.ops import next_token_loss
@@ -105,58 +111,71 @@ def make_train_step(loss_fn: Callable) -> Callable:
     return step
 
 
-def make_train_chunk(loss_fn: Callable, sample_batch: Callable, n_steps: int) -> Callable:
-    """``n_steps`` optimizer steps compiled as one ``lax.scan``.
+def make_supervised_step(loss_fn: Callable, sample_batch: Callable) -> Callable:
+    """``step(state, key) -> (state, metrics)``: draw a batch with ``sample_batch(key)`` (inside
+    the compiled loop) and take one optimizer step on it -- the step :func:`run_in_chunks` and
+    :func:`make_train` scan over, for pretraining, SFT and the reward model alike."""
+    train_step = make_train_step(loss_fn)
 
-    ``sample_batch(key) -> batch`` draws a batch inside the compiled loop. Returns a jitted
-    ``chunk(state, key) -> (state, metrics)`` whose metrics have a leading axis of ``n_steps``.
-    """
-    step = make_train_step(loss_fn)
+    def step(state, key):
+        return train_step(state, sample_batch(key))
 
-    def chunk(state, key):
-        def body(state, key):
-            return step(state, sample_batch(key))
+    return step
 
-        return jax.lax.scan(body, state, jax.random.split(key, n_steps))
 
-    return jax.jit(chunk)
+def make_train(loss_fn: Callable, sample_batch: Callable, config: TrainConfig) -> Callable:
+    """``train(key, params) -> (state, metrics)``: ``config.steps`` supervised steps
+    (:func:`make_supervised_step`, AdamW of :func:`make_optimizer`) in one ``lax.scan``,
+    metrics with a leading axis of ``steps``. Pure, so ``jax.jit(jax.vmap(train, (0, None)))(
+    keys, params)`` trains one model per seed at once (purejaxrl's pattern)."""
+    step = make_supervised_step(loss_fn, sample_batch)
+
+    def train(key, params):
+        state = create_train_state(params, make_optimizer(config))
+        return jax.lax.scan(step, state, jax.random.split(key, config.steps))
+
+    return train
 # [/guide]
 
 
-def run_in_chunks(step: Callable, state, *, steps: int, chunk_size: int, seed: int = 0,
-                  desc: str = "train", progress: bool = True,
-                  postfix: Callable[[dict], dict] | None = None,
-                  callback: Callable[[int, Any], dict] | None = None):
-    """Apply ``step(state, key) -> (state, metrics)`` ``steps`` times, ``chunk_size`` steps per
-    compiled ``lax.scan`` (one compilation), with a tqdm bar updated between chunks: the
-    driver of the RL and DPO loops. ``postfix(history)`` gives the bar's numbers;
-    ``callback(step, state)`` runs after each chunk and returns extra metrics, recorded with
-    their step under ``history["eval"]``. Returns ``(state, history)``, ``history`` a dict of
-    per-step metric lists."""
-    from tqdm.auto import tqdm
+def run_in_chunks(step: Callable, state, *, steps: int, chunk_size: int, key,
+                  chunk_key: Callable[[int], jax.Array] | None = None, desc: str = "train",
+                  progress: bool = True, evaluate: Callable[[Any], dict] | None = None,
+                  postfix: Callable[[dict], dict] | None = None):
+    """The one training driver: apply ``step(state, key) -> (state, metrics)`` ``steps`` times,
+    ``chunk_size`` steps per jitted ``lax.scan`` (a shorter last chunk compiles once more),
+    with a tqdm bar updated between chunks. Pretraining, SFT, the reward model, RL and DPO all
+    run through it.
 
-    if steps % chunk_size:
-        raise ValueError(f"steps must be a multiple of the chunk size {chunk_size} to run in "
-                         f"chunks, got {steps}")
+    Each chunk's key is the next split of ``key`` (or ``chunk_key(first_step)``). After each
+    chunk, ``evaluate(state) -> {name: value}`` (a held-out evaluation, optional) is recorded
+    as ``eval_<name>`` with the step count in ``eval_step``; ``postfix(history)`` gives the
+    bar's numbers. Returns ``(state, history)``: NumPy arrays of every per-step metric, the
+    ``step`` numbers ``1 .. steps``, and the evaluations."""
+    @functools.lru_cache(maxsize=None)  # one compilation per chunk length
+    def chunk(n: int):
+        return jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, n)))
 
-    @jax.jit
-    def chunk(state, key):
-        return jax.lax.scan(step, state, jax.random.split(key, chunk_size))
-
-    key = jax.random.PRNGKey(seed)
-    history: dict[str, list] = {"eval": []}
+    history: dict[str, list] = {}
     with tqdm(total=steps, desc=desc, disable=not progress) as bar:
         for start in range(0, steps, chunk_size):
-            key, sub = jax.random.split(key)
-            state, metrics = chunk(state, sub)
-            for k, v in metrics.items():
-                history.setdefault(k, []).extend(np.asarray(v).tolist())
-            if callback is not None:
-                history["eval"].append({"step": start + chunk_size, **callback(start, state)})
-            bar.update(chunk_size)
+            n = min(chunk_size, steps - start)
+            if chunk_key is None:
+                key, sub = jax.random.split(key)
+            else:
+                sub = chunk_key(start)
+            state, metrics = chunk(n)(state, sub)
+            for name, values in metrics.items():
+                history.setdefault(name, []).extend(np.asarray(values).tolist())
+            if evaluate is not None:
+                history.setdefault("eval_step", []).append(start + n)
+                for name, value in evaluate(state).items():
+                    history.setdefault(f"eval_{name}", []).append(value)
+            bar.update(n)
             if postfix is not None:
                 bar.set_postfix(postfix(history))
-    return state, history
+    history["step"] = list(range(1, steps + 1))
+    return state, {name: np.asarray(values) for name, values in history.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,18 +221,14 @@ def pretrain(
     ``grad_norm``, and, with an ``eval_stream``, ``eval_step`` and ``eval_loss`` (mean loss on a
     fixed set of held-out windows after every chunk).
     """
-    from tqdm import tqdm  # plain text bar: works in terminals and notebooks alike
-
     T = train_config.seq_len
     if T > model_config.max_seq_len:
         raise ValueError(f"seq_len={T} exceeds the model's max_seq_len={model_config.max_seq_len}")
     if len(train_stream) <= T:
         raise ValueError(f"train_stream needs more than seq_len={T} ids, got {len(train_stream)}")
-    key = jax.random.PRNGKey(seed)
-    init_key, data_key, eval_key = jax.random.split(key, 3)
+    init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     if params is None:
         params = gpt.init_params(init_key, model_config)
-    state = create_train_state(params, make_optimizer(train_config))
     stream = jnp.asarray(train_stream)
 
     def loss_fn(params, tokens):
@@ -222,33 +237,23 @@ def pretrain(
     def sample_batch(key):
         return sample_windows(key, stream, train_config.batch_size, T)
 
-    eval_fn, eval_batch = None, None
+    evaluate = None
     if eval_stream is not None:
         eval_batch = sample_windows(eval_key, jnp.asarray(eval_stream), 64, T)
-        eval_fn = jax.jit(lambda p, b: loss_fn(p, b)[0])
+        eval_loss = jax.jit(lambda p: loss_fn(p, eval_batch)[0])
+        evaluate = lambda state: {"loss": float(eval_loss(state.params))}  # noqa: E731
 
-    chunks: dict[int, Callable] = {}  # compiled once per chunk length (at most two lengths)
-    history: dict[str, list] = {"loss": [], "grad_norm": [], "eval_step": [], "eval_loss": []}
-    done = 0
-    with tqdm(total=train_config.steps, desc=desc, disable=not progress, leave=True) as bar:
-        while done < train_config.steps:
-            n = min(train_config.log_every, train_config.steps - done)
-            if n not in chunks:
-                chunks[n] = make_train_chunk(loss_fn, sample_batch, n)
-            state, metrics = chunks[n](state, jax.random.fold_in(data_key, done))
-            done += n
-            history["loss"] += np.asarray(metrics["loss"]).tolist()
-            history["grad_norm"] += np.asarray(metrics["grad_norm"]).tolist()
-            postfix = {"loss": f"{history['loss'][-1]:.3f}"}
-            if eval_fn is not None:
-                history["eval_step"].append(done)
-                history["eval_loss"].append(float(eval_fn(state.params, eval_batch)))
-                postfix["eval"] = f"{history['eval_loss'][-1]:.3f}"
-            bar.set_postfix(postfix)
-            bar.update(n)
-    out = {k: np.asarray(v) for k, v in history.items()}
-    out["step"] = np.arange(1, train_config.steps + 1)
-    return state.params, out
+    def postfix(h):
+        return {"loss": f"{h['loss'][-1]:.3f}",
+                **({"eval": f"{h['eval_loss'][-1]:.3f}"} if "eval_loss" in h else {})}
+
+    state, history = run_in_chunks(
+        make_supervised_step(loss_fn, sample_batch),
+        create_train_state(params, make_optimizer(train_config)),
+        steps=train_config.steps, chunk_size=train_config.log_every, key=data_key,
+        chunk_key=lambda start: jax.random.fold_in(data_key, start), desc=desc,
+        progress=progress, evaluate=evaluate, postfix=postfix)
+    return state.params, history
 
 
 # ----------------------------------------------------------------------------------------------

@@ -251,7 +251,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         "136-139) and margin-based regularisation, eq. 140); Schulman's KL estimators (2020)",
         exercises=(
             Exercise("15.1", "Schulman's k3 estimator, stable for nearby models",
-                     "rlhf_book.ch15_regularization:kl_k3",
+                     "rlhf_book.lm.kl:kl_k3",
                      "book §15.1, eq. 129; Schulman 2020; ch15 guide, 'Estimating the KL'"),
             Exercise("15.2", "the exact KL over the vocabulary",
                      "rlhf_book.ch15_regularization:exact_kl", "book §15.1, eq. 128"),

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import data
-from rlhf_book.lm import gpt, sampling
+from rlhf_book.lm import gpt, rollout, sampling
+from rlhf_book.lm.eval import mean_se
 from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 from rlhf_book.textbook.figures import ch04_instruction_tuning as ch04_figures
 from rlhf_book.textbook.figures.ch00_mini_gpt import PRETRAIN_MODEL
@@ -227,13 +228,9 @@ def run_seeds(config: ch06.RLConfig, reward: ch06.Reward, lm_params, n_seeds: in
     return {k: np.asarray(v) for k, v in metrics.items()}, state
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "max_new_tokens"))
 def _sample_seeds(lm_params, tokens, lengths, keys, *, model_config, max_new_tokens):
-    def one(params, key):
-        return sampling.sample_cached(params, tokens, lengths, key, 1.0, model_config,
-                                      max_new_tokens=max_new_tokens)
-
-    return jax.vmap(one)(lm_params, keys)
+    return rollout.sample_policies(lm_params, ch06.PromptSet(tokens, lengths), keys, 1.0,
+                                   model_config, max_new_tokens=max_new_tokens)
 
 
 def answer_breakdown(lm_params, n_questions: int = N_BREAKDOWN_QUESTIONS, seed: int = 0,
@@ -298,12 +295,6 @@ def kl_sweep_runs() -> dict[float, dict]:
     _, metrics = jax.jit(jax.vmap(train))(keys, betas)
     metrics = {k: np.asarray(v).reshape(n_betas, KL_SWEEP_SEEDS, -1) for k, v in metrics.items()}
     return {b: {k: v[i] for k, v in metrics.items()} for i, b in enumerate(KL_SWEEP_BETAS)}
-
-
-def mean_se(x) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds (axis 0) and its standard error (``std(ddof=1) / sqrt(n)``)."""
-    x = np.asarray(x, np.float64)
-    return x.mean(axis=0), x.std(axis=0, ddof=1) / np.sqrt(x.shape[0])
 
 
 def first_last(x, window: int = 3) -> dict[str, float]:

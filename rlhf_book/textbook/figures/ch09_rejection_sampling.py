@@ -28,7 +28,7 @@ from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
-from rlhf_book.lm import sampling
+from rlhf_book.lm import rollout, sampling
 from rlhf_book.lm.ops import masked_sum
 from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 from rlhf_book.textbook.figures import ch06_policy_gradients as ch06_figures
@@ -157,7 +157,7 @@ def answer_shares(questions, tokens, mask) -> dict[str, float]:
     return {k: v / len(texts) for k, v in counts.items()}
 
 
-_log_probs = jax.jit(ch06.sequence_log_probs, static_argnums=(2,))
+_log_probs = jax.jit(rollout.token_log_probs, static_argnums=(2,))
 
 
 def sequence_kl(params, ref_params, model_config, tokens, mask) -> np.ndarray:

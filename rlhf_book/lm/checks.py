@@ -1,0 +1,96 @@
+"""One-line argument checks, shared by every chapter.
+
+The math functions of the chapters carry at most one or two of these lines; everything else
+(data-dependent value checks) happens at the API boundaries -- generation, encoding, an eager
+forward pass -- not inside per-step math. Every check raises ``ValueError`` naming the argument
+and what was expected, and every check that looks at *values* skips traced arrays (inside
+``jit`` or ``vmap`` a value is not known; the caller checked it before tracing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def is_traced(x: Any) -> bool:
+    """True inside ``jit``/``vmap``/``grad``, where ``x`` has a shape but no value."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(x, name: str) -> jax.Array:
+    """``x`` as a real floating-point array: ints and bools become float32, floats keep their
+    precision. Anything else (strings, objects, complex numbers) raises ``ValueError`` naming
+    ``name``."""
+    try:
+        x = jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array of numbers ({err})") from None
+    real = jnp.issubdtype(x.dtype, jnp.bool_) or (jnp.issubdtype(x.dtype, jnp.number)
+                                                  and not jnp.issubdtype(x.dtype, jnp.complexfloating))
+    if not real:
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
+def check_rank(x: jax.Array, rank: int, name: str, dims: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``x`` has ``rank`` axes (``dims`` spells the
+    expected shape, e.g. ``"[B, G]"``)."""
+    if x.ndim != rank:
+        raise ValueError(f"{name} must have shape {dims}, got shape {x.shape}")
+
+
+def as_float_vectors(*arrays_and_names) -> list[jax.Array]:
+    """``(x, name)`` pairs as float arrays ``[N]`` of one shape (per-pair quantities such as
+    sequence log-probs of chosen and rejected completions), or a ``ValueError`` naming the
+    first argument that is not."""
+    out = [as_float_array(x, name) for x, name in arrays_and_names]
+    first = arrays_and_names[0][1]
+    check_rank(out[0], 1, first, "[N]")
+    for x, (_, name) in zip(out[1:], arrays_and_names[1:]):
+        if x.shape != out[0].shape:
+            raise ValueError(f"{name} must have the shape of {first} {out[0].shape} ([N]), "
+                             f"got {x.shape}")
+    return out
+
+
+def as_like(x, name: str, like: jax.Array, like_name: str) -> jax.Array:
+    """``x`` as a float array with the shape of ``like``, or a ``ValueError`` naming ``name``."""
+    x = as_float_array(x, name)
+    if x.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {like.shape}, got {x.shape}")
+    return x
+
+
+def check_range(value, name: str, low: float | None = None, high: float | None = None, *,
+                strict: bool = False) -> None:
+    """``low <= value <= high`` (``low < value`` when ``strict``); ``None`` bounds are open.
+    A traced value is not checked."""
+    if is_traced(value):
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if low is not None and not (v > low if strict else v >= low):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value}")
+    if high is not None and not v <= high:
+        raise ValueError(f"{name} must be <= {high:g}, got {value}")
+
+
+def check_choice(value, name: str, choices) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_positive_ints(config: Any, *fields: str) -> None:
+    """Each named field of a config dataclass is a positive ``int`` (steps, batch sizes, ...):
+    the ``__post_init__`` line every config shares."""
+    for field in fields:
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(config).__name__}.{field} must be a positive int, "
+                             f"got {value!r}")

@@ -1,0 +1,98 @@
+"""Measuring a policy on the synthetic world: what its answers are worth by the gold reward,
+how often they are right, how long they are, whether they stop, and how far the policy has
+moved from a reference -- each with its standard error.
+
+Every chapter that trains a policy (SFT, RL, DPO, best-of-N, the regularisation experiments)
+reports these numbers the same way, so that they can be put side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from rlhf_book import data
+from rlhf_book.lm import gpt, sampling
+from rlhf_book.lm.ops import masked_sum
+from rlhf_book.lm.rollout import encode_prompts, token_log_probs
+
+ANSWER_KINDS = ("right", "wrong", "none")
+
+
+def mean_se(x, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of ``x`` along ``axis`` (by default over seeds or samples) and its standard
+    error ``std(ddof=1) / sqrt(n)`` (NaN when ``n < 2``)."""
+    x = np.asarray(x, np.float64)
+    n = x.shape[axis]
+    se = x.std(axis=axis, ddof=1) / np.sqrt(n) if n > 1 else np.full_like(x.mean(axis=axis),
+                                                                             np.nan)
+    return x.mean(axis=axis), se
+
+
+def answer_kind(question: data.Question, text: str) -> str:
+    """``"right"``, ``"wrong"`` or ``"none"`` (no answer to the question stated): what
+    :func:`rlhf_book.data.stated_answer` finds in ``text``."""
+    stated = data.stated_answer(question, text)
+    if stated is None:
+        return "none"
+    return "right" if stated.lower() == question.answer.lower() else "wrong"
+
+
+def score_answers(questions: Sequence[data.Question], texts: Sequence[str],
+                  score: Callable = data.gold_reward) -> dict[str, np.ndarray]:
+    """Per answer: its ``score`` (the gold reward by default), whether it is ``right``, its
+    ``kind`` (:func:`answer_kind`) and its length in ``bytes``."""
+    kinds = [answer_kind(q, t) for q, t in zip(questions, texts)]
+    return {"score": np.asarray([score(q, t) for q, t in zip(questions, texts)], np.float64),
+            "right": np.asarray([k == "right" for k in kinds], np.float64),
+            "kind": np.asarray(kinds),
+            "bytes": np.asarray([len(t.encode()) for t in texts], np.float64)}
+
+
+_token_log_probs = jax.jit(token_log_probs, static_argnums=(2,))
+
+
+def sequence_kl(params, ref_params, tokens, mask, model_config: gpt.GPTConfig) -> np.ndarray:
+    """``sum_t log pi(y_t | .) - log pi_ref(y_t | .)`` over each completion's tokens ``[N]``:
+    the k1 estimate of ``KL(pi || pi_ref)`` of whole completions, unbiased when the tokens were
+    sampled from ``pi`` at temperature 1 (book §15.1, eq. 129)."""
+    logp = _token_log_probs(params, tokens, model_config)
+    ref = _token_log_probs(ref_params, tokens, model_config)
+    return np.asarray(masked_sum(logp - ref, mask, axis=1))
+
+
+def evaluate_policy(params, questions: Sequence[data.Question], model_config: gpt.GPTConfig,
+                    key, *, ref_params=None, samples: int = 1, temperature: float = 1.0,
+                    max_new_tokens: int = 48, score: Callable = data.gold_reward) -> dict:
+    """Answer each question ``samples`` times (KV-cache sampling at ``temperature``; 0 is
+    greedy) and measure the answers. Returns means with standard errors over the answers:
+    ``gold`` (``score``, the gold reward by default) and ``gold_se``, ``accuracy`` and
+    ``accuracy_se`` (the gold answer stated), ``answer_bytes``, ``length`` (tokens),
+    ``stopped`` (ended with ``<|end|>``) and ``stopped_se``; with ``ref_params``, the sequence
+    KL to the reference (:func:`sequence_kl`) as ``kl`` and ``kl_se``; ``n`` answers, and the
+    ``texts`` themselves."""
+    questions = list(questions)
+    if not questions:
+        raise ValueError("questions must be a non-empty sequence of Question")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    prompts = encode_prompts([q.prompt for q in questions])
+    ids = np.repeat(np.arange(len(questions)), samples)
+    gen = sampling.generate(params, prompts.tokens[ids], key, model_config,
+                            prompt_lengths=prompts.lengths[ids], max_new_tokens=max_new_tokens,
+                            temperature=temperature)
+    texts = sampling.decode_masked(gen.tokens, gen.mask)
+    scored = score_answers([questions[i] for i in ids], texts, score)
+    out = {"n": len(texts), "texts": texts,
+           "answer_bytes": float(scored["bytes"].mean()),
+           "length": float(np.asarray(gen.mask).sum(1).mean())}
+    measures = {"gold": scored["score"], "accuracy": scored["right"],
+                "stopped": np.asarray(gen.stopped, np.float64)}
+    if ref_params is not None:
+        measures["kl"] = sequence_kl(params, ref_params, gen.tokens, gen.mask, model_config)
+    for name, values in measures.items():
+        mean, se = mean_se(values)
+        out[name], out[f"{name}_se"] = float(mean), float(se)
+    return out
