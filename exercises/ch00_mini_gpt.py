@@ -1,6 +1,6 @@
 """Exercises of chapter 0: The mini GPT: the substrate every chapter trains.
 
-Book: Appendix A.1 (language modelling, eqs. 141-142); the lectures' numpy mini GPT (seed 003) and token policy (seed 000).
+Book: Appendix A.1 (language modelling, eqs. 141, 142); the lecture notes' numpy mini GPT and their next-token policy {0.6, 0.3, 0.1}.
 Exercises: 0.1 the causal mask, 0.2 scaled dot-product attention, 0.3 log-probs from logits (softmax cross-entropy), 0.4 temperature and top-k sampling.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -68,4 +68,4 @@ def sample_token(key, logits, temperature, top_k: int = 0):
     """
     raise NotImplementedError("Exercise 0.4 (temperature and top-k sampling; ch00 guide, 'Sampling') is not started: replace this line with your solution.")
 
-# stub fingerprint: 3948a111bdec28b6
+# stub fingerprint: 9d6c283e03361d56

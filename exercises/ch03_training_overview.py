@@ -1,6 +1,6 @@
 """Exercises of chapter 3: Training overview: the RL problem under RLHF.
 
-Book: book §3.1 problem formulation (eqs. 1-2), §3.1.1 thermostat (eq. 3), §3.1.2 CartPole (eqs. 4-9), §3.1.4 the KL-regularised objective (eq. 11), §3.3 canonical recipes; returns per §6.1 eqs. 24-25 (corrected) and REINFORCE per §6.1.3 eq. 45.
+Book: book §3.1 problem formulation (eqs. 1, 2), §3.1.1 thermostat (eq. 3), §3.1.2 CartPole (eqs. 4, 5, 6, 7, 8, 9), §3.1.4 the KL-regularised objective (eq. 11), §3.3 canonical recipes; returns per §6.1 eqs. 24, 25 (corrected) and REINFORCE per §6.1.3 eq. 45.
 Exercises: 3.1 discounted returns-to-go, 3.2 one CartPole step (Euler, Gym CartPole-v1), 3.3 the REINFORCE loss.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -23,72 +23,57 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rlhf_book.lm.checks import as_float_array
+from rlhf_book.lm.checks import as_float_array, as_like, check_range
+from rlhf_book.lm.checks import as_like
 from rlhf_book.lm.ops import masked_sum
-from rlhf_book.ch03_training_overview import CARTPOLE, CartPoleConfig, _check_unit_interval
+from rlhf_book.ch03_training_overview.rl import CARTPOLE, CartPoleConfig
 
 
 def discounted_returns(rewards: jax.Array, gamma: float, dones: jax.Array | None = None) -> jax.Array:
     """The return-to-go at every step, ``G_t = sum_{k >= 0} gamma^k r_{t+k}`` (book §6.1,
-    eqs. 24-25, corrected; ``G_0`` is the return inside §3.1's eq. 2).
+    eqs. 24, 25, with the reward index of eq. 2; ``G_0`` is the return inside §3.1's eq. 2).
 
     Shapes: ``rewards [T]`` or ``[B, T]`` (time last); ``dones`` (optional) the same shape,
     1/True on the *last* step of an episode, so that several episodes laid end to end in one
     row do not leak into each other's returns; returns the same shape as ``rewards``.
 
     Computed backwards with one ``lax.scan`` over time, from the exact recursion
-    ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` with ``G_T = 0``. ``G_t`` is the weight
-    REINFORCE puts on ``log pi(a_t | s_t)`` (book §6.1.3, eq. 45). ``gamma`` in [0, 1].
-
-    Erratum (eqs. 24-25, seed L1321-L1327; reference notes ch. 6, E1): the seed writes
-    ``G_t = R_{t+1} + gamma R_{t+2} + ... = sum_k gamma^k R_{t+k+1}`` (eq. 24, Sutton-Barto's
-    indexing, the reward *after* acting at ``t``), which is inconsistent with the rest of the
-    book (eqs. 2, 29, 41, 75-77, Appendix A), where ``r_t`` is the reward at time ``t``; and it
-    says the return "can be *estimated* as" ``G_t = gamma G_{t+1} + R_{t+1}`` (eq. 25), which
-    is an exact recursion, not an estimate. Corrected (as upstream): ``G_t = sum_k gamma^k
-    r_{t+k}`` and ``G_t = r_t + gamma G_{t+1}``. The same slip appears in §5.7 (L1191, L1193:
-    ``sum_{k > t}`` for ``sum_{k >= t}``). On ``gamma``: §3.1 (L474) and ch. 6 say
-    ``gamma in [0, 1]``, Appendix A.4 says ``0 <= gamma < 1`` but allows "sometimes
-    ``gamma = 1``" (E34); RLHF uses ``gamma = 1`` (L545), so [0, 1] is accepted.
+    ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` with ``G_T = 0``: the reward of step ``t``
+    counts undiscounted. ``G_t`` is the weight REINFORCE puts on ``log pi(a_t | s_t)`` (book
+    §6.1.3, eq. 45). ``gamma`` in [0, 1].
     """
-    _check_unit_interval(gamma, "gamma")
+    check_range(gamma, "gamma", 0.0, 1.0)
     rewards = as_float_array(rewards, "rewards")
     if rewards.ndim not in (1, 2):
         raise ValueError(f"rewards must have shape [T] or [B, T], got shape {rewards.shape}")
     if dones is None:
-        dones = jnp.zeros(rewards.shape, bool)
-    dones = jnp.asarray(dones)
-    if dones.shape != rewards.shape:
-        raise ValueError(f"dones must have the shape of rewards {rewards.shape}, got {dones.shape}")
-    raise NotImplementedError('Exercise 3.1 (discounted returns-to-go; book §3.1, eq. 2; §6.1, eqs. 24-25 (corrected)) is not started: replace this line with your solution.')
+        dones = jnp.zeros(rewards.shape)
+    dones = as_like(dones, "dones", rewards, "rewards")
+    raise NotImplementedError('Exercise 3.1 (discounted returns-to-go; book §3.1, eq. 2; §6.1, eqs. 24, 25 (corrected)) is not started: replace this line with your solution.')
 
 
 def cartpole_step(state: jax.Array, action: jax.Array,
                   config: CartPoleConfig = CARTPOLE) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One Euler step of CartPole (book §3.1.2, eqs. 5-9), as Gym's ``CartPole-v1`` computes it.
+    """One Euler step of CartPole (book §3.1.2, eqs. 5, 6, 7, 8, 9), as Gym's ``CartPole-v1``
+    computes it.
 
     Shapes: ``state [..., 4]`` = ``(x, x_dot, theta, theta_dot)`` (eq. 4), ``action [...]``
     integer, 0 pushes left (force ``-F``), 1 pushes right (``+F``). Returns
     ``(next_state [..., 4], reward [...], done [...])``: the reward is 1.0 on every step,
-    including the one that ends the episode (Gym's convention; the book's "r_t = 1 while
-    balanced" leaves the last step open), and ``done`` is True when the *next* state leaves
-    ``|x| <= 2.4`` or ``|theta| <= 12°`` (strict ``>`` fails, as in Gym). Truncation at
-    ``max_steps`` is the caller's business (the rollout's length).
+    including the one that ends the episode (Gym's convention), and ``done`` is True when the
+    *next* state leaves ``|x| <= 2.4`` or ``|theta| <= 12°`` (strict ``>`` fails, as in Gym).
+    Truncation at ``max_steps`` is the caller's business (the rollout's length).
 
     With ``alpha = (F + m_p l theta_dot^2 sin theta) / (m_c + m_p)`` (eq. 5):
     ``theta_acc = (g sin theta - cos theta alpha) / (l (4/3 - m_p cos^2 theta / (m_c + m_p)))``
     (eq. 6), ``x_acc = alpha - m_p l theta_acc cos theta / (m_c + m_p)`` (eq. 7), and explicit
-    Euler (eqs. 8-9): positions move with the *old* velocities.
+    Euler (eqs. 8, 9): positions move with the *old* velocities.
     """
-    state = jnp.asarray(state)
-    if state.shape[-1:] != (4,):
-        raise ValueError(f"state must have shape [..., 4] (x, x_dot, theta, theta_dot), "
-                         f"got shape {state.shape}")
-    action = jnp.asarray(action)
-    if action.shape != state.shape[:-1]:
-        raise ValueError(f"action must have shape {state.shape[:-1]} (state's without the last "
-                         f"axis), got {action.shape}")
-    raise NotImplementedError('Exercise 3.2 (one CartPole step (Euler, Gym CartPole-v1); book §3.1.2, eqs. 5-9) is not started: replace this line with your solution.')
+    state, action = jnp.asarray(state), jnp.asarray(action)
+    if state.shape[-1:] != (4,) or action.shape != state.shape[:-1]:
+        raise ValueError(f"state [..., 4] and action [...] expected, got shapes {state.shape}, "
+                         f"{action.shape}")
+    raise NotImplementedError('Exercise 3.2 (one CartPole step (Euler, Gym CartPole-v1); book §3.1.2, eqs. 5, 6, 7, 8, 9) is not started: replace this line with your solution.')
 
 
 def reinforce_loss(logp: jax.Array, returns: jax.Array, mask: jax.Array,
@@ -104,16 +89,10 @@ def reinforce_loss(logp: jax.Array, returns: jax.Array, mask: jax.Array,
     gradient, ``d loss / d logp = -mask * (G - b) / E``. Returns a scalar.
     """
     logp = jnp.asarray(logp)
-    if logp.ndim < 1:
-        raise ValueError(f"logp must have shape [E, T] or [T], got shape {logp.shape}")
-    for name, x in (("returns", returns), ("mask", mask)):
-        if jnp.shape(x) != logp.shape:
-            raise ValueError(f"{name} must have the shape of logp {logp.shape}, got {jnp.shape(x)}")
-    try:
-        jnp.broadcast_shapes(jnp.shape(baseline), logp.shape)
-    except ValueError:
-        raise ValueError(f"baseline must broadcast to logp's shape {logp.shape}, "
-                         f"got shape {jnp.shape(baseline)}") from None
+    returns, mask = as_like(returns, "returns", logp, "logp"), as_like(mask, "mask", logp, "logp")
+    bs = jnp.shape(baseline)
+    if len(bs) > logp.ndim or any(b not in (1, n) for b, n in zip(bs[::-1], logp.shape[::-1])):
+        raise ValueError(f"baseline must broadcast to logp's shape {logp.shape}, got {bs}")
     raise NotImplementedError('Exercise 3.3 (the REINFORCE loss; book §6.1.3, eq. 45) is not started: replace this line with your solution.')
 
-# stub fingerprint: f714f16dabdbf85a
+# stub fingerprint: d6e78512a21d13f2

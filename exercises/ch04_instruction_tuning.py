@@ -1,6 +1,6 @@
 """Exercises of chapter 4: Instruction tuning (SFT).
 
-Book: book ch. 4 (§4.1 chat templates, §4.3 implementation details; App. A.1 eq. 142); the lectures' SFT loss masking (seed 001).
+Book: book ch. 4 (§4.1 chat templates, §4.3 implementation details; App. A.1 eq. 142); the lecture notes' SFT loss masking.
 Exercises: 4.1 the book's chat templates (ChatML, Zephyr, Tulu), 4.2 the loss mask: all assistant turns or the last, 4.3 the SFT loss (masked next-token NLL), 4.4 sequence packing.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from typing import Sequence
 
+from rlhf_book.lm.checks import check_choice
 from rlhf_book.lm import tokenizer
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean
-from rlhf_book.ch04_instruction_tuning import CHAT_STYLES, Message, SFTBatch, check_roles
+from rlhf_book.ch04_instruction_tuning.losses import CHAT_STYLES, Message, SFTBatch, check_roles
 
 
 def apply_chat_template(messages: Sequence[Message], style: str = "chatml", *,
@@ -36,15 +37,15 @@ def apply_chat_template(messages: Sequence[Message], style: str = "chatml", *,
     no BOS, which matches only ``bos_token=""`` (the default here; an erratum in the guide).
     Contents are stripped, as the template's ``| trim`` does.
     """
-    if style not in CHAT_STYLES:
-        raise ValueError(f"style must be one of {sorted(CHAT_STYLES)}, got {style!r}")
+    check_choice(style, "style", CHAT_STYLES)
     check_roles(messages)
     fmt = CHAT_STYLES[style]
     raise NotImplementedError("Exercise 4.1 (the book's chat templates (ChatML, Zephyr, Tulu); book §4.1) is not started: replace this line with your solution.")
 
 
-def loss_mask_for(messages: Sequence[Message], mode: str = "all_assistant") -> tuple[list[int], list[int]]:
-    """Token ids of a conversation and the loss mask SFT trains with (book §4.3, L798-L800).
+def loss_mask_for(messages: Sequence[Message],
+                  mode: str = "all_assistant") -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and the loss mask SFT trains with (book §4.3).
 
     ``mode="all_assistant"`` trains every assistant turn (the book's option 2, "mask the user
     turns"); ``mode="last_turn"`` only the final one (option 1: earlier assistant turns are
@@ -52,8 +53,7 @@ def loss_mask_for(messages: Sequence[Message], mode: str = "all_assistant") -> t
     so the model learns to stop, and never the ``<|assistant|>`` header, which the prompt
     supplies at generation time.
     """
-    if mode not in ("all_assistant", "last_turn"):
-        raise ValueError(f"mode must be 'all_assistant' or 'last_turn', got {mode!r}")
+    check_choice(mode, "mode", ("all_assistant", "last_turn"))
     check_roles(messages)
     raise NotImplementedError('Exercise 4.2 (the loss mask: all assistant turns or the last; book §4.3) is not started: replace this line with your solution.')
 
@@ -72,7 +72,7 @@ def sft_loss(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) -> jax.
 
 def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int) -> SFTBatch:
     """Pack examples into rows of ``length`` tokens, in order, starting a new row when the next
-    example does not fit (book §4.3, L797-L802: packing fills the context with useful tokens).
+    example does not fit (book §4.3: packing fills the context with useful tokens).
 
     Each example keeps its own segment id, so with ``gpt.forward(..., segment_ids=...)`` it
     attends only to itself and its positions restart at 0: its logits, and so the loss, are
@@ -81,4 +81,4 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], lengt
     """
     raise NotImplementedError('Exercise 4.4 (sequence packing; book §4.3) is not started: replace this line with your solution.')
 
-# stub fingerprint: 928119825b9fbc08
+# stub fingerprint: 5921322a4181cb9b

@@ -1,6 +1,6 @@
 """Exercises of chapter 5: Reward models: Bradley-Terry and its family.
 
-Book: book ch. 5 (§5.1 eqs. 12-17, §5.2-5.3, §5.4 eqs. 18-20, §5.5 eq. 21, §5.6 eq. 22, §5.7 types of reward model); the lectures' reward-model material (seeds 000-003, seed 003's six pairs and exercises 1-2).
+Book: book ch. 5 (§5.1 eqs. 12, 13, 14, 15, 16, 17; §5.2, §5.3; §5.4 eqs. 18, 19, 20; §5.5 eq. 21; §5.6 eq. 22; §5.7 types of reward model); the lecture notes' reward-model material (their lesson's six pairs and its two exercises).
 Exercises: 5.1 the Bradley-Terry loss, with Llama 2's margin, 5.2 balancing the C(K, 2) comparisons of a prompt, 5.3 the Plackett-Luce ranking loss, 5.4 the last real token under left or right padding, 5.5 mean pooling (the lecture's exercise 1), 5.6 reward margins on seen and unseen pairs (the lecture's exercise 2).
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -22,30 +22,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_book.lm.checks import as_float_vectors
 from rlhf_book.lm.checks import as_float_array
-from rlhf_book.lm.checks import as_float_array, check_rank
 from rlhf_book.lm.ops import masked_mean
-from rlhf_book.ch05_reward_models import _check_same_shape
 
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Array:
     """Mean negative log-likelihood of the preferences,
-    ``mean(-log sigmoid(r_c - r_r - m))`` (book §5.1, eqs. 16-17; §5.4.1, eq. 18).
+    ``mean(-log sigmoid(r_c - r_r - m))`` (book §5.1, eqs. 16, 17; §5.4.1, eq. 18).
 
     Shapes: ``chosen_rewards [N]``, ``rejected_rewards [N]``, ``margin`` ``None`` (no margin,
     eq. 16 of InstructGPT), a scalar or ``[N]`` (Llama 2: the rating gap, e.g. 5 - 2 = 3 for
-    ratings 5 and 2). Returns a scalar.
+    ratings 5 and 2; :func:`~rlhf_book.ch05_reward_models.encode_pairs` checks its shape).
+    Returns a scalar.
 
-    ``-log sigmoid(d) = softplus(-d) = log(1 + exp(-d))`` (eq. 17, Askell et al.) is computed by
-    ``jax.nn.softplus``, finite for any ``d``: at ``d = -1e4`` the loss is ``1e4``, where the
-    seeds' ``-log(sigmoid(d) + 1e-8)`` stops at 18.4 and its gradient vanishes.
+    ``-log sigmoid(d) = softplus(-d) = log(1 + exp(-d))`` (eq. 17, Askell et al. 2021) is
+    computed by ``jax.nn.softplus``, finite with a gradient for any ``d``: at ``d = -1e4`` the
+    loss is ``1e4``.
     """
-    r_c, r_r = as_float_array(chosen_rewards, "chosen_rewards"), as_float_array(rejected_rewards,
-                                                                       "rejected_rewards")
-    _check_same_shape(r_c, r_r, "chosen_rewards", "rejected_rewards")
-    if r_c.ndim != 1 or r_c.shape[0] < 1:
-        raise ValueError(f"chosen_rewards must have shape [N] with N >= 1, got shape {r_c.shape}")
-    raise NotImplementedError("Exercise 5.1 (the Bradley-Terry loss, with Llama 2's margin; book §5.1, eqs. 16-17; §5.4.1, eq. 18) is not started: replace this line with your solution.")
+    r_c, r_r = as_float_vectors((chosen_rewards, "chosen_rewards"),
+                                (rejected_rewards, "rejected_rewards"))
+    raise NotImplementedError("Exercise 5.1 (the Bradley-Terry loss, with Llama 2's margin; book §5.1, eqs. 16, 17; §5.4.1, eq. 18) is not started: replace this line with your solution.")
 
 
 def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
@@ -61,14 +58,9 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     over the prompts with at least two valid completions (0 when there are none). Averaging each
     prompt's pairs first gives every prompt the same weight whatever its ``K``, so a prompt with
     9 completions (36 correlated pairs) does not count 6 times as much as one with 4 (6 pairs).
-
-    Erratum (eq. 19): the book puts a constant ``1 / C(K, 2)`` in front of an expectation over
-    *pairs*, which only rescales the loss; the per-prompt average above is what InstructGPT does.
     """
-    s = as_float_array(scores, "scores")
-    check_rank(s, 2, "scores", "[P, K]")
-    valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid).astype(bool)
-    _check_same_shape(s, valid, "scores", "valid")
+    s = as_float_array(scores, "scores", "[P, K]")
+    valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid) > 0
     raise NotImplementedError('Exercise 5.2 (balancing the C(K, 2) comparisons of a prompt; book §5.4.2, eq. 19 (per prompt)) is not started: replace this line with your solution.')
 
 
@@ -86,19 +78,15 @@ def plackett_luce_loss(scores) -> jax.Array:
     this is :func:`bradley_terry_loss`. The reversed cumulative ``logsumexp`` keeps it finite
     for scores of any size.
     """
-    s = as_float_array(scores, "scores")
-    check_rank(s, 2, "scores", "[N, K]")
-    if s.shape[0] < 1 or s.shape[1] < 2:
-        raise ValueError(f"scores must have shape [N, K] with N >= 1 and K >= 2, got {s.shape}")
+    s = as_float_array(scores, "scores", "[N, K]")
     raise NotImplementedError('Exercise 5.3 (the Plackett-Luce ranking loss; book §5.4.3, eq. 20) is not started: replace this line with your solution.')
 
 
 def last_token_index(mask) -> jax.Array:
-    """Index of the last 1 in each row of ``mask [N, T]``: ``[N]`` int32.
+    """Index of the last 1 in each row of ``mask [N, T]``: ``[N]`` int32 (book §5.3).
 
-    The book's code takes ``mask.sum(1) - 1``, which is the last real token only when padding
-    is on the right; with left padding (the usual layout for generation) it points into the
-    middle of the sequence. Searching for the last 1 works for both. A row with no 1 gives
+    Searching for the last 1 finds the last real token under left *and* right padding (the
+    book's ``mask.sum(1) - 1`` is right only under right padding). A row with no 1 gives
     ``T - 1``; callers that can meet empty rows must mask them out.
     """
     raise NotImplementedError('Exercise 5.4 (the last real token under left or right padding; book §5.3) is not started: replace this line with your solution.')
@@ -107,13 +95,13 @@ def last_token_index(mask) -> jax.Array:
 def mean_pool(hidden, mask) -> jax.Array:
     """Mean of the hidden states of the real tokens: ``hidden [N, T, D]``, ``mask [N, T]`` ->
     ``[N, D]`` (zeros for a row with no real token). The alternative to last-token pooling in
-    the lecture notes' exercise 1."""
+    the exercise of the lecture notes' reward-model lesson."""
     raise NotImplementedError("Exercise 5.5 (mean pooling (the lecture's exercise 1); ch05 guide, 'Pooling') is not started: replace this line with your solution.")
 
 
 def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
-    """The lesson's exercise 2, calibration: mean reward of the chosen and of the rejected
-    responses, their gap (the margin) and the fraction of pairs ranked the right way round.
+    """Calibration (the exercise of the lecture notes' reward-model lesson): mean reward of the
+    chosen and of the rejected responses, their gap (the margin) and the fraction of pairs ranked the right way round.
 
     ``chosen_rewards [N]``, ``rejected_rewards [N]``. The margin is a difference of rewards, so
     it is unchanged when every reward shifts by a constant (the only thing a Bradley-Terry model
@@ -126,4 +114,4 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: 457b30606645b017
+# stub fingerprint: d7d1193e00212ae4

@@ -1,6 +1,6 @@
 """Exercises of chapter 6: Policy gradients: REINFORCE, RLOO, PPO, GRPO, GSPO, CISPO.
 
-Book: book ch. 6 (§6.1.1-6.1.4 REINFORCE and RLOO, eqs. 23-49; §6.1.5 PPO, eqs. 50-54; §6.1.6 GRPO and Dr. GRPO, eqs. 55-60; §6.1.7 GSPO, eqs. 61-64; §6.1.8 CISPO, eqs. 65-66; §6.2.2 loss aggregation, eqs. 67-69; §6.2.4 truncated importance sampling, eqs. 70-72; §6.2.5-6.2.6 where the KL goes, eq. 74; §6.3.2 GAE, eqs. 75-77; §6.3.3-6.3.4 clip fraction and DAPO); the KL estimators of §15 (Schulman 2020).
+Book: book ch. 6 (§6.1.1 to §6.1.4 REINFORCE and RLOO, eqs. 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49; §6.1.5 PPO, eqs. 50, 51, 52, 53, 54; §6.1.6 GRPO and Dr. GRPO, eqs. 55, 56, 57, 58, 59, 60; §6.1.7 GSPO, eqs. 61, 62, 63, 64; §6.1.8 CISPO, eqs. 65, 66; §6.2.2 loss aggregation, eqs. 67, 68, 69; §6.2.4 truncated importance sampling, eqs. 70, 71, 72; §6.2.5, §6.2.6 where the KL goes, eq. 74; §6.3.2 GAE, eqs. 75, 76, 77; §6.3.3, §6.3.4 clip fraction and DAPO); the KL estimators of §15 (Schulman 2020).
 Exercises: 6.1 the RLOO leave-one-out advantage, 6.2 PPO's clipped surrogate objective, 6.3 GRPO's group advantage (and Dr. GRPO's), 6.4 GSPO's sequence-level importance ratio, 6.5 CISPO: clip the weight, not the objective, 6.6 the three loss aggregations, 6.7 truncated importance-sampling weights, 6.8 generalised advantage estimation (GAE).
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -22,14 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_book.lm.checks import as_float_array, check_rank
+from rlhf_book.lm.checks import as_float_array, as_like
 from rlhf_book.lm.ops import masked_mean
+from rlhf_book.lm.checks import as_float_array, as_like, check_choice
 from rlhf_book.lm.ops import masked_mean, masked_sum
-from rlhf_book.lm.checks import as_float_array
-from rlhf_book.ch06_policy_gradients.losses import AGGREGATIONS, LOG_RATIO_CLAMP, _check_clip, _group_rewards, _ratio, _token_arrays, token_advantages
+from rlhf_book.ch06_policy_gradients.losses import AGGREGATIONS, LOG_RATIO_CLAMP, _ratio, token_advantages
 
 
 def rloo_advantages(rewards) -> jax.Array:
-    """REINFORCE leave-one-out (book §6.1.4, eqs. 47-48; Kool et al. 2019, Ahmadian et al.
+    """REINFORCE leave-one-out (book §6.1.4, eqs. 47, 48; Kool et al. 2019, Ahmadian et al.
     2024): ``A_i = r_i - mean_{j != i} r_j`` within each prompt's group.
 
     ``rewards [B, G]`` (``G >= 2``) -> ``[B, G]``. Computed as ``r_i - (sum_j r_j - r_i) /
@@ -37,8 +39,8 @@ def rloo_advantages(rewards) -> jax.Array:
     the sample's own reward out, so it is independent of the sampled action and the gradient
     stays exactly unbiased.
     """
-    rewards = _group_rewards(rewards)
-    raise NotImplementedError('Exercise 6.1 (the RLOO leave-one-out advantage; book §6.1.4, eqs. 47-49) is not started: replace this line with your solution.')
+    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
+    raise NotImplementedError('Exercise 6.1 (the RLOO leave-one-out advantage; book §6.1.4, eqs. 47, 48, 49) is not started: replace this line with your solution.')
 
 
 def ppo_objective(ratio, advantages, clip_low=0.2, clip_high=0.2) -> jax.Array:
@@ -50,7 +52,7 @@ def ppo_objective(ratio, advantages, clip_low=0.2, clip_high=0.2) -> jax.Array:
     ``clip_high > clip_low`` is DAPO's clip-higher. The ``min`` makes ``J`` a pessimistic
     bound: for ``A > 0`` it is flat (zero gradient) once ``rho > 1 + clip_high``; for ``A < 0``
     once ``rho < 1 - clip_low``. On the other side of 1 the unclipped branch is chosen and the
-    gradient is not zero (the book's §6.1.7 says otherwise; erratum E38).
+    gradient is not zero (the book's §6.1.7 says otherwise: see the guide's errata).
     """
     raise NotImplementedError("Exercise 6.2 (PPO's clipped surrogate objective; book §6.1.5.1, eq. 52 and Figure 20) is not started: replace this line with your solution.")
 
@@ -65,8 +67,8 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
     all-equal group gets ``A = 0``, not NaN. ``scale=False`` is Dr. GRPO (eq. 58; Liu et al.
     2025): ``A_i = r_i - mean``, which is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
     """
-    rewards = _group_rewards(rewards)
-    raise NotImplementedError("Exercise 6.3 (GRPO's group advantage (and Dr. GRPO's); book §6.1.6, eqs. 57-60) is not started: replace this line with your solution.")
+    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
+    raise NotImplementedError("Exercise 6.3 (GRPO's group advantage (and Dr. GRPO's); book §6.1.6, eqs. 57, 58, 59, 60) is not started: replace this line with your solution.")
 
 
 def gspo_sequence_ratio(logp, old_logp, mask) -> jax.Array:
@@ -77,13 +79,13 @@ def gspo_sequence_ratio(logp, old_logp, mask) -> jax.Array:
 
     ``[N, T]`` inputs -> ``[N]``; 1 for an empty row. The geometric mean keeps the ratio of a
     long sequence near 1 (a product of hundreds of token ratios would not be)."""
-    mask, logp, old_logp = _token_arrays(mask, logp=logp, old_logp=old_logp)
+    old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     raise NotImplementedError("Exercise 6.4 (GSPO's sequence-level importance ratio; book §6.1.7, eq. 63) is not started: replace this line with your solution.")
 
 
 def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str = "per_token",
                max_length: int | None = None) -> jax.Array:
-    """CISPO's loss (book §6.1.8, eqs. 65-66; MiniMax-M1, 2025): clip the importance *weight*,
+    """CISPO's loss (book §6.1.8, eqs. 65, 66; MiniMax-M1, 2025): clip the importance *weight*,
     not the objective, and hold it constant:
 
         loss_t = -stop_gradient(min(rho_t, ratio_cap)) * A_t * log pi_theta(a_t | s_t)
@@ -94,16 +96,15 @@ def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str
     book's two-sided ``clip(rho, 1 - eps_low, 1 + eps_high)`` would *raise* the weight of a
     token whose probability fell). Aggregated per token (eq. 65's ``1 / sum_i |a_i|``).
     """
-    mask, logp, old_logp = _token_arrays(mask, logp=logp, old_logp=old_logp)
-    _check_clip(ratio_cap, "ratio_cap")
+    old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
-    raise NotImplementedError('Exercise 6.5 (CISPO: clip the weight, not the objective; book §6.1.8, eqs. 65-66) is not started: replace this line with your solution.')
+    raise NotImplementedError('Exercise 6.5 (CISPO: clip the weight, not the objective; book §6.1.8, eqs. 65, 66) is not started: replace this line with your solution.')
     return aggregate_loss(per_token, mask, aggregation, max_length)
 
 
 def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
                    max_length: int | None = None) -> jax.Array:
-    """Reduce a per-token loss ``[N, T]`` to a scalar (book §6.2.2, eqs. 67-69):
+    """Reduce a per-token loss ``[N, T]`` to a scalar (book §6.2.2, eqs. 67, 68, 69):
 
     * ``"per_sequence"`` (eq. 67, the original GRPO): ``mean_i (sum_t l_it / |a_i|)`` -- every
       sequence weighs the same, so a token of a short sequence weighs more. Rows with no
@@ -117,14 +118,14 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
     The book's example: token losses ``[1, 1, 1, 1, 10]`` and ``[1] * 9 + [10]`` give 2.35,
     2.2 and (with ``max_length = 10``) 1.65, the mean of 1.4 and 1.9.
     """
-    mask, per_token_loss = _token_arrays(mask, per_token_loss=per_token_loss)
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"mode must be one of {AGGREGATIONS}, got {mode!r}")
-    raise NotImplementedError('Exercise 6.6 (the three loss aggregations; book §6.2.2, eqs. 67-69) is not started: replace this line with your solution.')
+    per_token_loss = as_float_array(per_token_loss, "per_token_loss")
+    mask = as_like(mask, "mask", per_token_loss, "per_token_loss [N, T]")
+    check_choice(mode, "mode", AGGREGATIONS)
+    raise NotImplementedError('Exercise 6.6 (the three loss aggregations; book §6.2.2, eqs. 67, 68, 69) is not started: replace this line with your solution.')
 
 
 def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float = 10.0):
-    """Truncated importance-sampling weights (book §6.2.4, eq. 70, code C6; Yao et al. 2025):
+    """Truncated importance-sampling weights (book §6.2.4, eq. 70 and its TIS code; Yao et al. 2025):
 
         w_t = min(pi_learner(a_t) / pi_sampler(a_t), cap)
 
@@ -135,17 +136,13 @@ def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float =
     2, 2]``.
     """
     learner_logp = as_float_array(learner_logp, "learner_logp")
-    sampler_logp = as_float_array(sampler_logp, "sampler_logp")
-    if learner_logp.shape != sampler_logp.shape:
-        raise ValueError(f"sampler_logp must have the shape of learner_logp "
-                         f"{learner_logp.shape}, got {sampler_logp.shape}")
-    _check_clip(cap, "cap")
-    raise NotImplementedError('Exercise 6.7 (truncated importance-sampling weights; book §6.2.4, eq. 70 and code C6) is not started: replace this line with your solution.')
+    sampler_logp = as_like(sampler_logp, "sampler_logp", learner_logp, "learner_logp")
+    raise NotImplementedError('Exercise 6.7 (truncated importance-sampling weights; book §6.2.4, eq. 70 and its TIS code) is not started: replace this line with your solution.')
 
 
 def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     """Generalised advantage estimation over the tokens of each completion (book §6.3.2,
-    eqs. 75-77, code C10; Schulman et al. 2016):
+    eqs. 75, 76, 77 and its GAE code; Schulman et al. 2016):
 
         delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)
         A_t     = delta_t + gamma * lam * A_{t+1}        = sum_l (gamma lam)^l delta_{t+l}
@@ -159,15 +156,13 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     a final value of 0. ``lam = 1`` gives Monte-Carlo returns minus ``V``; ``lam = 0`` one-step
     TD. Computed backwards with one ``lax.scan`` over ``T``.
     """
-    mask, rewards, values = _token_arrays(mask, rewards=rewards, values=values)
-    for name, value in (("gamma", gamma), ("lam", lam)):
-        if not isinstance(value, jax.core.Tracer) and not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    values = as_like(values, "values", rewards := as_float_array(rewards, "rewards"), "rewards")
+    mask = as_like(mask, "mask", rewards, "rewards [N, T]")
     dtype = jnp.result_type(rewards, values)  # one dtype for the scan's carry
     rewards, values = rewards.astype(dtype), values.astype(dtype)
     gamma, lam = jnp.asarray(gamma, dtype), jnp.asarray(lam, dtype)
-    raise NotImplementedError('Exercise 6.8 (generalised advantage estimation (GAE); book §6.3.2, eqs. 75-77 and code C10) is not started: replace this line with your solution.')
+    raise NotImplementedError('Exercise 6.8 (generalised advantage estimation (GAE); book §6.3.2, eqs. 75, 76, 77 and its GAE code) is not started: replace this line with your solution.')
     returns = jnp.where(mask > 0, advantages + values, 0.0)
     return advantages, returns
 
-# stub fingerprint: e84fa0096c06563b
+# stub fingerprint: 6fc2573d39d11028

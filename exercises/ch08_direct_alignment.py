@@ -1,6 +1,6 @@
 """Exercises of chapter 8: Direct alignment: DPO and its family.
 
-Book: book ch. 8 (§8.1.1 the DPO loss, eqs. 79-81; §8.1.2.1 the optimal policy, eqs. 82-95; §8.1.2.2 the Bradley-Terry objective, eqs. 96-105; §8.1.2.3 the gradient, eqs. 106-108; §8.2 cDPO, robust DPO, IPO, SLiC, SimPO, ORPO, preference displacement, online DPO; §8.3 the original implementation; §8.5 online vs offline); KTO (not in the book).
+Book: book ch. 8 (§8.1.1 the DPO loss, eqs. 79, 80, 81; §8.1.2.1 the optimal policy, eqs. 82, 87, 94, 95; §8.1.2.2 the Bradley-Terry objective, eqs. 96, 100, 104, 105; §8.1.2.3 the gradient, eqs. 106, 107, 108; §8.2 cDPO, robust DPO, IPO, SLiC, SimPO, ORPO, preference displacement, online DPO; §8.3 the original implementation; §8.5 online vs offline); KTO (not in the book).
 Exercises: 8.1 the DPO loss (and cDPO's label smoothing), 8.2 DPO's gradient weight, 8.3 the KL-regularised optimum pi* (eq. 95), 8.4 the population DPO loss on exact preferences, 8.5 IPO's squared loss, 8.6 SimPO: length-normalised, with a margin, 8.7 ORPO's odds-ratio term.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -22,25 +22,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_array
+from rlhf_book.lm.checks import check_range
 from rlhf_book.lm.checks import as_float_vectors
-from rlhf_book.ch08_direct_alignment.losses import _check_beta, _check_smoothing, _distribution, _log1mexp, dpo_logits, log_partition
+from rlhf_book.ch08_direct_alignment.losses import _AVERAGE_NAMES, _log1mexp, dpo_logits, log_partition
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              beta=0.1, label_smoothing=0.0) -> jax.Array:
-    """The DPO loss ``mean(-log sigmoid(beta h))`` (book eq. 79 = eq. 105; Rafailov et al. 2023).
+    """The DPO loss of each pair, ``-log sigmoid(beta h)`` ``[N]`` (book eq. 79, the same as eq.
+    105; Rafailov et al. 2023); the loss of a batch is their mean.
 
     ``label_smoothing = eps > 0`` is conservative DPO (cDPO; TRL's ``sigmoid`` loss): each label
     is taken to be flipped with probability ``eps``, so the loss is the cross-entropy against
     a soft target, ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``, whose optimum
     is a finite ``h* = log((1 - eps) / eps) / beta`` instead of ``h -> infinity``.
 
-    Shapes: four ``[N]`` sequence log-probs; returns a scalar. At ``pi = pi_ref`` every ``h`` is
-    0 and the loss is ``log 2``.
+    Shapes: four ``[N]`` sequence log-probs; returns ``[N]``. At ``pi = pi_ref`` every ``h`` is
+    0 and every loss is ``log 2``.
     """
-    _check_beta(beta)
-    _check_smoothing(label_smoothing)
+    check_range(beta, "beta", 0, strict=True)
+    check_range(label_smoothing, "label_smoothing", 0, 0.5)
     raise NotImplementedError("Exercise 8.1 (the DPO loss (and cDPO's label smoothing); book §8.1.1, eq. 79; §8.2 (cDPO)) is not started: replace this line with your solution.")
 
 
@@ -50,61 +51,55 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     108): ``grad L = -beta E[w (grad log pi(y_c) - grad log pi(y_r))]``. ``w`` is near 1 when the
     implicit reward ranks the pair the wrong way round and near 0 when it already ranks it
     right by a wide margin; ``1/2`` at ``pi = pi_ref``."""
-    _check_beta(beta)
-    raise NotImplementedError("Exercise 8.2 (DPO's gradient weight; book §8.1.1, eq. 81; §8.1.2.3, eqs. 106-108) is not started: replace this line with your solution.")
+    raise NotImplementedError("Exercise 8.2 (DPO's gradient weight; book §8.1.1, eq. 81; §8.1.2.3, eqs. 106, 107, 108) is not started: replace this line with your solution.")
 
 
 def optimal_policy(ref_probs, rewards, beta) -> jax.Array:
     """The maximiser of the KL-regularised objective, ``pi*(y) = pi_ref(y) exp(r(y) / beta) /
     Z`` (book eq. 95), ``[K]``: the reference tilted towards reward, more sharply the smaller
     ``beta``. Computed in log space, so a small ``beta`` does not overflow."""
-    raise NotImplementedError('Exercise 8.3 (the KL-regularised optimum pi* (eq. 95); book §8.1.2.1, eqs. 82-95) is not started: replace this line with your solution.')
+    raise NotImplementedError('Exercise 8.3 (the KL-regularised optimum pi* (eq. 95); book §8.1.2.1, eqs. 82, 87, 94, 95) is not started: replace this line with your solution.')
 
 
 def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
-    """The DPO loss over **every** ordered pair of a finite response set, each labelled by the
-    Bradley-Terry probability of the true reward, ``p(i > j) = sigmoid(r_i - r_j)`` (book eq.
-    96): the loss of infinite, fully covering preference data. ``policy_logits [K]`` define
-    ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of eq. 95, which is what DPO
-    claims; a scalar."""
-    _check_beta(beta)
-    ref_probs = _distribution(ref_probs, "ref_probs")
-    rewards = _distribution(rewards, "rewards")
-    raise NotImplementedError('Exercise 8.4 (the population DPO loss on exact preferences; book §8.1.2.2, eqs. 96-105) is not started: replace this line with your solution.')
+    """The DPO loss averaged over **every** ordered pair of a finite response set, each
+    labelled by the Bradley-Terry probability of the true reward, ``p(i > j) = sigmoid(r_i -
+    r_j)`` (book eq. 96): the loss of infinite, fully covering preference data (eq. 105).
+    ``policy_logits [K]`` define ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of
+    eq. 95, which is what DPO claims; a scalar."""
+    ref_probs, rewards = jnp.asarray(ref_probs), jnp.asarray(rewards)
+    raise NotImplementedError('Exercise 8.4 (the population DPO loss on exact preferences; book §8.1.2.2, eqs. 96, 100, 104, 105) is not started: replace this line with your solution.')
 
 
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              beta=0.1) -> jax.Array:
-    """IPO (Azar et al. 2023): ``mean((h - 1 / (2 beta))^2)``, on the log-probs as given (sums,
-    as in the paper; TRL length-averages them first). A squared loss pulls ``h`` to the finite
-    target ``1 / (2 beta)`` even when every label agrees, where DPO's ``h`` grows without bound.
-    IPO is the PsiPO family's choice ``Psi = identity``; the book's ``Psi(q) = log(q / (1 - q))``
-    is the choice that gives back DPO (erratum in the guide). Four ``[N]``; a scalar."""
-    _check_beta(beta)
-    raise NotImplementedError("Exercise 8.5 (IPO's squared loss; book §8.2, L2748 (IPO is Psi = identity; ch08 guide, erratum 1)) is not started: replace this line with your solution.")
+    """IPO (Azar et al. 2023): ``(h - 1 / (2 beta))^2`` per pair ``[N]``, on the log-probs as
+    given (sums, as in the paper; TRL length-averages them first). A squared loss pulls ``h`` to
+    the finite target ``1 / (2 beta)`` even when every label agrees, where DPO's ``h`` grows
+    without bound. IPO is the PsiPO family's choice ``Psi = identity`` (the book's ``Psi(q) =
+    log(q / (1 - q))`` is the choice that gives back DPO; see the guide's errata)."""
+    check_range(beta, "beta", 0, strict=True)
+    raise NotImplementedError("Exercise 8.5 (IPO's squared loss; book §8.2; Azar et al. 2023 (IPO is Psi = identity; ch08 guide, errata)) is not started: replace this line with your solution.")
 
 
 def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax.Array:
-    """SimPO (Meng et al. 2024): ``mean(-log sigmoid(beta (ac - ar) - gamma))`` on the
-    **per-token average** log-probs ``ac, ar`` ``[N]`` (``sequence_log_probs(...,
-    average=True)``). No reference model, and a target margin ``gamma`` (book L2754 mentions
-    only the length normalisation). Returns a scalar."""
-    _check_beta(beta)
-    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
-                              (avg_rejected_logps, "avg_rejected_logps"))
-    raise NotImplementedError('Exercise 8.6 (SimPO: length-normalised, with a margin; book §8.2, L2754) is not started: replace this line with your solution.')
+    """SimPO (Meng et al. 2024): ``-log sigmoid(beta (ac - ar) - gamma)`` per pair ``[N]``, on
+    the **per-token average** log-probs ``ac, ar`` ``[N]`` (``sequence_log_probs(...,
+    average=True)``). No reference model, and a target margin ``gamma`` (the book mentions only
+    the length normalisation, §8.2)."""
+    ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
+    raise NotImplementedError('Exercise 8.6 (SimPO: length-normalised, with a margin; book §8.2; Meng et al. 2024) is not started: replace this line with your solution.')
 
 
 def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
-    """ORPO's odds-ratio term (Hong et al. 2024): ``mean(-log sigmoid(log odds(y_c) - log
-    odds(y_r)))`` with ``odds(y) = P / (1 - P)`` and ``P = exp(average token log-prob)``
-    ``[N]``. ORPO adds ``lambda`` times this to the chosen completion's NLL, with no reference
-    model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1 stays finite. The
-    averages must be < 0 (``P < 1``). Returns a scalar."""
-    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
-                              (avg_rejected_logps, "avg_rejected_logps"))
+    """ORPO's odds-ratio term (Hong et al. 2024): ``-log sigmoid(log odds(y_c) - log
+    odds(y_r))`` per pair ``[N]``, with ``odds(y) = P / (1 - P)`` and ``P = exp(average token
+    log-prob)`` ``[N]``. ORPO adds ``lambda`` times its mean to the chosen completion's NLL,
+    with no reference model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1
+    stays finite; the averages must be < 0 (``P < 1``)."""
+    ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
     # P = 1 exactly has infinite odds: keep the log-prob a hair below 0.
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
-    raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2, L2753) is not started: replace this line with your solution.")
+    raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2; Hong et al. 2024) is not started: replace this line with your solution.")
 
-# stub fingerprint: 617df68f7b1b9b5b
+# stub fingerprint: 483b020bd5159cad

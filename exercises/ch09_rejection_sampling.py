@@ -1,6 +1,6 @@
 """Exercises of chapter 9: Rejection sampling and best-of-N.
 
-Book: book ch. 9 (§9.1 the training process: eqs. 109-116, the worked example eqs. 117-123, the code snippet, Figure 28; §9.2 implementation details; §9.3 best-of-N, eqs. 124-125, with the KL of best-of-N from Stiennon et al. 2020 and Beirami et al. 2024).
+Book: book ch. 9 (§9.1 the training process: eqs. 109, 110, 111, 112, 113, 114, 115, 116, the worked example eqs. 117, 118, 119, 120, 121, 122, 123, the code snippet, Figure 28; §9.2 implementation details; §9.3 best-of-N, eqs. 124, 125, with the KL of best-of-N from Stiennon et al. 2020 and Beirami et al. 2024).
 Exercises: 9.1 the top K (prompt, completion) pairs of the reward matrix, 9.2 undoing a sort: the inverse permutation of the book's snippet, 9.3 the KL of best-of-N from the base policy.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -22,44 +22,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.ch09_rejection_sampling import _check_n, _concrete, _reward_matrix, unflatten_index
+from rlhf_book.lm.checks import check_rank
+from rlhf_book.lm.checks import check_range
+from rlhf_book.ch09_rejection_sampling.selection import _reward_matrix, unflatten_index
 
 
 def select_top_overall(rewards, k: int):
-    """The ``k`` best ``(prompt, completion)`` pairs of the whole matrix (book §9.1, eqs.
-    115-116): flatten ``rewards [B, N]`` row-major, take the ``k`` largest, map each flat index
+    """The ``k`` best ``(prompt, completion)`` pairs of the whole matrix (book §9.1, eqs. 115,
+    116): flatten ``rewards [B, N]`` row-major, take the ``k`` largest, map each flat index
     back with :func:`unflatten_index`. Returns ``(prompt_idx [k], completion_idx [k])``, best
-    first, ties to the lower flat index (``jax.lax.top_k``'s order). Unlike the per-prompt rule
-    a prompt may contribute several completions or none.
-
-    Erratum: eq. (116) writes ``S_K(R_flat) = argsort(R_flat)[-K:]`` with an ascending argsort,
-    which on the worked example returns the right *set* in ascending order, ``[0, 11, 5, 14,
-    8]``, while eq. (123) prints ``[8, 5, 14, 0, 11]``: the descending order, i.e.
-    ``argsort(-R_flat, stable)[:K]`` or ``lax.top_k``. We return the printed, best-first order;
-    which completions are kept (the set) is the same either way.
-    """
+    first (the order eq. 123 prints; the guide's errata explain eq. 116's ascending argsort),
+    ties to the lower flat index (``jax.lax.top_k``'s order). Unlike the per-prompt rule a
+    prompt may contribute several completions or none."""
     rewards = _reward_matrix(rewards)
     B, N = rewards.shape
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= B * N:
         raise ValueError(f"k must be an int in [1, B * N] = [1, {B * N}], got {k!r}")
-    raise NotImplementedError('Exercise 9.1 (the top K (prompt, completion) pairs of the reward matrix; book §9.1, eqs. 115-116 and the worked example, eqs. 121-123) is not started: replace this line with your solution.')
+    raise NotImplementedError('Exercise 9.1 (the top K (prompt, completion) pairs of the reward matrix; book §9.1, eqs. 115, 116 and the worked example, eqs. 121, 122, 123) is not started: replace this line with your solution.')
 
 
 def inverse_permutation(perm) -> jax.Array:
     """``inv`` with ``inv[perm] = arange(n)``, so that ``x[perm][inv] == x``: how to undo a sort
-    (book §9.1's code snippet, L2942-2961, scatter form; ``argsort(perm)`` is its second form).
-
-    The snippet is titled as an implementation of the selection methods but implements
-    neither: it only undoes a sort (selection itself is :func:`select_top_per_prompt` and
-    :func:`select_top_overall`)."""
+    (book §9.1's code snippet, scatter form; ``argsort(perm)`` is its second form). ``perm``
+    is a permutation of ``0 .. n-1``, ``[n]`` integers. The snippet is titled as an
+    implementation of the selection methods but only undoes a sort (see the guide)."""
     perm = jnp.asarray(perm)
-    if perm.ndim != 1 or not jnp.issubdtype(perm.dtype, jnp.integer):
-        raise ValueError(f"perm must be a rank-1 integer array, got shape {perm.shape} and "
-                         f"dtype {perm.dtype}")
+    check_rank(perm, 1, "perm", "[n]")
     n = perm.shape[0]
-    if _concrete(perm) and not np.array_equal(np.sort(np.asarray(perm)), np.arange(n)):
-        raise ValueError(f"perm must be a permutation of 0..{n - 1}")
-    raise NotImplementedError("Exercise 9.2 (undoing a sort: the inverse permutation of the book's snippet; book §9.1, the code snippet (L2942-2961)) is not started: replace this line with your solution.")
+    raise NotImplementedError("Exercise 9.2 (undoing a sort: the inverse permutation of the book's snippet; book §9.1, the code snippet) is not started: replace this line with your solution.")
 
 
 def best_of_n_kl(n) -> jax.Array:
@@ -68,8 +58,8 @@ def best_of_n_kl(n) -> jax.Array:
     Beirami et al. 2024, who prove it an upper bound). Exact when rewards are
     continuous (no ties); for a discrete distribution :func:`best_of_n_exact_kl` is smaller.
     ``n`` a number or array, every entry ``>= 1``; 0 at ``n = 1``, growing like ``log n``."""
-    _check_n(n, integer=False)
+    check_range(jnp.min(jnp.asarray(n)), "n", 1)
     n = jnp.asarray(n, jnp.result_type(float))
     raise NotImplementedError('Exercise 9.3 (the KL of best-of-N from the base policy; book §9.3; Stiennon et al. 2020, Beirami et al. 2024) is not started: replace this line with your solution.')
 
-# stub fingerprint: 83b465722d80da53
+# stub fingerprint: d5e5268d9f54fafe

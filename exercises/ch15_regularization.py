@@ -1,6 +1,6 @@
 """Exercises of chapter 15: Regularisation: the KL penalty and what else keeps a policy close.
 
-Book: book ch. 15 (§15.1 the KL to a reference, eqs. 126-129, and the implementation example of §15.1.2; §15.2 implicit regularisation: SFT memorises / RL generalises, retaining by doing, RL's razor, eqs. 130-135; §15.3 pretraining gradients (PPO-ptx, DPO + NLL, eqs. 136-139) and margin-based regularisation, eq. 140); Schulman's KL estimators (2020).
+Book: book ch. 15 (§15.1 the KL to a reference, eqs. 126, 127, 128, 129, and the implementation example of §15.1.2; §15.2 implicit regularisation: SFT memorises / RL generalises, retaining by doing, RL's razor, eqs. 130, 131, 132, 133, 134, 135; §15.3 pretraining gradients (PPO-ptx, DPO + NLL, eqs. 136, 137, 138, 139) and margin-based regularisation, eq. 140); Schulman's KL estimators (2020).
 Exercises: 15.1 Schulman's k3 estimator, stable for nearby models, 15.2 the exact KL over the vocabulary, 15.3 the sequence KL of a generation, masked.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_array, check_rank
+from rlhf_book.lm.checks import as_float_array, as_like
+from rlhf_book.lm.checks import as_like, check_rank
 from rlhf_book.lm.ops import masked_sum
 from rlhf_book.lm.kl import LOG_RATIO_CLAMP, log_ratio
-from rlhf_book.ch15_regularization import _like, _logits_pair, _token_mask
 
 
 def kl_k3(logp, ref_logp) -> jax.Array:
@@ -51,7 +51,7 @@ def exact_kl(logits_p, logits_q) -> jax.Array:
     p(v)`` the result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and
     its gradient are finite, and two equal rows give exactly 0.
     """
-    logits_p, logits_q = _logits_pair(logits_p, logits_q, ("logits_p", "logits_q"))
+    logits_q = as_like(logits_q, "logits_q", as_float_array(logits_p, "logits_p"), "logits_p")
     raise NotImplementedError('Exercise 15.2 (the exact KL over the vocabulary; book §15.1, eq. 128) is not started: replace this line with your solution.')
 
 
@@ -74,10 +74,8 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     vocabulary and random only through the prefixes. If generation used a temperature, divide
     both models' logits by it first: the KL is then that of the distributions sampled from.
     """
-    logits = as_float_array(logits, "logits")
-    check_rank(logits, 3, "logits", "[N, T, V]")
-    ref_logits = _like(ref_logits, "ref_logits", logits, "logits", "[N, T, V]")
-    mask = _token_mask(mask, logits.shape[:2], "[N, T]")
+    check_rank(logits := jnp.asarray(logits), 3, "logits", "[N, T, V]")
+    mask = as_like(mask, "mask", logits[..., 0], "[N, T]")
     raise NotImplementedError('Exercise 15.3 (the sequence KL of a generation, masked; book §15.1.2, the implementation example (its kl_full, fixed)) is not started: replace this line with your solution.')
 
-# stub fingerprint: e92f9db3627f25b0
+# stub fingerprint: 0fcc267caab84964

@@ -74,13 +74,15 @@ def _exercises(args) -> int:
 
 
 def _chapter_table(args) -> int:
-    from rlhf_book.textbook import guides, notebooks
+    from rlhf_book.textbook import equations, guides, notebooks
 
     if args.sync:
         changed = guides.sync()
         for path in changed:
             print(f"synced {_relative(path)}")
         print(f"{len(changed)} guide(s) changed")
+        if equations.write_index():
+            print(f"synced {equations.INDEX_PATH}")
         return 0
     print(f"{'chapter':<24}{'notebook':<10}{'guide':<8}{'exercises':<11}{'run time':>8}")
     for chapter in _chapters(args.chapters):
@@ -92,6 +94,9 @@ def _chapter_table(args) -> int:
     problems = guides.stale()
     for line in problems:
         print(f"stale excerpts in {line} (run `rlhf-book chapters --sync`)")
+    if not equations.index_is_current():
+        problems.append(str(equations.INDEX_PATH))
+        print(f"stale {equations.INDEX_PATH} (run `rlhf-book chapters --sync`)")
     return 1 if problems else 0
 
 
@@ -172,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("pipeline", help="run the RLHF recipe end to end on the synthetic world "
-                                        "(pretrain; cached checkpoints)")
+                                        "(pretraining, SFT, reward model, RL, DPO, best-of-N; "
+                                        "cached checkpoints)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny model for a few steps: a seconds-long smoke run")
     p.add_argument("--model", choices=["tiny", "small", "mini"], help="model size (default mini)")
@@ -204,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_exercises)
 
     p = sub.add_parser("chapters", help="list the chapters; check or --sync the code excerpts "
-                                        "of the chapter guides")
+                                        "of the chapter guides and chapters/EQUATIONS.md")
     p.add_argument("chapters", nargs="*", help=chapter_help)
-    p.add_argument("--sync", action="store_true", help="rewrite the guides' excerpts from the source")
+    p.add_argument("--sync", action="store_true",
+                   help="rewrite the guides' excerpts and the equation index from the source")
     p.set_defaults(func=_chapter_table)
 
     p = sub.add_parser("figures", help="regenerate figures/*.png and figures/manifest.json")

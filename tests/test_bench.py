@@ -6,6 +6,7 @@ import pytest
 
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import cli
+from rlhf_book.pipeline import PipelineConfig
 from rlhf_book.textbook import bench
 
 TINY = ["bench", "rl-step", "--model", "tiny", "--prompts", "2", "--group-size", "2",
@@ -26,6 +27,11 @@ def test_rl_step_bench_reports_its_measurements(tmp_path, capsys):
     tokens, ms = 4 * 8, result["generate_ms"]
     assert tokens / ((ms + 0.05) / 1e3) - 1 <= result["generated_tokens_per_s"]
     assert result["generated_tokens_per_s"] <= tokens / (max(ms - 0.05, 1e-3) / 1e3) + 1
+
+
+def test_rl_step_bench_times_the_pipelines_rl_step_by_default():
+    assert bench.RLStepBench().rl == PipelineConfig().rl
+    assert bench.RLStepBench().model == PipelineConfig().model
 
 
 def test_rl_step_bench_rejects_a_context_overflow(capsys):

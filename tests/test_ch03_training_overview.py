@@ -1,13 +1,18 @@
 """Chapter 3 (training overview): returns, the thermostat, CartPole, REINFORCE, eq. 11, recipes.
 
-Expected values come from plain NumPy/Python loops written from the equations (independent of
-the library and of the grading checks' own oracles), from closed forms, and from the numbers
-the book and the reference notes state (thermostat returns 95 / 8 / 0, CartPole's test vectors
-and policy lengths 9 / 56 / 500, the recipes' data sizes).
+Expected values come from the float64 loops written from the equations in
+``rlhf_book.textbook.checks.ch03_training_overview`` (``returns_loop``, ``gym_step``,
+``gym_steps``, ``reinforce_loop``; written once, shared with the grader), a float64 loop of the
+thermostat, closed forms, and numbers computed independently of the library: the thermostat
+returns 95 / 8 / 0 of our dynamics, two CartPole test vectors that ``gymnasium``'s
+``CartPole-v1`` reproduces, the episode lengths 9 / 56 / 500 of three hand-written rules, and
+the data sizes the book states for its recipes.
 """
 
 import dataclasses
 import math
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -23,17 +28,7 @@ from rlhf_book.textbook.checks import ch03_training_overview as checks
 # §3.1 returns
 
 
-def returns_loop(rewards, gamma, dones=None):
-    """Backwards accumulation, one row at a time, in float64."""
-    r = np.atleast_2d(np.asarray(rewards, np.float64))
-    d = np.zeros(r.shape, bool) if dones is None else np.atleast_2d(np.asarray(dones, bool))
-    out = np.zeros_like(r)
-    for b in range(r.shape[0]):
-        g = 0.0
-        for t in reversed(range(r.shape[1])):
-            g = r[b, t] + (0.0 if d[b, t] else gamma * g)
-            out[b, t] = g
-    return out.reshape(np.shape(rewards))
+returns_loop = checks.returns_loop
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.3, 0.9, 0.99, 1.0])
@@ -50,7 +45,7 @@ def test_discounted_returns_matches_loop(gamma):
 
 
 def test_discounted_returns_small_cases():
-    # the reference notes' example: r = (1, 0, 1, 1), gamma = 1 -> (3, 2, 2, 1)
+    # r = (1, 0, 1, 1), gamma = 1 -> (3, 2, 2, 1)
     np.testing.assert_allclose(ch3.discounted_returns(jnp.array([1, 0, 1, 1]), 1.0), [3, 2, 2, 1])
     # G_2 = 4, G_1 = 2 + 0.5 * 4 = 4, G_0 = 1 + 0.5 * 2 + 0.25 * 4 = 3
     np.testing.assert_allclose(ch3.discounted_returns(jnp.array([1.0, 2.0, 4.0]), 0.5), [3, 4, 4])
@@ -90,7 +85,7 @@ def test_discounted_returns_jit_and_vmap():
 
 
 def thermostat_loop(threshold, heat_rate=1.5, loss_rate=0.05, outside=50.0, start=65.0, steps=100):
-    """The reference notes' dynamics, with eq. 3's rule (on iff T < threshold), in float64."""
+    """ThermostatConfig's dynamics, with eq. 3's rule (on iff T < threshold), in float64."""
     temperature, total = start, 0
     for _ in range(steps):
         total += abs(temperature - 70.0) <= 2.0
@@ -100,7 +95,7 @@ def thermostat_loop(threshold, heat_rate=1.5, loss_rate=0.05, outside=50.0, star
 
 
 def test_thermostat_reward_and_policy_boundaries():
-    # reference notes' exercise (a): 68 and 72 are inside the band, 67.9 and 72.1 outside
+    # 68 and 72 are inside the band (edges included), 67.9 and 72.1 outside
     np.testing.assert_array_equal(ch3.thermostat_reward(jnp.array([68.0, 72.0, 67.9, 72.1, 70.0])),
                                   [1, 1, 0, 0, 1])
     # eq. 3: on strictly below 70
@@ -145,8 +140,8 @@ def test_thermostat_rollout_equals_python_loop():
 
 def test_thermostat_policy_comparison_as_the_book_describes():
     means = ch3.compare_thermostat_policies(episodes=400)
-    # the reference notes' simulation (and our loop): eq. 3 keeps the room in band 95 steps of
-    # 100; always-on 8; always-off 0; a random policy about 9
+    # our float64 loop: eq. 3 keeps the room in band 95 steps of 100; always-on 8; always-off 0;
+    # a random policy about 9
     assert means["eq. 3 (on below 70)"] == thermostat_loop(70.0) == 95
     assert means["always on"] == thermostat_loop(math.inf) == 8
     assert means["always off"] == thermostat_loop(-math.inf) == 0
@@ -158,8 +153,8 @@ def test_thermostat_policy_comparison_as_the_book_describes():
 
 
 def test_eq3_is_not_optimal_under_strong_heating():
-    # L497: eq. 3 "may not be optimal depending on the transition dynamics". With a 4 °F/step
-    # heater the reference notes find threshold 69 -> 99 and eq. 3's 70 -> 74.
+    # §3.1.1: eq. 3 "may not be optimal depending on the transition dynamics". With a 4 °F/step
+    # heater the threshold 69 scores 99 and eq. 3's 70 scores 74.
     cfg = ch3.ThermostatConfig(heat_rate=4.0)
     thresholds = [66.0, 67.0, 68.0, 69.0, 70.0, 71.0]
     policies = {t: ch3.ThresholdPolicy(t, t) for t in thresholds}
@@ -173,23 +168,8 @@ def test_eq3_is_not_optimal_under_strong_heating():
 # §3.1.2 CartPole
 
 
-def gym_step_np(states, actions):
-    """Gym CartPole-v1's euler step, vectorised over a batch in float64 (independent transcription)."""
-    s = np.asarray(states, np.float64)
-    x, x_dot, th, th_dot = s[:, 0], s[:, 1], s[:, 2], s[:, 3]
-    force = np.where(np.asarray(actions) == 1, 10.0, -10.0)
-    total, pml = 1.1, 0.05
-    temp = (force + pml * th_dot**2 * np.sin(th)) / total
-    th_acc = (9.8 * np.sin(th) - np.cos(th) * temp) / (0.5 * (4 / 3 - 0.1 * np.cos(th) ** 2 / total))
-    x_acc = temp - pml * th_acc * np.cos(th) / total
-    nxt = np.stack([x + 0.02 * x_dot, x_dot + 0.02 * x_acc, th + 0.02 * th_dot,
-                    th_dot + 0.02 * th_acc], axis=1)
-    done = (np.abs(nxt[:, 0]) > 2.4) | (np.abs(nxt[:, 2]) > 12 * 2 * math.pi / 360)
-    return nxt, done
-
-
 def test_cartpole_reference_vectors():
-    # reference notes §3.1.2 (computed from eqs. 5-9, matching gymnasium's env.step)
+    # computed from eqs. 5, 6, 7, 8, 9; gymnasium's CartPole-v1 env.step gives the same
     s = jnp.array([0.0, 0.0, 0.05, 0.0])
     nxt, reward, done = ch3.cartpole_step(s, jnp.int32(1))
     np.testing.assert_allclose(nxt, [0, 0.1943706, 0.05, -0.2764976], atol=1e-6)
@@ -203,7 +183,7 @@ def test_cartpole_matches_gym_equations_on_random_states():
     n = 2000
     states = rng.uniform([-2.4, -3, -0.21, -3], [2.4, 3, 0.21, 3], (n, 4)).astype(np.float32)
     actions = rng.integers(0, 2, n).astype(np.int32)
-    want_state, want_done = gym_step_np(states, actions)
+    want_state, _, want_done = checks.gym_steps(states, actions)
     nxt, reward, done = ch3.cartpole_step(jnp.asarray(states), jnp.asarray(actions))
     np.testing.assert_allclose(nxt, want_state, atol=2e-5, rtol=1e-5)
     np.testing.assert_array_equal(reward, np.ones(n))
@@ -233,13 +213,13 @@ def test_cartpole_termination_thresholds():
 
 
 def rollout_np(start, policy, steps=500):
-    """Episode length from ``start`` under ``policy(state) -> action``, with the NumPy step."""
-    s = np.asarray(start, np.float64)[None]
+    """Episode length from ``start`` under ``policy(state) -> action``, with the float64 step."""
+    s = np.asarray(start, np.float64)
     for t in range(1, steps + 1):
-        s, done = gym_step_np(s, [policy(s[0])])
-        if done[0]:
-            return t, s[0]
-    return steps, s[0]
+        s, _, done = checks.gym_step(s, policy(s))
+        if done:
+            return t, s
+    return steps, s
 
 
 def episode_length_jax(policy, start=jnp.zeros(4), steps=500):
@@ -257,7 +237,7 @@ def episode_length_jax(policy, start=jnp.zeros(4), steps=500):
     ("bang-bang on theta + theta_dot / 2", lambda s: 1 if s[2] + 0.5 * s[3] > 0 else 0, 500),
 ])
 def test_cartpole_policies_from_rest(name, policy, length):
-    # reference notes §3.1.2: from s = 0, these three policies last 9, 56 and 500 steps
+    # from s = 0, these three policies last 9, 56 and 500 steps
     n, final = rollout_np(np.zeros(4), policy)
     assert n == length
     jax_policy = {9: lambda s: jnp.int32(1), 56: lambda s: (s[2] > 0).astype(jnp.int32),
@@ -265,12 +245,12 @@ def test_cartpole_policies_from_rest(name, policy, length):
     got, jax_final = jax.jit(lambda: episode_length_jax(jax_policy))()
     assert int(got) == length
     if length == 9:
-        np.testing.assert_allclose(final[2], -0.2152, atol=1e-4)  # the notes' final angle
+        np.testing.assert_allclose(final[2], -0.2152, atol=1e-4)  # the pole's final angle
         np.testing.assert_allclose(jax_final, final, atol=1e-4)
 
 
 def test_cartpole_whole_random_rollouts_match_numpy():
-    """rollout_cartpole's sampled actions, replayed through the NumPy step from its start
+    """rollout_cartpole's sampled actions, replayed through the float64 step from its start
     states, give the same states, the same termination step and the masks after it."""
     params = ch3.init_policy(jax.random.PRNGKey(0), 8)
     batch = jax.jit(lambda k: ch3.rollout_cartpole(params, k, 16, 120))(jax.random.PRNGKey(1))
@@ -278,13 +258,13 @@ def test_cartpole_whole_random_rollouts_match_numpy():
     assert states.shape == (16, 120, 4) and actions.shape == mask.shape == (16, 120)
     lengths = []
     for e in range(16):
-        s = states[e, :1].astype(np.float64)
+        s = states[e, 0].astype(np.float64)
         assert np.all(np.abs(s) <= 0.05)  # Gym's reset: U(-0.05, 0.05)^4
         length = 120
         for t in range(120):
-            np.testing.assert_allclose(states[e, t], s[0], atol=1e-4)
-            s, done = gym_step_np(s, actions[e, t:t + 1])
-            if done[0]:
+            np.testing.assert_allclose(states[e, t], s, atol=1e-4)
+            s, _, done = checks.gym_step(s, actions[e, t])
+            if done:
                 length = t + 1
                 break
         lengths.append(length)
@@ -310,10 +290,8 @@ def test_reinforce_loss_matches_loop_and_gradient():
     returns = rng.standard_normal((E, T)).astype(np.float32)
     mask = (np.arange(T)[None] < rng.integers(1, T + 1, E)[:, None]).astype(np.float32)
     baseline = rng.standard_normal(T).astype(np.float32)
-    total = sum(logp[e, t] * (returns[e, t] - baseline[t])
-                for e in range(E) for t in range(T) if mask[e, t])
-    np.testing.assert_allclose(ch3.reinforce_loss(logp, returns, mask, baseline), -total / E,
-                               rtol=1e-5)
+    np.testing.assert_allclose(ch3.reinforce_loss(logp, returns, mask, baseline),
+                               checks.reinforce_loop(logp, returns, mask, baseline), rtol=1e-5)
     grad = jax.grad(ch3.reinforce_loss)(jnp.asarray(logp), returns, mask, baseline)
     np.testing.assert_allclose(grad, -mask * (returns - baseline) / E, atol=1e-7)
 
@@ -492,7 +470,7 @@ def _returns_ignoring_dones(rewards, gamma, dones=None):
     return ch3.discounted_returns(rewards, gamma)
 
 
-def _returns_excluding_current(rewards, gamma, dones=None):  # the seed's k > t misprint
+def _returns_excluding_current(rewards, gamma, dones=None):  # the k > t slip of book §5.7
     g = ch3.discounted_returns(rewards, gamma, dones)
     return g - jnp.asarray(rewards, jnp.float32)
 
@@ -556,13 +534,14 @@ def test_checks_catch_wrong_implementations(name, wrong):
 
 
 def test_exercise_regions_and_guide_markers():
-    import pathlib
-    import re
-
-    source = pathlib.Path(ch3.__file__).read_text()
+    package = pathlib.Path(ch3.__file__).parent
+    source = (package / "rl.py").read_text()
     assert len(stubs.solution_regions(source)) == 3
+    assert not any(stubs.solution_regions(path.read_text())
+                   for path in package.glob("*.py") if path.name != "rl.py")
     functions = ("discounted_returns", "cartpole_step", "reinforce_loss")
-    exercises = tuple(catalog.Exercise(f"3.{k}", f, f"rlhf_book.ch03_training_overview:{f}", "book §3")
+    exercises = tuple(catalog.Exercise(f"3.{k}", f, f"rlhf_book.ch03_training_overview.rl:{f}",
+                                       "book §3")
                       for k, f in enumerate(functions, 1))
     # the stub file a catalog entry for this chapter would generate compiles, and each stub,
     # called with valid arguments, gets past the input checks to its NotImplementedError
@@ -576,7 +555,8 @@ def test_exercise_regions_and_guide_markers():
         assert namespace[function].__doc__ == getattr(ch3, function).__doc__
         with pytest.raises(NotImplementedError):
             namespace[function](*valid_args[function])
-    names = re.findall(r"^# \[guide:([a-z0-9-]+)\]$", source, re.M)
-    assert len(names) == len(set(names)) == source.count("# [/guide]")
+    everything = "".join(path.read_text() for path in sorted(package.glob("*.py")))
+    names = re.findall(r"^# \[guide:([a-z0-9-]+)\]$", everything, re.M)
+    assert len(names) == len(set(names)) == everything.count("# [/guide]")
     assert {"discounted-returns", "thermostat", "cartpole-step", "reinforce-loss",
             "reinforce-train", "rlhf-objective"} <= set(names)

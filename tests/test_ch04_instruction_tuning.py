@@ -3,6 +3,7 @@
 The exercises' own checks (the book's template strings, NumPy-loop losses, packing read-back)
 run in tests/test_grading.py; this file tests the rest of the chapter."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -154,6 +155,27 @@ def test_forward_rejects_segment_ids_of_the_wrong_shape(tiny_config, tiny_params
 def test_packing_rejects_an_example_longer_than_a_row():
     with pytest.raises(ValueError, match=r"examples\[1\] has 9 tokens, more than length=8"):
         ch04.pack_examples([([1, 2], [0, 1]), ([1] * 9, [0] * 9)], 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# make_sft_train: every step in one lax.scan, vmapped over seeds
+
+
+def test_make_sft_train_vmapped_seeds_equal_separate_runs(tiny_config, tiny_params):
+    examples = _random_examples(np.random.default_rng(0), [12, 30, 7, 25, 18, 40, 9, 33])
+    batch = ch04.pack_examples(examples, tiny_config.max_seq_len)
+    sc = ch04.SFTConfig(steps=4, batch_size=4, learning_rate=1e-3, warmup_steps=1, log_every=2)
+    train_fn = ch04.make_sft_train(tiny_config, sc, batch)
+    keys = jax.random.split(jax.random.PRNGKey(3), 2)
+    states, metrics = jax.jit(jax.vmap(train_fn, (0, None)))(keys, tiny_params)
+    assert metrics["loss"].shape == (2, sc.steps)
+    for k, key in enumerate(keys):
+        state, single = jax.jit(train_fn)(key, tiny_params)
+        np.testing.assert_allclose(metrics["loss"][k], single["loss"], rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(states.params["tok_emb"][k], state.params["tok_emb"],
+                                   rtol=2e-4, atol=2e-5)
+    # different seeds draw different rows, so the runs differ
+    assert not np.allclose(metrics["loss"][0], metrics["loss"][1])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -200,6 +200,12 @@ def test_train_rl_runs_a_shorter_last_chunk(params, prompts):
     (dict(kl_estimator="k4"), "kl_estimator"),
     (dict(steps=0), "steps"),
     (dict(beta=-1.0), "beta"),
+    (dict(clip_low=-0.1), "clip_low must be >= 0"),
+    (dict(clip_high=-1.0), "clip_high must be >= 0"),
+    (dict(tis_cap=-1.0), "tis_cap must be >= 0"),
+    (dict(value_clip=-0.2), "value_clip must be >= 0"),
+    (dict(gamma=1.5), "gamma must be <= 1"),
+    (dict(lam=-0.1), "lam must be >= 0"),
 ])
 def test_bad_configs_raise(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -1,5 +1,6 @@
-"""Chapter 8's losses: the reference notes' worked numbers, NumPy transcriptions of each formula,
-eq. 108's gradient, invariances, extreme inputs and bad shapes."""
+"""Chapter 8's losses: a worked pair computed by hand, the grading checks' float64 oracles for
+each formula (per-pair losses ``[N]``), eq. 108's gradient, invariances, extreme inputs and bad
+shapes."""
 
 import jax
 import jax.numpy as jnp
@@ -7,14 +8,20 @@ import numpy as np
 import pytest
 
 from rlhf_book import ch08_direct_alignment as ch08
+from rlhf_book.textbook.checks import ch08_direct_alignment as checks
 
 BETA = 0.1
-# Reference notes §8.7 exercise 1: pc = -10, pr = -12, rc = rr = -11, so h = 2.
+# A worked pair: pc = -10, pr = -12, rc = rr = -11, so h = 2.
 PC, PR, RC, RR = (jnp.array([v]) for v in (-10.0, -12.0, -11.0, -11.0))
 
 
 def np_log_sigmoid(z):
     return -np.logaddexp(0.0, -z)
+
+
+def mean_of(loss):
+    """A per-pair loss of :mod:`ch08.losses` as the batch mean: a scalar to differentiate."""
+    return lambda *a, **k: jnp.mean(loss(*a, **k))
 
 
 def random_pairs(n=64, seed=0, scale=5.0):
@@ -29,23 +36,24 @@ def random_pairs(n=64, seed=0, scale=5.0):
 def test_dpo_worked_example():
     h = ch08.dpo_logits(PC, PR, RC, RR)
     assert float(h[0]) == 2.0
-    assert float(ch08.dpo_loss(PC, PR, RC, RR, BETA)) == pytest.approx(0.598139, abs=1e-6)
+    assert ch08.dpo_loss(PC, PR, RC, RR, BETA).shape == (1,)  # one loss per pair
+    assert float(ch08.dpo_loss(PC, PR, RC, RR, BETA)[0]) == pytest.approx(0.598139, abs=1e-6)
     assert float(ch08.dpo_gradient_weight(PC, PR, RC, RR, BETA)[0]) == pytest.approx(0.450166,
                                                                                       abs=1e-6)
     assert float(ch08.implicit_reward(PC, RC, BETA)[0]) == pytest.approx(0.1, abs=1e-6)
     assert float(ch08.implicit_reward(PR, RR, BETA)[0]) == pytest.approx(-0.1, abs=1e-6)
-    # the other losses on the same pair (reference notes §8.7)
-    assert float(ch08.ipo_loss(PC, PR, RC, RR, BETA)) == pytest.approx(9.0, abs=1e-5)
-    assert float(ch08.dpo_loss(PC, PR, RC, RR, BETA, label_smoothing=0.1)) == pytest.approx(
+    # the other losses on the same pair, by hand
+    assert float(ch08.ipo_loss(PC, PR, RC, RR, BETA)[0]) == pytest.approx(9.0, abs=1e-5)
+    assert float(ch08.dpo_loss(PC, PR, RC, RR, BETA, label_smoothing=0.1)[0]) == pytest.approx(
         0.618139, abs=1e-6)
-    assert float(ch08.robust_dpo_loss(PC, PR, RC, RR, BETA, 0.1)) == pytest.approx(0.573139,
-                                                                                   abs=1e-6)
-    assert float(ch08.hinge_loss(PC, PR, RC, RR, BETA)) == pytest.approx(0.8, abs=1e-6)
+    assert float(ch08.robust_dpo_loss(PC, PR, RC, RR, BETA, 0.1)[0]) == pytest.approx(0.573139,
+                                                                                      abs=1e-6)
+    assert float(ch08.hinge_loss(PC, PR, RC, RR, BETA)[0]) == pytest.approx(0.8, abs=1e-6)
 
 
 def test_dpo_gradient_is_eq_108():
     """dL/dpc = -beta sigmoid(-beta h) and dL/dpr = +beta sigmoid(-beta h): -0.0450166."""
-    grads = jax.grad(ch08.dpo_loss, argnums=(0, 1, 2, 3))(PC, PR, RC, RR, BETA)
+    grads = jax.grad(mean_of(ch08.dpo_loss), argnums=(0, 1, 2, 3))(PC, PR, RC, RR, BETA)
     assert float(grads[0][0]) == pytest.approx(-0.0450166, abs=1e-7)
     assert float(grads[1][0]) == pytest.approx(0.0450166, abs=1e-7)
     # the reference is frozen: no gradient flows into it
@@ -54,19 +62,19 @@ def test_dpo_gradient_is_eq_108():
 
 def test_dpo_gradient_weight_on_a_batch_matches_jax_grad():
     pc, pr, rc, rr = (jnp.asarray(x) for x in random_pairs(16, seed=1))
-    g_pc = jax.grad(ch08.dpo_loss)(pc, pr, rc, rr, 0.3)
+    g_pc = jax.grad(mean_of(ch08.dpo_loss))(pc, pr, rc, rr, 0.3)
     w = ch08.dpo_gradient_weight(pc, pr, rc, rr, 0.3)
     np.testing.assert_allclose(g_pc, -0.3 * w / 16, rtol=1e-5, atol=1e-9)
 
 
 def test_at_the_reference_the_loss_is_log_2_and_the_weight_one_half():
     pc, pr, _, _ = (jnp.asarray(x) for x in random_pairs(8, seed=2))
-    assert float(ch08.dpo_loss(pc, pr, pc, pr, BETA)) == pytest.approx(np.log(2.0), abs=1e-6)
+    np.testing.assert_allclose(ch08.dpo_loss(pc, pr, pc, pr, BETA), np.log(2.0), atol=1e-6)
     np.testing.assert_allclose(ch08.dpo_gradient_weight(pc, pr, pc, pr, BETA), 0.5)
 
 
 # ----------------------------------------------------------------------------------------------
-# Each loss against a NumPy transcription of its formula
+# Each loss against a float64 transcription of its formula (the grading checks' oracles)
 
 
 @pytest.mark.parametrize("beta", [0.05, 0.1, 1.0])
@@ -75,12 +83,12 @@ def test_pairwise_losses_match_numpy(beta):
     h = (pc - pr) - (rc - rr)
     eps = 0.2
     expected = {
-        "dpo": np.mean(-np_log_sigmoid(beta * h)),
-        "cdpo": np.mean(-(1 - eps) * np_log_sigmoid(beta * h) - eps * np_log_sigmoid(-beta * h)),
-        "robust": np.mean((-(1 - eps) * np_log_sigmoid(beta * h)
-                           + eps * np_log_sigmoid(-beta * h)) / (1 - 2 * eps)),
-        "ipo": np.mean((h - 1 / (2 * beta)) ** 2),
-        "hinge": np.mean(np.maximum(0.0, 1 - beta * h)),
+        "dpo": checks.dpo_loss_oracle(pc, pr, rc, rr, beta),
+        "cdpo": checks.dpo_loss_oracle(pc, pr, rc, rr, beta, eps),
+        "robust": (-(1 - eps) * np_log_sigmoid(beta * h)
+                   + eps * np_log_sigmoid(-beta * h)) / (1 - 2 * eps),
+        "ipo": checks.ipo_loss_oracle(pc, pr, rc, rr, beta),
+        "hinge": np.maximum(0.0, 1 - beta * h),
     }
     args = [jnp.asarray(x, jnp.float32) for x in (pc, pr, rc, rr)]
     got = {
@@ -91,20 +99,18 @@ def test_pairwise_losses_match_numpy(beta):
         "hinge": ch08.hinge_loss(*args, beta),
     }
     for name in expected:
-        np.testing.assert_allclose(float(got[name]), expected[name], rtol=2e-5, err_msg=name)
+        assert got[name].shape == (len(pc),), name
+        np.testing.assert_allclose(got[name], expected[name], rtol=2e-5, atol=1e-6, err_msg=name)
 
 
 def test_simpo_and_orpo_match_numpy():
     rng = np.random.default_rng(4)
     ac, ar = rng.uniform(-3.0, -0.01, 50), rng.uniform(-3.0, -0.01, 50)
     beta, gamma = 2.0, 0.5
-    simpo = np.mean(-np_log_sigmoid(beta * (ac - ar) - gamma))
-    np.testing.assert_allclose(float(ch08.simpo_loss(jnp.asarray(ac), jnp.asarray(ar), beta,
-                                                     gamma)), simpo, rtol=2e-5)
-    p_c, p_r = np.exp(ac), np.exp(ar)  # odds computed the direct way, in float64
-    log_odds = np.log(p_c / (1 - p_c)) - np.log(p_r / (1 - p_r))
-    np.testing.assert_allclose(float(ch08.orpo_odds_ratio_loss(jnp.asarray(ac), jnp.asarray(ar))),
-                               np.mean(-np_log_sigmoid(log_odds)), rtol=2e-5)
+    np.testing.assert_allclose(ch08.simpo_loss(jnp.asarray(ac), jnp.asarray(ar), beta, gamma),
+                               checks.simpo_loss_oracle(ac, ar, beta, gamma), rtol=2e-5)
+    np.testing.assert_allclose(ch08.orpo_odds_ratio_loss(jnp.asarray(ac), jnp.asarray(ar)),
+                               checks.orpo_loss_oracle(ac, ar), rtol=2e-5)
 
 
 @pytest.mark.parametrize("kl", [0.3, -0.5])  # a negative estimate is clamped to 0
@@ -116,9 +122,9 @@ def test_kto_matches_numpy(kl):
     z0 = max(kl, 0.0)
     chosen = lam_d * (1 - 1 / (1 + np.exp(-beta * ((pc - rc) - z0))))
     rejected = lam_u * (1 - 1 / (1 + np.exp(-beta * (z0 - (pr - rr)))))
-    expected = np.mean(np.concatenate([chosen, rejected]))
+    expected = np.concatenate([chosen, rejected])  # one loss per completion, desirable first
     got = ch08.kto_loss(*(jnp.asarray(x) for x in (pc, pr, rc, rr)), kl, beta, lam_d, lam_u)
-    np.testing.assert_allclose(float(got), expected, rtol=2e-5)
+    np.testing.assert_allclose(got, expected, rtol=2e-5)
 
 
 def test_sequence_log_probs_sum_and_average_over_the_mask():
@@ -138,14 +144,15 @@ def test_sequence_log_probs_sum_and_average_over_the_mask():
 # Gradients, invariances, optima
 
 
+# Each per-pair loss as the batch mean (a scalar), as a loop takes it.
 LOSSES = {
-    "dpo": lambda a, b, c, d: ch08.dpo_loss(a, b, c, d, 0.3),
-    "cdpo": lambda a, b, c, d: ch08.dpo_loss(a, b, c, d, 0.3, 0.1),
-    "robust": lambda a, b, c, d: ch08.robust_dpo_loss(a, b, c, d, 0.3, 0.1),
-    "ipo": lambda a, b, c, d: ch08.ipo_loss(a, b, c, d, 0.3),
-    "kto": lambda a, b, c, d: ch08.kto_loss(a, b, c, d, 0.2, 0.3),
-    "simpo": lambda a, b, c, d: ch08.simpo_loss(a / 10, b / 10, 2.0, 0.5),
-    "orpo": lambda a, b, c, d: ch08.orpo_odds_ratio_loss(a / 10, b / 10),
+    "dpo": lambda a, b, c, d: jnp.mean(ch08.dpo_loss(a, b, c, d, 0.3)),
+    "cdpo": lambda a, b, c, d: jnp.mean(ch08.dpo_loss(a, b, c, d, 0.3, 0.1)),
+    "robust": lambda a, b, c, d: jnp.mean(ch08.robust_dpo_loss(a, b, c, d, 0.3, 0.1)),
+    "ipo": lambda a, b, c, d: jnp.mean(ch08.ipo_loss(a, b, c, d, 0.3)),
+    "kto": lambda a, b, c, d: jnp.mean(ch08.kto_loss(a, b, c, d, 0.2, 0.3)),
+    "simpo": lambda a, b, c, d: jnp.mean(ch08.simpo_loss(a / 10, b / 10, 2.0, 0.5)),
+    "orpo": lambda a, b, c, d: jnp.mean(ch08.orpo_odds_ratio_loss(a / 10, b / 10)),
 }
 
 
@@ -171,15 +178,16 @@ def test_gradients_match_finite_differences(name):
 
 def test_invariances():
     pc, pr, rc, rr = (jnp.asarray(x) for x in random_pairs(1, seed=8))
-    base = float(ch08.dpo_loss(pc, pr, rc, rr, BETA))
+    base = float(ch08.dpo_loss(pc, pr, rc, rr, BETA)[0])
     # a prompt-level shift log Z of the policy's two log-probs changes nothing
-    assert float(ch08.dpo_loss(pc + 3.0, pr + 3.0, rc, rr, BETA)) == pytest.approx(base, abs=1e-5)
+    assert float(ch08.dpo_loss(pc + 3.0, pr + 3.0, rc, rr, BETA)[0]) == pytest.approx(base,
+                                                                                     abs=1e-5)
     # swapping chosen and rejected: loss(h) - loss(-h) = -beta h
     h = float(ch08.dpo_logits(pc, pr, rc, rr)[0])
-    swapped = float(ch08.dpo_loss(pr, pc, rr, rc, BETA))
+    swapped = float(ch08.dpo_loss(pr, pc, rr, rc, BETA)[0])
     assert base - swapped == pytest.approx(-BETA * h, abs=1e-5)
     # beta -> 0: log 2
-    assert float(ch08.dpo_loss(pc, pr, rc, rr, 1e-7)) == pytest.approx(np.log(2.0), abs=1e-6)
+    assert float(ch08.dpo_loss(pc, pr, rc, rr, 1e-7)[0]) == pytest.approx(np.log(2.0), abs=1e-6)
 
 
 def test_cdpo_and_ipo_have_finite_optima():
@@ -187,17 +195,17 @@ def test_cdpo_and_ipo_have_finite_optima():
     h_star = np.log((1 - eps) / eps) / beta  # cDPO's optimum
 
     def cdpo(h):
-        return ch08.dpo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta, eps)
+        return ch08.dpo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta, eps)[0]
 
     assert abs(float(jax.grad(cdpo)(jnp.array([h_star]))[0])) < 1e-6
     assert float(jax.grad(cdpo)(jnp.array([h_star + 1.0]))[0]) > 0  # past it the loss rises
 
     def ipo(h):
-        return ch08.ipo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta)
+        return ch08.ipo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta)[0]
 
     assert float(jax.grad(ipo)(jnp.array([1 / (2 * beta)]))[0]) == 0.0
     def dpo(h):
-        return ch08.dpo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta)
+        return ch08.dpo_loss(h, jnp.zeros(1), jnp.zeros(1), jnp.zeros(1), beta)[0]
 
     # plain DPO has no finite optimum: its gradient stays negative however large h grows
     for h in (h_star, 10.0, 30.0):
@@ -226,7 +234,7 @@ def test_no_nan_or_inf_for_extreme_log_probs():
         assert all(np.all(np.isfinite(g)) for g in grads), name
     # ORPO at P -> 1 (average log-prob 0) and P -> 0 (very negative)
     for ac in (jnp.array([0.0, -1e-12]), jnp.array([-1e4, -50.0])):
-        value, grads = jax.value_and_grad(ch08.orpo_odds_ratio_loss, argnums=(0, 1))(
+        value, grads = jax.value_and_grad(mean_of(ch08.orpo_odds_ratio_loss), argnums=(0, 1))(
             ac, jnp.array([-1.0, -1.0]))
         assert np.isfinite(float(value)) and all(np.all(np.isfinite(g)) for g in grads)
 
@@ -239,23 +247,25 @@ def test_bad_input_raises_value_error():
         ch08.dpo_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="beta must be > 0"):
         ch08.ipo_loss(one, one, one, one, beta=0.0)
-    with pytest.raises(ValueError, match="label_smoothing must be in"):
-        ch08.dpo_loss(one, one, one, one, 0.1, label_smoothing=0.5)
-    with pytest.raises(ValueError, match="kl_reference_point must be a scalar"):
+    with pytest.raises(ValueError, match="label_smoothing must be <= 0.5"):
+        ch08.dpo_loss(one, one, one, one, 0.1, label_smoothing=0.6)
+    with pytest.raises(ValueError, match="label_smoothing must be"):
+        ch08.robust_dpo_loss(one, one, one, one, 0.1, label_smoothing=0.5)
+    with pytest.raises(ValueError, match=r"kl_reference_point must have shape \[\] \(a scalar\)"):
         ch08.kto_loss(one, two, one, two, jnp.zeros(2))
     with pytest.raises(ValueError, match="mask must have the shape"):
         ch08.sequence_log_probs(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match="rewards must have the shape of ref_probs"):
         ch08.optimal_policy(jnp.ones(3) / 3, jnp.zeros(4), 0.5)
-    with pytest.raises(ValueError, match=r"ref_probs must have shape \[K\]"):
+    with pytest.raises(ValueError, match=r"ref_probs must have shape \[N\]"):
         ch08.log_partition(jnp.ones((2, 3)) / 3, jnp.zeros((2, 3)), 0.5)
 
 
 # ----------------------------------------------------------------------------------------------
-# The derivation (book §8.1.2) on the reference notes' toy: pi_ref = [0.5, 0.3, 0.2], r = [1, 0, 2]
+# The derivation (book §8.1.2) on three responses: pi_ref = [0.5, 0.3, 0.2], r = [1, 0, 2]
 
 REF, REWARDS = jnp.array([0.5, 0.3, 0.2]), jnp.array([1.0, 0.0, 2.0])
-# beta: (pi*, Z, KL(pi* || pi_ref), E_pi*[r], J = beta log Z), reference notes §8.1
+# beta: (pi*, Z, KL(pi* || pi_ref), E_pi*[r], J = beta log Z), computed by hand to 4 decimals
 TOY_TABLE = {
     0.25: ([0.0438, 0.0005, 0.9558], 623.79, 1.3853, 1.9553, 1.6090),
     0.5: ([0.2477, 0.0201, 0.7322], 14.914, 0.7218, 1.7121, 1.3512),
@@ -279,7 +289,7 @@ def test_optimal_policy_reproduces_the_toy_table(beta):
 
 
 def test_the_optimum_is_beta_log_z_and_any_other_policy_falls_short_by_beta_kl():
-    """Eqs. 88-95: J(pi) = beta log Z - beta KL(pi || pi*) for every pi; equality only at pi*."""
+    """Eqs. 94, 95: J(pi) = beta log Z - beta KL(pi || pi*) for every pi; equality only at pi*."""
     beta = 0.5
     log_z = float(ch08.log_partition(REF, REWARDS, beta))
     star = np.asarray(ch08.optimal_policy(REF, REWARDS, beta), np.float64)
@@ -295,7 +305,8 @@ def test_the_optimum_is_beta_log_z_and_any_other_policy_falls_short_by_beta_kl()
 
 def test_the_reward_is_recovered_up_to_beta_log_z_and_bradley_terry_cannot_see_it():
     """Eq. 100 gives r back exactly with beta log Z; without it (DPO's implicit reward, eq. 80)
-    r shifted by -beta log Z, which cancels in every Bradley-Terry probability (eqs. 101-104)."""
+    r shifted by -beta log Z, which cancels in every Bradley-Terry probability (eqs. 101, 102,
+    103, 104)."""
     beta = 0.5
     star = ch08.optimal_policy(REF, REWARDS, beta)
     log_z = ch08.log_partition(REF, REWARDS, beta)
@@ -304,7 +315,7 @@ def test_the_reward_is_recovered_up_to_beta_log_z_and_bradley_terry_cannot_see_i
     np.testing.assert_allclose(implicit, REWARDS - beta * log_z, atol=1e-5)
     bt = jax.nn.sigmoid(implicit[:, None] - implicit[None, :])
     np.testing.assert_allclose(bt, jax.nn.sigmoid(REWARDS[:, None] - REWARDS[None, :]), atol=1e-6)
-    # the reference notes' numbers: 0.7311 for (y1, y2) and (y3, y1), 0.8808 for (y3, y2)
+    # sigmoid(1) = 0.7311 for (y1, y2) and (y3, y1), sigmoid(2) = 0.8808 for (y3, y2)
     assert float(bt[0, 1]) == pytest.approx(0.7311, abs=1e-4)
     assert float(bt[2, 0]) == pytest.approx(0.7311, abs=1e-4)
     assert float(bt[2, 1]) == pytest.approx(0.8808, abs=1e-4)

@@ -21,6 +21,7 @@ from rlhf_book import ch08_direct_alignment as ch08
 from rlhf_book import data
 from rlhf_book.lm import gpt, tokenizer
 from rlhf_book.lm.eval import evaluate_policy
+from rlhf_book.textbook.checks import ch08_direct_alignment as checks
 
 TINY = gpt.get_config("tiny")  # 64 tokens of context: short toy pairs only
 
@@ -100,23 +101,20 @@ def np_log_sigmoid(z):
 
 
 def np_pair_losses(loss, pc, pr, rc, rr, ac, ar, beta, eps=0.0, gamma=0.5):
-    """Per-pair losses, from the reference notes' formulas (§8.2, TRL's conventions)."""
+    """Per-pair losses of each name of ``ch08.LOSSES`` in float64: the grading checks' oracles
+    (book §8.2 and the papers, TRL's conventions), plus robust DPO and the hinge."""
     h = (pc - pr) - (rc - rr)
-    if loss == "dpo":
-        return -np_log_sigmoid(beta * h)
-    if loss == "cdpo":
-        return -(1 - eps) * np_log_sigmoid(beta * h) - eps * np_log_sigmoid(-beta * h)
+    if loss in ("dpo", "cdpo"):
+        return checks.dpo_loss_oracle(pc, pr, rc, rr, beta, eps)
     if loss == "robust":
         return (-(1 - eps) * np_log_sigmoid(beta * h) + eps * np_log_sigmoid(-beta * h)) / (1 - 2 * eps)
     if loss == "ipo":
-        return (h - 1 / (2 * beta)) ** 2
+        return checks.ipo_loss_oracle(pc, pr, rc, rr, beta)
     if loss == "hinge":
         return np.maximum(0.0, 1 - beta * h)
     if loss == "simpo":
-        return -np_log_sigmoid(beta * (ac - ar) - gamma)
-    # orpo: lambda * -log sigmoid(log odds(y_c) - log odds(y_r)), odds = P / (1 - P), P = e^avg
-    log_odds = lambda a: a - np.log1p(-np.exp(a))  # noqa: E731
-    return beta * -np_log_sigmoid(log_odds(ac) - log_odds(ar))
+        return checks.simpo_loss_oracle(ac, ar, beta, gamma)
+    return beta * checks.orpo_loss_oracle(ac, ar)  # orpo: lambda times the odds-ratio term
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,6 +149,9 @@ def test_good_configs_build():
     ch08.DPOConfig(loss="robust", label_smoothing=0.2)
     ch08.DPOConfig(loss="orpo", nll_coef=1.0)
     assert set(ch08.REFERENCE_FREE) <= set(ch08.LOSSES)
+    # the loop's table of losses, {name: fn}, under the names DPOConfig.loss takes
+    assert list(ch08.LOSSES) == ["dpo", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo"]
+    assert all(callable(fn) for fn in ch08.LOSSES.values())
 
 
 def test_encode_preference_pairs_masks_exactly_the_completion(toy_batch):
@@ -197,8 +198,8 @@ def test_batch_loss_is_dpo_loss_on_independent_log_probs(policy, toy_batch, orac
     pc, pr, rc, rr = oracle.c.sum(1), oracle.r.sum(1), oracle.rc, oracle.rr
     config = ch08.DPOConfig(beta=beta, nll_coef=nll_coef)
     loss, m = ch08.dpo_batch_loss(policy, oracle.ref, toy_batch, config, TINY)
-    plain = float(ch08.dpo_loss(pc, pr, rc, rr, beta))
-    np_plain = float(np.mean(-np_log_sigmoid(beta * ((pc - pr) - (rc - rr)))))
+    plain = float(jnp.mean(ch08.dpo_loss(pc, pr, rc, rr, beta)))
+    np_plain = float(np.mean(checks.dpo_loss_oracle(pc, pr, rc, rr, beta)))
     assert plain == pytest.approx(np_plain, rel=1e-6)
     nll = -oracle.c.sum() / np.asarray(toy_batch.chosen_mask).sum()
     assert float(loss) == pytest.approx(plain + nll_coef * nll, rel=1e-5, abs=1e-6)
@@ -258,7 +259,7 @@ def test_zero_weight_pairs_do_not_count(policy, toy_batch, oracle):
     keep = w > 0
     h = (oracle.c.sum(1) - oracle.r.sum(1)) - (oracle.rc - oracle.rr)
     nll = -oracle.c[keep].sum() / np.asarray(toy_batch.chosen_mask)[keep].sum()
-    want = np.mean(-np_log_sigmoid(beta * h[keep])) + nll
+    want = np.mean(checks.dpo_loss_oracle(h[keep], 0 * h[keep], 0 * h[keep], 0 * h[keep], beta)) + nll
     assert float(loss) == pytest.approx(want, rel=1e-5)
     assert float(m["logps/chosen"]) == pytest.approx(oracle.c.sum(1)[keep].mean(), rel=1e-5)
 
@@ -270,7 +271,7 @@ def test_zero_weight_pairs_do_not_count(policy, toy_batch, oracle):
 
 
 def test_step_zero_is_log_2_with_tied_rewards(policy, toy_batch):
-    """At pi = pi_ref every h is 0 (reference notes §8.3): the loss is log 2, every implicit
+    """At pi = pi_ref every h is 0: the loss is log 2, every implicit
     reward is 0, so the strict accuracy (TRL's chosen > rejected) is 0 and the margin 0; the
     held-out accuracy, which counts ties as 1/2, is 0.5."""
     config = ch08.DPOConfig(beta=0.1)

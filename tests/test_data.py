@@ -1,6 +1,6 @@
 """Tests of the synthetic world (rlhf_book.data).
 
-Expected values come from outside the implementation: the reference notes' derived numbers
+Expected values come from outside the implementation: the lecture notes' derived numbers
 (the lesson pairs' byte lengths), hand computation from the documented gold-reward formula,
 closed-form probabilities of the Bradley-Terry / logistic model, and Monte-Carlo estimates
 compared within 4 standard errors.

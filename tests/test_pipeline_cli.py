@@ -1,11 +1,15 @@
-"""The ``rlhf-book`` command line and the pipeline's first stage (quick configuration)."""
+"""The ``rlhf-book`` command line, the quick pipeline end to end, and its stage cache."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
 from rlhf_book import cli
+from rlhf_book.lm import train
+from rlhf_book.pipeline import PipelineConfig, pretrain_stage, stages
+from rlhf_book.textbook import substrate
 
 
 def test_help_lists_the_subcommands():
@@ -64,3 +68,53 @@ def test_bad_arguments_give_one_clear_line(tmp_path, capsys):
     assert "error: TrainConfig.steps must be a positive int, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["pipeline", "--model", "huge"])
+
+
+def _edited(module: str):
+    """``substrate.source_text`` as if ``rlhf_book/<module>`` had been edited."""
+    real = substrate.source_text
+
+    def source_text(*names):
+        text = real(*names)
+        return text + f"\n# an edit to {module}" if module in names else text
+
+    return source_text
+
+
+@pytest.mark.parametrize("stage, module, retrains", [
+    ("pretrain", "lm", True),
+    ("pretrain", "data", True),
+    ("pretrain", "pipeline/stages", True),
+    ("pretrain", "ch04_instruction_tuning", False),
+    ("sft", "ch04_instruction_tuning", True),
+    ("sft", "ch06_policy_gradients", False),
+    ("reward", "ch05_reward_models", True),
+    ("rl", "ch05_reward_models", True),
+    ("rl", "ch06_policy_gradients", True),
+    ("rl", "ch08_direct_alignment", False),
+    ("dpo", "ch08_direct_alignment", True),
+    ("dpo", "ch06_policy_gradients", False),
+])
+def test_a_stage_key_holds_the_source_of_what_it_depends_on(monkeypatch, stage, module,
+                                                             retrains):
+    settings = (PipelineConfig.quick(), 0, "upstream-tiny-0123.msgpack")
+    key = stages.stage_key(stage, *settings)
+    assert stages.stage_key(stage, *settings) == key  # an unchanged setup: the same key
+    assert stages.stage_key(stage, *settings[:2], "upstream-tiny-4567.msgpack") != key
+    monkeypatch.setattr(substrate, "source_text", _edited(module))
+    assert (stages.stage_key(stage, *settings) != key) == retrains
+
+
+def test_a_source_change_retrains_a_cached_stage(tmp_path, monkeypatch):
+    config = dataclasses.replace(
+        PipelineConfig.quick(out_dir=str(tmp_path)),
+        pretrain=train.TrainConfig(steps=4, batch_size=2, seq_len=32, warmup_steps=1,
+                                   log_every=2))
+    quiet = dict(progress=False, log=lambda _: None)
+    first = pretrain_stage(config, **quiet)
+    again = pretrain_stage(config, **quiet)
+    assert not first.cached and again.cached and again.path == first.path
+    monkeypatch.setattr(substrate, "source_text", _edited("lm"))
+    edited = pretrain_stage(config, **quiet)
+    assert not edited.cached and edited.path != first.path
+    assert edited.path.name.startswith("pretrain-tiny-")

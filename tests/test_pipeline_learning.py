@@ -123,8 +123,8 @@ def test_best_of_n_picks_what_the_reward_model_likes(stages):
     a single sample under the reward model it was chosen by, and its KL bound is the formula."""
     config, _, sft, rm = stages
     questions = pipeline.heldout_questions(config)
-    b = pipeline.best_of_n_report(sft.params, rm.params, gpt.get_config(config.model),
-                                  questions, 8, seed=0)
+    assert config.best_of_n == 8
+    b = pipeline.best_of_n_report(pipeline.best_of_n_stage(config, sft, rm, questions), questions)
     # observed: reward-model score +0.692 for the pick against -0.052 for one sample (126
     # questions x 8 samples); we require a gap of 0.2
     assert b["rm_score"] > b["single_rm_score"] + 0.2, b

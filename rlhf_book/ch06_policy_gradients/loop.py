@@ -1,5 +1,5 @@
 """Chapter 6, the loop: on-policy RL on the mini GPT, one jitted step at a time (book ch. 6,
-Figures 16-19 and 22).
+Figures 16, 17, 18, 19 and 22).
 
 One RL step, all inside one compiled function:
 
@@ -34,6 +34,7 @@ import optax
 
 from rlhf_book.ch05_reward_models import reward_scores
 from rlhf_book.ch06_policy_gradients import losses as L
+from rlhf_book.lm.checks import check_range
 from rlhf_book.lm.kl import KL_ESTIMATORS, kl_estimate
 from rlhf_book.lm import gpt, tokenizer, train
 from rlhf_book.lm.ops import masked_mean, masked_sum
@@ -76,7 +77,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "reinforce": Algorithm("batch_mean", "pg", "reward", "per_sequence"),
     # Ahmadian et al. 2024: leave-one-out baseline, KL in the reward (Figure 18).
     "rloo": Algorithm("rloo", "pg", "reward", "per_sequence"),
-    # Schulman et al. 2017 as in the book's C7: per-token KL in the rewards, GAE on a value head.
+    # Schulman et al. 2017 as in the book's PPO code: per-token KL in the rewards, GAE on a value head.
     "ppo": Algorithm("gae", "ppo", "reward", "per_sequence"),
     # DeepSeekMath: group-normalised advantages, token ratio, KL in the loss (Figure 22).
     "grpo": Algorithm("grpo", "ppo", "loss", "per_sequence"),
@@ -155,6 +156,11 @@ class RLConfig:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature == 0:
             raise ValueError("RLConfig.temperature must be > 0: RL needs sampled completions")
+        for name in ("clip_low", "clip_high", "tis_cap", "value_clip"):  # None: the default / off
+            if getattr(self, name) is not None:
+                check_range(getattr(self, name), f"RLConfig.{name}", 0)
+        check_range(self.gamma, "RLConfig.gamma", 0, 1)
+        check_range(self.lam, "RLConfig.lam", 0, 1)
 
     @property
     def algo(self) -> Algorithm:
@@ -270,8 +276,8 @@ def rollout(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig,
 
 
 def _masked_whiten(x, mask, eps=1e-8):
-    """``(x - mean) / std`` over the masked-in entries (the book's C7 whitens padding too:
-    erratum E22)."""
+    """``(x - mean) / std`` over the masked-in entries (the book's PPO code whitens padding
+    too: see the guide's errata)."""
     mean = masked_mean(x, mask)
     var = masked_mean(jnp.square(x - mean), mask)
     return jnp.where(mask > 0, (x - mean) * jax.lax.rsqrt(var + eps), 0.0)

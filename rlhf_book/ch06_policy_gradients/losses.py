@@ -2,22 +2,22 @@
 
 In the book's order:
 
-* §6.1.3-6.1.4 baselines: :func:`reinforce_advantages` (eq. 44-46) and
-  :func:`rloo_advantages` (eq. 47-49), and the REINFORCE loss :func:`policy_gradient_loss`
-  (code C1);
+* §6.1.3, §6.1.4 baselines: :func:`reinforce_advantages` (eqs. 44, 45, 46) and
+  :func:`rloo_advantages` (eqs. 47, 48, 49), and the REINFORCE loss
+  :func:`policy_gradient_loss` (the book's REINFORCE code);
 * §6.1.5 PPO: :func:`ppo_objective` (eq. 52, Figure 20), :func:`ppo_clip_loss` and the value
-  loss with optional clipping :func:`value_loss` (code C2);
+  loss with optional clipping :func:`value_loss` (the book's value-loss code);
 * §6.1.6 GRPO: :func:`grpo_advantages` (eq. 57; ``scale=False`` is Dr. GRPO, eq. 58) and
-  :func:`grpo_loss` (eq. 55-56 with the KL inside the loss, eq. 74);
+  :func:`grpo_loss` (eqs. 55, 56 with the KL inside the loss, eq. 74);
 * §6.1.7 GSPO: :func:`gspo_sequence_ratio` (eq. 63) and :func:`gspo_loss` (eq. 64);
-* §6.1.8 CISPO: :func:`cispo_loss` (eq. 65-66, TRL's absolute cap);
+* §6.1.8 CISPO: :func:`cispo_loss` (eqs. 65, 66, TRL's absolute cap);
 * §6.2.2 :func:`aggregate_loss` -- per sequence (eq. 67), per token (eq. 68), fixed length
   (eq. 69);
-* §6.2.4 truncated importance sampling: :func:`tis_weights` (eq. 70-72, code C6);
-* §6.2.5-6.2.6 where the KL goes: into per-token rewards (:func:`kl_penalized_token_rewards`,
+* §6.2.4 truncated importance sampling: :func:`tis_weights` (eqs. 70, 71, 72);
+* §6.2.5, §6.2.6 where the KL goes: into per-token rewards (:func:`kl_penalized_token_rewards`,
   PPO), into the sequence reward (:func:`kl_penalized_sequence_rewards`, RLOO) or into the loss
   (:func:`grpo_loss`);
-* §6.3.2 :func:`compute_gae` (eq. 75-77, code C10);
+* §6.3.2 :func:`compute_gae` (eqs. 75, 76, 77);
 * §6.3.4 DAPO's :func:`dynamic_sampling_mask` and :func:`overlong_penalty`; and the logging
   metrics :func:`clip_fraction` and :func:`approx_kl` (§6.3.3).
 
@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlhf_book.lm.kl import kl_estimate, kl_k3
-from rlhf_book.lm.checks import as_float_array, check_rank
+from rlhf_book.lm.checks import as_float_array, as_like, check_choice, check_range, check_rank
 from rlhf_book.lm.ops import masked_mean, masked_sum
 
 __all__ = [
@@ -56,37 +55,8 @@ LOG_RATIO_CLAMP = 20.0
 
 
 # ----------------------------------------------------------------------------------------------
-# Argument checks shared by every function below
-
-
-
-def _token_arrays(mask, **arrays) -> tuple[jax.Array, ...]:
-    """Check that ``mask`` is ``[N, T]`` and every other array has its shape; return the mask
-    (float) followed by the arrays (float), in order."""
-    mask = as_float_array(mask, "mask")
-    check_rank(mask, 2, "mask", "[N, T]")
-    out = [mask]
-    for name, x in arrays.items():
-        x = as_float_array(x, name)
-        if x.shape != mask.shape:
-            raise ValueError(f"{name} must have the shape of mask {mask.shape} ([N, T]), "
-                             f"got {x.shape}")
-        out.append(x)
-    return tuple(out)
-
-
-def _check_clip(value, name: str) -> None:
-    if not isinstance(value, jax.core.Tracer) and not float(value) >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-def _group_rewards(rewards) -> jax.Array:
-    rewards = as_float_array(rewards, "rewards")
-    check_rank(rewards, 2, "rewards", "[B, G] (prompts x completions per prompt)")
-    if rewards.shape[1] < 2:
-        raise ValueError(f"rewards needs G >= 2 completions per prompt for a group baseline, "
-                         f"got shape {rewards.shape}")
-    return rewards
+# Shapes are checked once per function (one line each); hyperparameter ranges (clip ranges, caps,
+# gamma and lambda, G >= 2) are checked where a run is configured, in ``RLConfig``.
 
 
 def _ratio(logp: jax.Array, old_logp: jax.Array) -> jax.Array:
@@ -95,12 +65,12 @@ def _ratio(logp: jax.Array, old_logp: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# §6.1.3-6.1.4 REINFORCE and RLOO: baselines
+# §6.1.3, §6.1.4 REINFORCE and RLOO: baselines
 
 
 # [guide:baselines]
 def reinforce_advantages(rewards, baseline="mean") -> jax.Array:
-    """REINFORCE's advantage ``A = R - b`` (book §6.1.3, eqs. 44-46; Williams 1992).
+    """REINFORCE's advantage ``A = R - b`` (book §6.1.3, eqs. 44, 45, 46; Williams 1992).
 
     ``rewards [N]``: one return per sequence. ``baseline`` is ``"mean"`` (the batch mean, the
     simplest baseline of §6.1.2), ``None`` (no baseline: vanilla REINFORCE) or a number (e.g.
@@ -109,19 +79,17 @@ def reinforce_advantages(rewards, baseline="mean") -> jax.Array:
     the batch mean includes each sample's own reward, which biases the gradient by a factor
     ``(N - 1) / N`` -- RLOO removes that.
     """
-    rewards = as_float_array(rewards, "rewards")
-    check_rank(rewards, 1, "rewards", "[N]")
+    check_rank(rewards := as_float_array(rewards, "rewards"), 1, "rewards", "[N]")
     if baseline is None:
         return rewards
     if isinstance(baseline, str):
-        if baseline != "mean":
-            raise ValueError(f"baseline must be 'mean', None or a number, got {baseline!r}")
+        check_choice(baseline, "baseline", ("mean",))
         return rewards - jnp.mean(rewards)
     return rewards - as_float_array(baseline, "baseline")
 
 
 def rloo_advantages(rewards) -> jax.Array:
-    """REINFORCE leave-one-out (book §6.1.4, eqs. 47-48; Kool et al. 2019, Ahmadian et al.
+    """REINFORCE leave-one-out (book §6.1.4, eqs. 47, 48; Kool et al. 2019, Ahmadian et al.
     2024): ``A_i = r_i - mean_{j != i} r_j`` within each prompt's group.
 
     ``rewards [B, G]`` (``G >= 2``) -> ``[B, G]``. Computed as ``r_i - (sum_j r_j - r_i) /
@@ -129,7 +97,7 @@ def rloo_advantages(rewards) -> jax.Array:
     the sample's own reward out, so it is independent of the sampled action and the gradient
     stays exactly unbiased.
     """
-    rewards = _group_rewards(rewards)
+    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
     # BEGIN SOLUTION
     G = rewards.shape[1]
     others = (jnp.sum(rewards, axis=1, keepdims=True) - rewards) / (G - 1)
@@ -141,22 +109,17 @@ def rloo_advantages(rewards) -> jax.Array:
 def token_advantages(advantages, mask) -> jax.Array:
     """Advantages per token ``[N, T]``: ``[N]`` (one per sequence, the bandit view of
     §6.2.2.2) broadcast over the sequence's tokens, ``[N, T]`` (the MDP view) as given."""
-    mask = as_float_array(mask, "mask")
-    check_rank(mask, 2, "mask", "[N, T]")
-    advantages = as_float_array(advantages, "advantages")
+    mask, advantages = jnp.asarray(mask), jnp.asarray(advantages)
     if advantages.shape == mask.shape[:1]:
         return jnp.broadcast_to(advantages[:, None], mask.shape)
-    if advantages.shape == mask.shape:
-        return advantages
-    raise ValueError(f"advantages must have shape [N] = {mask.shape[:1]} or [N, T] = "
-                     f"{mask.shape}, got {advantages.shape}")
+    return as_like(advantages, "advantages", mask, "mask [N, T] (or [N], one per sequence)")
 
 
 # [guide:policy-gradient-loss]
 def policy_gradient_loss(logp, advantages, mask, aggregation: str = "per_sequence",
                          max_length: int | None = None, tis=None) -> jax.Array:
     """The REINFORCE / RLOO loss ``-A * log pi(a_t | s_t)`` per token, aggregated (book §6.1.1,
-    code C1; eqs. 40, 46; the core-loss summary of §6.3.1).
+    the book's REINFORCE code; eqs. 40, 46; the core-loss summary of §6.3.1).
 
     ``logp, mask [N, T]``; ``advantages [N]`` or ``[N, T]`` (held constant:
     ``stop_gradient``). ``tis [N, T]`` optionally multiplies each token's loss by a truncated
@@ -164,11 +127,10 @@ def policy_gradient_loss(logp, advantages, mask, aggregation: str = "per_sequenc
     "per_sequence"`` and one token per sequence this is ``-mean(A * log pi)``, rlax's
     ``policy_gradient_loss``.
     """
-    mask, logp = _token_arrays(mask, logp=logp)
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
     per_token = -adv * logp
     if tis is not None:
-        per_token = per_token * jax.lax.stop_gradient(_token_arrays(mask, tis=tis)[1])
+        per_token = per_token * jax.lax.stop_gradient(as_like(tis, "tis", per_token, "logp"))
     return aggregate_loss(per_token, mask, aggregation, max_length)
 # [/guide]
 
@@ -187,7 +149,7 @@ def ppo_objective(ratio, advantages, clip_low=0.2, clip_high=0.2) -> jax.Array:
     ``clip_high > clip_low`` is DAPO's clip-higher. The ``min`` makes ``J`` a pessimistic
     bound: for ``A > 0`` it is flat (zero gradient) once ``rho > 1 + clip_high``; for ``A < 0``
     once ``rho < 1 - clip_low``. On the other side of 1 the unclipped branch is chosen and the
-    gradient is not zero (the book's §6.1.7 says otherwise; erratum E38).
+    gradient is not zero (the book's §6.1.7 says otherwise: see the guide's errata).
     """
     # BEGIN SOLUTION
     clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
@@ -199,18 +161,16 @@ def ppo_clip_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2,
                   aggregation: str = "per_token", max_length: int | None = None,
                   tis=None) -> jax.Array:
     """PPO's clipped policy loss: ``-J`` per token (:func:`ppo_objective`) with ``rho =
-    exp(logp - old_logp)``, aggregated by :func:`aggregate_loss` (book §6.1.5, eqs. 52-53;
-    code C7). ``old_logp`` and ``advantages`` are constants (``stop_gradient``); ``tis [N, T]``
+    exp(logp - old_logp)``, aggregated by :func:`aggregate_loss` (book §6.1.5, eqs. 52, 53;
+    the book's PPO code). ``old_logp`` and ``advantages`` are constants (``stop_gradient``); ``tis [N, T]``
     optionally weights each token (eq. 72). Returns a scalar.
     """
-    mask, logp, old_logp = _token_arrays(mask, logp=logp, old_logp=old_logp)
-    _check_clip(clip_low, "clip_low")
-    _check_clip(clip_high, "clip_high")
+    old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
     ratio = _ratio(logp, jax.lax.stop_gradient(old_logp))
     per_token = -ppo_objective(ratio, adv, clip_low, clip_high)
     if tis is not None:
-        per_token = per_token * jax.lax.stop_gradient(_token_arrays(mask, tis=tis)[1])
+        per_token = per_token * jax.lax.stop_gradient(as_like(tis, "tis", per_token, "logp"))
     return aggregate_loss(per_token, mask, aggregation, max_length)
 # [/guide]
 
@@ -219,7 +179,7 @@ def ppo_clip_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2,
 def value_loss(values, old_values, returns, mask, clip: float | None = None,
                aggregation: str = "per_sequence", max_length: int | None = None) -> jax.Array:
     """The critic's regression loss ``1/2 (V(s_t) - y_t)^2`` with PPO-style value clipping
-    (book §6.1.5.2, code C2; CleanRL, TRL, verl):
+    (book §6.1.5.2 and its value-loss code; CleanRL, TRL, verl):
 
         V_clip = old_V + clip(V - old_V, -clip, clip)
         loss_t = max(1/2 (V - y)^2, 1/2 (V_clip - y)^2)          (clip=None: the first term)
@@ -228,13 +188,11 @@ def value_loss(values, old_values, returns, mask, clip: float | None = None,
     GAE advantages + old values), ``mask``: all ``[N, T]``. The pessimistic ``max`` stops the
     critic moving more than ``clip`` away from its rollout-time prediction in one batch.
     """
-    mask, values, old_values, returns = _token_arrays(mask, values=values, old_values=old_values,
-                                                      returns=returns)
+    returns = as_like(returns, "returns", values := as_float_array(values, "values"), "values")
     old_values = jax.lax.stop_gradient(old_values)
     returns = jax.lax.stop_gradient(returns)
     per_token = 0.5 * jnp.square(values - returns)
     if clip is not None:
-        _check_clip(clip, "clip")
         clipped = old_values + jnp.clip(values - old_values, -clip, clip)
         per_token = jnp.maximum(per_token, 0.5 * jnp.square(clipped - returns))
     return aggregate_loss(per_token, mask, aggregation, max_length)
@@ -256,7 +214,7 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
     all-equal group gets ``A = 0``, not NaN. ``scale=False`` is Dr. GRPO (eq. 58; Liu et al.
     2025): ``A_i = r_i - mean``, which is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
     """
-    rewards = _group_rewards(rewards)
+    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
     # BEGIN SOLUTION
     centred = rewards - jnp.mean(rewards, axis=1, keepdims=True)
     if not scale:
@@ -271,7 +229,7 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta=0.0, clip_low=0.2,
               clip_high=0.2, aggregation: str = "per_sequence", max_length: int | None = None,
               tis=None) -> jax.Array:
-    """GRPO's loss (book §6.1.6, eqs. 55-56 and 74; code C8): per token, PPO's clipped
+    """GRPO's loss (book §6.1.6, eqs. 55, 56, 74; its GRPO code): per token, PPO's clipped
     surrogate plus ``beta`` times the k3 estimate of ``KL(pi_theta || pi_ref)``:
 
         loss_t = -min(rho_t A, clip(rho_t, 1 - clip_low, 1 + clip_high) A) + beta * k3_t
@@ -281,7 +239,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta=0.0, clip_low=0.2
     (TRL's convention); PPO and RLOO put it in the reward instead
     (:func:`kl_penalized_token_rewards`). ``ref_logp`` is a constant.
     """
-    mask, logp, ref_logp = _token_arrays(mask, logp=logp, ref_logp=ref_logp)
+    ref_logp = as_like(ref_logp, "ref_logp", logp := as_float_array(logp, "logp"), "logp")
     policy = ppo_clip_loss(logp, old_logp, advantages, mask, clip_low, clip_high, aggregation,
                            max_length, tis)
     # Aggregation is linear, so the KL term can be aggregated on its own with the same rule.
@@ -303,7 +261,7 @@ def gspo_sequence_ratio(logp, old_logp, mask) -> jax.Array:
 
     ``[N, T]`` inputs -> ``[N]``; 1 for an empty row. The geometric mean keeps the ratio of a
     long sequence near 1 (a product of hundreds of token ratios would not be)."""
-    mask, logp, old_logp = _token_arrays(mask, logp=logp, old_logp=old_logp)
+    old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     # BEGIN SOLUTION
     mean_log_ratio = masked_mean(logp - old_logp, mask, axis=1)
     return jnp.exp(jnp.clip(mean_log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
@@ -316,14 +274,8 @@ def gspo_loss(logp, old_logp, advantages, mask, clip_low=3e-4, clip_high=4e-4) -
     one advantage per sequence, ``advantages [N]``. The clip range is that of the GSPO paper
     (3e-4 / 4e-4), two orders of magnitude below PPO's because ``rho_i`` is a per-token
     geometric mean. Rows with no completion token are left out of the mean."""
-    mask = as_float_array(mask, "mask")
-    advantages = as_float_array(advantages, "advantages")
-    if advantages.shape != mask.shape[:1]:
-        raise ValueError(f"advantages must have shape [N] = {mask.shape[:1]} (one per "
-                         f"sequence), got {advantages.shape}")
-    _check_clip(clip_low, "clip_low")
-    _check_clip(clip_high, "clip_high")
     ratio = gspo_sequence_ratio(logp, jax.lax.stop_gradient(old_logp), mask)
+    advantages = as_like(advantages, "advantages", ratio, "[N] (one per sequence)")
     objective = ppo_objective(ratio, jax.lax.stop_gradient(advantages), clip_low, clip_high)
     nonempty = jnp.sum(mask, axis=1) > 0
     return -masked_mean(objective, nonempty)
@@ -333,7 +285,7 @@ def gspo_loss(logp, old_logp, advantages, mask, clip_low=3e-4, clip_high=4e-4) -
 # [guide:cispo]
 def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str = "per_token",
                max_length: int | None = None) -> jax.Array:
-    """CISPO's loss (book §6.1.8, eqs. 65-66; MiniMax-M1, 2025): clip the importance *weight*,
+    """CISPO's loss (book §6.1.8, eqs. 65, 66; MiniMax-M1, 2025): clip the importance *weight*,
     not the objective, and hold it constant:
 
         loss_t = -stop_gradient(min(rho_t, ratio_cap)) * A_t * log pi_theta(a_t | s_t)
@@ -344,8 +296,7 @@ def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str
     book's two-sided ``clip(rho, 1 - eps_low, 1 + eps_high)`` would *raise* the weight of a
     token whose probability fell). Aggregated per token (eq. 65's ``1 / sum_i |a_i|``).
     """
-    mask, logp, old_logp = _token_arrays(mask, logp=logp, old_logp=old_logp)
-    _check_clip(ratio_cap, "ratio_cap")
+    old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
     # BEGIN SOLUTION
     weight = jax.lax.stop_gradient(jnp.minimum(_ratio(logp, old_logp), ratio_cap))
@@ -362,7 +313,7 @@ def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str
 # [guide:aggregate-loss]
 def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
                    max_length: int | None = None) -> jax.Array:
-    """Reduce a per-token loss ``[N, T]`` to a scalar (book §6.2.2, eqs. 67-69):
+    """Reduce a per-token loss ``[N, T]`` to a scalar (book §6.2.2, eqs. 67, 68, 69):
 
     * ``"per_sequence"`` (eq. 67, the original GRPO): ``mean_i (sum_t l_it / |a_i|)`` -- every
       sequence weighs the same, so a token of a short sequence weighs more. Rows with no
@@ -376,9 +327,9 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
     The book's example: token losses ``[1, 1, 1, 1, 10]`` and ``[1] * 9 + [10]`` give 2.35,
     2.2 and (with ``max_length = 10``) 1.65, the mean of 1.4 and 1.9.
     """
-    mask, per_token_loss = _token_arrays(mask, per_token_loss=per_token_loss)
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"mode must be one of {AGGREGATIONS}, got {mode!r}")
+    per_token_loss = as_float_array(per_token_loss, "per_token_loss")
+    mask = as_like(mask, "mask", per_token_loss, "per_token_loss [N, T]")
+    check_choice(mode, "mode", AGGREGATIONS)
     # BEGIN SOLUTION
     if mode == "per_sequence":
         per_sequence = masked_mean(per_token_loss, mask, axis=1)
@@ -386,8 +337,6 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
     if mode == "per_token":
         return masked_mean(per_token_loss, mask)
     length = mask.shape[1] if max_length is None else max_length
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
-        raise ValueError(f"max_length must be a positive int (or None for T), got {max_length!r}")
     return masked_sum(per_token_loss, mask) / (mask.shape[0] * length)
     # END SOLUTION
 # [/guide]
@@ -399,7 +348,7 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
 
 # [guide:tis]
 def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float = 10.0):
-    """Truncated importance-sampling weights (book §6.2.4, eq. 70, code C6; Yao et al. 2025):
+    """Truncated importance-sampling weights (book §6.2.4, eq. 70 and its TIS code; Yao et al. 2025):
 
         w_t = min(pi_learner(a_t) / pi_sampler(a_t), cap)
 
@@ -410,11 +359,7 @@ def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float =
     2, 2]``.
     """
     learner_logp = as_float_array(learner_logp, "learner_logp")
-    sampler_logp = as_float_array(sampler_logp, "sampler_logp")
-    if learner_logp.shape != sampler_logp.shape:
-        raise ValueError(f"sampler_logp must have the shape of learner_logp "
-                         f"{learner_logp.shape}, got {sampler_logp.shape}")
-    _check_clip(cap, "cap")
+    sampler_logp = as_like(sampler_logp, "sampler_logp", learner_logp, "learner_logp")
     # BEGIN SOLUTION
     log_ratio = jnp.clip(learner_logp - sampler_logp, -log_clamp, log_clamp)
     return jax.lax.stop_gradient(jnp.minimum(jnp.exp(log_ratio), cap))
@@ -423,13 +368,13 @@ def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float =
 
 
 # ----------------------------------------------------------------------------------------------
-# §6.2.5-6.2.6 Where the KL goes
+# §6.2.5, §6.2.6 Where the KL goes
 
 
 # [guide:kl-in-reward]
 def kl_penalized_token_rewards(scores, logp, ref_logp, mask, beta: float,
                                estimator: str = "k1") -> jax.Array:
-    """PPO-style per-token rewards with the KL folded in (book §6.2.5, code C7; Figure 17):
+    """PPO-style per-token rewards with the KL folded in (book §6.2.5 and its PPO code; Figure 17):
 
         r_t = -beta * KL_t  on every completion token,  + score on the last one
 
@@ -438,11 +383,9 @@ def kl_penalized_token_rewards(scores, logp, ref_logp, mask, beta: float,
     here (``stop_gradient``): a reward, not a loss term, so it acts through the advantage.
     ``estimator`` is ``"k1"`` (InstructGPT, TRL's PPO default) or ``"k2"``/``"k3"``.
     """
-    mask, logp, ref_logp = _token_arrays(mask, logp=logp, ref_logp=ref_logp)
-    scores = as_float_array(scores, "scores")
-    if scores.shape != mask.shape[:1]:
-        raise ValueError(f"scores must have shape [N] = {mask.shape[:1]}, got {scores.shape}")
     kl = jax.lax.stop_gradient(kl_estimate(logp, ref_logp, estimator))
+    scores = as_like(scores, "scores", kl[:, 0], "[N] (one per completion)")
+    mask = jnp.asarray(mask)
     T = mask.shape[1]
     last = T - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)  # index of each row's last token
     at_end = (jnp.arange(T)[None, :] == last[:, None]) & (mask > 0)
@@ -451,15 +394,12 @@ def kl_penalized_token_rewards(scores, logp, ref_logp, mask, beta: float,
 
 def kl_penalized_sequence_rewards(scores, logp, ref_logp, mask, beta: float,
                                   estimator: str = "k1") -> jax.Array:
-    """RLOO/REINFORCE-style sequence rewards (book §6.1.4, l.1497; TRL's RLOO): the per-token
+    """RLOO/REINFORCE-style sequence rewards (book §6.1.4; TRL's RLOO): the per-token
     KL summed over the completion and subtracted from the score,
     ``R = score - beta * sum_t KL_t``. ``scores [N]``, token arrays ``[N, T]`` -> ``[N]``
     (a constant, as above)."""
-    mask, logp, ref_logp = _token_arrays(mask, logp=logp, ref_logp=ref_logp)
-    scores = as_float_array(scores, "scores")
-    if scores.shape != mask.shape[:1]:
-        raise ValueError(f"scores must have shape [N] = {mask.shape[:1]}, got {scores.shape}")
     kl = jax.lax.stop_gradient(kl_estimate(logp, ref_logp, estimator))
+    scores = as_like(scores, "scores", kl[:, 0], "[N] (one per completion)")
     return scores - beta * masked_sum(kl, mask, axis=1)
 # [/guide]
 
@@ -471,7 +411,7 @@ def kl_penalized_sequence_rewards(scores, logp, ref_logp, mask, beta: float,
 # [guide:gae]
 def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     """Generalised advantage estimation over the tokens of each completion (book §6.3.2,
-    eqs. 75-77, code C10; Schulman et al. 2016):
+    eqs. 75, 76, 77 and its GAE code; Schulman et al. 2016):
 
         delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)
         A_t     = delta_t + gamma * lam * A_{t+1}        = sum_l (gamma lam)^l delta_{t+l}
@@ -485,10 +425,8 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     a final value of 0. ``lam = 1`` gives Monte-Carlo returns minus ``V``; ``lam = 0`` one-step
     TD. Computed backwards with one ``lax.scan`` over ``T``.
     """
-    mask, rewards, values = _token_arrays(mask, rewards=rewards, values=values)
-    for name, value in (("gamma", gamma), ("lam", lam)):
-        if not isinstance(value, jax.core.Tracer) and not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    values = as_like(values, "values", rewards := as_float_array(rewards, "rewards"), "rewards")
+    mask = as_like(mask, "mask", rewards, "rewards [N, T]")
     dtype = jnp.result_type(rewards, values)  # one dtype for the scan's carry
     rewards, values = rewards.astype(dtype), values.astype(dtype)
     gamma, lam = jnp.asarray(gamma, dtype), jnp.asarray(lam, dtype)
@@ -520,9 +458,9 @@ def dynamic_sampling_mask(rewards) -> jax.Array:
     """DAPO's dynamic-sampling filter (book §6.3.4; Yu et al. 2025): ``[B, G] -> bool [B]``,
     True for groups whose rewards are not all equal. A group where every completion got the
     same reward has zero group-relative advantage and contributes no gradient; DAPO drops it
-    and refills the batch (the book's "reward 0 or 1 for all samples", erratum E33). Under
+    and refills the batch (the book's "reward 0 or 1 for all samples"; see the guide's errata). Under
     ``jit`` the batch size is fixed, so the loop masks such groups out instead of refilling."""
-    rewards = _group_rewards(rewards)
+    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
     return jnp.max(rewards, axis=1) > jnp.min(rewards, axis=1)
 
 
@@ -530,19 +468,18 @@ def overlong_penalty(lengths, max_length: int, cache_length: int) -> jax.Array:
     """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to ``max_length -
     cache_length`` tokens, then a linear ramp to -1 at ``max_length``, and -1 beyond.
     ``lengths [N]`` -> ``[N]``, added to the task reward."""
-    lengths = as_float_array(lengths, "lengths")
-    if not 0 < cache_length <= max_length:
-        raise ValueError(f"cache_length must be in (0, max_length={max_length}], got {cache_length}")
+    check_range(cache_length, "cache_length", 0, max_length, strict=True)
     start = max_length - cache_length
-    return -jnp.clip((lengths - start) / cache_length, 0.0, 1.0)
+    return -jnp.clip((jnp.asarray(lengths) - start) / cache_length, 0.0, 1.0)
 
 
 def clip_fraction(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2) -> jax.Array:
     """Fraction of completion tokens on which PPO's clipped branch binds, i.e. whose gradient
     is zero: ``A > 0`` with ``rho > 1 + clip_high`` or ``A < 0`` with ``rho < 1 - clip_low``
-    (the book's code, C7/C8). The book's text (§6.3.3) calls any ratio outside the interval
-    "clipped"; that larger count includes tokens that still get a gradient (erratum E32)."""
-    mask, logp, old_logp = _token_arrays(mask, logp=logp, old_logp=old_logp)
+    (the book's PPO and GRPO code). The book's text (§6.3.3) calls any ratio outside the
+    interval "clipped"; that larger count includes tokens that still get a gradient (see the
+    guide's errata)."""
+    old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = token_advantages(advantages, mask)
     ratio = _ratio(logp, old_logp)
     flat = ((adv > 0) & (ratio > 1 + clip_high)) | ((adv < 0) & (ratio < 1 - clip_low))
@@ -553,5 +490,5 @@ def approx_kl(logp, old_logp, mask) -> jax.Array:
     """How far the policy moved from the one that sampled the batch: the mean k3 estimate of
     ``KL(pi_old || pi_theta)`` over completion tokens (CleanRL's ``approx_kl``; the book's code
     logs k2). Not the KL to the reference model."""
-    mask, logp, old_logp = _token_arrays(mask, logp=logp, old_logp=old_logp)
-    return masked_mean(kl_k3(old_logp, logp), mask)
+    kl = kl_k3(old_logp, logp)
+    return masked_mean(kl, as_like(mask, "mask", kl, "logp [N, T]"))

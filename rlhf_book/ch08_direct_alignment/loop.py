@@ -4,16 +4,17 @@ One DPO step, all inside one compiled function:
 
 1. **pairs** -- offline: ``batch_size`` pairs drawn from a fixed preference dataset (the
    simulated annotators' pairs, :func:`rlhf_book.data.preference_pairs`), whose reference
-   log-probabilities were computed once before training (book L2796: "cache the reference
-   log-probs"); on-policy (online DPO, book §8.2 L2764 and §8.5): ``batch_size`` prompts, ``G``
+   log-probabilities were computed once before training (book §8.3: cache the reference
+   log-probs); on-policy (online DPO, book §8.2 and §8.5): ``batch_size`` prompts, ``G``
    completions of each sampled from the *current* policy with the KV cache, scored by a reward
    (the gold reward here, as a perfect annotator), best vs worst of each group as chosen vs
    rejected (a group whose scores all tie carries no preference and gets weight 0), reference
    log-probs from the frozen SFT model;
 2. **log-probs** -- the policy's sequence log-probabilities ``log pi(y|x) = sum_t log pi(y_t |
-   x, y_<t)`` over the completion tokens only (book L2598), chosen and rejected in one forward
+   x, y_<t)`` over the completion tokens only (book §8.3), chosen and rejected in one forward
    pass (TRL's ``concatenated_forward``);
-3. **loss** -- the chosen member of the DPO family (:data:`LOSSES`), plus ``nll_coef`` times
+3. **loss** -- the mean of the per-pair losses of the chosen member of the DPO family
+   (:data:`LOSSES`, a table ``{name: fn}``), plus ``nll_coef`` times
    the negative log-likelihood of the chosen completions (RPO, Pang et al. 2024; TRL's
    ``rpo_alpha``), the usual remedy for *preference displacement* (book §8.2, Figure 27: both
    log-probs fall, the rejected one faster);
@@ -43,6 +44,7 @@ from rlhf_book import data
 from rlhf_book.ch05_reward_models import preference_accuracy
 from rlhf_book.ch08_direct_alignment import losses as L
 from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.lm.checks import check_choice, check_positive_ints, check_range
 from rlhf_book.lm.ops import masked_mean
 from rlhf_book.lm.rollout import (PolicyState, PromptSet, Reward, adam, init_policy_state,
                                   sample_groups, token_log_probs)
@@ -54,15 +56,22 @@ __all__ = [
     "make_dpo_step", "make_dpo_train", "train_dpo", "implicit_reward_accuracy",
 ]
 
-# The losses the loop trains with (formulas in :mod:`.losses`): DPO (eq. 79), cDPO (DPO with
-# label smoothing), robust DPO, IPO, SLiC's hinge, and the reference-free SimPO and ORPO.
-LOSSES = ("dpo", "cdpo", "robust", "ipo", "hinge", "simpo", "orpo")
+# The losses the loop trains with, ``name: fn(pc, pr, rc, rr, config) -> [N]`` per-pair losses
+# (formulas in :mod:`.losses`): DPO (eq. 79), cDPO (DPO with label smoothing), robust DPO, IPO,
+# SLiC's hinge, and the reference-free SimPO and ORPO (``lambda`` = ``config.beta`` times the
+# odds-ratio term). For SimPO and ORPO ``pc, pr`` are per-token averages and ``rc, rr`` unused.
+LOSSES: dict[str, Callable] = {
+    "dpo": lambda pc, pr, rc, rr, c: L.dpo_loss(pc, pr, rc, rr, c.beta),
+    "cdpo": lambda pc, pr, rc, rr, c: L.dpo_loss(pc, pr, rc, rr, c.beta, c.label_smoothing),
+    "robust": lambda pc, pr, rc, rr, c: L.robust_dpo_loss(pc, pr, rc, rr, c.beta,
+                                                          c.label_smoothing),
+    "ipo": lambda pc, pr, rc, rr, c: L.ipo_loss(pc, pr, rc, rr, c.beta),
+    "hinge": lambda pc, pr, rc, rr, c: L.hinge_loss(pc, pr, rc, rr, c.beta),
+    "simpo": lambda pc, pr, rc, rr, c: L.simpo_loss(pc, pr, c.beta, c.simpo_gamma),
+    "orpo": lambda pc, pr, rc, rr, c: c.beta * L.orpo_odds_ratio_loss(pc, pr),
+}
 # These two read the policy's per-token *average* log-probs and no reference model.
 REFERENCE_FREE = ("simpo", "orpo")
-
-
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +79,7 @@ class DPOConfig:
     """One DPO run: ``steps`` optax steps of ``batch_size`` pairs (offline) or ``batch_size``
     prompts x ``completions_per_prompt`` samples (``on_policy``).
 
-    * ``loss``: one of :data:`LOSSES`; ``beta`` is DPO's KL coefficient (eq. 78-79; TRL's
+    * ``loss``: a key of :data:`LOSSES`; ``beta`` is DPO's KL coefficient (eqs. 78, 79; TRL's
       default 0.1), SimPO's reward scale and ORPO's ``lambda``; ``label_smoothing`` is the
       flip rate ``eps`` of ``"cdpo"`` and ``"robust"`` (it must be 0 for the other losses,
       which ignore it); ``simpo_gamma`` is SimPO's target margin.
@@ -104,26 +113,18 @@ class DPOConfig:
     log_every: int = 10
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"DPOConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        for name in ("steps", "batch_size", "completions_per_prompt", "max_new_tokens",
-                     "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DPOConfig.{name} must be a positive int, got {value!r}")
+        check_choice(self.loss, "DPOConfig.loss", LOSSES)
+        check_positive_ints(self, "steps", "batch_size", "completions_per_prompt",
+                            "max_new_tokens", "log_every")
         if self.completions_per_prompt < 2:
             raise ValueError("DPOConfig.completions_per_prompt must be >= 2 (a pair is the best "
                              f"and the worst of a group), got {self.completions_per_prompt}")
         if not isinstance(self.on_policy, bool):
             raise ValueError(f"DPOConfig.on_policy must be a bool, got {self.on_policy!r}")
+        # (a value swept inside make_dpo_train's train() is traced: check_range skips it)
         for name in ("beta", "learning_rate", "max_grad_norm", "temperature"):
-            value = getattr(self, name)
-            if _is_traced(value):
-                continue  # a swept value inside make_dpo_train's train()
-            if not float(value) > 0:
-                raise ValueError(f"DPOConfig.{name} must be > 0, got {value!r}")
-        if not _is_traced(self.nll_coef) and not float(self.nll_coef) >= 0:
-            raise ValueError(f"DPOConfig.nll_coef must be >= 0, got {self.nll_coef!r}")
+            check_range(getattr(self, name), f"DPOConfig.{name}", 0, strict=True)
+        check_range(self.nll_coef, "DPOConfig.nll_coef", 0)
         eps = float(self.label_smoothing)
         if self.loss in ("cdpo", "robust"):
             if not 0 <= eps < 0.5:
@@ -198,7 +199,7 @@ def encode_preference_pairs(pairs: Sequence[Any], length: int | None = None) -> 
 
 
 # ----------------------------------------------------------------------------------------------
-# Sequence log-probabilities from the mini GPT (book L2598)
+# Sequence log-probabilities from the mini GPT (book §8.3)
 
 
 def completion_log_probs(params, batch: PreferenceBatch, model_config: gpt.GPTConfig):
@@ -232,8 +233,8 @@ def pair_log_probs(params, batch: PreferenceBatch, model_config: gpt.GPTConfig,
                    chunk_size: int = 128) -> RefLogProbs:
     """Sequence log-probs ``(chosen [N], rejected [N])`` of every pair under ``params``,
     ``chunk_size`` pairs per jitted call (the last chunk is padded with copies of the first
-    pair, so one compilation serves any ``N >= chunk_size``). Run once with the reference model before
-    training, this is the reference-log-prob cache of book L2796 (TRL's
+    pair, so one compilation serves any ``N >= chunk_size``). Run once with the reference model
+    before training, this is the reference-log-prob cache of book §8.3 (TRL's
     ``precompute_ref_log_probs``). Returns NumPy arrays in a :class:`RefLogProbs`."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -256,13 +257,6 @@ def pair_log_probs(params, batch: PreferenceBatch, model_config: gpt.GPTConfig,
 # The loss of a batch (book eq. 79 and the family of §8.2), with TRL's metrics
 
 
-def _per_pair(loss_fn: Callable, *arrays) -> jax.Array:
-    """Per-pair losses ``[N]`` from a batch-mean loss of :mod:`.losses`: the mean over a batch
-    of one is that pair's loss. (Weighted means need per-pair values; this keeps one copy of
-    each formula.)"""
-    return jax.vmap(lambda *xs: loss_fn(*(x[None] for x in xs)))(*arrays)
-
-
 def preference_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                       config: DPOConfig) -> jax.Array:
     """Per-pair losses ``[N]`` of ``config.loss``. The first four arguments are sequence
@@ -270,21 +264,7 @@ def preference_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
     family: ``h = (pc - pr) - (rc - rr)``) and per-token **averages** for the reference-free
     ones (SimPO, ORPO: the reference arguments are then ignored). IPO takes the sums as in its
     paper (TRL length-averages them first)."""
-    beta, eps = config.beta, config.label_smoothing
-    pc, pr, rc, rr = policy_chosen, policy_rejected, ref_chosen, ref_rejected
-    if config.loss == "dpo":
-        return _per_pair(lambda *a: L.dpo_loss(*a, beta), pc, pr, rc, rr)
-    if config.loss == "cdpo":
-        return _per_pair(lambda *a: L.dpo_loss(*a, beta, eps), pc, pr, rc, rr)
-    if config.loss == "robust":
-        return _per_pair(lambda *a: L.robust_dpo_loss(*a, beta, eps), pc, pr, rc, rr)
-    if config.loss == "ipo":
-        return _per_pair(lambda *a: L.ipo_loss(*a, beta), pc, pr, rc, rr)
-    if config.loss == "hinge":
-        return _per_pair(lambda *a: L.hinge_loss(*a, beta), pc, pr, rc, rr)
-    if config.loss == "simpo":
-        return _per_pair(lambda *a: L.simpo_loss(*a, beta, config.simpo_gamma), pc, pr)
-    return beta * _per_pair(L.orpo_odds_ratio_loss, pc, pr)  # "orpo": lambda * L_OR
+    return LOSSES[config.loss](policy_chosen, policy_rejected, ref_chosen, ref_rejected, config)
 
 
 def dpo_batch_loss(params, ref_logps: RefLogProbs, batch: PreferenceBatch, config: DPOConfig,
@@ -353,7 +333,7 @@ def init_dpo_state(config: DPOConfig, sft_params, reward: Reward | None = None,
                    ref_params=None) -> DPOState:
     """Step 0: the policy starts at the SFT model and the reference is a frozen copy of it
     (``ref_params`` overrides), so every implicit reward starts at 0 and the DPO loss at
-    ``log 2`` (reference notes §8.3). Offline, the state holds no reference: it enters through
+    ``log 2``. Offline, the state holds no reference: it enters through
     the cached log-probs."""
     ref = (sft_params if ref_params is None else ref_params) if config.on_policy else None
     return init_policy_state(sft_params, _optimizer(config), ref,
@@ -376,7 +356,7 @@ def sample_offline_batch(key, pairs: PreferenceBatch, ref_logps: RefLogProbs,
 
 def on_policy_pairs(state: DPOState, key, config: DPOConfig, model_config: gpt.GPTConfig,
                     prompts: PromptSet, reward: Reward):
-    """Online DPO's pairs (book §8.2 L2764, Guo et al. 2024; here labelled by a reward, the
+    """Online DPO's pairs (book §8.2 and §8.5; Guo et al. 2024; here labelled by a reward, the
     gold one in the tests): draw ``B = batch_size`` prompts, sample ``G`` completions of each
     from the current policy with the KV cache, score them, and pair the best (chosen) with
     the worst (rejected) of each group; a group whose best and worst scores tie gets weight 0.

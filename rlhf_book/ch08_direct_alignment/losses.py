@@ -4,17 +4,20 @@ Book chapter 8 ("Direct alignment algorithms"). DPO (Rafailov et al. 2023) fits 
 preference pairs directly: the KL-regularised RLHF objective (eq. 78) has the closed-form
 optimum ``pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x)`` (eq. 95), so the reward is
 ``beta log pi*/pi_ref + beta log Z`` (eq. 100); in the Bradley-Terry likelihood of a pair the
-``log Z`` cancels (eqs. 101-104), which leaves a loss on log-probabilities alone (eqs. 79, 105).
+``log Z`` cancels (eqs. 101, 102, 103, 104), which leaves a loss on log-probabilities alone
+(eqs. 79, 105).
 
 Every loss here takes **sequence** log-probabilities ``[N]``, one per pair: the sum of the
 completion's token log-probabilities (prompt and padding excluded; :func:`sequence_log_probs`
 computes it from token log-probs and a mask), or their per-token average for the
-length-normalised methods (SimPO, ORPO). ``N`` is the number of pairs. The reference model's
-log-probs are constants: pass them from a frozen model (the losses stop their gradient too).
+length-normalised methods (SimPO, ORPO). ``N`` is the number of pairs. Every loss returns the
+**per-pair** losses ``[N]``, as TRL and the book's code compute them; the caller takes the
+mean (or a weighted mean). The reference model's log-probs are constants: pass them from a
+frozen model (the losses stop their gradient too).
 
-Notation (reference notes): ``h = (pc - pr) - (rc - rr)``, the policy's log-ratio of chosen to
-rejected minus the reference's, with ``pc, pr`` the policy's and ``rc, rr`` the reference's
-sequence log-probs of the chosen and rejected completions.
+Notation: ``h = (pc - pr) - (rc - rr)``, the policy's log-ratio of chosen to rejected minus the
+reference's, with ``pc, pr`` the policy's and ``rc, rr`` the reference's sequence log-probs of
+the chosen and rejected completions (the book's code calls ``h`` ``logits``, §8.3).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rlhf_book.lm.checks import as_float_array, as_float_vectors, check_rank
+from rlhf_book.lm.checks import as_float_array, as_float_vectors, as_like, check_range, check_rank
 from rlhf_book.lm.ops import masked_mean, masked_sum
 
 __all__ = [
@@ -32,21 +35,13 @@ __all__ = [
     "orpo_odds_ratio_loss", "kto_loss",
 ]
 
-
-def _check_beta(beta, name: str = "beta") -> None:
-    if not isinstance(beta, jax.core.Tracer) and not float(beta) > 0:
-        raise ValueError(f"{name} must be > 0, got {beta}")
-
-
-def _check_smoothing(label_smoothing, upper: float = 0.5) -> None:
-    if isinstance(label_smoothing, jax.core.Tracer):
-        return
-    if not 0 <= float(label_smoothing) < upper:
-        raise ValueError(f"label_smoothing must be in [0, {upper}), got {label_smoothing}")
+_PAIR_NAMES = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps",
+               "ref_rejected_logps")
+_AVERAGE_NAMES = ("avg_chosen_logps", "avg_rejected_logps")
 
 
 # ----------------------------------------------------------------------------------------------
-# Sequence log-probabilities (book L2598: log pi(y|x) is the sum over the completion's tokens)
+# Sequence log-probabilities: log pi(y|x) is the sum over the completion's tokens (book §8.3)
 
 
 # [guide:sequence-log-probs]
@@ -55,11 +50,8 @@ def sequence_log_probs(token_log_probs, mask, average: bool = False) -> jax.Arra
     or its per-token mean with ``average=True`` (SimPO, ORPO). Shapes: ``token_log_probs [N, T]``,
     ``mask [N, T]``; returns ``[N]``. A row with no completion token gives 0."""
     token_log_probs = as_float_array(token_log_probs, "token_log_probs")
-    mask = as_float_array(mask, "mask")
     check_rank(token_log_probs, 2, "token_log_probs", "[N, T]")
-    if mask.shape != token_log_probs.shape:
-        raise ValueError(f"mask must have the shape of token_log_probs {token_log_probs.shape}, "
-                         f"got {mask.shape}")
+    mask = as_like(mask, "mask", token_log_probs, "token_log_probs")
     if average:
         return masked_mean(token_log_probs, mask, axis=1)
     return masked_sum(token_log_probs, mask, axis=1)
@@ -71,22 +63,11 @@ def sequence_log_probs(token_log_probs, mask, average: bool = False) -> jax.Arra
 # probabilities under the reference ``ref_probs [K]`` and rewards ``rewards [K]``.
 
 
-def _distribution(probs, name: str) -> jax.Array:
-    probs = as_float_array(probs, name)
-    check_rank(probs, 1, name, "[K]")
-    return probs
-
-
 # [guide:dpo-derivation]
 def log_partition(ref_probs, rewards, beta) -> jax.Array:
     """``log Z = log sum_y pi_ref(y) exp(r(y) / beta)`` (book eq. 87), by ``logsumexp``. A
     scalar; ``ref_probs [K]`` and ``rewards [K]``."""
-    _check_beta(beta)
-    ref_probs = _distribution(ref_probs, "ref_probs")
-    rewards = _distribution(rewards, "rewards")
-    if rewards.shape != ref_probs.shape:
-        raise ValueError(f"rewards must have the shape of ref_probs {ref_probs.shape}, "
-                         f"got {rewards.shape}")
+    ref_probs, rewards = as_float_vectors((ref_probs, "ref_probs"), (rewards, "rewards"))
     return jax.nn.logsumexp(jnp.log(ref_probs) + rewards / beta)
 
 
@@ -96,19 +77,15 @@ def optimal_policy(ref_probs, rewards, beta) -> jax.Array:
     ``beta``. Computed in log space, so a small ``beta`` does not overflow."""
     # BEGIN SOLUTION
     log_z = log_partition(ref_probs, rewards, beta)
-    return jnp.exp(jnp.log(as_float_array(ref_probs, "ref_probs"))
-                   + as_float_array(rewards, "rewards") / beta - log_z)
+    return jnp.exp(jnp.log(jnp.asarray(ref_probs)) + jnp.asarray(rewards) / beta - log_z)
     # END SOLUTION
 
 
 def regularized_objective(probs, ref_probs, rewards, beta) -> jax.Array:
-    """``J(pi) = E_pi[r] - beta KL(pi || pi_ref)`` (book eq. 78 = eq. 82) for a distribution
-    ``probs [K]``. Its maximum is ``beta log Z``, reached only at :func:`optimal_policy`:
-    ``J(pi) = beta log Z - beta KL(pi || pi*)`` (eqs. 88-94)."""
-    _check_beta(beta)
-    probs = _distribution(probs, "probs")
-    ref_probs = _distribution(ref_probs, "ref_probs")
-    rewards = _distribution(rewards, "rewards")
+    """``J(pi) = E_pi[r] - beta KL(pi || pi_ref)`` (book eq. 78, written for one prompt as eq.
+    82) for a distribution ``probs [K]``. Its maximum is ``beta log Z``, reached only at
+    :func:`optimal_policy`: ``J(pi) = beta log Z - beta KL(pi || pi*)`` (eq. 94)."""
+    probs, ref_probs, rewards = jnp.asarray(probs), jnp.asarray(ref_probs), jnp.asarray(rewards)
     # 0 log 0 = 0: a response the policy never gives contributes nothing to the KL.
     safe = jnp.where(probs > 0, probs, 1.0)
     log_ratio = jnp.where(probs > 0, jnp.log(safe) - jnp.log(ref_probs), 0.0)
@@ -119,25 +96,21 @@ def reward_from_policy(policy_probs, ref_probs, beta, log_z=0.0) -> jax.Array:
     """Invert eq. 95: ``r(y) = beta log pi*(y) / pi_ref(y) + beta log Z`` (book eq. 100),
     ``[K]``. Without ``log_z`` this is DPO's implicit reward (eq. 80): the true reward shifted
     by ``-beta log Z``, the same for every response of the prompt."""
-    _check_beta(beta)
-    policy_probs = _distribution(policy_probs, "policy_probs")
-    ref_probs = _distribution(ref_probs, "ref_probs")
-    return beta * (jnp.log(policy_probs) - jnp.log(ref_probs)) + beta * log_z
+    log_ratio = jnp.log(jnp.asarray(policy_probs)) - jnp.log(jnp.asarray(ref_probs))
+    return beta * log_ratio + beta * log_z
 # [/guide]
 
 
 # [guide:population-dpo]
 def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
-    """The DPO loss over **every** ordered pair of a finite response set, each labelled by the
-    Bradley-Terry probability of the true reward, ``p(i > j) = sigmoid(r_i - r_j)`` (book eq.
-    96): the loss of infinite, fully covering preference data. ``policy_logits [K]`` define
-    ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of eq. 95, which is what DPO
-    claims; a scalar."""
-    _check_beta(beta)
-    ref_probs = _distribution(ref_probs, "ref_probs")
-    rewards = _distribution(rewards, "rewards")
+    """The DPO loss averaged over **every** ordered pair of a finite response set, each
+    labelled by the Bradley-Terry probability of the true reward, ``p(i > j) = sigmoid(r_i -
+    r_j)`` (book eq. 96): the loss of infinite, fully covering preference data (eq. 105).
+    ``policy_logits [K]`` define ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of
+    eq. 95, which is what DPO claims; a scalar."""
+    ref_probs, rewards = jnp.asarray(ref_probs), jnp.asarray(rewards)
     # BEGIN SOLUTION
-    log_pi = jax.nn.log_softmax(_distribution(policy_logits, "policy_logits"))
+    log_pi = jax.nn.log_softmax(policy_logits)
     implicit = beta * (log_pi - jnp.log(ref_probs))  # [K]
     margin = implicit[:, None] - implicit[None, :]  # [K, K]: beta h of the pair (i, j)
     p_true = jax.nn.sigmoid(rewards[:, None] - rewards[None, :])
@@ -160,10 +133,8 @@ def dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
     """``h = (pc - pr) - (rc - rr)`` ``[N]``: how much more the policy prefers the chosen
     completion than the reference does (the book's code calls it ``logits``; book §8.3). The
     reference terms are constants (``stop_gradient``)."""
-    pc, pr, rc, rr = as_float_vectors((policy_chosen_logps, "policy_chosen_logps"),
-                                      (policy_rejected_logps, "policy_rejected_logps"),
-                                      (ref_chosen_logps, "ref_chosen_logps"),
-                                      (ref_rejected_logps, "ref_rejected_logps"))
+    logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    pc, pr, rc, rr = as_float_vectors(*zip(logps, _PAIR_NAMES))
     return (pc - pr) - jax.lax.stop_gradient(rc - rr)
 
 
@@ -171,32 +142,29 @@ def implicit_reward(policy_logps, ref_logps, beta=0.1) -> jax.Array:
     """DPO's implicit reward ``beta log pi(y|x) / pi_ref(y|x)`` ``[N]`` (book eq. 80). It equals
     the reward of eq. 100 up to ``beta log Z(x)``, a shift per prompt that no pairwise comparison
     can see; logged as ``chosen_rewards`` and ``rejected_rewards`` (book §8.3)."""
-    _check_beta(beta)
-    policy_logps, ref_logps = as_float_vectors((policy_logps, "policy_logps"),
-                                               (ref_logps, "ref_logps"))
     return beta * (policy_logps - jax.lax.stop_gradient(ref_logps))
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              beta=0.1, label_smoothing=0.0) -> jax.Array:
-    """The DPO loss ``mean(-log sigmoid(beta h))`` (book eq. 79 = eq. 105; Rafailov et al. 2023).
+    """The DPO loss of each pair, ``-log sigmoid(beta h)`` ``[N]`` (book eq. 79, the same as eq.
+    105; Rafailov et al. 2023); the loss of a batch is their mean.
 
     ``label_smoothing = eps > 0`` is conservative DPO (cDPO; TRL's ``sigmoid`` loss): each label
     is taken to be flipped with probability ``eps``, so the loss is the cross-entropy against
     a soft target, ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``, whose optimum
     is a finite ``h* = log((1 - eps) / eps) / beta`` instead of ``h -> infinity``.
 
-    Shapes: four ``[N]`` sequence log-probs; returns a scalar. At ``pi = pi_ref`` every ``h`` is
-    0 and the loss is ``log 2``.
+    Shapes: four ``[N]`` sequence log-probs; returns ``[N]``. At ``pi = pi_ref`` every ``h`` is
+    0 and every loss is ``log 2``.
     """
-    _check_beta(beta)
-    _check_smoothing(label_smoothing)
+    check_range(beta, "beta", 0, strict=True)
+    check_range(label_smoothing, "label_smoothing", 0, 0.5)
     # BEGIN SOLUTION
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
-    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
-              - label_smoothing * jax.nn.log_sigmoid(-beta * h))
-    return jnp.mean(losses)
+    return (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+            - label_smoothing * jax.nn.log_sigmoid(-beta * h))
     # END SOLUTION
 # [/guide]
 
@@ -208,7 +176,6 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     108): ``grad L = -beta E[w (grad log pi(y_c) - grad log pi(y_r))]``. ``w`` is near 1 when the
     implicit reward ranks the pair the wrong way round and near 0 when it already ranks it
     right by a wide margin; ``1/2`` at ``pi = pi_ref``."""
-    _check_beta(beta)
     # BEGIN SOLUTION
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
@@ -224,57 +191,52 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
 # [guide:dpo-family]
 def robust_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                     ref_rejected_logps, beta=0.1, label_smoothing=0.1) -> jax.Array:
-    """Robust DPO (Chowdhury et al. 2024; TRL's ``robust``): an unbiased loss under labels
-    flipped with probability ``eps``,
-    ``mean([-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)] / (1 - 2 eps))``.
-    Unlike cDPO (:func:`dpo_loss` with ``label_smoothing``) its expectation over the noisy
-    labels equals the clean DPO loss. Four ``[N]`` log-probs; a scalar."""
-    _check_beta(beta)
-    _check_smoothing(label_smoothing)
+    """Robust DPO (Chowdhury et al. 2024; TRL's ``robust``): the per-pair loss
+    ``[-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)] / (1 - 2 eps)`` ``[N]``,
+    unbiased under labels flipped with probability ``eps < 1/2``. Unlike cDPO
+    (:func:`dpo_loss` with ``label_smoothing``) its expectation over the noisy labels equals the
+    clean DPO loss. Four ``[N]`` log-probs; returns ``[N]``."""
+    check_range(label_smoothing, "label_smoothing", 0, 0.5 - 1e-6)
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
-    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
-              + label_smoothing * jax.nn.log_sigmoid(-beta * h)) / (1.0 - 2.0 * label_smoothing)
-    return jnp.mean(losses)
+    return (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+            + label_smoothing * jax.nn.log_sigmoid(-beta * h)) / (1.0 - 2.0 * label_smoothing)
 
 
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              beta=0.1) -> jax.Array:
-    """IPO (Azar et al. 2023): ``mean((h - 1 / (2 beta))^2)``, on the log-probs as given (sums,
-    as in the paper; TRL length-averages them first). A squared loss pulls ``h`` to the finite
-    target ``1 / (2 beta)`` even when every label agrees, where DPO's ``h`` grows without bound.
-    IPO is the PsiPO family's choice ``Psi = identity``; the book's ``Psi(q) = log(q / (1 - q))``
-    is the choice that gives back DPO (erratum in the guide). Four ``[N]``; a scalar."""
-    _check_beta(beta)
+    """IPO (Azar et al. 2023): ``(h - 1 / (2 beta))^2`` per pair ``[N]``, on the log-probs as
+    given (sums, as in the paper; TRL length-averages them first). A squared loss pulls ``h`` to
+    the finite target ``1 / (2 beta)`` even when every label agrees, where DPO's ``h`` grows
+    without bound. IPO is the PsiPO family's choice ``Psi = identity`` (the book's ``Psi(q) =
+    log(q / (1 - q))`` is the choice that gives back DPO; see the guide's errata)."""
+    check_range(beta, "beta", 0, strict=True)
     # BEGIN SOLUTION
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
-    return jnp.mean(jnp.square(h - 1.0 / (2.0 * beta)))
+    return jnp.square(h - 1.0 / (2.0 * beta))
     # END SOLUTION
 
 
 def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                beta=0.1) -> jax.Array:
-    """SLiC's hinge (Zhao et al. 2023; TRL's ``hinge``): ``mean(relu(1 - beta h))``, zero once
-    the margin ``beta h`` reaches 1. Four ``[N]``; a scalar."""
-    _check_beta(beta)
+    """SLiC's hinge (Zhao et al. 2023; TRL's ``hinge``): ``relu(1 - beta h)`` per pair ``[N]``,
+    zero once the margin ``beta h`` reaches 1."""
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
-    return jnp.mean(jax.nn.relu(1.0 - beta * h))
+    return jax.nn.relu(1.0 - beta * h)
 # [/guide]
 
 
 # [guide:simpo-orpo]
 def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax.Array:
-    """SimPO (Meng et al. 2024): ``mean(-log sigmoid(beta (ac - ar) - gamma))`` on the
-    **per-token average** log-probs ``ac, ar`` ``[N]`` (``sequence_log_probs(...,
-    average=True)``). No reference model, and a target margin ``gamma`` (book L2754 mentions
-    only the length normalisation). Returns a scalar."""
-    _check_beta(beta)
-    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
-                              (avg_rejected_logps, "avg_rejected_logps"))
+    """SimPO (Meng et al. 2024): ``-log sigmoid(beta (ac - ar) - gamma)`` per pair ``[N]``, on
+    the **per-token average** log-probs ``ac, ar`` ``[N]`` (``sequence_log_probs(...,
+    average=True)``). No reference model, and a target margin ``gamma`` (the book mentions only
+    the length normalisation, §8.2)."""
+    ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
     # BEGIN SOLUTION
-    return jnp.mean(-jax.nn.log_sigmoid(beta * (ac - ar) - gamma))
+    return -jax.nn.log_sigmoid(beta * (ac - ar) - gamma)
     # END SOLUTION
 
 
@@ -284,18 +246,17 @@ def _log1mexp(x):
 
 
 def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
-    """ORPO's odds-ratio term (Hong et al. 2024): ``mean(-log sigmoid(log odds(y_c) - log
-    odds(y_r)))`` with ``odds(y) = P / (1 - P)`` and ``P = exp(average token log-prob)``
-    ``[N]``. ORPO adds ``lambda`` times this to the chosen completion's NLL, with no reference
-    model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1 stays finite. The
-    averages must be < 0 (``P < 1``). Returns a scalar."""
-    ac, ar = as_float_vectors((avg_chosen_logps, "avg_chosen_logps"),
-                              (avg_rejected_logps, "avg_rejected_logps"))
+    """ORPO's odds-ratio term (Hong et al. 2024): ``-log sigmoid(log odds(y_c) - log
+    odds(y_r))`` per pair ``[N]``, with ``odds(y) = P / (1 - P)`` and ``P = exp(average token
+    log-prob)`` ``[N]``. ORPO adds ``lambda`` times its mean to the chosen completion's NLL,
+    with no reference model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1
+    stays finite; the averages must be < 0 (``P < 1``)."""
+    ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
     # P = 1 exactly has infinite odds: keep the log-prob a hair below 0.
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     # BEGIN SOLUTION
     log_odds = (ac - _log1mexp(ac)) - (ar - _log1mexp(ar))
-    return jnp.mean(-jax.nn.log_sigmoid(log_odds))
+    return -jax.nn.log_sigmoid(log_odds)
     # END SOLUTION
 # [/guide]
 
@@ -307,23 +268,18 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     scored against a reference point ``z0``, an estimate of ``KL(pi || pi_ref)`` (detached and
     clamped at 0). With ``r = log pi / pi_ref``, a desirable completion costs
     ``lambda_D (1 - sigmoid(beta (r - z0)))`` and an undesirable one
-    ``lambda_U (1 - sigmoid(beta (z0 - r)))``; the loss is the mean over all of them.
+    ``lambda_U (1 - sigmoid(beta (z0 - r)))``. The book does not cover KTO.
 
     Shapes: ``policy_chosen_logps``/``ref_chosen_logps`` ``[N_D]`` (desirable),
     ``policy_rejected_logps``/``ref_rejected_logps`` ``[N_U]`` (undesirable; the two counts
-    may differ), ``kl_reference_point`` a scalar. The book does not mention KTO (reference
-    notes, §8.2). Returns a scalar."""
-    _check_beta(beta)
-    pc, rc = as_float_vectors((policy_chosen_logps, "policy_chosen_logps"),
-                              (ref_chosen_logps, "ref_chosen_logps"))
-    pr, rr = as_float_vectors((policy_rejected_logps, "policy_rejected_logps"),
-                              (ref_rejected_logps, "ref_rejected_logps"))
-    z0 = jnp.maximum(jax.lax.stop_gradient(as_float_array(kl_reference_point,
-                                                          "kl_reference_point")), 0.0)
-    if z0.ndim:
-        raise ValueError(f"kl_reference_point must be a scalar, got shape {z0.shape}")
+    may differ), ``kl_reference_point`` a scalar. Returns the per-completion losses
+    ``[N_D + N_U]``, the desirable ones first."""
+    pc, rc = as_float_vectors(*zip((policy_chosen_logps, ref_chosen_logps), _PAIR_NAMES[::2]))
+    pr, rr = as_float_vectors(*zip((policy_rejected_logps, ref_rejected_logps), _PAIR_NAMES[1::2]))
+    z0 = jnp.maximum(jax.lax.stop_gradient(jnp.asarray(kl_reference_point, jnp.float32)), 0.0)
+    check_rank(z0, 0, "kl_reference_point", "[] (a scalar)")
     chosen_ratio = pc - jax.lax.stop_gradient(rc)
     rejected_ratio = pr - jax.lax.stop_gradient(rr)
     chosen = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (chosen_ratio - z0)))
     rejected = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (z0 - rejected_ratio)))
-    return jnp.mean(jnp.concatenate([chosen, rejected]))
+    return jnp.concatenate([chosen, rejected])

@@ -18,7 +18,7 @@ are English in the source and are kept byte for byte):
   every time over response B (a rambling history), although both are factually fine.
 * :data:`LESSON_EVAL_PROMPTS` -- the three prompts its demo uses to compare the SFT and RLHF
   models ("Explain gravity." differs from the training prompt "Explain gravity in one sentence.").
-* :data:`LESSON_TOKEN_POLICY` -- from the CME 295 lecture notes (seed 000, L705-723): a
+* :data:`LESSON_TOKEN_POLICY` -- from the CME 295 Lecture 5 notes (§4, RL/RLHF basics): a
   language model as a policy over next tokens. After the state "things you can do with a
   teddy bear", the next-token distribution is {"activity": 0.6, "play": 0.3, "game": 0.1}
   (English glosses of the Korean tokens); chapter 0 samples from it at several temperatures.

@@ -20,10 +20,11 @@ def is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def as_float_array(x, name: str) -> jax.Array:
+def as_float_array(x, name: str, dims: str | None = None) -> jax.Array:
     """``x`` as a real floating-point array: ints and bools become float32, floats keep their
     precision. Anything else (strings, objects, complex numbers) raises ``ValueError`` naming
-    ``name``."""
+    ``name``; so does a rank other than that of ``dims`` when given (e.g. ``"[N, T]"``: 2 axes,
+    ``"[]"``: a scalar)."""
     try:
         x = jnp.asarray(x)
     except (TypeError, ValueError) as err:
@@ -32,6 +33,8 @@ def as_float_array(x, name: str) -> jax.Array:
                                                   and not jnp.issubdtype(x.dtype, jnp.complexfloating))
     if not real:
         raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if dims is not None:
+        check_rank(x, dims.count(",") + 1 if dims.strip("[] ") else 0, name, dims)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
@@ -78,6 +81,16 @@ def check_range(value, name: str, low: float | None = None, high: float | None =
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value}")
     if high is not None and not v <= high:
         raise ValueError(f"{name} must be <= {high:g}, got {value}")
+
+
+def check_values(x, name: str, allowed, where=None) -> None:
+    """Every entry of ``x`` (where ``where`` is true, if given) is one of ``allowed``. A traced
+    array is not checked."""
+    if is_traced(x) or is_traced(where):
+        return
+    ok = jnp.isin(jnp.asarray(x), jnp.asarray(allowed))
+    if not bool(jnp.all(ok if where is None else ok | ~jnp.asarray(where, bool))):
+        raise ValueError(f"{name} must hold only values in {tuple(allowed)}, got {x}")
 
 
 def check_choice(value, name: str, choices) -> None:

@@ -2,8 +2,9 @@
 
 This is the substrate every chapter trains: the policy, the reference model, the reward model
 (a scalar head on the final hidden states, ch. 5) and the value model (ch. 6). Its default shape
-is the mini GPT of the lectures' numpy "Build" lesson (seed 003): ``d_model`` 128, 4 heads,
-4 layers, context 128, ``d_ff`` 512, byte-level vocabulary, tied input/output embeddings.
+is the mini GPT of the lecture notes' numpy "Build" lesson (Reward Model + PPO): ``d_model``
+128, 4 heads, 4 layers, context 128, ``d_ff`` 512, byte-level vocabulary, tied input/output
+embeddings.
 
 Architecture (GPT-2 style, pre-norm)::
 
@@ -44,8 +45,8 @@ Params = dict[str, Any]
 class GPTConfig:
     """Shape of the mini GPT. Frozen and hashable, so it can be a static argument of ``jit``.
 
-    The defaults are the lectures' mini GPT (seed 003: vocab 256, d 128, 4 heads, 4 layers,
-    context 128, d_ff 512); our vocabulary adds the special tokens of
+    The defaults are the lectures' mini GPT (the numpy "Build" lesson: vocab 256, d 128,
+    4 heads, 4 layers, context 128, d_ff 512); our vocabulary adds the special tokens of
     :mod:`rlhf_book.lm.tokenizer` to the 256 bytes.
     """
 

@@ -123,6 +123,17 @@ def make_supervised_step(loss_fn: Callable, sample_batch: Callable) -> Callable:
     return step
 
 
+def random_rows(rows, batch_size: int) -> Callable:
+    """``sample_batch(key)``: ``batch_size`` rows of ``rows`` (a pytree of arrays with a common
+    leading axis: SFT rows, preference pairs) drawn uniformly with replacement."""
+
+    def sample_batch(key):
+        idx = jax.random.randint(key, (batch_size,), 0, jax.tree.leaves(rows)[0].shape[0])
+        return jax.tree.map(lambda x: x[idx], rows)
+
+    return sample_batch
+
+
 def make_train(loss_fn: Callable, sample_batch: Callable, config: TrainConfig) -> Callable:
     """``train(key, params) -> (state, metrics)``: ``config.steps`` supervised steps
     (:func:`make_supervised_step`, AdamW of :func:`make_optimizer`) in one ``lax.scan``,

@@ -12,8 +12,8 @@ as the scorer, the KL to a frozen reference in the loss) and takes it apart:
 
 Where ``torch`` and ``trl`` are importable (here or in the interpreter given by
 ``--reference-python``) the same step runs through TRL's ``GRPOTrainer`` on a GPT-2 of the same
-shape (:mod:`rlhf_book.textbook.trl_reference`, the recipe of the reference notes), in the same
-run, on the same machine, and the two are printed side by side.
+shape (:mod:`rlhf_book.textbook.trl_reference`), in the same run, on the same machine, and the
+two are printed side by side.
 
 Numbers are wall-clock medians over ``repeats`` calls after a warm-up, with ``block_until_ready``;
 memory is the process's peak resident set size (and the device's peak on a GPU or TPU).
@@ -39,6 +39,7 @@ from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import data
 from rlhf_book.ch05_reward_models import init_reward_model
 from rlhf_book.lm import gpt, sampling
+from rlhf_book.pipeline import PipelineConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +50,9 @@ class RLStepBench:
     ``max_new_tokens`` positions whether or not it stopped)."""
 
     model: str = "mini"
-    rl: ch06.RLConfig = dataclasses.field(default_factory=lambda: _pipeline_rl_config())
+    rl: ch06.RLConfig = PipelineConfig().rl
     repeats: int = 10
     seed: int = 0
-
-
-def _pipeline_rl_config() -> ch06.RLConfig:
-    from rlhf_book.pipeline import PipelineConfig
-
-    return PipelineConfig().rl
 
 
 def _median_seconds(fn, repeats: int) -> tuple[float, list[float]]:

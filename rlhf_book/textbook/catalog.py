@@ -98,8 +98,8 @@ class Chapter:
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(
         0, "mini_gpt", "The mini GPT: the substrate every chapter trains",
-        "Appendix A.1 (language modelling, eqs. 141-142); the lectures' numpy mini GPT "
-        "(seed 003) and token policy (seed 000)",
+        "Appendix A.1 (language modelling, eqs. 141, 142); the lecture notes' numpy mini GPT "
+        "and their next-token policy {0.6, 0.3, 0.1}",
         exercises=(
             Exercise("0.1", "the causal mask", "rlhf_book.lm.gpt:causal_mask",
                      "book App. A.1, eq. 141"),
@@ -113,95 +113,100 @@ CHAPTERS: tuple[Chapter, ...] = (
     ),
     Chapter(
         3, "training_overview", "Training overview: the RL problem under RLHF",
-        "book §3.1 problem formulation (eqs. 1-2), §3.1.1 thermostat (eq. 3), §3.1.2 CartPole "
-        "(eqs. 4-9), §3.1.4 the KL-regularised objective (eq. 11), §3.3 canonical recipes; "
-        "returns per §6.1 eqs. 24-25 (corrected) and REINFORCE per §6.1.3 eq. 45",
+        "book §3.1 problem formulation (eqs. 1, 2), §3.1.1 thermostat (eq. 3), §3.1.2 CartPole "
+        "(eqs. 4, 5, 6, 7, 8, 9), §3.1.4 the KL-regularised objective (eq. 11), §3.3 canonical "
+        "recipes; returns per §6.1 eqs. 24, 25 (corrected) and REINFORCE per §6.1.3 eq. 45",
         exercises=(
             Exercise("3.1", "discounted returns-to-go",
-                     "rlhf_book.ch03_training_overview:discounted_returns",
-                     "book §3.1, eq. 2; §6.1, eqs. 24-25 (corrected)"),
+                     "rlhf_book.ch03_training_overview.rl:discounted_returns",
+                     "book §3.1, eq. 2; §6.1, eqs. 24, 25 (corrected)"),
             Exercise("3.2", "one CartPole step (Euler, Gym CartPole-v1)",
-                     "rlhf_book.ch03_training_overview:cartpole_step", "book §3.1.2, eqs. 5-9"),
+                     "rlhf_book.ch03_training_overview.rl:cartpole_step",
+                     "book §3.1.2, eqs. 5, 6, 7, 8, 9"),
             Exercise("3.3", "the REINFORCE loss",
-                     "rlhf_book.ch03_training_overview:reinforce_loss", "book §6.1.3, eq. 45"),
+                     "rlhf_book.ch03_training_overview.rl:reinforce_loss", "book §6.1.3, eq. 45"),
         ),
     ),
     Chapter(
         4, "instruction_tuning", "Instruction tuning (SFT)",
         "book ch. 4 (§4.1 chat templates, §4.3 implementation details; App. A.1 eq. 142); "
-        "the lectures' SFT loss masking (seed 001)",
+        "the lecture notes' SFT loss masking",
         exercises=(
             Exercise("4.1", "the book's chat templates (ChatML, Zephyr, Tulu)",
-                     "rlhf_book.ch04_instruction_tuning:apply_chat_template", "book §4.1"),
+                     "rlhf_book.ch04_instruction_tuning.losses:apply_chat_template", "book §4.1"),
             Exercise("4.2", "the loss mask: all assistant turns or the last",
-                     "rlhf_book.ch04_instruction_tuning:loss_mask_for", "book §4.3"),
+                     "rlhf_book.ch04_instruction_tuning.losses:loss_mask_for", "book §4.3"),
             Exercise("4.3", "the SFT loss (masked next-token NLL)",
-                     "rlhf_book.ch04_instruction_tuning:sft_loss", "book §4.3, App. A.1 eq. 142"),
-            Exercise("4.4", "sequence packing", "rlhf_book.ch04_instruction_tuning:pack_examples",
-                     "book §4.3"),
+                     "rlhf_book.ch04_instruction_tuning.losses:sft_loss",
+                     "book §4.3, App. A.1 eq. 142"),
+            Exercise("4.4", "sequence packing",
+                     "rlhf_book.ch04_instruction_tuning.losses:pack_examples", "book §4.3"),
         ),
     ),
     Chapter(
         5, "reward_models", "Reward models: Bradley-Terry and its family",
-        "book ch. 5 (§5.1 eqs. 12-17, §5.2-5.3, §5.4 eqs. 18-20, §5.5 eq. 21, §5.6 eq. 22, "
-        "§5.7 types of reward model); the lectures' reward-model material (seeds 000-003, "
-        "seed 003's six pairs and exercises 1-2)",
+        "book ch. 5 (§5.1 eqs. 12, 13, 14, 15, 16, 17; §5.2, §5.3; §5.4 eqs. 18, 19, 20; "
+        "§5.5 eq. 21; §5.6 eq. 22; §5.7 types of reward model); the lecture notes' reward-model "
+        "material (their lesson's six pairs and its two exercises)",
         exercises=(
             Exercise("5.1", "the Bradley-Terry loss, with Llama 2's margin",
-                     "rlhf_book.ch05_reward_models:bradley_terry_loss",
-                     "book §5.1, eqs. 16-17; §5.4.1, eq. 18"),
+                     "rlhf_book.ch05_reward_models.losses:bradley_terry_loss",
+                     "book §5.1, eqs. 16, 17; §5.4.1, eq. 18"),
             Exercise("5.2", "balancing the C(K, 2) comparisons of a prompt",
-                     "rlhf_book.ch05_reward_models:balanced_pairwise_loss",
+                     "rlhf_book.ch05_reward_models.losses:balanced_pairwise_loss",
                      "book §5.4.2, eq. 19 (per prompt)"),
             Exercise("5.3", "the Plackett-Luce ranking loss",
-                     "rlhf_book.ch05_reward_models:plackett_luce_loss", "book §5.4.3, eq. 20"),
+                     "rlhf_book.ch05_reward_models.losses:plackett_luce_loss",
+                     "book §5.4.3, eq. 20"),
             Exercise("5.4", "the last real token under left or right padding",
-                     "rlhf_book.ch05_reward_models:last_token_index", "book §5.3"),
+                     "rlhf_book.ch05_reward_models.losses:last_token_index", "book §5.3"),
             Exercise("5.5", "mean pooling (the lecture's exercise 1)",
-                     "rlhf_book.ch05_reward_models:mean_pool", "ch05 guide, 'Pooling'"),
+                     "rlhf_book.ch05_reward_models.losses:mean_pool", "ch05 guide, 'Pooling'"),
             Exercise("5.6", "reward margins on seen and unseen pairs (the lecture's exercise 2)",
-                     "rlhf_book.ch05_reward_models:reward_margins", "ch05 guide, 'Calibration'"),
+                     "rlhf_book.ch05_reward_models.loop:reward_margins", "ch05 guide, 'Calibration'"),
         ),
     ),
     Chapter(
         6, "policy_gradients", "Policy gradients: REINFORCE, RLOO, PPO, GRPO, GSPO, CISPO",
-        "book ch. 6 (§6.1.1-6.1.4 REINFORCE and RLOO, eqs. 23-49; §6.1.5 PPO, eqs. 50-54; "
-        "§6.1.6 GRPO and Dr. GRPO, eqs. 55-60; §6.1.7 GSPO, eqs. 61-64; §6.1.8 CISPO, "
-        "eqs. 65-66; §6.2.2 loss aggregation, eqs. 67-69; §6.2.4 truncated importance sampling, "
-        "eqs. 70-72; §6.2.5-6.2.6 where the KL goes, eq. 74; §6.3.2 GAE, eqs. 75-77; §6.3.3-6.3.4 "
-        "clip fraction and DAPO); the KL estimators of §15 (Schulman 2020)",
+        "book ch. 6 (§6.1.1 to §6.1.4 REINFORCE and RLOO, eqs. 23, 24, 25, 26, 27, 28, 29, 30, "
+        "31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49; §6.1.5 PPO, "
+        "eqs. 50, 51, 52, 53, 54; §6.1.6 GRPO and Dr. GRPO, eqs. 55, 56, 57, 58, 59, 60; §6.1.7 "
+        "GSPO, eqs. 61, 62, 63, 64; §6.1.8 CISPO, eqs. 65, 66; §6.2.2 loss aggregation, eqs. 67, "
+        "68, 69; §6.2.4 truncated importance sampling, eqs. 70, 71, 72; §6.2.5, §6.2.6 where the "
+        "KL goes, eq. 74; §6.3.2 GAE, eqs. 75, 76, 77; §6.3.3, §6.3.4 clip fraction and DAPO); "
+        "the KL estimators of §15 (Schulman 2020)",
         exercises=(
             Exercise("6.1", "the RLOO leave-one-out advantage",
                      "rlhf_book.ch06_policy_gradients.losses:rloo_advantages",
-                     "book §6.1.4, eqs. 47-49"),
+                     "book §6.1.4, eqs. 47, 48, 49"),
             Exercise("6.2", "PPO's clipped surrogate objective",
                      "rlhf_book.ch06_policy_gradients.losses:ppo_objective",
                      "book §6.1.5.1, eq. 52 and Figure 20"),
             Exercise("6.3", "GRPO's group advantage (and Dr. GRPO's)",
                      "rlhf_book.ch06_policy_gradients.losses:grpo_advantages",
-                     "book §6.1.6, eqs. 57-60"),
+                     "book §6.1.6, eqs. 57, 58, 59, 60"),
             Exercise("6.4", "GSPO's sequence-level importance ratio",
                      "rlhf_book.ch06_policy_gradients.losses:gspo_sequence_ratio",
                      "book §6.1.7, eq. 63"),
             Exercise("6.5", "CISPO: clip the weight, not the objective",
                      "rlhf_book.ch06_policy_gradients.losses:cispo_loss",
-                     "book §6.1.8, eqs. 65-66"),
+                     "book §6.1.8, eqs. 65, 66"),
             Exercise("6.6", "the three loss aggregations",
                      "rlhf_book.ch06_policy_gradients.losses:aggregate_loss",
-                     "book §6.2.2, eqs. 67-69"),
+                     "book §6.2.2, eqs. 67, 68, 69"),
             Exercise("6.7", "truncated importance-sampling weights",
                      "rlhf_book.ch06_policy_gradients.losses:tis_weights",
-                     "book §6.2.4, eq. 70 and code C6"),
+                     "book §6.2.4, eq. 70 and its TIS code"),
             Exercise("6.8", "generalised advantage estimation (GAE)",
                      "rlhf_book.ch06_policy_gradients.losses:compute_gae",
-                     "book §6.3.2, eqs. 75-77 and code C10"),
+                     "book §6.3.2, eqs. 75, 76, 77 and its GAE code"),
         ),
     ),
     Chapter(
         8, "direct_alignment", "Direct alignment: DPO and its family",
-        "book ch. 8 (§8.1.1 the DPO loss, eqs. 79-81; §8.1.2.1 the optimal policy, eqs. 82-95; "
-        "§8.1.2.2 the Bradley-Terry objective, eqs. 96-105; §8.1.2.3 the gradient, eqs. "
-        "106-108; §8.2 cDPO, robust DPO, IPO, SLiC, SimPO, ORPO, preference displacement, online "
+        "book ch. 8 (§8.1.1 the DPO loss, eqs. 79, 80, 81; §8.1.2.1 the optimal policy, eqs. 82, "
+        "87, 94, 95; §8.1.2.2 the Bradley-Terry objective, eqs. 96, 100, 104, 105; §8.1.2.3 the "
+        "gradient, eqs. 106, 107, 108; §8.2 cDPO, robust DPO, IPO, SLiC, SimPO, ORPO, preference displacement, online "
         "DPO; §8.3 the original implementation; §8.5 online vs offline); KTO (not in the book)",
         exercises=(
             Exercise("8.1", "the DPO loss (and cDPO's label smoothing)",
@@ -209,54 +214,57 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "book §8.1.1, eq. 79; §8.2 (cDPO)"),
             Exercise("8.2", "DPO's gradient weight",
                      "rlhf_book.ch08_direct_alignment.losses:dpo_gradient_weight",
-                     "book §8.1.1, eq. 81; §8.1.2.3, eqs. 106-108"),
+                     "book §8.1.1, eq. 81; §8.1.2.3, eqs. 106, 107, 108"),
             Exercise("8.3", "the KL-regularised optimum pi* (eq. 95)",
                      "rlhf_book.ch08_direct_alignment.losses:optimal_policy",
-                     "book §8.1.2.1, eqs. 82-95"),
+                     "book §8.1.2.1, eqs. 82, 87, 94, 95"),
             Exercise("8.4", "the population DPO loss on exact preferences",
                      "rlhf_book.ch08_direct_alignment.losses:population_dpo_loss",
-                     "book §8.1.2.2, eqs. 96-105"),
+                     "book §8.1.2.2, eqs. 96, 100, 104, 105"),
             Exercise("8.5", "IPO's squared loss",
                      "rlhf_book.ch08_direct_alignment.losses:ipo_loss",
-                     "book §8.2, L2748 (IPO is Psi = identity; ch08 guide, erratum 1)"),
+                     "book §8.2; Azar et al. 2023 (IPO is Psi = identity; ch08 guide, errata)"),
             Exercise("8.6", "SimPO: length-normalised, with a margin",
-                     "rlhf_book.ch08_direct_alignment.losses:simpo_loss", "book §8.2, L2754"),
+                     "rlhf_book.ch08_direct_alignment.losses:simpo_loss",
+                     "book §8.2; Meng et al. 2024"),
             Exercise("8.7", "ORPO's odds-ratio term",
                      "rlhf_book.ch08_direct_alignment.losses:orpo_odds_ratio_loss",
-                     "book §8.2, L2753"),
+                     "book §8.2; Hong et al. 2024"),
         ),
     ),
     Chapter(
         9, "rejection_sampling", "Rejection sampling and best-of-N",
-        "book ch. 9 (§9.1 the training process: eqs. 109-116, the worked example eqs. 117-123, "
-        "the code snippet, Figure 28; §9.2 implementation details; §9.3 best-of-N, eqs. "
-        "124-125, with the KL of best-of-N from Stiennon et al. 2020 and Beirami et al. 2024)",
+        "book ch. 9 (§9.1 the training process: eqs. 109, 110, 111, 112, 113, 114, 115, 116, the "
+        "worked example eqs. 117, 118, 119, 120, 121, 122, 123, the code snippet, Figure 28; "
+        "§9.2 implementation details; §9.3 best-of-N, eqs. 124, 125, with the KL of best-of-N "
+        "from Stiennon et al. 2020 and Beirami et al. 2024)",
         exercises=(
             Exercise("9.1", "the top K (prompt, completion) pairs of the reward matrix",
-                     "rlhf_book.ch09_rejection_sampling:select_top_overall",
-                     "book §9.1, eqs. 115-116 and the worked example, eqs. 121-123"),
+                     "rlhf_book.ch09_rejection_sampling.selection:select_top_overall",
+                     "book §9.1, eqs. 115, 116 and the worked example, eqs. 121, 122, 123"),
             Exercise("9.2", "undoing a sort: the inverse permutation of the book's snippet",
-                     "rlhf_book.ch09_rejection_sampling:inverse_permutation",
-                     "book §9.1, the code snippet (L2942-2961)"),
+                     "rlhf_book.ch09_rejection_sampling.selection:inverse_permutation",
+                     "book §9.1, the code snippet"),
             Exercise("9.3", "the KL of best-of-N from the base policy",
-                     "rlhf_book.ch09_rejection_sampling:best_of_n_kl",
+                     "rlhf_book.ch09_rejection_sampling.selection:best_of_n_kl",
                      "book §9.3; Stiennon et al. 2020, Beirami et al. 2024"),
         ),
     ),
     Chapter(
         15, "regularization", "Regularisation: the KL penalty and what else keeps a policy close",
-        "book ch. 15 (§15.1 the KL to a reference, eqs. 126-129, and the implementation example "
-        "of §15.1.2; §15.2 implicit regularisation: SFT memorises / RL generalises, retaining by "
-        "doing, RL's razor, eqs. 130-135; §15.3 pretraining gradients (PPO-ptx, DPO + NLL, eqs. "
-        "136-139) and margin-based regularisation, eq. 140); Schulman's KL estimators (2020)",
+        "book ch. 15 (§15.1 the KL to a reference, eqs. 126, 127, 128, 129, and the "
+        "implementation example of §15.1.2; §15.2 implicit regularisation: SFT memorises / RL "
+        "generalises, retaining by doing, RL's razor, eqs. 130, 131, 132, 133, 134, 135; §15.3 "
+        "pretraining gradients (PPO-ptx, DPO + NLL, eqs. 136, 137, 138, 139) and margin-based "
+        "regularisation, eq. 140); Schulman's KL estimators (2020)",
         exercises=(
             Exercise("15.1", "Schulman's k3 estimator, stable for nearby models",
                      "rlhf_book.lm.kl:kl_k3",
                      "book §15.1, eq. 129; Schulman 2020; ch15 guide, 'Estimating the KL'"),
             Exercise("15.2", "the exact KL over the vocabulary",
-                     "rlhf_book.ch15_regularization:exact_kl", "book §15.1, eq. 128"),
+                     "rlhf_book.ch15_regularization.losses:exact_kl", "book §15.1, eq. 128"),
             Exercise("15.3", "the sequence KL of a generation, masked",
-                     "rlhf_book.ch15_regularization:sequence_kl",
+                     "rlhf_book.ch15_regularization.losses:sequence_kl",
                      "book §15.1.2, the implementation example (its kl_full, fixed)"),
         ),
     ),

@@ -30,7 +30,7 @@ import time
 import traceback
 from typing import Callable, Iterable
 
-from rlhf_book.textbook.catalog import Chapter, Exercise, get_chapter, get_exercise
+from rlhf_book.textbook.catalog import CHAPTERS, Chapter, Exercise, get_chapter, get_exercise
 
 PASSED, FAILING, NOT_STARTED, TIMED_OUT = "passed", "failing", "not started", "timed out"
 
@@ -264,8 +264,6 @@ def grade(chapters: Iterable[Chapter | str] | None = None, impl: str = "exercise
           exercises_dir=None, timeout: float | None = None,
           on_result: Callable[[GradeResult], None] | None = None) -> list[GradeResult]:
     """Grade every exercise of ``chapters`` (default: all) and return the results."""
-    from rlhf_book.textbook.catalog import CHAPTERS
-
     if impl not in ("reference", "exercises"):
         raise ValueError(f"impl must be 'reference' or 'exercises', got {impl!r}")
     selected = [get_chapter(c) if not isinstance(c, Chapter) else c for c in (chapters or CHAPTERS)]

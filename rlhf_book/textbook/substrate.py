@@ -1,8 +1,12 @@
 """The small models the notebooks and figures share, trained once and kept on disk.
 
-Chapters 4, 5, 6, 8 and 9 start from chapter 0's pretrained small GPT, and chapters 6, 8 and 9
-from chapter 4's SFT model. Training them takes about a minute on a laptop CPU; without a cache
-every notebook would pay that minute again. Both are deterministic functions of their settings
+Chapters 4, 5, 6, 8 and 9 start from chapter 0's pretrained small GPT
+(:func:`pretrained_small`), and chapters 6, 8, 9 and 15 from chapter 4's SFT model
+(:func:`sft_small`); both use :data:`SMALL_CONFIG`. The recipes (settings, data) live in the
+chapters' experiments (:mod:`rlhf_book.ch00_mini_gpt`,
+:mod:`rlhf_book.ch04_instruction_tuning.experiments`); this module only caches their results.
+Training them takes about a minute on a laptop CPU; without a cache every notebook would pay
+that minute again. Both are deterministic functions of their settings
 and of the library's code, so each is stored once under a **fingerprint** of everything that
 determines it: the settings, the source text of the modules that train it (the substrate
 ``rlhf_book/lm`` and ``rlhf_book/data`` always, plus the chapter's module), the JAX version and
@@ -21,6 +25,7 @@ removes it); else ``~/.cache/rlhf-book``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -31,7 +36,9 @@ import jax
 import numpy as np
 
 import rlhf_book
-from rlhf_book.lm import train
+from rlhf_book import ch00_mini_gpt as ch00
+from rlhf_book.ch04_instruction_tuning import experiments as ch04_experiments
+from rlhf_book.lm import gpt, train
 
 CACHE_ENV = "RLHF_BOOK_CACHE"
 PACKAGE_DIR = pathlib.Path(rlhf_book.__file__).resolve().parent
@@ -112,3 +119,55 @@ def cached(name: str, key: str, compute: Callable[[], tuple[Any, dict]]):
     params, history = compute()
     save(name, key, params, history)
     return params, history
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared small models
+
+SMALL_CONFIG = gpt.get_config("small")
+
+
+def pretrain_key() -> str:
+    """The fingerprint of chapter 0's pretraining run: its settings and the source of the
+    substrate and of chapter 0's experiments (which build its data and run it)."""
+    return fingerprint(gpt.get_config(ch00.PRETRAIN_MODEL), ch00.PRETRAIN_CONFIG,
+                       ch00.PRETRAIN_DOCUMENTS, ch00.PRETRAIN_EVAL_FRACTION, ch00.PRETRAIN_SEED,
+                       sources=("ch00_mini_gpt",))
+
+
+def sft_key() -> str:
+    """The fingerprint of chapter 4's prompt-masked SFT run: chapter 0's model, the SFT
+    settings, and the source of the substrate and of chapters 0 and 4."""
+    ex = ch04_experiments
+    return fingerprint(pretrain_key(), ex.SFT_MODEL, ex.SFT_CONFIG, ex.N_HELDOUT_DEMONSTRATIONS,
+                       ex.SFT_SEED, sources=("ch00_mini_gpt", "ch04_instruction_tuning"))
+
+
+@functools.lru_cache(maxsize=1)
+def pretrained_small():
+    """Chapter 0's pretrained small GPT (:func:`rlhf_book.ch00_mini_gpt.pretrain_small`):
+    ``(params, history)``. Loaded when chapter 0's notebook (or an earlier call) stored it,
+    else trained (about a minute on a laptop CPU) and stored."""
+    return cached("pretrained_small", pretrain_key(), ch00.pretrain_small)
+
+
+def store_pretrained_small(params, history) -> None:
+    """Store a run of chapter 0's pretraining (the notebook's own) for the later chapters."""
+    save("pretrained_small", pretrain_key(), params, history)
+
+
+@functools.lru_cache(maxsize=1)
+def sft_small():
+    """Chapter 4's prompt-masked SFT model of the small GPT
+    (:func:`rlhf_book.ch04_instruction_tuning.experiments.run_sft` from
+    :func:`pretrained_small`): the policy chapters 6, 8, 9 and 15 start from. Loaded when
+    chapter 4's notebook (or an earlier call) stored it, else trained and stored."""
+    def compute():
+        params, _ = ch04_experiments.run_sft(pretrained_small()[0], True, heldout_loss=False)
+        return params, {}
+    return cached("sft_small", sft_key(), compute)[0]
+
+
+def store_sft_small(params) -> None:
+    """Store the prompt-masked SFT model (the notebook's own run) for the later chapters."""
+    save("sft_small", sft_key(), params)

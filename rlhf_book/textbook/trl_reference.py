@@ -5,7 +5,7 @@ Run by :mod:`rlhf_book.textbook.bench` as ``python trl_reference.py SPEC.json WO
 interpreter that has ``torch``, ``transformers``, ``trl`` and ``datasets`` (it imports nothing
 from ``rlhf_book``, so it also runs in a separate virtual environment). Prints one JSON line.
 
-The recipe follows the reference notes (``anchors_algorithms.md`` §3.4): a character-level
+The recipe, chosen so that both sides compute the same step: a character-level
 tokenizer (one token per character, like the mini GPT's bytes), a randomly initialised
 ``GPT2LMHeadModel`` with the policy's vocabulary, width, depth, heads, MLP width and context,
 dropout off (the mini GPT has none), saved to disk and passed by path (TRL reloads the reference

@@ -2,7 +2,7 @@
 
 Oracles: plain NumPy loops in float64 written from the equations, ``optax``'s softmax
 cross-entropy, the gradient identity ``d log softmax(z)_y / dz = onehot(y) - softmax(z)``, and
-Monte-Carlo frequencies of the lectures' token policy {0.6, 0.3, 0.1} (seed 000), accepted
+Monte-Carlo frequencies of the lecture notes' token policy {0.6, 0.3, 0.1}, accepted
 within five standard errors.
 """
 
@@ -40,7 +40,7 @@ def causal_mask(fn):
 # 0.2 scaled dot-product attention
 
 
-def _attention_loop(q, k, v, mask):
+def attention_loop(q, k, v, mask):
     """softmax over the visible keys of q.k / sqrt(d), then the weighted sum of values; a query
     that sees no key averages all values uniformly (the library's documented convention)."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
@@ -72,13 +72,13 @@ def attend(fn):
 
     causal = np.tril(np.ones((S, S), bool))
     q, k, v = qkv(S, S)
-    expect_close(fn(q, k, v, causal), _attention_loop(q, k, v, causal),
+    expect_close(fn(q, k, v, causal), attention_loop(q, k, v, causal),
                  "attend(q, k, v, causal [5, 5])", atol=1e-5)
 
     # queries and keys of different lengths; a mask with one value per (n, s, k)
     q, k, v = qkv(2, 5)
     mask = rng.random((N, 1, 2, 5)) < 0.6
-    expect_close(fn(q, k, v, mask), _attention_loop(q, k, v, mask),
+    expect_close(fn(q, k, v, mask), attention_loop(q, k, v, mask),
                  "attend(q [2,3,2,4], k, v [2,3,5,4], random mask [2,1,2,5])", atol=1e-5)
 
     # a query row that may see nothing must not produce NaN
@@ -87,13 +87,13 @@ def attend(fn):
     blind[0] = False
     out = fn(q, k, v, blind)
     expect_finite(out, "attend(...) with a fully masked query row")
-    expect_close(out, _attention_loop(q, k, v, blind),
+    expect_close(out, attention_loop(q, k, v, blind),
                  "attend(...) with a fully masked query row (expected: the uniform average)",
                  atol=1e-5)
 
     # large scores: softmax must be computed stably
     q, k, v = qkv(S, S, scale=30.0)
-    expect_close(fn(q, k, v, causal), _attention_loop(q, k, v, causal),
+    expect_close(fn(q, k, v, causal), attention_loop(q, k, v, causal),
                  "attend(...) with large scores (|q.k| ~ 1e3)", atol=1e-3, rtol=1e-4)
     expect_close(jax.jit(fn)(q, k, v, causal), fn(q, k, v, causal), "jax.jit(attend)(...)",
                  atol=1e-5)
@@ -103,7 +103,7 @@ def attend(fn):
 # 0.3 log-probabilities from logits (minus the softmax cross-entropy)
 
 
-def _log_softmax_loop(logits, targets):
+def log_softmax_loop(logits, targets):
     logits = np.asarray(logits, np.float64)
     flat, flat_targets = logits.reshape(-1, logits.shape[-1]), np.asarray(targets).reshape(-1)
     out = np.empty(len(flat))
@@ -118,7 +118,7 @@ def log_probs_from_logits(fn):
     logits = jnp.asarray(3 * rng.standard_normal((2, 3, 7)), jnp.float32)
     targets = jnp.asarray(rng.integers(0, 7, (2, 3)), jnp.int32)
     out = expect_shape(fn(logits, targets), (2, 3), "log_probs_from_logits(logits [2,3,7], targets [2,3])")
-    expect_close(out, _log_softmax_loop(logits, targets), "log_probs_from_logits(logits [2,3,7], ...)")
+    expect_close(out, log_softmax_loop(logits, targets), "log_probs_from_logits(logits [2,3,7], ...)")
     expect_close(out, -optax.softmax_cross_entropy_with_integer_labels(logits, targets),
                  "log_probs_from_logits vs -optax.softmax_cross_entropy_with_integer_labels")
 
@@ -137,7 +137,7 @@ def log_probs_from_logits(fn):
     softmax /= softmax.sum(-1, keepdims=True)
     expect_close(grad, np.eye(7)[np.asarray(targets)] - softmax,
                  "gradient of sum(log_probs_from_logits) (expected onehot - softmax)", atol=1e-5)
-    expect_close(jax.jit(fn)(logits, targets), _log_softmax_loop(logits, targets),
+    expect_close(jax.jit(fn)(logits, targets), log_softmax_loop(logits, targets),
                  "jax.jit(log_probs_from_logits)(...)")
 
 
@@ -187,7 +187,7 @@ def sample_token(fn):
     tokens, logprobs = fn(key, random_logits, 0.0)
     best = np.argmax(np.asarray(random_logits), axis=-1)
     expect_close(tokens, best, what + " (expected the argmax)")
-    expect_close(logprobs, _log_softmax_loop(random_logits, best), what + " logprobs (at tau = 1)")
+    expect_close(logprobs, log_softmax_loop(random_logits, best), what + " logprobs (at tau = 1)")
 
     jitted = jax.jit(fn, static_argnums=3)
     for tau in (0.7, 0.0):

@@ -1,13 +1,15 @@
-"""Grading checks for chapter 3 (training overview).
+"""Grading checks for chapter 3 (training overview), and their float64 oracles.
 
-Oracles: plain Python loops in float64 written from the equations -- the return-to-go
-``G_t = sum_k gamma^k r_{t+k}`` (book §6.1, eqs. 24-25 as corrected, with the reward ``r_t``
-of step ``t`` counted undiscounted; ``G_0`` is §3.1's eq. 2), a line-by-line transcription of Gym
-``CartPole-v1``'s ``step`` (book §3.1.2, eqs. 5-9, with its termination test), and the REINFORCE
-sum ``-(1/E) sum_e sum_t mask log pi (G - b)`` (book §6.1.3, eq. 45) -- plus the closed forms
-they must agree with (the plain sum at ``gamma = 1``, the geometric series for constant
-rewards), the reference notes' CartPole test vectors (which match ``gymnasium``), and the
-gradient ``d loss / d logp = -mask (G - b) / E``.
+The oracles are public, so that the tests import them instead of keeping copies: plain Python
+loops in float64 written from the equations -- :func:`returns_loop`, the return-to-go
+``G_t = sum_k gamma^k r_{t+k}`` (book §6.1, eqs. 24, 25 as corrected, with the reward ``r_t``
+of step ``t`` counted undiscounted; ``G_0`` is §3.1's eq. 2); :func:`gym_step` /
+:func:`gym_steps`, a line-by-line transcription of Gym ``CartPole-v1``'s ``step`` (book
+§3.1.2, eqs. 5, 6, 7, 8, 9, with its termination test); and :func:`reinforce_loop`, the
+REINFORCE sum ``-(1/E) sum_e sum_t mask log pi (G - b)`` (book §6.1.3, eq. 45). The checks
+add the closed forms the code must agree with (the plain sum at ``gamma = 1``, the geometric
+series for constant rewards), two CartPole test vectors computed with ``gymnasium``'s
+``CartPole-v1``, and the gradient ``d loss / d logp = -mask (G - b) / E``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_dt
 # 3.1 discounted returns-to-go
 
 
-def _returns_loop(rewards, gamma, dones=None):
-    """``G_t = sum_{k >= t} gamma^(k-t) r_k``, the sum stopping after the first done at or
-    after ``t``; rows of a ``[B, T]`` array are independent."""
+def returns_loop(rewards, gamma, dones=None):
+    """``G_t = sum_{k >= t} gamma^(k-t) r_k`` in float64, the sum stopping after the first done
+    at or after ``t`` (book §6.1, eqs. 24, 25, corrected); ``rewards [T]`` or ``[B, T]``, rows
+    independent; returns the shape of ``rewards``."""
     rewards = np.asarray(rewards, np.float64)
     rows = rewards.reshape(-1, rewards.shape[-1])
     ends = np.zeros(rows.shape, bool) if dones is None else np.asarray(dones, bool).reshape(rows.shape)
@@ -59,7 +62,7 @@ def discounted_returns(fn):
     for gamma in (0.0, 0.5, 0.9, 0.99, 1.0):
         what = f"discounted_returns(rewards [9], gamma={gamma})"
         out = expect_shape(fn(rewards, gamma), (9,), what)
-        expect_close(out, _returns_loop(rewards, gamma), what, atol=1e-5)
+        expect_close(out, returns_loop(rewards, gamma), what, atol=1e-5)
     expect_close(fn(rewards, 0.0), rewards, "discounted_returns(rewards, gamma=0) (expected the rewards)")
     expect_close(fn(rewards, 1.0), np.cumsum(np.asarray(rewards, np.float64)[::-1])[::-1],
                  "discounted_returns(rewards, gamma=1) (expected the reversed cumulative sum)",
@@ -74,7 +77,7 @@ def discounted_returns(fn):
     batch = jnp.asarray(rng.standard_normal((3, 7)), jnp.float32)
     what = "discounted_returns(rewards [3, 7], gamma=0.8)"
     out = expect_shape(fn(batch, 0.8), (3, 7), what)
-    expect_close(out, _returns_loop(batch, 0.8), what + " (each row is its own trajectory)",
+    expect_close(out, returns_loop(batch, 0.8), what + " (each row is its own trajectory)",
                  atol=1e-5)
 
     what = "discounted_returns([1, 1, 1, 1, 1], gamma=0.5, dones=[0, 1, 0, 0, 1])"
@@ -82,13 +85,13 @@ def discounted_returns(fn):
                  [1.5, 1.0, 1.75, 1.5, 1.0], what + " (a done ends the sum after its own reward)")
     dones = rng.random((3, 7)) < 0.3
     what = "discounted_returns(rewards [3, 7], gamma=0.9, dones [3, 7])"
-    expect_close(fn(batch, 0.9, jnp.asarray(dones)), _returns_loop(batch, 0.9, dones), what,
+    expect_close(fn(batch, 0.9, jnp.asarray(dones)), returns_loop(batch, 0.9, dones), what,
                  atol=1e-5)
-    expect_close(fn(batch, 0.9, jnp.zeros((3, 7), bool)), _returns_loop(batch, 0.9),
+    expect_close(fn(batch, 0.9, jnp.zeros((3, 7), bool)), returns_loop(batch, 0.9),
                  "discounted_returns(..., dones all False) (expected the same as no dones)", atol=1e-5)
 
     jitted = jax.jit(lambda r, d: fn(r, 0.9, d))
-    expect_close(jitted(batch, jnp.asarray(dones)), _returns_loop(batch, 0.9, dones),
+    expect_close(jitted(batch, jnp.asarray(dones)), returns_loop(batch, 0.9, dones),
                  "jax.jit(discounted_returns)(rewards [3, 7], 0.9, dones)", atol=1e-5)
 
 
@@ -100,8 +103,10 @@ GRAVITY, MASSCART, MASSPOLE, LENGTH, FORCE_MAG, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 
 THETA_LIMIT, X_LIMIT = 12 * 2 * math.pi / 360, 2.4
 
 
-def _gym_step(state, action):
-    """Gym ``CartPole-v1.step`` (euler integrator), transcribed in float64 for one state."""
+def gym_step(state, action):
+    """Gym ``CartPole-v1.step`` (euler integrator; book §3.1.2, eqs. 5, 6, 7, 8, 9),
+    transcribed in float64 for one state ``[4]`` and action: ``(next_state [4], 1.0,
+    terminated)``."""
     x, x_dot, theta, theta_dot = (float(v) for v in state)
     force = FORCE_MAG if int(action) == 1 else -FORCE_MAG
     costheta, sintheta = math.cos(theta), math.sin(theta)
@@ -119,8 +124,10 @@ def _gym_step(state, action):
     return np.array([x, x_dot, theta, theta_dot]), 1.0, terminated
 
 
-def _gym_steps(states, actions):
-    out = [_gym_step(s, a) for s, a in zip(np.asarray(states), np.asarray(actions))]
+def gym_steps(states, actions):
+    """:func:`gym_step` over a batch: ``states [N, 4]``, ``actions [N]`` -> ``(next [N, 4],
+    rewards [N], terminated [N])``."""
+    out = [gym_step(s, a) for s, a in zip(np.asarray(states), np.asarray(actions))]
     return (np.stack([o[0] for o in out]), np.array([o[1] for o in out]),
             np.array([o[2] for o in out]))
 
@@ -137,7 +144,7 @@ def _unpack(out, what, lead):
 
 
 def cartpole_step(fn):
-    # the reference notes' test vectors (they match gymnasium's env.step to float32)
+    # two test vectors (gymnasium's CartPole-v1 env.step gives the same, to float32)
     for action, expected in ((1, [0.0, 0.1943706, 0.05, -0.2764976]),
                              (0, [0.0, -0.1958020, 0.05, 0.3080299])):
         what = f"cartpole_step(state (0, 0, 0.05, 0), action {action})"
@@ -152,7 +159,7 @@ def cartpole_step(fn):
     limits = np.array([2.4, 2.0, 0.2, 2.0])
     states = jnp.asarray(rng.uniform(-limits, limits, (n, 4)), jnp.float32)
     actions = jnp.asarray(rng.integers(0, 2, n), jnp.int32)
-    exp_state, exp_reward, exp_done = _gym_steps(states, actions)
+    exp_state, exp_reward, exp_done = gym_steps(states, actions)
     what = f"cartpole_step(states [{n}, 4], actions [{n}]) vs Gym's equations"
     next_state, reward, done = _unpack(fn(states, actions), what, (n,))
     expect_close(next_state, exp_state, what + " next_state", atol=1e-5, rtol=1e-5)
@@ -199,7 +206,9 @@ def cartpole_step(fn):
 # 3.3 the REINFORCE loss
 
 
-def _reinforce_loop(logp, returns, mask, baseline):
+def reinforce_loop(logp, returns, mask, baseline):
+    """``-(1/E) sum_e sum_t mask log pi (G - b)`` (book §6.1.3, eq. 45) as a float64 loop over
+    episodes and steps; ``[E, T]`` or ``[T]`` inputs, ``baseline`` broadcastable to them."""
     logp, returns, mask = (np.asarray(a, np.float64) for a in (logp, returns, mask))
     baseline = np.broadcast_to(np.asarray(baseline, np.float64), logp.shape)
     logp2, ret2, mask2, base2 = (a.reshape(-1, a.shape[-1]) for a in (logp, returns, mask, baseline))
@@ -224,15 +233,15 @@ def reinforce_loss(fn):
                            (jnp.asarray(rng.standard_normal((E, T)), jnp.float32), "[E, T]")):
         what = f"reinforce_loss(logp [{E},{T}], returns, mask, baseline {name})"
         out = expect_shape(fn(logp, returns, mask, baseline), (), what)
-        expect_close(out, _reinforce_loop(logp, returns, mask, baseline),
+        expect_close(out, reinforce_loop(logp, returns, mask, baseline),
                      what + " (expected -(1/E) sum_e sum_t mask logp (G - b))", atol=1e-5)
 
     what = f"reinforce_loss(logp [{T}], returns [{T}], mask [{T}], 0.5) (one episode)"
     out = expect_shape(fn(logp[0], returns[0], mask[1], 0.5), (), what)
-    expect_close(out, _reinforce_loop(logp[0], returns[0], mask[1], 0.5), what, atol=1e-5)
+    expect_close(out, reinforce_loop(logp[0], returns[0], mask[1], 0.5), what, atol=1e-5)
 
     what = "reinforce_loss with a boolean mask"
-    expect_close(fn(logp, returns, mask.astype(bool), 0.0), _reinforce_loop(logp, returns, mask, 0.0),
+    expect_close(fn(logp, returns, mask.astype(bool), 0.0), reinforce_loop(logp, returns, mask, 0.0),
                  what, atol=1e-5)
 
     baseline = jnp.asarray(rng.standard_normal(T), jnp.float32)
@@ -248,9 +257,9 @@ def reinforce_loss(fn):
     padded = logp.at[2, 1:].set(-jnp.inf)  # past the end of episode 2 (length 1)
     what = "reinforce_loss with logp = -inf on masked steps"
     expect_close(expect_finite(fn(padded, returns, mask, 0.0), what),
-                 _reinforce_loop(logp, returns, mask, 0.0), what
+                 reinforce_loop(logp, returns, mask, 0.0), what
                  + " (masked steps must not count, even as 0 * inf)", atol=1e-5)
 
     expect_close(jax.jit(fn)(logp, returns, mask, baseline),
-                 _reinforce_loop(logp, returns, mask, baseline), "jax.jit(reinforce_loss)(...)",
+                 reinforce_loop(logp, returns, mask, baseline), "jax.jit(reinforce_loss)(...)",
                  atol=1e-5)

@@ -1,6 +1,6 @@
 """Grading checks for chapter 4 (instruction tuning).
 
-Oracles: the book's rendered chat-template strings (§4.1, L725-L776) byte for byte; a token-by-
+Oracles: the book's rendered chat-template strings (§4.1) byte for byte; a token-by-
 token scan of the rendered conversation for the loss masks; a float64 NumPy loop and optax for
 the SFT loss, with the invariance to logits at unselected positions; and, for packing, the
 examples read back out of the packed rows.
@@ -74,7 +74,7 @@ def apply_chat_template(fn):
 # 4.2 which tokens SFT trains on
 
 
-def _scan_mask(ids, last_turn_only):
+def loss_mask_loop(ids, last_turn_only):
     """1 from just after each <|assistant|> header through its closing <|end|> (inclusive)."""
     headers = [k for k, i in enumerate(ids) if i == tokenizer.ASSISTANT]
     if last_turn_only:
@@ -106,10 +106,10 @@ def loss_mask_for(fn):
                f"{what} must return a pair (ids, mask), got {type(out).__name__}")
         ids, mask = out
         expect_close(np.asarray(ids), np.asarray(expected_ids), what + " ids (the chat template)")
-        expected = _scan_mask(expected_ids, last)
+        expected = loss_mask_loop(expected_ids, last)
         expect_close(np.asarray(mask), np.asarray(expected), what + " mask")
     ids, mask = fn(conversation[1:3], "last_turn")
-    expect_close(np.asarray(mask), np.asarray(_scan_mask(ids, True)),
+    expect_close(np.asarray(mask), np.asarray(loss_mask_loop(ids, True)),
                  "loss_mask_for(one-turn conversation, 'last_turn')")
 
 
@@ -117,7 +117,7 @@ def loss_mask_for(fn):
 # 4.3 the SFT loss
 
 
-def _masked_nll_loop(logits, tokens, mask):
+def masked_nll_loop(logits, tokens, mask):
     logits = np.asarray(logits, np.float64)
     total, count = 0.0, 0.0
     N, T, _ = logits.shape
@@ -144,7 +144,7 @@ def sft_loss(fn):
     mask = jnp.asarray(mask)
     what = "sft_loss(logits [3,7,11], tokens, loss_mask)"
     out = expect_finite(expect_shape(fn(logits, tokens, mask), (), what), what)
-    expect_close(out, _masked_nll_loop(logits, tokens, np.asarray(mask)), what, atol=1e-5)
+    expect_close(out, masked_nll_loop(logits, tokens, np.asarray(mask)), what, atol=1e-5)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
     expect_close(out, float((ce * mask[:, 1:]).sum() / mask[:, 1:].sum()),
                  what + " vs optax.softmax_cross_entropy_with_integer_labels", atol=1e-5)

@@ -46,10 +46,10 @@ def _f32(x) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# 5.1 the Bradley-Terry loss (eqs. 16-18)
+# 5.1 the Bradley-Terry loss (eqs. 16, 17, 18)
 
 
-def _bt_loop(r_c, r_r, margin=None) -> float:
+def bt_loop(r_c, r_r, margin=None) -> float:
     r_c, r_r = np.asarray(r_c, np.float64), np.asarray(r_r, np.float64)
     m = np.broadcast_to(np.asarray(0.0 if margin is None else margin, np.float64), r_c.shape)
     return sum(_softplus(-(c - r - mm)) for c, r, mm in zip(r_c, r_r, m)) / len(r_c)
@@ -86,12 +86,12 @@ def bradley_terry_loss(fn):
     r_c, r_r = 3 * rng.standard_normal(N), 3 * rng.standard_normal(N)
     margins = rng.integers(0, 4, N).astype(np.float64)
     what = f"bradley_terry_loss(random [{N}], [{N}])"
-    expect_close(_scalar(fn, what, _f32(r_c), _f32(r_r)), _bt_loop(r_c, r_r), what, atol=1e-5)
+    expect_close(_scalar(fn, what, _f32(r_c), _f32(r_r)), bt_loop(r_c, r_r), what, atol=1e-5)
     what = f"bradley_terry_loss(random [{N}], [{N}], margin [{N}] of rating gaps 0-3)"
     out = _scalar(fn, what, _f32(r_c), _f32(r_r), _f32(margins))
-    expect_close(out, _bt_loop(r_c, r_r, margins), what + " (each pair its own margin)", atol=1e-5)
+    expect_close(out, bt_loop(r_c, r_r, margins), what + " (each pair its own margin)", atol=1e-5)
     what = f"bradley_terry_loss(random [{N}] + 100, [{N}] + 100)"
-    expect_close(_scalar(fn, what, _f32(r_c + 100), _f32(r_r + 100)), _bt_loop(r_c, r_r),
+    expect_close(_scalar(fn, what, _f32(r_c + 100), _f32(r_r + 100)), bt_loop(r_c, r_r),
                  what + " (only r_c - r_r matters: a shift of both changes nothing)", atol=1e-4)
 
     # finite for rewards of any size: -log sigmoid(-2e4) = 2e4, not log(0)
@@ -118,7 +118,7 @@ def bradley_terry_loss(fn):
                  "(-sigmoid(-(r_c - r_r - m)) / N)", atol=1e-6)
 
     what = "jax.jit(bradley_terry_loss)(r_c, r_r, margin)"
-    expect_close(jax.jit(fn)(_f32(r_c), _f32(r_r), _f32(margins)), _bt_loop(r_c, r_r, margins),
+    expect_close(jax.jit(fn)(_f32(r_c), _f32(r_r), _f32(margins)), bt_loop(r_c, r_r, margins),
                  what, atol=1e-5)
 
 
@@ -126,7 +126,7 @@ def bradley_terry_loss(fn):
 # 5.2 balancing the C(K, 2) comparisons of each prompt (eq. 19, per prompt)
 
 
-def _balanced_loop(scores, valid=None) -> float:
+def balanced_loop(scores, valid=None) -> float:
     """Mean over prompts with >= 2 valid completions of the mean over their pairs i < j
     (i ranked above j) of -log sigmoid(s_i - s_j); 0 when no prompt has a pair."""
     scores = np.asarray(scores, np.float64)
@@ -140,8 +140,8 @@ def _balanced_loop(scores, valid=None) -> float:
     return sum(per_prompt) / len(per_prompt) if per_prompt else 0.0
 
 
-def _balanced_grad_loop(scores, valid) -> np.ndarray:
-    """The gradient of :func:`_balanced_loop`: pair (i, j) adds -sigmoid(-(s_i - s_j)) to
+def balanced_grad_loop(scores, valid) -> np.ndarray:
+    """The gradient of :func:`balanced_loop`: pair (i, j) adds -sigmoid(-(s_i - s_j)) to
     s_i and the opposite to s_j, divided by the prompt's number of pairs and of prompts."""
     scores = np.asarray(scores, np.float64)
     valid = np.asarray(valid, bool)
@@ -172,7 +172,7 @@ def balanced_pairwise_loss(fn):
     P, K = 5, 6
     scores = 2 * rng.standard_normal((P, K))
     what = f"balanced_pairwise_loss(scores [{P}, {K}])"
-    expect_close(_scalar(fn, what, _f32(scores)), _balanced_loop(scores), what, atol=1e-5)
+    expect_close(_scalar(fn, what, _f32(scores)), balanced_loop(scores), what, atol=1e-5)
 
     what = "balanced_pairwise_loss([[3.0, 1e4, 0.0]], valid=[[1, 0, 1]])"
     out = _scalar(fn, what, _f32([[3.0, 1e4, 0.0]]), jnp.asarray([[True, False, True]]))
@@ -187,11 +187,11 @@ def balanced_pairwise_loss(fn):
     valid2 = np.stack([np.ones(9, bool), np.arange(9) < 4])
     what = "balanced_pairwise_loss(a K = 9 prompt and a K = 4 prompt)"
     out = _scalar(fn, what, _f32(both), jnp.asarray(valid2))
-    alone_big, alone_small = _balanced_loop(big[None]), _balanced_loop(small[None, :4])
+    alone_big, alone_small = balanced_loop(big[None]), balanced_loop(small[None, :4])
     expect_close(out, (alone_big + alone_small) / 2, what + " (each prompt's pairs are averaged "
                  "first, then the prompts: weights 1/2 and 1/2, not 36/42 and 6/42)", atol=1e-5)
     grad = as_array(jax.grad(lambda s: fn(s, jnp.asarray(valid2)))(_f32(both)), "gradient")
-    expected = _balanced_grad_loop(both, valid2)
+    expected = balanced_grad_loop(both, valid2)
     expect_close(grad[1, 4:], np.zeros(5), "gradient of balanced_pairwise_loss w.r.t. invalid "
                  "completions (must be 0)", atol=0)
     expect_close(grad, expected, "gradient of balanced_pairwise_loss(a K = 9 and a K = 4 "
@@ -207,17 +207,17 @@ def balanced_pairwise_loss(fn):
     garbage = np.where(valid, scores, 1e4 * rng.choice([-1.0, 1.0], (P, K)))
     what = f"balanced_pairwise_loss(scores [{P}, {K}], valid with K = 6, 4, 1 and 0 per prompt)"
     out = _scalar(fn, what, _f32(garbage), jnp.asarray(valid))
-    expect_close(out, _balanced_loop(scores, valid), what + " (pairs need two valid "
+    expect_close(out, balanced_loop(scores, valid), what + " (pairs need two valid "
                  "completions; prompts without a pair are left out of the mean)", atol=1e-5)
     what = "balanced_pairwise_loss(..., valid as 0/1 floats)"
-    expect_close(_scalar(fn, what, _f32(garbage), _f32(valid)), _balanced_loop(scores, valid),
+    expect_close(_scalar(fn, what, _f32(garbage), _f32(valid)), balanced_loop(scores, valid),
                  what, atol=1e-5)
     what = "balanced_pairwise_loss(scores, valid all False)"
     expect_close(_scalar(fn, what, _f32(scores), jnp.zeros((P, K), bool)), 0.0,
                  what + " (no pair anywhere: 0, not NaN)", atol=0)
 
     what = "jax.jit(balanced_pairwise_loss)(scores, valid)"
-    expect_close(jax.jit(fn)(_f32(garbage), jnp.asarray(valid)), _balanced_loop(scores, valid),
+    expect_close(jax.jit(fn)(_f32(garbage), jnp.asarray(valid)), balanced_loop(scores, valid),
                  what, atol=1e-5)
 
 
@@ -225,13 +225,13 @@ def balanced_pairwise_loss(fn):
 # 5.3 the Plackett-Luce loss (eq. 20)
 
 
-def _pl_nll_loop(scores) -> np.ndarray:
+def pl_nll_loop(scores) -> np.ndarray:
     """-log P of each row's ranking (best first): sum_k logsumexp_{j >= k} s_j - s_k."""
     scores = np.asarray(scores, np.float64)
     return np.array([sum(_logsumexp(row[k:]) - row[k] for k in range(len(row))) for row in scores])
 
 
-def _pl_grad_loop(scores) -> np.ndarray:
+def pl_grad_loop(scores) -> np.ndarray:
     """d mean_n NLL_n / d s: -1 + sum_{i <= k} softmax(s[i:])[k - i] at position k."""
     scores = np.asarray(scores, np.float64)
     grad = np.zeros(scores.shape)
@@ -259,11 +259,11 @@ def plackett_luce_loss(fn):
     rng = np.random.default_rng(2)
     scores = 2 * rng.standard_normal((4, 5))
     what = "plackett_luce_loss(scores [4, 5])"
-    expect_close(_scalar(fn, what, _f32(scores)), _pl_nll_loop(scores).mean(),
+    expect_close(_scalar(fn, what, _f32(scores)), pl_nll_loop(scores).mean(),
                  what + " (the mean over rankings of sum_k logsumexp_{j >= k} s_j - s_k)",
                  atol=1e-5)
     what = "plackett_luce_loss(scores [4, 5] + 50)"
-    expect_close(_scalar(fn, what, _f32(scores + 50)), _pl_nll_loop(scores).mean(),
+    expect_close(_scalar(fn, what, _f32(scores + 50)), pl_nll_loop(scores).mean(),
                  what + " (a shift of every score changes nothing)", atol=1e-4)
 
     # eq. 20 is a distribution over rankings: exp(-NLL) sums to 1 over all K! orderings
@@ -279,12 +279,12 @@ def plackett_luce_loss(fn):
     big = 1e4 * rng.standard_normal((3, 4))
     what = "plackett_luce_loss(scores of size 1e4)"
     out = expect_finite(fn(_f32(big)), what + " (use logsumexp, not log(sum(exp)))")
-    expect_close(out, _pl_nll_loop(np.asarray(_f32(big))).mean(), what, rtol=1e-5, atol=1e-2)
+    expect_close(out, pl_nll_loop(np.asarray(_f32(big))).mean(), what, rtol=1e-5, atol=1e-2)
 
     grad = jax.grad(fn)(_f32(scores))
-    expect_close(grad, _pl_grad_loop(scores), "gradient of plackett_luce_loss(scores [4, 5]) "
+    expect_close(grad, pl_grad_loop(scores), "gradient of plackett_luce_loss(scores [4, 5]) "
                  "(d/ds_k = -1 + sum_{i <= k} softmax(s[i:]) at k, over N)", atol=1e-6)
-    expect_close(jax.jit(fn)(_f32(scores)), _pl_nll_loop(scores).mean(),
+    expect_close(jax.jit(fn)(_f32(scores)), pl_nll_loop(scores).mean(),
                  "jax.jit(plackett_luce_loss)(scores [4, 5])", atol=1e-5)
 
 
@@ -292,7 +292,7 @@ def plackett_luce_loss(fn):
 # 5.4 the last real token, whatever side the padding is on
 
 
-def _last_index_loop(mask) -> np.ndarray:
+def last_index_loop(mask) -> np.ndarray:
     """The position of the last 1 in each row; ``T - 1`` for a row without one (the
     documented convention)."""
     mask = np.asarray(mask).astype(bool)
@@ -332,15 +332,15 @@ def last_token_index(fn):
         for kind, m in (("bool", jnp.asarray(mask)), ("float", _f32(mask))):
             what = f"last_token_index({name} {kind} masks [{N}, {T}])"
             out = expect_shape(fn(m), (N,), what)
-            expect_close(out, _last_index_loop(mask), what + " (the index of the last 1)")
+            expect_close(out, last_index_loop(mask), what + " (the index of the last 1)")
     what = "last_token_index([[0, 0, 0, 0]])"
     expect_close(fn(jnp.zeros((1, 4), jnp.int32)), [3], what + " (the docstring's convention "
                  "for a row without a real token: T - 1)")
 
     _, left, holes = _random_masks(rng, 8, T)
-    expect_close(jax.jit(fn)(jnp.asarray(left)), _last_index_loop(left),
+    expect_close(jax.jit(fn)(jnp.asarray(left)), last_index_loop(left),
                  "jax.jit(last_token_index)(left-padded masks)")
-    expect_close(jax.jit(fn)(jnp.asarray(holes)), _last_index_loop(holes),
+    expect_close(jax.jit(fn)(jnp.asarray(holes)), last_index_loop(holes),
                  "jax.jit(last_token_index)(random 0/1 masks)")
 
 
@@ -348,7 +348,7 @@ def last_token_index(fn):
 # 5.5 mean pooling
 
 
-def _mean_pool_loop(hidden, mask) -> np.ndarray:
+def mean_pool_loop(hidden, mask) -> np.ndarray:
     hidden = np.asarray(hidden, np.float64)
     mask = np.asarray(mask).astype(bool)
     N, T, D = hidden.shape
@@ -370,7 +370,7 @@ def mean_pool(fn):
         for kind, m in (("bool", jnp.asarray(mask)), ("float", _f32(mask))):
             what = f"mean_pool(hidden [{N}, {T}, {D}], {name} {kind} mask)"
             out = expect_finite(expect_shape(fn(_f32(h), m), (N, D), what), what)
-            expect_close(out, _mean_pool_loop(h, mask), what + " (the mean over real tokens "
+            expect_close(out, mean_pool_loop(h, mask), what + " (the mean over real tokens "
                          "only: divide by the number of 1s in the row, not by T)", atol=1e-5)
 
     # the same sequences right- and left-padded pool to the same vectors
@@ -390,7 +390,7 @@ def mean_pool(fn):
     expect_close(out[0], hidden[0].mean(axis=0), what + " (the full row)", atol=1e-5)
 
     mask = _random_masks(rng, N, T)[2]
-    expect_close(jax.jit(fn)(_f32(hidden), jnp.asarray(mask)), _mean_pool_loop(hidden, mask),
+    expect_close(jax.jit(fn)(_f32(hidden), jnp.asarray(mask)), mean_pool_loop(hidden, mask),
                  "jax.jit(mean_pool)(hidden, mask)", atol=1e-5)
 
 
@@ -405,7 +405,7 @@ NOTES = {"mean_chosen": " (the mean of chosen_rewards)",
          "accuracy": " (the fraction of strict wins r_c > r_r: a tie is not a win)"}
 
 
-def _margins_loop(r_c, r_r) -> dict:
+def margins_loop(r_c, r_r) -> dict:
     r_c, r_r = [float(x) for x in r_c], [float(x) for x in r_r]
     n = len(r_c)
     return {"mean_chosen": sum(r_c) / n, "mean_rejected": sum(r_r) / n,
@@ -429,10 +429,10 @@ def reward_margins(fn):
                                    "accuracy": 0.5}, what)
     rng = np.random.default_rng(5)
     r_c, r_r = rng.standard_normal(50), rng.standard_normal(50)
-    expected = _margins_loop(r_c, r_r)
+    expected = margins_loop(r_c, r_r)
     _expect_margins(fn(r_c, r_r), expected, "reward_margins(random [50], [50])")
     _expect_margins(fn(jnp.asarray(r_c, jnp.float32), jnp.asarray(r_r, jnp.float32)),
-                    _margins_loop(np.float32(r_c), np.float32(r_r)),
+                    margins_loop(np.float32(r_c), np.float32(r_r)),
                     "reward_margins(float32 jax arrays)", atol=1e-6)
     shifted = fn(r_c + 10.0, r_r + 10.0)
     _expect_margins(shifted, {**expected, "mean_chosen": expected["mean_chosen"] + 10.0,
@@ -442,5 +442,5 @@ def reward_margins(fn):
     _expect_margins(fn(r_r, r_c), {"mean_chosen": expected["mean_rejected"],
                                    "mean_rejected": expected["mean_chosen"],
                                    "margin": -expected["margin"],
-                                   "accuracy": _margins_loop(r_r, r_c)["accuracy"]},
+                                   "accuracy": margins_loop(r_r, r_c)["accuracy"]},
                     "reward_margins with chosen and rejected swapped (the margin changes sign)")

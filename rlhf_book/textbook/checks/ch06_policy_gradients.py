@@ -1,10 +1,10 @@
 """Grading checks for chapter 6 (policy gradients).
 
-Oracles: the book's worked examples as the reference notes compute them (W1-W2 loss
-aggregation, §6.2.2.1; W3 PPO's case table, §6.1.5.1 and Figure 20; W4/W4b group advantages;
-W6 Figure 21's value example and its lambda sweep, W7 two episodes; W9 truncated importance
-weights; W10 GSPO ratios; W11 CISPO's per-token gradient weights; W12 RLOO); plain float64
-Python loops written from the equations (eqs. 47-49, 52, 57-58, 63, 65, 67-70, 75-77); and
+Oracles: the book's worked examples (loss aggregation, §6.2.2.1; PPO's case table, §6.1.5.1
+and Figure 20; group advantages, §6.1.6 and Figure 22; Figure 21's value example and its lambda
+sweep, and two episodes; truncated importance weights, §6.2.4; GSPO ratios, §6.1.7; CISPO's
+per-token gradient weights, §6.1.8; RLOO, §6.1.4); plain float64
+Python loops written from the equations (eqs. 47, 48, 49, 52, 57-58, 63, 65, 67-70, 75-77); and
 math: group advantages sum to zero, RLOO's baseline leaves the sample out, ``G/(G-1)`` Dr. GRPO
 = RLOO (eq. 60), the gradient of each loss, GAE's linearity ``d A_t / d r_s = (gamma
 lambda)^(s-t)``, invariance to where a completion starts in its row, and ``jit``/``vmap``
@@ -42,11 +42,11 @@ def _random_mask(rng, N, T, empty_row=True):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6.1 RLOO (eqs. 47-49)
+# 6.1 RLOO (eqs. 47, 48, 49)
 
 
-def _rloo_loop(rewards) -> np.ndarray:
-    """``A_i = r_i - (1 / (G - 1)) sum_{j != i} r_j`` (eqs. 47-48), one group per row."""
+def rloo_loop(rewards) -> np.ndarray:
+    """``A_i = r_i - (1 / (G - 1)) sum_{j != i} r_j`` (eqs. 47, 48), one group per row."""
     rewards = np.asarray(rewards, np.float64)
     out = np.zeros(rewards.shape)
     for b, row in enumerate(rewards):
@@ -59,7 +59,7 @@ def _rloo_loop(rewards) -> np.ndarray:
 def rloo_advantages(fn):
     what = "rloo_advantages([[1, 0, 0, 1]])"
     expect_close(_call(fn, what, (1, 4), _f32([[1, 0, 0, 1]])), [[2 / 3, -2 / 3, -2 / 3, 2 / 3]],
-                 what + " (the book's W12: a 1's baseline is the mean of the OTHER three "
+                 what + " (the book's example: a 1's baseline is the mean of the OTHER three "
                  "rewards, 1/3, so A = 2/3; eq. 49: 4/3 * (1 - 0.5) = 2/3)", atol=1e-6)
     for row, expected in (([1, 0, 0, 0], [1.0, -1 / 3, -1 / 3, -1 / 3]),
                           ([0.9, 0.1, 0.5, 0.3], [0.6, -0.4666667, 0.0666667, -0.2]),
@@ -67,7 +67,7 @@ def rloo_advantages(fn):
                           ([3.0, 1.0], [2.0, -2.0])):
         what = f"rloo_advantages([{row}])"
         expect_close(_call(fn, what, (1, len(row)), _f32([row])), [expected],
-                     what + " (book §3.4 table W4: r_i minus the mean of the other G - 1)",
+                     what + " (the leave-one-out baseline: r_i minus the mean of the other G - 1)",
                      atol=1e-6)
 
     rng = np.random.default_rng(0)
@@ -75,7 +75,7 @@ def rloo_advantages(fn):
     rewards = rng.standard_normal((B, G))
     what = f"rloo_advantages(random rewards [{B}, {G}])"
     out = _call(fn, what, (B, G), _f32(rewards))
-    expect_close(out, _rloo_loop(rewards), what + " (one prompt per ROW: the group is a row of "
+    expect_close(out, rloo_loop(rewards), what + " (one prompt per ROW: the group is a row of "
                  "the [B, G] array, not a column)", atol=1e-5)
     expect_close(out.sum(axis=1), np.zeros(B), what + ": the advantages of a group sum to 0",
                  atol=1e-5)
@@ -93,23 +93,23 @@ def rloo_advantages(fn):
                  atol=1e-5)
 
     what = f"rloo_advantages(random rewards [{B}, {G}] + 100)"
-    expect_close(fn(_f32(rewards + 100.0)), _rloo_loop(rewards),
+    expect_close(fn(_f32(rewards + 100.0)), rloo_loop(rewards),
                  what + " (adding a constant to every reward changes nothing)", atol=1e-4)
     what = "rloo_advantages([[0.7, 0.7, 0.7]])"
     expect_close(_call(fn, what, (1, 3), _f32([[0.7, 0.7, 0.7]])), np.zeros((1, 3)),
                  what + " (an all-equal group has zero advantage)", atol=1e-6)
 
-    expect_close(jax.jit(fn)(_f32(rewards)), _rloo_loop(rewards),
+    expect_close(jax.jit(fn)(_f32(rewards)), rloo_loop(rewards),
                  "jax.jit(rloo_advantages)(rewards)", atol=1e-5)
     stack = rng.standard_normal((4, 2, 3))
-    expect_close(jax.vmap(fn)(_f32(stack)), np.stack([_rloo_loop(s) for s in stack]),
+    expect_close(jax.vmap(fn)(_f32(stack)), np.stack([rloo_loop(s) for s in stack]),
                  "jax.vmap(rloo_advantages)(4 batches of [2, 3] rewards)", atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
 # 6.2 PPO's clipped objective (eq. 52)
 
-# the book's W3 table for eps = 0.2: (A, rho, J, dJ/drho)
+# the book's case table for eps = 0.2: (A, rho, J, dJ/drho)
 PPO_TABLE = ((+1, 0.5, 0.5, 1.0), (+1, 0.9, 0.9, 1.0), (+1, 1.0, 1.0, 1.0), (+1, 1.1, 1.1, 1.0),
              (+1, 1.5, 1.2, 0.0), (-1, 0.5, -0.8, 0.0), (-1, 0.9, -0.9, -1.0),
              (-1, 1.0, -1.0, -1.0), (-1, 1.1, -1.1, -1.0), (-1, 1.5, -1.5, -1.0))
@@ -117,10 +117,10 @@ PPO_NOTES = {(+1, 0.5): "A > 0, rho < 1 - eps: the unclipped branch rho A is the
              (+1, 1.5): "A > 0, rho > 1 + eps: clipped to (1 + eps) A, flat",
              (-1, 0.5): "A < 0, rho < 1 - eps: clipped to (1 - eps) A, flat",
              (-1, 1.5): "A < 0, rho > 1 + eps: min picks the unclipped rho A = -1.5 (erratum "
-                        "E38: this token still gets a gradient)"}
+                        "an erratum: this token still gets a gradient)"}
 
 
-def _ppo_loop(ratio, adv, low, high) -> np.ndarray:
+def ppo_loop(ratio, adv, low, high) -> np.ndarray:
     ratio, adv = np.asarray(ratio, np.float64), np.asarray(adv, np.float64)
     out = np.zeros(ratio.shape)
     for i in np.ndindex(ratio.shape):
@@ -129,7 +129,7 @@ def _ppo_loop(ratio, adv, low, high) -> np.ndarray:
     return out
 
 
-def _ppo_grad_loop(ratio, adv, low, high) -> np.ndarray:
+def ppo_grad_loop(ratio, adv, low, high) -> np.ndarray:
     """dJ/drho away from the boundaries: A where the unclipped branch is chosen, else 0."""
     ratio, adv = np.asarray(ratio, np.float64), np.asarray(adv, np.float64)
     out = np.zeros(ratio.shape)
@@ -147,8 +147,9 @@ def ppo_objective(fn):
     for k, (a, r, j, dj) in enumerate(PPO_TABLE):
         note = PPO_NOTES.get((a, r), "inside the trust region: J = rho A")
         expect_close(out[k], j, f"ppo_objective(rho={r}, A={a:+d}, eps=0.2) (book Figure 20's "
-                     f"case table W3: {note})", atol=1e-6)
-        expect_close(grad[k], dj, f"dJ/drho at rho={r}, A={a:+d}, eps=0.2 (book W3: {note})",
+                     f"case table {note})", atol=1e-6)
+        expect_close(grad[k], dj, f"dJ/drho at rho={r}, A={a:+d}, eps=0.2 "
+            f"(the book's example: {note})",
                      atol=1e-6)
 
     # DAPO's clip-higher: the two sides use their own epsilon
@@ -170,27 +171,27 @@ def ppo_objective(fn):
     adv = rng.standard_normal(shape)
     what = f"ppo_objective(random rho [{shape[0]}, {shape[1]}], A, clip_low=0.1, clip_high=0.3)"
     expect_close(_call(fn, what, shape, _f32(ratio), _f32(adv), 0.1, 0.3),
-                 _ppo_loop(ratio, adv, 0.1, 0.3), what, atol=1e-5)
+                 ppo_loop(ratio, adv, 0.1, 0.3), what, atol=1e-5)
     grad = jax.grad(lambda r: jnp.sum(fn(r, _f32(adv), 0.1, 0.3)))(_f32(ratio))
-    expect_close(grad, _ppo_grad_loop(ratio, adv, 0.1, 0.3), "dJ/drho of " + what + " (A where "
+    expect_close(grad, ppo_grad_loop(ratio, adv, 0.1, 0.3), "dJ/drho of " + what + " (A where "
                  "the unclipped branch is the min, 0 where the clipped one is)", atol=1e-5)
-    expect_close(jax.jit(fn)(_f32(ratio), _f32(adv), 0.1, 0.3), _ppo_loop(ratio, adv, 0.1, 0.3),
+    expect_close(jax.jit(fn)(_f32(ratio), _f32(adv), 0.1, 0.3), ppo_loop(ratio, adv, 0.1, 0.3),
                  "jax.jit(ppo_objective)(rho, A, 0.1, 0.3)", atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
-# 6.3 GRPO and Dr. GRPO advantages (eqs. 57-58)
+# 6.3 GRPO and Dr. GRPO advantages (eqs. 57, 58)
 
 
-def _grpo_loop(rewards, scale=True, eps=1e-4) -> np.ndarray:
-    """``(r_i - mean) / (std + eps)`` per row with the Bessel-corrected std (``scale=True``),
-    ``r_i - mean`` otherwise."""
+def grpo_loop(rewards, scale=True, eps=1e-4, ddof=1) -> np.ndarray:
+    """``(r_i - mean) / (std + eps)`` per row with the Bessel-corrected std (``scale=True``;
+    ``ddof=0`` gives the population std), ``r_i - mean`` otherwise (eqs. 57, 58)."""
     rewards = np.asarray(rewards, np.float64)
     out = np.zeros(rewards.shape)
     for b, row in enumerate(rewards):
         G = len(row)
         mean = sum(row) / G
-        std = math.sqrt(sum((x - mean) ** 2 for x in row) / (G - 1))
+        std = math.sqrt(sum((x - mean) ** 2 for x in row) / (G - ddof))
         for i in range(G):
             out[b, i] = (row[i] - mean) / (std + eps) if scale else row[i] - mean
     return out
@@ -204,16 +205,17 @@ def grpo_advantages(fn):
     for row, expected in book:
         what = f"grpo_advantages([{row}])"
         out = _call(fn, what, (1, len(row)), _f32([row]))
-        expect_close(out, [expected], what + " (book W4: (r - mean) / (std + 1e-4) with the "
+        expect_close(out, [expected], what + " "
+            "(the book's example: (r - mean) / (std + 1e-4) with the "
                      "Bessel-corrected std, ddof=1, as torch.std in the book's code; ddof=0 "
                      "would give 1.7317 for [1, 0, 0, 0])", atol=1.5e-4)
-        expect_close(out, _grpo_loop([row]), what + " ((r - mean) / (std + eps): eps is added to "
+        expect_close(out, grpo_loop([row]), what + " ((r - mean) / (std + eps): eps is added to "
                      "the Bessel-corrected std, outside the square root)", atol=1e-5)
     for k, (a_c, a_i) in {1: (2.4742, -0.3535), 2: (1.6198, -0.5399), 4: (0.9352, -0.9352),
                           7: (0.3535, -2.4742)}.items():
         what = f"grpo_advantages(G = 8 binary rewards, {k} correct)"
         out = _call(fn, what, (1, 8), _f32([[1.0] * k + [0.0] * (8 - k)]))
-        expect_close(out[0, [0, -1]], [a_c, a_i], what + " (book W4b: a correct and an "
+        expect_close(out[0, [0, -1]], [a_c, a_i], what + " (the book's example: a correct and an "
                      "incorrect sample)", atol=1.5e-4)
 
     what = "grpo_advantages([[1, 0, 0, 0]], scale=False)"
@@ -221,7 +223,7 @@ def grpo_advantages(fn):
                  [[0.75, -0.25, -0.25, -0.25]], what + " (Dr. GRPO, eq. 58: r - mean, no std)",
                  atol=1e-6)
     what = "grpo_advantages([[1, 0]], eps=1.0)"
-    expect_close(_call(fn, what, (1, 2), _f32([[1, 0]]), eps=1.0), _grpo_loop([[1, 0]], eps=1.0),
+    expect_close(_call(fn, what, (1, 2), _f32([[1, 0]]), eps=1.0), grpo_loop([[1, 0]], eps=1.0),
                  what + " (eps is added to the std, outside the square root: 0.5 / (0.7071 + 1))",
                  atol=1e-6)
     what = "grpo_advantages([[2, 2, 2, 2]])"
@@ -234,23 +236,23 @@ def grpo_advantages(fn):
     for scale in (True, False):
         what = f"grpo_advantages(random rewards [{B}, {G}], scale={scale})"
         out = _call(fn, what, (B, G), _f32(rewards), scale=scale)
-        expect_close(out, _grpo_loop(rewards, scale), what + " (one group per ROW)", atol=1e-5)
+        expect_close(out, grpo_loop(rewards, scale), what + " (one group per ROW)", atol=1e-5)
         expect_close(out.sum(axis=1), np.zeros(B), what + ": a group's advantages sum to 0",
                      atol=1e-5)
     out = as_array(fn(_f32(rewards), scale=False), "grpo_advantages")
-    expect_close(G / (G - 1) * out, _rloo_loop(rewards), "G/(G-1) * grpo_advantages(r, "
+    expect_close(G / (G - 1) * out, rloo_loop(rewards), "G/(G-1) * grpo_advantages(r, "
                  "scale=False) vs RLOO (eq. 60: Dr. GRPO is RLOO up to the factor G/(G-1))",
                  atol=1e-5)
     what = "grpo_advantages(3 * rewards + 5, eps=0)"
-    expect_close(fn(_f32(3 * rewards + 5), eps=0.0), _grpo_loop(rewards, eps=0.0),
+    expect_close(fn(_f32(3 * rewards + 5), eps=0.0), grpo_loop(rewards, eps=0.0),
                  what + " (with eps = 0 the advantage ignores shift and scale of the rewards)",
                  atol=1e-4)
 
     jitted = jax.jit(fn, static_argnames="scale")
-    expect_close(jitted(_f32(rewards)), _grpo_loop(rewards), "jax.jit(grpo_advantages)(rewards)",
+    expect_close(jitted(_f32(rewards)), grpo_loop(rewards), "jax.jit(grpo_advantages)(rewards)",
                  atol=1e-5)
     stack = rng.standard_normal((3, 2, 4))
-    expect_close(jax.vmap(fn)(_f32(stack)), np.stack([_grpo_loop(s) for s in stack]),
+    expect_close(jax.vmap(fn)(_f32(stack)), np.stack([grpo_loop(s) for s in stack]),
                  "jax.vmap(grpo_advantages)(3 batches of [2, 4] rewards)", atol=1e-5)
 
 
@@ -258,7 +260,7 @@ def grpo_advantages(fn):
 # 6.4 GSPO's sequence ratio (eq. 63)
 
 
-def _gspo_ratio_loop(logp, old_logp, mask) -> np.ndarray:
+def gspo_ratio_loop(logp, old_logp, mask) -> np.ndarray:
     logp, old = np.asarray(logp, np.float64), np.asarray(old_logp, np.float64)
     mask = np.asarray(mask) > 0
     out = np.ones(len(logp))
@@ -275,7 +277,8 @@ def gspo_sequence_ratio(fn):
     mask = np.array([[1, 1, 1, 0, 0], [1] * 5], np.float32)
     what = "gspo_sequence_ratio(log-ratios [0.1, -0.2, 0.3] and [0.05] * 5)"
     out = _call(fn, what, (2,), _f32(logp), _f32(old), _f32(mask))
-    expect_close(out, [1.0689391, 1.0512711], what + " (book W10: exp of the MEAN log-ratio, "
+    expect_close(out, [1.0689391, 1.0512711], what + " "
+        "(the book's example: exp of the MEAN log-ratio, "
                  "the geometric mean of the token ratios; the product would be exp(0.2) = 1.2214)",
                  atol=1e-6)
 
@@ -287,7 +290,7 @@ def gspo_sequence_ratio(fn):
     garbage = np.where(mask > 0, logp, -1e4)  # padding holds anything at all
     what = f"gspo_sequence_ratio(random [{N}, {T}], right-padded mask, row 1 empty)"
     out = _call(fn, what, (N,), _f32(garbage), _f32(old), _f32(mask))
-    expect_close(out, _gspo_ratio_loop(logp, old, mask), what + " (the mean runs over the "
+    expect_close(out, gspo_ratio_loop(logp, old, mask), what + " (the mean runs over the "
                  "completion's tokens only; an empty row has ratio 1)", atol=1e-5)
 
     # where the completion starts in its row does not matter
@@ -301,7 +304,7 @@ def gspo_sequence_ratio(fn):
     grad = as_array(jax.grad(lambda lp: jnp.sum(fn(lp, _f32(old), _f32(mask))))(_f32(logp)),
                     "gradient")
     lengths = np.maximum(mask.sum(axis=1, keepdims=True), 1)
-    expected = np.where(mask > 0, _gspo_ratio_loop(logp, old, mask)[:, None] / lengths, 0.0)
+    expected = np.where(mask > 0, gspo_ratio_loop(logp, old, mask)[:, None] / lengths, 0.0)
     expect_close(grad, expected, "d gspo_sequence_ratio / d logp (rho_i / |a_i| on each "
                  "completion token, 0 on padding)", atol=1e-5)
 
@@ -309,20 +312,21 @@ def gspo_sequence_ratio(fn):
     out = fn(_f32([[0.0, 0.0]]), _f32([[-1e4, 0.0]]), _f32([[1, 0]]))
     expect_finite(out, what + " (clamp the mean log-ratio to +-LOG_RATIO_CLAMP = 20 before exp, "
                   "as the module's ratios do, so that extreme log-probs give a finite ratio)")
-    expect_close(jax.jit(fn)(_f32(logp), _f32(old), _f32(mask)), _gspo_ratio_loop(logp, old, mask),
+    expect_close(jax.jit(fn)(_f32(logp), _f32(old), _f32(mask)), gspo_ratio_loop(logp, old, mask),
                  "jax.jit(gspo_sequence_ratio)", atol=1e-5)
     stack = lambda x: np.stack([x, x[::-1]])  # noqa: E731
     expect_close(jax.vmap(fn)(_f32(stack(logp)), _f32(stack(old)), _f32(stack(mask))),
-                 np.stack([_gspo_ratio_loop(logp, old, mask),
-                           _gspo_ratio_loop(logp[::-1], old[::-1], mask[::-1])]),
+                 np.stack([gspo_ratio_loop(logp, old, mask),
+                           gspo_ratio_loop(logp[::-1], old[::-1], mask[::-1])]),
                  "jax.vmap(gspo_sequence_ratio)", atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
-# 6.5 CISPO (eqs. 65-66, TRL's absolute cap)
+# 6.5 CISPO (eqs. 65, 66, TRL's absolute cap)
 
 
-def _aggregate_loop(per_token, mask, mode, max_length=None) -> float:
+def aggregate_loop(per_token, mask, mode, max_length=None) -> float:
+    """Eqs. 67, 68, 69: per sequence (rows without tokens left out), per token, fixed length."""
     per_token = np.asarray(per_token, np.float64)
     mask = np.asarray(mask) > 0
     N, T = per_token.shape
@@ -336,8 +340,8 @@ def _aggregate_loop(per_token, mask, mode, max_length=None) -> float:
     return total / (N * (T if max_length is None else max_length))
 
 
-def _aggregate_grad_loop(mask, mode, max_length=None) -> np.ndarray:
-    """d loss / d per_token_loss: the weight each token gets (book W1/W2)."""
+def aggregate_grad_loop(mask, mode, max_length=None) -> np.ndarray:
+    """d loss / d per_token_loss: the weight each token gets (the book's example)."""
     mask = np.asarray(mask) > 0
     N, T = mask.shape
     if mode == "per_sequence":
@@ -353,14 +357,15 @@ def _cispo_weight(logp, old, cap) -> np.ndarray:
 
 
 def cispo_loss(fn):
-    # W11: d loss / d log pi for one token, cap 1.2 (1 + eps_high with eps_high = 0.2)
+    # d loss / d log pi for one token, cap 1.2 (1 + eps_high with eps_high = 0.2)
     for a in (+1.0, -1.0):
         for rho, weight in ((0.5, 0.5), (1.0, 1.0), (1.5, 1.2)):
             old = _f32([[-1.0]])
             logp = _f32([[-1.0 + math.log(rho)]])
             case = f"one token, rho={rho}, A={a:+g}, ratio_cap=1.2"
             grad = jax.grad(lambda lp: fn(lp, old, _f32([a]), _f32([[1.0]]), ratio_cap=1.2))(logp)
-            expect_close(grad, [[-a * weight]], f"d cispo_loss / d logp for {case} (book W11: "
+            expect_close(grad, [[-a * weight]], f"d cispo_loss / d logp for {case} "
+                f"(the book's example: "
                          "-min(rho, cap) A; the weight is held constant (stop_gradient), never "
                          "zero, and has no lower clip: TRL's absolute cap, see the docstring)",
                          atol=1e-6)
@@ -381,10 +386,10 @@ def cispo_loss(fn):
         what = f"cispo_loss(random [{N}, {T}], A [{N}], ratio_cap=1.5, aggregation={mode!r})"
         out = _call(fn, what, (), _f32(logp), _f32(old), _f32(adv), _f32(mask), ratio_cap=1.5,
                     aggregation=mode)
-        expect_close(out, _aggregate_loop(per_token, mask, mode), what + " (-min(rho, cap) A "
+        expect_close(out, aggregate_loop(per_token, mask, mode), what + " (-min(rho, cap) A "
                      "log pi per token, then aggregate_loss)", atol=1e-5)
     grad = jax.grad(lambda lp: fn(lp, _f32(old), _f32(adv), _f32(mask), 1.5))(_f32(logp))
-    expected = -w * adv[:, None] * _aggregate_grad_loop(mask, "per_token")
+    expected = -w * adv[:, None] * aggregate_grad_loop(mask, "per_token")
     expect_close(grad, expected, f"d cispo_loss / d logp (random [{N}, {T}], per token: "
                  "-min(rho, cap) A / (number of completion tokens); stop_gradient on the weight)",
                  atol=1e-5)
@@ -395,7 +400,7 @@ def cispo_loss(fn):
     adv_t = rng.standard_normal((N, T))
     what = f"cispo_loss(random [{N}, {T}], A [{N}, {T}] per token)"
     expect_close(_call(fn, what, (), _f32(logp), _f32(old), _f32(adv_t), _f32(mask), 1.5),
-                 _aggregate_loop(-w * adv_t * logp, mask, "per_token"), what, atol=1e-5)
+                 aggregate_loop(-w * adv_t * logp, mask, "per_token"), what, atol=1e-5)
 
     # no token is dropped: far outside any trust region the gradient is still there
     rho = np.array([[0.05, 20.0]])
@@ -410,11 +415,11 @@ def cispo_loss(fn):
                   "e^1e4: clamp the log-ratio (the module's _ratio does) before exp)")
     jitted = jax.jit(fn, static_argnames="aggregation")
     expect_close(jitted(_f32(logp), _f32(old), _f32(adv), _f32(mask), 1.5),
-                 _aggregate_loop(per_token, mask, "per_token"), "jax.jit(cispo_loss)", atol=1e-5)
+                 aggregate_loop(per_token, mask, "per_token"), "jax.jit(cispo_loss)", atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
-# 6.6 loss aggregation (eqs. 67-69)
+# 6.6 loss aggregation (eqs. 67, 68, 69)
 
 
 def aggregate_loss(fn):
@@ -435,29 +440,29 @@ def aggregate_loss(fn):
         kwargs = {"max_length": 10} if mode == "fixed_length" else {}
         what = f"aggregate_loss(the book's [1, 1, 1, 1, 10] and [1] * 9 + [10], {mode!r})"
         out = _call(fn, what, (), _f32(garbage), _f32(mask), mode, **kwargs)
-        expect_close(out, value, what + f" (book §6.2.2.1 W1, {note})", atol=1e-5)
+        expect_close(out, value, what + f" (book §6.2.2.1, {note})", atol=1e-5)
         grad = jax.grad(lambda x: fn(x, _f32(mask), mode, **kwargs))(_f32(garbage))
         expect_close(as_array(grad, "gradient")[:, 0], weights, f"d {what} / d loss_(i, 0) "
-                     "(book W1's per-token gradient weights: short sequence, long sequence)",
+                     "(the book's per-token gradient weights: short sequence, long sequence)",
                      atol=1e-6)
         expect_close(as_array(grad, "gradient")[0, 5:], np.zeros(7), f"d {what} / d padding "
                      "(padding gets no gradient)", atol=0)
 
-    # the book's gradient demo (W2): ratio = 1, advantages 2, sequences of 4 and 7 tokens
+    # the book's gradient demo: ratio = 1, advantages 2, sequences of 4 and 7 tokens
     mask = np.array([[1, 1, 1, 1, 0, 0, 0], [1] * 7], np.float32)
     ones, advs = np.ones((2, 7)), np.full((2, 7), 2.0)
     demo = (("per_sequence", {}, 2.0, [0.25, 1 / 7], "masked_mean per sequence, then .mean()"),
             ("fixed_length", {"max_length": 7}, (8 / 7 + 2) / 2, [1 / 7, 1 / 7],
              "masked_sum / 7, then .mean()"),
             ("per_token", {}, 2.0, [2 / 11, 2 / 11], "with the advantages; the book's printed "
-             "0.0909 = 1/11 leaves them out, erratum E17"))
+             "0.0909 = 1/11 leaves them out, an erratum (see the chapter guide)"))
     for mode, kwargs, value, weights, note in demo:
         loss = lambda r: fn(r * _f32(advs), _f32(mask), mode, **kwargs)  # noqa: E731
         what = f"aggregate_loss(ratio * advs, masks of 4 and 7 tokens, {mode!r})"
         expect_close(_call(fn, what, (), _f32(ones * advs), _f32(mask), mode, **kwargs), value,
-                     what + f" (book W2: {note})", atol=1e-5)
+                     what + f" (the book's example: {note})", atol=1e-5)
         grad = as_array(jax.grad(loss)(_f32(ones)), "gradient")
-        expect_close(grad[:, 0], weights, f"d {what} / d ratio (book W2's gradients: {note})",
+        expect_close(grad[:, 0], weights, f"d {what} / d ratio (the book's gradients: {note})",
                      atol=1e-5)
 
     rng = np.random.default_rng(5)
@@ -473,18 +478,18 @@ def aggregate_loss(fn):
                                 "sequences)",
                 "per_token": " (divide by the number of completion tokens in the batch)",
                 "fixed_length": " (divide by N * max_length, max_length defaulting to T)"}[mode]
-        expect_close(out, _aggregate_loop(per_token, mask, mode, kwargs.get("max_length")),
+        expect_close(out, aggregate_loop(per_token, mask, mode, kwargs.get("max_length")),
                      what + hint, atol=1e-5)
         grad = jax.grad(lambda x: fn(x, _f32(mask), mode, **kwargs))(_f32(garbage))
-        expect_close(grad, _aggregate_grad_loop(mask, mode, kwargs.get("max_length")),
+        expect_close(grad, aggregate_grad_loop(mask, mode, kwargs.get("max_length")),
                      f"d {what} / d per_token_loss", atol=1e-6)
         jitted = jax.jit(fn, static_argnums=(2, 3))
         expect_close(jitted(_f32(garbage), _f32(mask), mode, kwargs.get("max_length")),
-                     _aggregate_loop(per_token, mask, mode, kwargs.get("max_length")),
+                     aggregate_loop(per_token, mask, mode, kwargs.get("max_length")),
                      f"jax.jit({what})", atol=1e-5)
     what = "aggregate_loss(per_token_loss, mask as booleans, 'per_token')"
     expect_close(fn(_f32(garbage), jnp.asarray(mask > 0), "per_token"),
-                 _aggregate_loop(per_token, mask, "per_token"), what, atol=1e-5)
+                 aggregate_loop(per_token, mask, "per_token"), what, atol=1e-5)
     empty = np.zeros((N, T), np.float32)
     for mode in ("per_sequence", "per_token", "fixed_length"):
         what = f"aggregate_loss(per_token_loss, an all-zero mask, {mode!r})"
@@ -493,10 +498,10 @@ def aggregate_loss(fn):
 
 
 # ----------------------------------------------------------------------------------------------
-# 6.7 truncated importance sampling (eq. 70, code C6)
+# 6.7 truncated importance sampling (eq. 70, the book's TIS code)
 
 
-def _tis_loop(learner, sampler, cap=2.0, log_clamp=10.0) -> np.ndarray:
+def tis_loop(learner, sampler, cap=2.0, log_clamp=10.0) -> np.ndarray:
     diff = np.asarray(learner, np.float64) - np.asarray(sampler, np.float64)
     return np.minimum(np.exp(np.clip(diff, -log_clamp, log_clamp)), cap)
 
@@ -507,7 +512,7 @@ def tis_weights(fn):
     what = "tis_weights(log-ratios [-12, -0.5, 0, 0.5, 1, 12])"
     out = _call(fn, what, (6,), _f32(sampler + log_ratio), _f32(sampler))
     expect_close(out, [math.exp(-10), 0.6065307, 1.0, 1.6487213, 2.0, 2.0],
-                 what + " (book W9 / code C6: min(exp(clip(log-ratio, -10, 10)), 2); the cap is "
+                 what + " (the book's example: min(exp(clip(log-ratio, -10, 10)), 2); the cap is "
                  "one-sided, ratios below 1 pass unchanged)", atol=1e-6, rtol=1e-5)
     what = "tis_weights(log-ratio 1.0, cap=3.0)"
     expect_close(_call(fn, what, (1,), _f32([0.0]), _f32([-1.0]), cap=3.0), [math.e],
@@ -522,22 +527,22 @@ def tis_weights(fn):
     learner = sampler + rng.standard_normal(shape)
     what = f"tis_weights(random {list(shape)})"
     out = _call(fn, what, shape, _f32(learner), _f32(sampler))
-    expect_close(out, _tis_loop(learner, sampler), what + " (any shape, elementwise)", atol=1e-5)
+    expect_close(out, tis_loop(learner, sampler), what + " (any shape, elementwise)", atol=1e-5)
     grad = jax.grad(lambda x: jnp.sum(fn(x, _f32(sampler))))(_f32(learner))
     expect_close(grad, np.zeros(shape), "d sum(tis_weights) / d learner_logp (the weights "
                  "are constants: stop_gradient, eq. 71's tilde rho is not differentiated)", atol=0)
     what = "tis_weights(learner log-probs of size 1e4)"
     expect_close(_call(fn, what, (2,), _f32([0.0, -1e4]), _f32([-1e4, 0.0])),
                  [2.0, math.exp(-10)], what, atol=1e-6, rtol=1e-4)
-    expect_close(jax.jit(fn)(_f32(learner), _f32(sampler)), _tis_loop(learner, sampler),
+    expect_close(jax.jit(fn)(_f32(learner), _f32(sampler)), tis_loop(learner, sampler),
                  "jax.jit(tis_weights)", atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
-# 6.8 GAE (eqs. 75-77, code C10)
+# 6.8 GAE (eqs. 75, 76, 77, the book's GAE code)
 
 
-def _gae_loop(rewards, values, mask, gamma, lam) -> np.ndarray:
+def gae_loop(rewards, values, mask, gamma, lam) -> np.ndarray:
     """Eq. 77 per row, over the row's completion tokens only (in order), the value after the
     last one being 0: ``A_t = sum_l (gamma lam)^l delta_{t+l}``."""
     rewards, values = np.asarray(rewards, np.float64), np.asarray(values, np.float64)
@@ -568,19 +573,20 @@ def compute_gae(fn):
         ret = _call(lambda: out[1], what + " returns", (1, 6))
         note = {0.0: "lam = 0 is one-step TD: delta_t", 1.0: "lam = 1 is the Monte-Carlo return "
                 "0.73 minus V"}.get(lam, "eq. 77: sum_l (gamma lam)^l delta_{t+l}")
-        expect_close(adv, [expected], what + f" (book W6: {note}; V after the last token is 0)",
+        expect_close(adv, [expected], what + f" "
+            f"(the book's example: {note}; V after the last token is 0)",
                      atol=1e-5)
         expect_close(ret, np.asarray(values) + np.asarray([expected]), what + " returns "
                      "(returns = advantages + values, the critic's targets)", atol=1e-5)
 
-    # W7: two episodes, one per row, the second right-padded (padding holds garbage)
+    # two episodes, one per row, the second right-padded (padding holds garbage)
     rewards = _f32([[0, 0, 1.0], [0, 0.5, 9.0]])
     values = _f32([[0.2, 0.4, 0.6], [0.1, 0.3, 9.0]])
     mask = _f32([[1, 1, 1], [1, 1, 0]])
     w7 = {1.0: ([0.8, 0.6, 0.4], [0.4, 0.2]), 0.95: ([0.751, 0.58, 0.4], [0.39, 0.2]),
           0.0: ([0.2, 0.2, 0.4], [0.2, 0.2])}
     for lam, (first, second) in w7.items():
-        what = f"compute_gae(the book's W7 episodes in two rows, gamma=1, lam={lam})"
+        what = f"compute_gae(the book's example episodes in two rows, gamma=1, lam={lam})"
         adv, ret = fn(rewards, values, mask, gamma=1.0, lam=lam)
         expect_close(_call(lambda: adv, what, (2, 3)), [first, second + [0.0]],
                      what + " (each row ends after its last completion token: no bootstrap from "
@@ -598,7 +604,7 @@ def compute_gae(fn):
     for gamma, lam in ((1.0, 0.95), (0.9, 0.8), (0.99, 1.0), (0.5, 0.0)):
         what = f"compute_gae(random [{N}, {T}], gamma={gamma}, lam={lam})"
         adv, ret = fn(_f32(rewards), _f32(values), _f32(mask), gamma=gamma, lam=lam)
-        expected = _gae_loop(rewards, values, mask, gamma, lam)
+        expected = gae_loop(rewards, values, mask, gamma, lam)
         expect_close(_call(lambda: adv, what, (N, T)), expected, what + " (positions off the "
                      "mask are skipped: V(s_{t+1}) is the value of the next completion token)",
                      atol=1e-5)
@@ -611,7 +617,7 @@ def compute_gae(fn):
     what = "compute_gae(the same completions after a 4-token prompt with non-zero rewards)"
     adv, _ = fn(_f32(pad(rewards, 5.0)), _f32(pad(values, -3.0)), _f32(pad(mask, 0.0)), 1.0, 0.95)
     expect_close(_call(lambda: adv, what, (N, T + shift))[:, shift:],
-                 _gae_loop(rewards, values, mask, 1.0, 0.95), what, atol=1e-5)
+                 gae_loop(rewards, values, mask, 1.0, 0.95), what, atol=1e-5)
     expect_close(np.asarray(adv)[:, :shift], np.zeros((N, shift)), what + " on the prompt (0)",
                  atol=0)
 
@@ -625,10 +631,10 @@ def compute_gae(fn):
 
     jitted = jax.jit(fn)
     expect_close(jitted(_f32(rewards), _f32(values), _f32(mask), 0.9, 0.8)[0],
-                 _gae_loop(rewards, values, mask, 0.9, 0.8), "jax.jit(compute_gae)", atol=1e-5)
+                 gae_loop(rewards, values, mask, 0.9, 0.8), "jax.jit(compute_gae)", atol=1e-5)
     batched = jax.vmap(lambda r, v, m: fn(r, v, m, 1.0, 0.95)[0])
     stack = lambda x: np.stack([x, x[::-1]])  # noqa: E731
     expect_close(batched(_f32(stack(rewards)), _f32(stack(values)), _f32(stack(mask))),
-                 np.stack([_gae_loop(rewards, values, mask, 1.0, 0.95),
-                           _gae_loop(rewards[::-1], values[::-1], mask[::-1], 1.0, 0.95)]),
+                 np.stack([gae_loop(rewards, values, mask, 1.0, 0.95),
+                           gae_loop(rewards[::-1], values[::-1], mask[::-1], 1.0, 0.95)]),
                  "jax.vmap(compute_gae)(2 batches)", atol=1e-5)

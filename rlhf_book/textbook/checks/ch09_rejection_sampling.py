@@ -1,10 +1,13 @@
 """Grading checks for chapter 9 (rejection sampling and best-of-N).
 
-Oracles: the book's worked example (eqs. 117-123: the reward matrix, its row-major flattening
-and the five pairs it keeps, best first), the book's code snippet (L2942-2961: a sort undone by
-a scatter and by ``argsort``), the reference notes' table of ``log N - (N - 1)/N``; plain
-Python loops written from the equations (pick the largest remaining reward, lowest flat index
-first on ties; ``inv[perm[i]] = i``); and math: ``i = k // N, j = k % N`` on a matrix that is
+Oracles: the book's worked example (eqs. 117, 118, 119, 120, 121, 122, 123: the reward matrix,
+its row-major flattening and the five pairs it keeps, best first), the book's code snippet in
+§9.1 (a sort undone by a scatter and by ``argsort``), a table of ``log N - (N - 1)/N`` computed
+independently; plain Python loops written from the equations, public here so that the tests use
+the same ones (:func:`top_k_oracle`: pick the largest remaining reward, lowest flat index first
+on ties; :func:`inverse_permutation_oracle`: ``inv[perm[i]] = i``;
+:func:`uniform_exact_kl_oracle`: the exact KL of best-of-N over equally likely distinct
+rewards); and math: ``i = k // N, j = k % N`` on a matrix that is
 not square, a permutation composed with its inverse is the identity, the best-of-N KL as an
 integral over the reward quantile (``N u^(N-1)`` against the uniform) and as the limit of the
 exact KL for a uniform distribution over many distinct rewards, which it bounds from above;
@@ -22,14 +25,14 @@ import numpy as np
 from rlhf_book.textbook.checks import (Mismatch, as_array, expect, expect_close, expect_dtype,
                                        expect_shape)
 
-# Book eq. (117): M = 5 prompts x N = 4 completions; eq. (123): the top 5, best first.
+# Book eq. 117: M = 5 prompts x N = 4 completions; eq. 123: the top 5, best first.
 BOOK_R = np.array([[0.7, 0.3, 0.5, 0.2],
                    [0.4, 0.8, 0.6, 0.5],
                    [0.9, 0.3, 0.4, 0.7],
                    [0.2, 0.5, 0.8, 0.6],
                    [0.5, 0.4, 0.3, 0.6]])
 BOOK_S5 = [8, 5, 14, 0, 11]
-BOOK_ARGSORT = [0, 11, 5, 14, 8]  # eq. (116) taken literally: np.argsort(R_flat)[-5:]
+BOOK_ARGSORT = [0, 11, 5, 14, 8]  # eq. 116 taken literally: np.argsort(R_flat)[-5:]
 
 
 def _f32(x) -> jax.Array:
@@ -37,11 +40,11 @@ def _f32(x) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# 9.1 The top K pairs overall (eqs. 115-116)
+# 9.1 The top K pairs overall (eqs. 115, 116)
 
 
-def _top_k_loop(rewards, k) -> list[tuple[int, int]]:
-    """Eqs. 115-116 by hand: flatten row-major, then ``k`` times take the largest remaining
+def top_k_oracle(rewards, k) -> list[tuple[int, int]]:
+    """Eqs. 115, 116 by hand: flatten row-major, then ``k`` times take the largest remaining
     entry (the lowest flat index among equals) and map ``f`` to ``(f // N, f % N)``."""
     rewards = np.asarray(rewards, np.float64)
     N = rewards.shape[1]
@@ -91,7 +94,7 @@ def select_top_overall(fn):
            f"best first, and among equal rewards the lower flat index first: {BOOK_S5} "
            f"(eq. 123; 5 and 14 are both 0.8, 0 and 11 both 0.7)")
     expect_close(BOOK_R[prompt, completion], [0.9, 0.8, 0.8, 0.7, 0.7],
-                 what + ": the kept rewards (book L2934-2938)", atol=1e-9)
+                 what + ": the kept rewards (book eq. 123)", atol=1e-9)
 
     # a matrix that is not square, so that k // N and k // M (or k % M) differ
     rng = np.random.default_rng(0)
@@ -99,7 +102,7 @@ def select_top_overall(fn):
     for k in (1, 4, 21):
         what = f"select_top_overall(R [3 prompts, 7 completions], {k})"
         got = list(zip(*(a.tolist() for a in _pairs(fn, _f32(rewards), k, what))))
-        expected = _top_k_loop(rewards, k)
+        expected = top_k_oracle(rewards, k)
         expect(got == expected, f"{what} returned {got[:6]}{'...' if k > 6 else ''}, expected "
                f"{expected[:6]}{'...' if k > 6 else ''} (best first; flat index k -> (k // N, "
                f"k % N) with N = 7 completions per prompt, not M = 3)")
@@ -109,7 +112,7 @@ def select_top_overall(fn):
     for k in (3, 10, 24):
         what = f"select_top_overall(integer rewards with ties [4, 6], {k})"
         got = list(zip(*(a.tolist() for a in _pairs(fn, jnp.asarray(ties), k, what))))
-        expected = _top_k_loop(ties, k)
+        expected = top_k_oracle(ties, k)
         expect(got == expected, f"{what} returned {got[:8]}..., expected {expected[:8]}... (ties "
                f"go to the lower flat index, as jax.lax.top_k and a stable descending sort do)")
 
@@ -126,15 +129,16 @@ def select_top_overall(fn):
     what = "jax.jit(select_top_overall, static_argnums=1)(R [6, 5], 7)"
     out = jax.jit(fn, static_argnums=1)(_f32(many), 7)
     got = list(zip(*(as_array(a, what).tolist() for a in out)))
-    expect(got == _top_k_loop(many.astype(np.float32), 7),
-           f"{what} returned {got}, expected {_top_k_loop(many.astype(np.float32), 7)}")
+    expect(got == top_k_oracle(many.astype(np.float32), 7),
+           f"{what} returned {got}, expected {top_k_oracle(many.astype(np.float32), 7)}")
 
 
 # ----------------------------------------------------------------------------------------------
 # 9.2 The inverse permutation (the book's code snippet)
 
 
-def _inverse_loop(perm) -> np.ndarray:
+def inverse_permutation_oracle(perm) -> np.ndarray:
+    """``inv`` with ``inv[perm[i]] = i``, one entry at a time."""
     inv = np.zeros(len(perm), np.int64)
     for i, p in enumerate(perm):
         inv[p] = i
@@ -161,7 +165,7 @@ def inverse_permutation(fn):
                f"{what} = {inv.tolist()}: x_sorted[inv] = {x_sorted[inv].tolist()} is not x (the "
                f"book's check np.allclose(x, x_sorted[i_rev])). inv[perm[i]] = i, the scatter "
                f"i_rev[sorted_indices] = arange(10); perm itself would index the wrong way")
-        expect_close(inv, _inverse_loop(sorted_indices), what + " (the book's first way: "
+        expect_close(inv, inverse_permutation_oracle(sorted_indices), what + " (the book's first way: "
                      "i_rev[sorted_indices] = np.arange(10))", atol=0)
 
     for n in (1, 2, 7, 100):
@@ -177,7 +181,7 @@ def inverse_permutation(fn):
         expect_close(twice, perm, what + ": the inverse of the inverse is perm", atol=0)
 
     perms = np.stack([rng.permutation(12) for _ in range(5)]).astype(np.int32)
-    expected = np.stack([_inverse_loop(p) for p in perms])
+    expected = np.stack([inverse_permutation_oracle(p) for p in perms])
     expect_close(jax.jit(fn)(jnp.asarray(perms[0])), expected[0],
                  "jax.jit(inverse_permutation)(perm)", atol=0)
     expect_close(jax.vmap(fn)(jnp.asarray(perms)), expected,
@@ -187,7 +191,7 @@ def inverse_permutation(fn):
 # ----------------------------------------------------------------------------------------------
 # 9.3 The best-of-N KL (book §9.3)
 
-# The reference notes' table (computed independently; 4 decimals).
+# log N - (N - 1)/N, computed independently (4 decimals).
 BON_KL_TABLE = {1: 0.0, 2: 0.1931, 4: 0.6363, 8: 1.2044, 16: 1.8351, 32: 2.4970, 64: 3.1745,
                 128: 3.8598, 256: 4.5491, 1000: 5.9088}
 
@@ -201,7 +205,7 @@ def _quantile_integral(n: int, points: int = 400_000) -> float:
     return float(np.mean(q * (math.log(n) + (n - 1) * np.log(u))))
 
 
-def _uniform_exact_kl(K: int, n: int) -> float:
+def uniform_exact_kl_oracle(K: int, n: int) -> float:
     """Exact KL of best-of-``n`` from a uniform distribution over ``K`` distinct rewards:
     the ``i``-th smallest wins with probability ``(i/K)^n - ((i-1)/K)^n``."""
     i = np.arange(1, K + 1, dtype=np.float64)
@@ -213,7 +217,7 @@ def best_of_n_kl(fn):
     for n, value in BON_KL_TABLE.items():
         what = f"best_of_n_kl({n})"
         out = expect_shape(fn(n), (), what)
-        expect_close(out, value, what + " (the reference notes' table of log N - (N - 1)/N; "
+        expect_close(out, value, what + " (the table of log N - (N - 1)/N; "
                      "natural log)", atol=6e-5)
     what = "best_of_n_kl(1)"
     expect_close(fn(1), 0.0, what + " (best of one draw is the policy itself: KL 0)", atol=1e-7)
@@ -222,7 +226,7 @@ def best_of_n_kl(fn):
         what = f"best_of_n_kl({n})"
         expect_close(fn(n), _quantile_integral(n), what + " vs the integral over the reward "
                      "quantile u of q log q, q(u) = n u^(n-1) (continuous rewards)", atol=1e-5)
-        exact = _uniform_exact_kl(2000, n)
+        exact = uniform_exact_kl_oracle(2000, n)
         bound = float(as_array(fn(n), what))
         expect(exact <= bound + 1e-6 and bound - exact < 1e-4,
                f"{what} = {bound:.6g}: the exact KL of best-of-{n} over 2000 equally likely "

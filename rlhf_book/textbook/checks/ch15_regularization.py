@@ -1,6 +1,6 @@
 """Grading checks for chapter 15 (regularisation).
 
-Oracles: the reference notes' numbers (§15.6 exercise 2: ``k3`` at ``log r = 1`` is
+Oracles: worked numbers (``k3`` at ``log r = 1`` is
 ``e - 2 = 0.71828``; at ``log r = 1e-6`` it is ``~5e-13 > 0`` in float32, which the naive
 ``(exp(lr) - 1) - lr`` gets wrong); plain float64 NumPy written from the equations (Schulman's
 ``k3 = (r - 1) - log r``; ``KL(p || q) = sum_v p_v (log p_v - log q_v)`` over the vocabulary,
@@ -30,16 +30,19 @@ def _call(fn, what, shape, *args, **kwargs) -> np.ndarray:
     return expect_finite(out, what)
 
 
-def _log_softmax64(z) -> np.ndarray:
+def log_softmax64(z) -> np.ndarray:
     z = np.asarray(z, np.float64)
     m = z.max(axis=-1, keepdims=True)
     return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
 
 
-def _kl64(logits_p, logits_q) -> np.ndarray:
-    """``sum_v p_v (log p_v - log q_v)`` in float64, over the last axis."""
-    lp, lq = _log_softmax64(logits_p), _log_softmax64(logits_q)
-    return (np.exp(lp) * (lp - lq)).sum(axis=-1)
+def kl64(logits_p, logits_q) -> np.ndarray:
+    """Eq. 128 in float64: ``sum_v p_v (log p_v - log q_v)`` over the last axis, with
+    ``0 log 0 = 0`` (a category with ``p_v = 0`` adds nothing)."""
+    lp, lq = log_softmax64(logits_p), log_softmax64(logits_q)
+    p = np.exp(lp)
+    with np.errstate(invalid="ignore"):
+        return np.where(p > 0, p * (lp - lq), 0.0).sum(axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,7 +53,7 @@ def kl_k3(fn):
     what = "kl_k3(logp=[0.0], ref_logp=[1.0])"
     expect_close(_call(fn, what, (1,), _f32([0.0]), _f32([1.0])), [math.e - 2],
                  what + " (log r = ref_logp - logp = 1, so k3 = (e - 1) - 1 = e - 2 = 0.71828; "
-                 "reference notes §15.6 exercise 2)", atol=1e-6)
+                 "Schulman 2020)", atol=1e-6)
     what = "kl_k3(logp=[0.0], ref_logp=[-1.0])"
     expect_close(_call(fn, what, (1,), _f32([0.0]), _f32([-1.0])), [math.exp(-1)],
                  what + " (log r = -1: k3 = (1/e - 1) + 1 = 1/e)", atol=1e-6)
@@ -90,7 +93,7 @@ def kl_k3(fn):
     # Monte Carlo: on samples of pi, k3 averages to KL(pi || pi_ref) (unbiased).
     V, n = 50, 100_000
     z, zr = rng.normal(size=V), rng.normal(size=V)
-    lp, lq = _log_softmax64(z), _log_softmax64(zr)
+    lp, lq = log_softmax64(z), log_softmax64(zr)
     exact = float((np.exp(lp) * (lp - lq)).sum())
     y = rng.choice(V, size=n, p=np.exp(lp))
     k = np.asarray(as_array(fn(_f32(lp[y]), _f32(lq[y])), "kl_k3 on samples"), np.float64)
@@ -120,7 +123,7 @@ def exact_kl(fn):
     a, b = rng.normal(0, 2, (3, 5, 11)), rng.normal(0, 2, (3, 5, 11))
     what = "exact_kl(logits [3, 5, 11], ref_logits [3, 5, 11])"
     out = _call(fn, what, (3, 5), _f32(a), _f32(b))
-    expect_close(out, _kl64(a, b), what + " (softmax both over the LAST axis, then sum_v p_v "
+    expect_close(out, kl64(a, b), what + " (softmax both over the LAST axis, then sum_v p_v "
                  "(log p_v - log q_v); takes logits, not probabilities)", atol=1e-5, rtol=1e-5)
     expect(bool((out >= -1e-6).all()), f"exact_kl must be >= 0 (Gibbs); got {out.min():.3g}")
     same = _call(fn, "exact_kl(a, a)", (3, 5), _f32(a), _f32(a))
@@ -143,7 +146,7 @@ def exact_kl(fn):
     # Monte Carlo: the mean log-ratio of samples from p is KL(p || q) (eq. 129).
     V, n = 30, 100_000
     za, zb = rng.normal(size=V), rng.normal(size=V)
-    lp, lq = _log_softmax64(za), _log_softmax64(zb)
+    lp, lq = log_softmax64(za), log_softmax64(zb)
     y = rng.choice(V, size=n, p=np.exp(lp))
     k1 = lp[y] - lq[y]
     se = k1.std() / math.sqrt(n)
@@ -164,7 +167,7 @@ def sequence_kl(fn):
     mask = np.array([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], np.float32)
     what = "sequence_kl(logits [3, 6, 9], ref_logits, mask [3, 6])"
     out = _call(fn, what, (N,), _f32(logits), _f32(ref_logits), _f32(mask))
-    expected = (_kl64(logits, ref_logits) * mask).sum(axis=1)
+    expected = (kl64(logits, ref_logits) * mask).sum(axis=1)
     expect_close(out, expected, what + " (sum over t of mask[n, t] * KL(pi(.|t) || "
                  "pi_ref(.|t)), the KL summed over the vocabulary at each position; the policy "
                  "first)", atol=1e-5, rtol=1e-5)
@@ -178,7 +181,7 @@ def sequence_kl(fn):
                  "from the policy)", atol=1e-5, rtol=1e-5)
     full = _call(fn, "sequence_kl with an all-ones mask", (N,), _f32(logits), _f32(ref_logits),
                  _f32(np.ones((N, T))))
-    expect_close(full, _kl64(logits, ref_logits).sum(axis=1),
+    expect_close(full, kl64(logits, ref_logits).sum(axis=1),
                  "sequence_kl with an all-ones mask (every position)", atol=1e-5, rtol=1e-5)
     jitted = as_array(jax.jit(fn)(_f32(logits), _f32(ref_logits), _f32(mask)), "jit")
     expect_close(jitted, out, "jax.jit(sequence_kl) against the eager result", atol=1e-6,

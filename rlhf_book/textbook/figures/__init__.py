@@ -16,12 +16,15 @@ import dataclasses
 import importlib
 import io
 import json
+import math
 import pathlib
 import time
 from typing import Any, Callable
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
+from rlhf_book.lm import tokenizer
 from rlhf_book.textbook.catalog import CHAPTERS, get_chapter, project_root
 
 
@@ -56,6 +59,28 @@ def figure(name: str, chapter: str, caption: str):
         return function
 
     return register
+
+def _token_label(token_id: int) -> str:
+    short = {tokenizer.BOS: "bos", tokenizer.SYSTEM: "sys", tokenizer.USER: "user",
+             tokenizer.ASSISTANT: "asst", tokenizer.END: "end"}
+    return short.get(token_id, {32: "\u2423", 10: "\u21b5"}.get(
+        token_id, chr(token_id) if token_id < 256 else "?"))
+
+
+def draw_token_cells(ax, ids, mask, row0: int, columns: int, face_on: str = "tab:orange") -> int:
+    """Draw ``ids`` as a grid of cells from row ``row0``, masked tokens in ``face_on`` and
+    special tokens in grey; returns the number of rows used (chapter 0's chat template and
+    chapter 4's loss masks)."""
+    for n, (token_id, m) in enumerate(zip(ids, mask)):
+        r, c = divmod(n, columns)
+        special = token_id >= tokenizer.N_BYTES
+        face = face_on if m else ("0.82" if special else "white")
+        ax.add_patch(Rectangle((c, -row0 - r - 1), 0.95, 0.9, facecolor=face, edgecolor="0.6",
+                               lw=0.5))
+        ax.text(c + 0.47, -row0 - r - 0.55, _token_label(token_id), ha="center", va="center",
+                fontsize=5.5 if special else 8, family="monospace")
+    return math.ceil(len(ids) / columns)
+
 
 def finish_axes(ax, **kw):
     """Set ``ax``'s labels, limits, title... (``ax.set(**kw)``) and a light grid: the last line

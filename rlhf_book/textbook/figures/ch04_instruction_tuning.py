@@ -1,15 +1,16 @@
 """Chapter 4 figures: the loss mask of a two-turn conversation in both modes, sequence packing
 (rows and the block-diagonal attention mask), SFT loss curves with and without prompt masking,
 and answers to held-out questions before and after SFT.
-``notebooks/ch04_instruction_tuning.ipynb`` draws through these and passes its own results;
-with no arguments (``rlhf-book figures ch04``) the figures recompute them: chapter 0's
-pretraining of the small model, then the two SFT runs, each done once and shared.
+
+``notebooks/ch04_instruction_tuning.ipynb`` runs the chapter's experiments
+(:mod:`rlhf_book.ch04_instruction_tuning.experiments`) and draws their results through these;
+with no arguments (``rlhf-book figures ch04``) the figures run them: chapter 0's pretrained
+small model from the substrate cache, then the two SFT runs, done once and shared.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 
 import numpy as np
@@ -17,101 +18,19 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from rlhf_book import ch04_instruction_tuning as ch04
-from rlhf_book import data
+from rlhf_book.ch04_instruction_tuning import experiments
 from rlhf_book.lm import gpt
 from rlhf_book.textbook import substrate
-from rlhf_book.textbook.figures import FigureResult, figure
-from rlhf_book.textbook.figures.ch00_mini_gpt import (  # noqa: F401  (the notebook's settings)
-    PRETRAIN_CONFIG, PRETRAIN_MODEL, draw_token_cells, pretrain_key, pretrained_small,
-    pretraining_streams)
-
-# A two-turn conversation: the loss mask differs between the two modes on the first answer.
-TWO_TURN = (
-    {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "What sound does a cow make?"},
-    {"role": "assistant", "content": "Moo."},
-    {"role": "user", "content": "And a dog?"},
-    {"role": "assistant", "content": "A dog says woof."},
-)
-
-# The chapter's SFT runs (notebook section 5): the small model after chapter 0's pretraining,
-# 200 steps of 16 packed rows of 128 tokens at 3e-4, 2,000 demonstrations on training facts, a
-# held-out set of 256 demonstrations on held-out facts for the loss curves. (The library's
-# default SFTConfig(), 150 steps at 1e-4, is chosen for the pipeline's mini model; the small
-# model at that setting still stops by itself on only 59% of the held-out questions.)
-SFT_CONFIG = ch04.SFTConfig(steps=200, batch_size=16, seq_len=128, learning_rate=3e-4,
-                            warmup_steps=20, n_demonstrations=2000, log_every=25)
-N_HELDOUT_DEMONSTRATIONS = 256
-RUN_LABELS = {True: "prompt masked (assistant tokens)", False: "no mask (every token)"}
-
-
-def sft_datasets(seed: int = 0):
-    """``(demonstrations, heldout_demonstrations, heldout_questions)``: SFT conversations on
-    training facts, conversations on held-out facts (for the held-out loss) and the held-out
-    questions the evaluation asks."""
-    _, heldout = data.split_questions()
-    demos = data.sft_demonstrations(seed=seed, n=SFT_CONFIG.n_demonstrations)
-    heldout_demos = data.sft_demonstrations(seed=seed + 1, n=N_HELDOUT_DEMONSTRATIONS,
-                                            questions=heldout)
-    return demos, heldout_demos, heldout
-
-
-def sft_batches(demos, mask_prompt: bool = True, length: int = SFT_CONFIG.seq_len):
-    """Packed rows of ``demos``; the loss mask covers the assistant's tokens, or every token
-    but the first with ``mask_prompt=False``."""
-    return ch04.pack_examples(ch04.sft_examples(demos, mask_prompt=mask_prompt), length)
-
-
-def pretrained_base():
-    """Chapter 0's pretraining run of the small model, shared with chapter 0's figure."""
-    return pretrained_small()[0]
-
+from rlhf_book.textbook.figures import FigureResult, draw_token_cells, figure
 
 @functools.lru_cache(maxsize=1)
 def sft_runs():
-    """``{mask_prompt: (params, history)}`` for both SFT runs from :func:`pretrained_base`;
-    the prompt-masked model is stored for the later chapters (:func:`sft_small`)."""
-    config = gpt.get_config(PRETRAIN_MODEL)
-    demos, heldout_demos, _ = sft_datasets()
-    eval_batch = sft_batches(heldout_demos, mask_prompt=True)
-    base = pretrained_base()
-    runs = {}
-    for mask_prompt in (True, False):
-        runs[mask_prompt] = ch04.train_sft(config, base, SFT_CONFIG,
-                                           sft_batches(demos, mask_prompt),
-                                           eval_batch=eval_batch, seed=0, progress=False)
-    store_sft_small(runs[True][0])
+    """Both SFT runs of the chapter from chapter 0's pretrained model, run once per process
+    when a figure is drawn without results; the prompt-masked model is stored for the later
+    chapters."""
+    runs = experiments.sft_runs(substrate.pretrained_small()[0])
+    substrate.store_sft_small(runs[True][0])
     return runs
-
-
-def sft_key() -> str:
-    """The substrate-cache fingerprint of the prompt-masked SFT run: chapter 0's model, the
-    settings, the code that builds the rows, and chapter 4's module."""
-    return substrate.fingerprint(pretrain_key(), SFT_CONFIG, 0, inspect.getsource(sft_datasets),
-                                 inspect.getsource(sft_batches),
-                                 sources=("ch04_instruction_tuning",))
-
-
-def _train_sft_small():
-    demos = sft_datasets()[0]
-    return ch04.train_sft(gpt.get_config(PRETRAIN_MODEL), pretrained_base(), SFT_CONFIG,
-                          sft_batches(demos, True), seed=0, progress=False)
-
-
-@functools.lru_cache(maxsize=1)
-def sft_small():
-    """The chapter's SFT model of the small GPT (the prompt-masked run, ``sft_runs()[True][0]``),
-    the policy chapters 6, 8 and 9 start from. Taken from :func:`sft_runs` when that ran in this
-    process, else loaded from the substrate cache, else trained alone (same data, settings and
-    seed, so the same parameters) and stored."""
-    if sft_runs.cache_info().currsize:
-        return sft_runs()[True][0]
-    return substrate.cached("sft_small", sft_key(), _train_sft_small)[0]
-
-
-def store_sft_small(params) -> None:
-    """Store the prompt-masked SFT model (the notebook's own run) for the later chapters."""
-    substrate.save("sft_small", sft_key(), params)
 
 
 @figure("ch04_loss_mask", "ch04",
@@ -120,7 +39,7 @@ def store_sft_small(params) -> None:
         "(bottom). Grey cells are special tokens; the <|end|> closing each trained turn is "
         "trained, the <|assistant|> header never is.")
 def loss_mask(conversation=None, columns: int = 30) -> FigureResult:
-    conversation = list(conversation or TWO_TURN)
+    conversation = list(conversation or experiments.TWO_TURN)
     modes = ("all_assistant", "last_turn")
     rendered = {mode: ch04.loss_mask_for(conversation, mode) for mode in modes}
     ids = rendered[modes[0]][0]
@@ -147,11 +66,10 @@ def loss_mask(conversation=None, columns: int = 30) -> FigureResult:
         "middle: the first rows, one colour per example (white: padding), padded (one example "
         "per row) and packed. Right: the attention mask of the first packed row, block-diagonal "
         "and causal, so no example sees another.")
-def packing(demos=None, length: int = SFT_CONFIG.seq_len, show_rows: int = 16) -> FigureResult:
-    demos = demos if demos is not None else sft_datasets()[0]
-    examples = ch04.sft_examples(demos)
-    padded = ch04.pad_examples(examples, length)
-    packed = ch04.pack_examples(examples, length)
+def packing(demos=None, length: int = experiments.SFT_CONFIG.seq_len,
+            show_rows: int = 16) -> FigureResult:
+    demos = demos if demos is not None else experiments.sft_datasets()[0]
+    examples, padded, packed = experiments.packing_stats(demos, length)
     n_tokens = sum(len(ids) for ids, _ in examples)
     seg0 = packed.segment_ids[:1]
     attention = np.asarray(gpt.segment_mask(seg0))[0]
@@ -173,7 +91,7 @@ def packing(demos=None, length: int = SFT_CONFIG.seq_len, show_rows: int = 16) -
         image[used] = np.array([cmap((k - 1) % 20)[:3] for k in example_index[used]])
         ax.imshow(image, aspect="auto", interpolation="nearest")
         rows = batch.tokens.shape[0]
-        fill = float((np.asarray(batch.segment_ids) > 0).mean())
+        fill = experiments.row_fill(batch)
         ax.set(xlabel="position", ylabel="row",
                title=f"{name}: {rows:,} rows, {fill:.0%} of positions used")
     axes[2].imshow(attention, cmap="Blues", vmin=0, vmax=1.3, interpolation="nearest")
@@ -201,9 +119,9 @@ def packing(demos=None, length: int = SFT_CONFIG.seq_len, show_rows: int = 16) -
         "held-out facts.")
 def sft_loss_curves(histories: dict | None = None) -> FigureResult:
     """``histories`` maps a label to a :func:`~rlhf_book.ch04_instruction_tuning.train_sft`
-    history; without it, run both SFT runs (:func:`sft_runs`)."""
+    history; without it, run both SFT runs of the chapter's experiments."""
     if histories is None:
-        histories = {RUN_LABELS[m]: h for m, (_, h) in sft_runs().items()}
+        histories = {experiments.RUN_LABELS[m]: h for m, (_, h) in sft_runs().items()}
     fig = Figure(figsize=(10, 3.4))
     left, right = fig.subplots(1, 2)
     numbers = {}
@@ -228,18 +146,6 @@ def sft_loss_curves(histories: dict | None = None) -> FigureResult:
     return FigureResult(fig, numbers)
 
 
-def evaluate_models(models: dict, questions=None) -> dict:
-    """``{label: evaluate_answers(...)}`` for ``{label: params}`` of the small model, answering
-    ``questions`` (default: the held-out questions) greedily through the chat template."""
-    config = gpt.get_config(PRETRAIN_MODEL)
-    questions = questions if questions is not None else sft_datasets()[2]
-    results = {}
-    for label, params in models.items():
-        answers, stopped = ch04.generate_answers(params, config, questions)
-        results[label] = ch04.evaluate_answers(questions, answers, stopped)
-    return results
-
-
 @figure("ch04_before_after", "ch04",
         "Greedy answers to the held-out questions before SFT (the pretrained base model) and "
         "after it: mean gold reward, accuracy, answer length in bytes (48 is the generation "
@@ -249,9 +155,9 @@ def before_after(metrics: dict | None = None) -> FigureResult:
     dict; without it, evaluate the base model and both SFT runs."""
     if metrics is None:
         runs = sft_runs()
-        metrics = evaluate_models({"base (pretrained)": pretrained_base(),
-                                   "SFT, prompt masked": runs[True][0],
-                                   "SFT, no mask": runs[False][0]})
+        metrics = experiments.evaluate_models({"base (pretrained)": substrate.pretrained_small()[0],
+                                               "SFT, prompt masked": runs[True][0],
+                                               "SFT, no mask": runs[False][0]})
     panels = (("gold_reward", "mean gold reward"), ("accuracy", "accuracy"),
               ("answer_bytes", "answer length (bytes)"), ("stopped", "stopped with <|end|>"))
     fig = Figure(figsize=(11, 3))

@@ -4,232 +4,41 @@ rankings), reward-model accuracy against the number of preference pairs with the
 ceiling, the rewards of held-out chosen and rejected responses, the lecture notes' six-pair
 lesson done right, and what each kind of reward model is trained on.
 
-``notebooks/ch05_reward_models.ipynb`` draws through these and passes its own results; with no
-arguments (``rlhf-book figures ch05``) the figures recompute them: chapter 0's pretraining of the
-small model, then the reward models of :func:`rm_runs` and :func:`lesson_runs`, each done once
-per process and shared by the figures that need them.
+``notebooks/ch05_reward_models.ipynb`` runs the chapter's experiments
+(:mod:`rlhf_book.ch05_reward_models.experiments`) and draws their results through these; with
+no arguments (``rlhf-book figures ch05``) the figures run them: chapter 0's pretrained small
+model from the substrate cache, then the reward models, each done once per process and shared
+by the figures that need them.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import functools
-import itertools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from rlhf_book import ch05_reward_models as ch05
 from rlhf_book import data
-from rlhf_book.ch03_training_overview import discounted_returns
-from rlhf_book.lm import gpt
+from rlhf_book.ch05_reward_models import experiments as ex
+from rlhf_book.textbook import substrate
 from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
-from rlhf_book.textbook.figures.ch00_mini_gpt import PRETRAIN_MODEL, pretrained_small
-
-# §5.1: the Bradley-Terry curves; the margins of §5.4.1 (Llama 2: the rating gap, e.g. 5 - 2 = 3).
-DELTAS = np.linspace(-6.0, 6.0, 241)
-MARGINS = (0.0, 1.0, 3.0)
-
-# §5.4.3: three completions scored (2, 1, 0); fitting eight items' scores from rankings of four.
-PL_SCORES = (2.0, 1.0, 0.0)
-PL_DRAWS = 20_000
-FIT_ITEMS, FIT_K, FIT_RANKINGS, FIT_STEPS = 8, 4, 300, 500
-
-# Notebook section 5: reward models on chapter 0's pretrained small model, trained on the first
-# n of 3,000 pairs (majority of 3 annotators, noise 0.5) for the same 160 steps of 8 pairs each
-# (1,280 pairs drawn), and tested on 500 pairs about held-out facts. 116 tokens hold the longest
-# pair; 1e-3 is a third of pretraining's rate (a reward model this small tolerates it). The step
-# budget is what fits the notebook's two minutes next to the pretraining run (about 7 s a model
-# on a 2-core CPU); 16 pairs a step reach 0.728 on 3,000 pairs instead of 0.698.
-RM_SIZES = (100, 1000, 3000)
-RM_CONFIG = ch05.RMConfig(steps=160, batch_size=8, seq_len=116, learning_rate=1e-3,
-                          warmup_steps=16, log_every=40, n_pairs=max(RM_SIZES))
-N_HELDOUT_PAIRS = 500
-ANNOTATORS, ANNOTATOR_NOISE = 3, 0.5
-
-# Notebook section 6: the lesson's six pairs (seed 003) on its randomly initialised mini GPT,
-# with a 160-token context; each step draws a batch of 6 of the six pairs, with replacement.
-LESSON_RM = ch05.RMConfig(steps=20, batch_size=6, seq_len=ch05.LESSON_CONFIG.max_seq_len,
-                          learning_rate=5e-4, warmup_steps=2, log_every=20)
-LESSON_TRUNCATION = 128  # the lesson's context, which cut its sequences from the right
-
-# §5.7: token rewards of a four-token completion; the steps of the PRM end at tokens 2 and 4.
-RM_TYPE_REWARDS = {"dense r = (1, 0, 1, 1)": (1.0, 0.0, 1.0, 1.0),
-                   "outcome only r = (0, 0, 0, 1)": (0.0, 0.0, 0.0, 1.0)}
-PRM_STEP_ENDS, PRM_STEP_LABELS = (2, 4), (-1, 1)
-ORM_PROBS = (0.9, 0.8, 0.95, 0.6)  # §5.7.1's aggregation example (the reference notes' numbers)
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers (also used by the notebook)
-
-
-def per_pair_bt_loss(deltas, margin: float = 0.0) -> np.ndarray:
-    """``-log sigmoid(delta - margin)`` for each reward gap in ``deltas``, through
-    :func:`~rlhf_book.ch05_reward_models.bradley_terry_loss` one pair at a time."""
-    one = lambda d: ch05.bradley_terry_loss(d[None], jnp.zeros(1), margin)
-    return np.asarray(jax.vmap(one)(jnp.asarray(deltas, jnp.float32)))
-
-
-def ranking_probabilities(scores=PL_SCORES) -> dict[tuple[int, ...], float]:
-    """``{ranking: P(ranking)}`` under Plackett-Luce (eq. 20) for every ordering of ``scores``,
-    a ranking listing item indices best first: ``exp(-plackett_luce_loss)`` of each ordering."""
-    s = np.asarray(scores, np.float32)
-    orders = list(itertools.permutations(range(len(s))))
-    nll = jax.vmap(lambda row: ch05.plackett_luce_loss(row[None]))(jnp.asarray(s[np.array(orders)]))
-    return {order: float(p) for order, p in zip(orders, np.exp(-np.asarray(nll, np.float64)))}
-
-
-def sampled_rankings(key, scores, draws: int) -> dict[tuple[int, ...], float]:
-    """Frequencies of the rankings drawn by
-    :func:`~rlhf_book.ch05_reward_models.sample_plackett_luce`, ``draws`` of them."""
-    s = jnp.broadcast_to(jnp.asarray(scores, jnp.float32), (draws, len(scores)))
-    counts = collections.Counter(map(tuple, np.asarray(ch05.sample_plackett_luce(key, s)).tolist()))
-    return {order: counts[order] / draws for order in itertools.permutations(range(len(scores)))}
-
-
-def ranking_dataset(seed: int = 0, n_items: int = FIT_ITEMS, k: int = FIT_K,
-                    n_rankings: int = FIT_RANKINGS):
-    """``(true_scores [n_items], ranked [n_rankings, k])``: items with scores ``r* ~ N(0, 1)``;
-    each row is a random subset of ``k`` items ranked by a Plackett-Luce draw (Gumbel-max),
-    item indices best first."""
-    rng = np.random.default_rng(seed)
-    true = rng.normal(size=n_items)
-    subsets = np.stack([rng.choice(n_items, size=k, replace=False) for _ in range(n_rankings)])
-    order = ch05.sample_plackett_luce(jax.random.PRNGKey(seed), jnp.asarray(true[subsets]))
-    return true, np.take_along_axis(subsets, np.asarray(order), axis=1)
-
-
-def fit_item_scores(loss_of_scores, n_items: int, steps: int = FIT_STEPS,
-                    learning_rate: float = 0.1) -> np.ndarray:
-    """Minimise ``loss_of_scores(theta)`` over ``theta [n_items]`` with Adam from zeros (one
-    jitted ``lax.scan``); returns the scores centred to mean 0, the only thing a
-    Bradley-Terry or Plackett-Luce likelihood identifies."""
-    optimizer = optax.adam(learning_rate)
-
-    def step(carry, _):
-        theta, state = carry
-        grads = jax.grad(loss_of_scores)(theta)
-        updates, state = optimizer.update(grads, state)
-        return (optax.apply_updates(theta, updates), state), None
-
-    theta = jnp.zeros(n_items)
-    (theta, _), _ = jax.jit(lambda c: jax.lax.scan(step, c, None, length=steps))(
-        (theta, optimizer.init(theta)))
-    theta = np.asarray(theta, np.float64)
-    return theta - theta.mean()
-
-
-def fit_estimators(true, ranked) -> dict[str, np.ndarray]:
-    """Centred scores fitted three ways from the same rankings: the Plackett-Luce likelihood
-    (eq. 20), Bradley-Terry on all ``C(K, 2)`` pairs of each ranking averaged per ranking
-    (eq. 19), and Bradley-Terry on one pair per ranking (its top two items), the information
-    a single pairwise annotation would give."""
-    ranked = jnp.asarray(ranked)
-    n = len(true)
-    return {
-        "Plackett-Luce (eq. 20)": fit_item_scores(lambda t: ch05.plackett_luce_loss(t[ranked]), n),
-        "BT, all C(K,2) pairs (eq. 19)": fit_item_scores(
-            lambda t: ch05.balanced_pairwise_loss(t[ranked]), n),
-        "BT, top pair only": fit_item_scores(
-            lambda t: ch05.bradley_terry_loss(t[ranked[:, 0]], t[ranked[:, 1]]), n),
-    }
-
-
-def rm_datasets(seed: int = 0):
-    """``(train_pairs, heldout_pairs)``: ``max(RM_SIZES)`` pairs about training facts (the
-    smaller training sets are their prefixes) and ``N_HELDOUT_PAIRS`` about held-out facts."""
-    kw = dict(n_annotators=ANNOTATORS, noise=ANNOTATOR_NOISE)
-    train_pairs = data.preference_pairs(seed=seed, n=max(RM_SIZES), **kw)
-    heldout = data.preference_pairs(seed=seed + 1, n=N_HELDOUT_PAIRS,
-                                    questions=data.split_questions()[1], **kw)
-    return train_pairs, heldout
-
-
-class RMRun(NamedTuple):
-    """One trained reward model: its parameters, its training history and its rewards of the
-    held-out pairs' chosen and rejected responses."""
-
-    params: dict
-    history: dict
-    chosen: np.ndarray
-    rejected: np.ndarray
 
 
 @functools.lru_cache(maxsize=1)
-def rm_runs() -> dict[int, RMRun]:
-    """``{n_pairs: RMRun}``: one reward model per training-set size in ``RM_SIZES``, each from
-    chapter 0's pretrained small model with ``RM_CONFIG`` (the same number of steps)."""
-    config = gpt.get_config(PRETRAIN_MODEL)
-    train_pairs, heldout = rm_datasets()
-    eval_batch = ch05.encode_pairs(heldout, RM_CONFIG.seq_len)
-    base = pretrained_small()[0]
-    runs = {}
-    for n in RM_SIZES:
-        params = ch05.init_reward_model(jax.random.PRNGKey(0), base, config)
-        params, history = ch05.train_reward_model(
-            config, params, RM_CONFIG, ch05.encode_pairs(train_pairs[:n], RM_CONFIG.seq_len),
-            seed=0, progress=False)
-        runs[n] = RMRun(params, history, *ch05.score_pairs(params, config, eval_batch))
-    return runs
-
-
-def annotator_references(pairs) -> dict[str, float]:
-    """The two lines every reward-model accuracy is read against: the best accuracy any model
-    can reach on these labels (``bt_accuracy_ceiling``) and the annotators' agreement."""
-    return {"ceiling": data.bt_accuracy_ceiling([p.gold_chosen for p in pairs],
-                                                [p.gold_rejected for p in pairs],
-                                                ANNOTATOR_NOISE, ANNOTATORS),
-            "agreement": data.inter_annotator_agreement([p.votes for p in pairs])}
-
-
-def accuracy_by_style(pairs, r_c, r_r) -> dict[str, dict[str, float]]:
-    """Accuracy, gold accuracy and ceiling per unordered pair of styles, largest groups first."""
-    groups = collections.defaultdict(list)
-    for k, p in enumerate(pairs):
-        groups[" vs ".join(sorted((p.style_chosen, p.style_rejected)))].append(k)
-    r_c, r_r = np.asarray(r_c), np.asarray(r_r)
-    out = {}
-    for name, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        sub = [pairs[k] for k in idx]
-        out[name] = {"n": len(idx),
-                     "accuracy": float(ch05.preference_accuracy(r_c[idx], r_r[idx])),
-                     "gold_accuracy": ch05.gold_pair_accuracy(sub, r_c[idx], r_r[idx]),
-                     "ceiling": annotator_references(sub)["ceiling"]}
-    return out
-
-
-def lesson_lengths(pairs=data.LESSON_PREFERENCE_PAIRS) -> np.ndarray:
-    """``[N, 2]`` token counts (chosen, rejected) of the lesson's tokenisation."""
-    return np.array([[len(ch05.lesson_tokenize(p["prompt"], p[key]))
-                      for key in ("preferred", "rejected")] for p in pairs])
+def rm_runs() -> dict[int, ex.RMRun]:
+    """The reward models of notebook section 5 from chapter 0's pretrained small model, trained
+    once per process when a figure is drawn without results."""
+    return ex.rm_runs(substrate.pretrained_small()[0])
 
 
 @functools.lru_cache(maxsize=1)
 def lesson_runs() -> dict[str, dict]:
-    """``{pooling: {"history", "seen", "unseen"}}``: the lesson's reward model (randomly
-    initialised mini GPT, ``LESSON_CONFIG``) trained on its six pairs with ``LESSON_RM``, once
-    per pooling, and its rewards ``(chosen, rejected)`` of the six seen and four unseen pairs."""
-    config = ch05.LESSON_CONFIG
-    seen = ch05.lesson_batch(data.LESSON_PREFERENCE_PAIRS)
-    unseen = ch05.lesson_batch(data.LESSON_UNSEEN_PAIRS)
-    runs = {}
-    for pooling in ("last", "mean"):
-        key_lm, key_head = jax.random.split(jax.random.PRNGKey(0))
-        params = ch05.init_reward_model(key_head, gpt.init_params(key_lm, config), config)
-        params, history = ch05.train_reward_model(
-            config, params, dataclasses.replace(LESSON_RM, pooling=pooling), seen, seed=0,
-            progress=False)
-        runs[pooling] = {"history": history,
-                         "seen": ch05.score_pairs(params, config, seen, pooling, chunk_size=8),
-                         "unseen": ch05.score_pairs(params, config, unseen, pooling, chunk_size=8)}
-    return runs
+    """The lesson's reward models (notebook section 6), trained once per process."""
+    return ex.lesson_runs()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,11 +46,11 @@ def lesson_runs() -> dict[str, dict]:
 
 
 @figure("ch05_bradley_terry", "ch05",
-        "The Bradley-Terry model (eqs. 13-17). Left: P(chosen beats rejected) = sigmoid(r_c - "
-        "r_r) against the reward gap, with the lecture notes' two examples. Right: the loss "
+        "The Bradley-Terry model (eqs. 13, 14, 15, 16, 17). Left: P(chosen beats rejected) = "
+        "sigmoid(r_c - r_r) against the reward gap, with the lecture notes' two examples. Right: the loss "
         "-log sigmoid(r_c - r_r - m) for Llama 2's margins m = 0, 1, 3 (eq. 18): the loss stays "
         "high until the gap exceeds the margin.")
-def bradley_terry(deltas=DELTAS, margins=MARGINS) -> FigureResult:
+def bradley_terry(deltas=ex.DELTAS, margins=ex.MARGINS) -> FigureResult:
     p = np.asarray(ch05.bradley_terry_probability(jnp.asarray(deltas), 0.0))
     fig = Figure(figsize=(10, 3.4))
     left, right = fig.subplots(1, 2)
@@ -259,10 +68,10 @@ def bradley_terry(deltas=DELTAS, margins=MARGINS) -> FigureResult:
                "sigmoid(0.1)": float(ch05.bradley_terry_probability(0.1, 0.0)),
                "P(2.0 beats 0.5)": float(ch05.bradley_terry_probability(2.0, 0.5))}
     for m, colour in zip(margins, ("tab:blue", "tab:orange", "tab:green")):
-        right.plot(deltas, per_pair_bt_loss(deltas, m), color=colour, label=f"margin m = {m:g}")
+        right.plot(deltas, ex.per_pair_bt_loss(deltas, m), color=colour, label=f"margin m = {m:g}")
         right.axvline(m, color=colour, ls=":", lw=0.8)
-        numbers[f"loss(gap 1.5, m={m:g})"] = float(per_pair_bt_loss([1.5], m)[0])
-    numbers["loss(gap 0)"] = float(per_pair_bt_loss([0.0])[0])
+        numbers[f"loss(gap 1.5, m={m:g})"] = float(ex.per_pair_bt_loss([1.5], m)[0])
+    numbers["loss(gap 0)"] = float(ex.per_pair_bt_loss([0.0])[0])
     grad = jax.grad(lambda r_c: ch05.bradley_terry_loss(r_c, jnp.array([0.5])))(jnp.array([2.0]))
     numbers["dloss/dr_c at 2.0 vs 0.5"] = float(grad[0])  # = sigmoid(1.5) - 1
     finish_axes(right, xlabel="reward gap r_c - r_r", ylabel="-log sigmoid(gap - m)  (nats)",
@@ -278,11 +87,11 @@ def bradley_terry(deltas=DELTAS, margins=MARGINS) -> FigureResult:
         "samples. Right: scores of 8 items fitted from 300 sampled rankings of 4, against the "
         "true scores (both centred): the Plackett-Luce likelihood and Bradley-Terry on all pairs "
         "recover them; one pair per ranking throws most of the information away.")
-def plackett_luce(scores=PL_SCORES, draws: int = PL_DRAWS, seed: int = 0) -> FigureResult:
-    exact = ranking_probabilities(scores)
-    sampled = sampled_rankings(jax.random.PRNGKey(seed), scores, draws)
-    true, ranked = ranking_dataset(seed)
-    fits = fit_estimators(true, ranked)
+def plackett_luce(scores=ex.PL_SCORES, draws: int = ex.PL_DRAWS, seed: int = 0) -> FigureResult:
+    exact = ex.ranking_probabilities(scores)
+    sampled = ex.sampled_rankings(jax.random.PRNGKey(seed), scores, draws)
+    true, ranked = ex.ranking_dataset(seed)
+    fits = ex.fit_estimators(true, ranked)
     true_c = true - true.mean()
 
     fig = Figure(figsize=(10.5, 3.6))
@@ -309,7 +118,7 @@ def plackett_luce(scores=PL_SCORES, draws: int = PL_DRAWS, seed: int = 0) -> Fig
         right.plot(true_c, fitted, marker, ms=5, alpha=0.8, label=f"{label}: RMSE {rmse:.2f}")
         numbers[f"rmse {label}"] = rmse
     finish_axes(right, xlabel="true score r* (centred)", ylabel="fitted score (centred)",
-                title=f"{FIT_RANKINGS} rankings of {FIT_K} of {FIT_ITEMS} items")
+                title=f"{ex.FIT_RANKINGS} rankings of {ex.FIT_K} of {ex.FIT_ITEMS} items")
     right.legend(fontsize=7)
     fig.tight_layout()
     return FigureResult(fig, numbers)
@@ -322,14 +131,14 @@ def plackett_luce(scores=PL_SCORES, draws: int = PL_DRAWS, seed: int = 0) -> Fig
         "the best accuracy any model can reach on those labels (the ceiling) and the annotators' "
         "agreement with each other.")
 def accuracy_vs_pairs(runs: dict | None = None, heldout=None) -> FigureResult:
-    """``runs``: ``{n_pairs: RMRun}`` (by default :func:`rm_runs`); ``heldout``: the held-out
-    pairs the runs were scored on (by default those of :func:`rm_datasets`)."""
+    """``runs``: ``{n_pairs: RMRun}`` of the chapter's experiments (trained when not given);
+    ``heldout``: the held-out pairs the runs were scored on (those of ``rm_datasets()``)."""
     runs = rm_runs() if runs is None else runs
-    heldout = rm_datasets()[1] if heldout is None else heldout
+    heldout = ex.rm_datasets()[1] if heldout is None else heldout
     sizes = sorted(runs)
     acc = [float(ch05.preference_accuracy(runs[n].chosen, runs[n].rejected)) for n in sizes]
     gold = [ch05.gold_pair_accuracy(heldout, runs[n].chosen, runs[n].rejected) for n in sizes]
-    refs = annotator_references(heldout)
+    refs = ex.annotator_references(heldout)
 
     fig = Figure(figsize=(6.5, 3.8))
     ax = fig.add_subplot()
@@ -346,8 +155,8 @@ def accuracy_vs_pairs(runs: dict | None = None, heldout=None) -> FigureResult:
     ax.set_xscale("log")
     finish_axes(ax, xlabel="training pairs (log scale)", ylabel="held-out accuracy",
                 ylim=(0.45, 1.0),
-                title=f"{len(heldout)} held-out pairs, {RM_CONFIG.steps} steps x "
-                      f"{RM_CONFIG.batch_size} pairs per model")
+                title=f"{len(heldout)} held-out pairs, {ex.RM_CONFIG.steps} steps x "
+                      f"{ex.RM_CONFIG.batch_size} pairs per model")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     numbers = {f"{n} pairs": {"accuracy": a, "gold_accuracy": g,
@@ -361,13 +170,13 @@ def accuracy_vs_pairs(runs: dict | None = None, heldout=None) -> FigureResult:
         "rewards of the chosen and the rejected responses; only their difference is identified. "
         "Right: accuracy for each pair of answer styles, with the ceiling of each group: style "
         "is learned, telling a right answer from a wrong one about an unseen fact is not.")
-def reward_histograms(run: RMRun | None = None, heldout=None) -> FigureResult:
+def reward_histograms(run: ex.RMRun | None = None, heldout=None) -> FigureResult:
     if run is None:
         runs = rm_runs()
         run = runs[max(runs)]
-    heldout = rm_datasets()[1] if heldout is None else heldout
+    heldout = ex.rm_datasets()[1] if heldout is None else heldout
     r_c, r_r = np.asarray(run.chosen), np.asarray(run.rejected)
-    groups = accuracy_by_style(heldout, r_c, r_r)
+    groups = ex.accuracy_by_style(heldout, r_c, r_r)
 
     fig = Figure(figsize=(11, 3.9))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.35]})
@@ -396,7 +205,7 @@ def reward_histograms(run: RMRun | None = None, heldout=None) -> FigureResult:
 
 
 @figure("ch05_lesson", "ch05",
-        "The lecture notes' reward-model lesson (seed 003) done right: its six pairs, a randomly "
+        "The lecture notes' reward-model lesson done right: its six pairs, a randomly "
         "initialised mini GPT with a 160-token context (nothing truncated), the gradient through "
         "the whole network, last-token and mean pooling. Left: training loss. Right: reward "
         "margins r_c - r_r on the six seen pairs and four unseen ones; hatched pairs prefer the "
@@ -404,13 +213,13 @@ def reward_histograms(run: RMRun | None = None, heldout=None) -> FigureResult:
 def lesson(runs: dict | None = None) -> FigureResult:
     runs = lesson_runs() if runs is None else runs
     pairs = data.LESSON_PREFERENCE_PAIRS + data.LESSON_UNSEEN_PAIRS
-    lengths = lesson_lengths(pairs)
+    lengths = ex.lesson_lengths(pairs)
     longer_preferred = lengths[:, 0] > lengths[:, 1]
     n_seen = len(data.LESSON_PREFERENCE_PAIRS)
 
     fig = Figure(figsize=(11, 3.6))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
-    numbers = {"truncated_at_128": int((lengths[:n_seen] > LESSON_TRUNCATION).sum()),
+    numbers = {"truncated_at_128": int((lengths[:n_seen] > ex.LESSON_TRUNCATION).sum()),
                "longest_sequence": int(lengths.max()),
                "shorter_wins_seen": int((~longer_preferred[:n_seen]).sum()),
                "shorter_wins_unseen": int((~longer_preferred[n_seen:]).sum())}
@@ -431,7 +240,7 @@ def lesson(runs: dict | None = None) -> FigureResult:
                             "margins": margins.round(3).tolist(),
                             "final_loss": float(run["history"]["loss"][-1])}
     finish_axes(left, xlabel="step", ylabel="Bradley-Terry loss (6 pairs)", yscale="log",
-                title=f"training, {LESSON_RM.steps} steps at {LESSON_RM.learning_rate:g}")
+                title=f"training, {ex.LESSON_RM.steps} steps at {ex.LESSON_RM.learning_rate:g}")
     left.legend(fontsize=8)
     top = 1.3 * max(np.abs(numbers[p]["margins"]).max() for p in runs)
     right.set_ylim(-top, top)
@@ -461,19 +270,18 @@ def _cell(ax, x, y, text, face, fontsize=8):
         "the outcome label on every completion token; a process RM is labelled at the end of "
         "each step; a value function regresses on the return-to-go (gamma = 1). Right: reading "
         "an ORM's per-token probabilities at inference (§5.7.1).")
-def rm_types(rewards: dict | None = None, probs=ORM_PROBS) -> FigureResult:
-    rewards = RM_TYPE_REWARDS if rewards is None else rewards
+def rm_types(rewards: dict | None = None, probs=ex.ORM_PROBS) -> FigureResult:
+    rewards = ex.RM_TYPE_REWARDS if rewards is None else rewards
     n_prompt, T = 2, len(next(iter(rewards.values())))
-    values = {name: np.asarray(discounted_returns(jnp.asarray(r), 1.0))
-              for name, r in rewards.items()}
+    values = ex.value_targets(rewards)
     outcome = {name: int(r[-1] > 0) for name, r in rewards.items()}
     rows = [("Bradley-Terry RM (via pairs)", [""] * (T - 1) + ["r"], {T - 1})]
     first = next(iter(rewards))
     rows.append((f"ORM, outcome {outcome[first]}", [str(outcome[first])] * T, set(range(T))))
     prm = [""] * T
-    for end, label in zip(PRM_STEP_ENDS, PRM_STEP_LABELS):
+    for end, label in zip(ex.PRM_STEP_ENDS, ex.PRM_STEP_LABELS):
         prm[end - 1] = f"{label:+d}"
-    rows.append(("PRM, steps end at 2, 4", prm, {e - 1 for e in PRM_STEP_ENDS}))
+    rows.append(("PRM, steps end at 2, 4", prm, {e - 1 for e in ex.PRM_STEP_ENDS}))
     for name, v in values.items():
         rows.append((f"value, {name}", [f"{x:g}" for x in v], set(range(T))))
 
@@ -494,10 +302,7 @@ def rm_types(rewards: dict | None = None, probs=ORM_PROBS) -> FigureResult:
            title="trained positions and their targets")
     ax.axis("off")
 
-    p = jnp.asarray([probs], jnp.float32)
-    mask = jnp.ones_like(p)
-    aggregates = {how: float(ch05.aggregate_token_scores(p, mask, how)[0])
-                  for how in ("mean", "min", "prod", "sum_log", "last")}
+    aggregates = ex.orm_aggregates(probs)
     names = list(aggregates)
     agg_ax.barh(names, [aggregates[n] for n in names], color="tab:blue", alpha=0.75)
     for k, n in enumerate(names):
@@ -510,5 +315,5 @@ def rm_types(rewards: dict | None = None, probs=ORM_PROBS) -> FigureResult:
     fig.tight_layout()
     return FigureResult(fig, {"value_targets": {k: v.tolist() for k, v in values.items()},
                               "orm_targets": {k: [outcome[k]] * T for k in rewards},
-                              "prm_labelled_positions": list(PRM_STEP_ENDS),
+                              "prm_labelled_positions": list(ex.PRM_STEP_ENDS),
                               "aggregates": aggregates})

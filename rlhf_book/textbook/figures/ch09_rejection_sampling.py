@@ -1,269 +1,37 @@
 """Chapter 9 figures: the book's Figure 28 redrawn with this chapter's settings, the worked
-example's two selections on the reward matrix (eqs. 117-123), the best-of-N curves of §9.3
-(expected reward and KL against N, the formula against the exact KL of discrete distributions,
-with and without ties), and best-of-N and rejection-sampling fine-tuning on the synthetic world
-(gold reward against N and against KL; rewards before and after selection; answers before and
-after one round of rejection sampling).
+example's two selections on the reward matrix (eqs. 117, 118, 119, 120, 121, 122, 123), the
+best-of-N curves of §9.3 (expected reward and KL against N, the formula against the exact KL of
+discrete distributions, with and without ties), and best-of-N and rejection-sampling
+fine-tuning on the synthetic world (gold reward against N and against KL; rewards before and
+after selection; answers before and after one round of rejection sampling).
 
-``notebooks/ch09_rejection_sampling.ipynb`` draws through these and passes its own results;
-with no arguments (``rlhf-book figures ch09``) the world figures recompute them with
-:func:`world_runs`: chapter 4's SFT model of the small GPT (from the substrate cache, or
-trained), best-of-N sampling, one round of rejection sampling, and the evaluations, once per
-process.
+The experiments live in :mod:`rlhf_book.ch09_rejection_sampling.experiments`; these functions
+only draw. ``notebooks/ch09_rejection_sampling.ipynb`` passes its own results; with no
+arguments (``rlhf-book figures ch09``) the world figures compute them once per process from
+chapter 4's SFT model of the small GPT (:func:`rlhf_book.textbook.substrate.sft_small`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 
-from rlhf_book import ch04_instruction_tuning as ch04
-from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import ch09_rejection_sampling as ch09
-from rlhf_book import data
-from rlhf_book.lm import rollout, sampling
-from rlhf_book.lm.ops import masked_sum
+from rlhf_book.ch09_rejection_sampling import experiments as ex
+from rlhf_book.lm.eval import ANSWER_KINDS
+from rlhf_book.textbook import substrate
 from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
-from rlhf_book.textbook.figures import ch06_policy_gradients as ch06_figures
-
-# Book eq. (117): M = 5 prompts x N = 4 completions, and the K = 5 of eqs. (121)-(123).
-BOOK_R = np.array([[0.7, 0.3, 0.5, 0.2],
-                   [0.4, 0.8, 0.6, 0.5],
-                   [0.9, 0.3, 0.4, 0.7],
-                   [0.2, 0.5, 0.8, 0.6],
-                   [0.5, 0.4, 0.3, 0.6]])
-BOOK_K = 5
-
-# §9.3 curves: N from 1 to 256; rewards ~ N(0, 1) as 6,001 atoms on [-9, 9] (exact E[max] to
-# about 1e-4 for these N); Monte Carlo with 20,000 draws at a few N; the exact KL for uniform
-# distributions over K distinct rewards, for 1,000 outcomes sharing three reward levels (ties),
-# and for a fair coin (the reference notes' 0.6930 at N = 16).
-CURVE_NS = np.unique(np.round(np.logspace(0, np.log10(256), 49)).astype(int))
-TABLE_NS = (2, 4, 16)
-MC_NS = (2, 4, 10, 16, 32, 100)
-MC_DRAWS = 20_000
-UNIFORM_KS = (10, 100, 1000)
-COARSE_OUTCOMES, COARSE_LEVELS = 1000, 3
-
-# The synthetic world (notebook sections 5-6): 128 training questions chosen with seed 0, 16
-# completions of at most 32 new tokens (bytes) each at temperature 1 (the book's §9.2: 10 to
-# 30+ completions, temperature 0.7-1.0), the gold reward as the scorer. One round of rejection
-# sampling keeps the best completion of each prompt (eq. 113), or the best 128 pairs overall
-# (eq. 116), if it stopped, and fine-tunes for 100 steps at chapter 4's SFT learning rate.
-WORLD_PROMPTS = 128
-BON_N = 16
-MAX_NEW_TOKENS = 32
-RS_CONFIG = ch09.RSConfig(n=BON_N, selection="per_prompt", max_new_tokens=MAX_NEW_TOKENS)
-RS_TOP_K_CONFIG = dataclasses.replace(RS_CONFIG, selection="top_k", k=WORLD_PROMPTS)
-RS_SFT_CONFIG = ch04.SFTConfig(steps=100, batch_size=16, seq_len=128, learning_rate=3e-4,
-                               warmup_steps=5, log_every=100)
-RS_SEED, EVAL_SEED, HELDOUT_SEED = 0, 1, 2
-ANSWER_KINDS = ("right", "wrong", "none")
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers (also used by the notebook)
-
-
-def normal_atoms(lo: float = -9.0, hi: float = 9.0, points: int = 6001):
-    """``(probs [K], rewards [K])``: the standard normal as ``points`` equally spaced atoms."""
-    x = np.linspace(lo, hi, points)
-    p = np.exp(-0.5 * x ** 2)
-    return p / p.sum(), x
-
-
-_reward_curve = jax.jit(jax.vmap(ch09.expected_best_of_n_reward, in_axes=(None, None, 0)))
-_kl_curve = jax.jit(jax.vmap(ch09.best_of_n_exact_kl, in_axes=(None, None, 0)))
-
-
-def expected_reward_curve(probs, rewards, ns) -> np.ndarray:
-    """``E[max of n]`` for every ``n`` in ``ns``, exactly (:func:`expected_best_of_n_reward`,
-    one compiled ``vmap`` over ``n``)."""
-    return np.asarray(_reward_curve(jnp.asarray(probs, jnp.float32),
-                                    jnp.asarray(rewards, jnp.float32), jnp.asarray(ns)))
-
-
-def exact_kl_curve(probs, rewards, ns) -> np.ndarray:
-    """``KL(pi_BoN || pi)`` for every ``n`` in ``ns``, exactly (:func:`best_of_n_exact_kl`)."""
-    return np.asarray(_kl_curve(jnp.asarray(probs, jnp.float32),
-                                jnp.asarray(rewards, jnp.float32), jnp.asarray(ns)))
-
-
-def monte_carlo_max(ns=MC_NS, draws: int = MC_DRAWS, seed: int = 0) -> dict[int, tuple]:
-    """``{n: (mean, standard error)}`` of the maximum of ``n`` i.i.d. N(0, 1) draws."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for n in ns:
-        best = rng.standard_normal((draws, n)).max(axis=1)
-        out[int(n)] = (float(best.mean()), float(best.std(ddof=1) / math.sqrt(draws)))
-    return out
-
-
-def coarse_distribution(outcomes: int = COARSE_OUTCOMES, levels: int = COARSE_LEVELS,
-                        seed: int = 0):
-    """``(probs, rewards)``: ``outcomes`` equally likely outcomes whose rewards take only
-    ``levels`` values (ties), e.g. a reward that only says wrong / no answer / right."""
-    rewards = np.random.default_rng(seed).integers(0, levels, outcomes).astype(np.float64)
-    return np.full(outcomes, 1.0 / outcomes), rewards
-
-
-def kl_curves(ns=CURVE_NS) -> dict[str, np.ndarray]:
-    """The formula ``log N - (N - 1)/N`` and the exact KL of best-of-N for: uniform over ``K``
-    distinct rewards (``K`` in ``UNIFORM_KS``), :func:`coarse_distribution`, and a fair coin."""
-    ns = np.asarray(ns)
-    out = {"n": ns, "formula": np.asarray(ch09.best_of_n_kl(ns))}
-    for K in UNIFORM_KS:
-        out[f"uniform K={K}"] = exact_kl_curve(np.full(K, 1.0 / K), np.arange(K), ns)
-    probs, rewards = coarse_distribution()
-    out[f"{COARSE_OUTCOMES} outcomes, {COARSE_LEVELS} reward levels"] = exact_kl_curve(
-        probs, rewards, ns)
-    out["fair coin"] = exact_kl_curve(np.array([0.5, 0.5]), np.array([0.0, 1.0]), ns)
-    return out
-
-
-def pool_best_of_n(rewards, n: int) -> np.ndarray:
-    """The unbiased estimate of ``E[max of n draws]`` from a pool of ``m >= n`` scored samples
-    of each prompt (Gao et al. 2022): with the pool's rewards sorted ascending, ``r_(i)`` has
-    weight ``C(i - 1, n - 1) / C(m, n)``, the chance that it is the largest of a random subset
-    of ``n``. ``rewards [B, m]`` -> ``[B]``; the mean of the pool at ``n = 1``, its maximum at
-    ``n = m``."""
-    rewards = np.sort(np.asarray(rewards, np.float64), axis=1)
-    m = rewards.shape[1]
-    if not 1 <= n <= m:
-        raise ValueError(f"n must be in [1, {m}] for a pool of {m}, got {n}")
-    weights = np.array([math.comb(i - 1, n - 1) for i in range(1, m + 1)], np.float64)
-    return rewards @ (weights / math.comb(m, n))
-
-
-def answer_shares(questions, tokens, mask) -> dict[str, float]:
-    """What completions answer: ``tokens, mask [B, n, T]`` (a :class:`BestOfN`'s ``all_tokens``
-    and ``all_mask``) for ``questions [B]``, classified by :func:`data.stated_answer` as
-    ``right``, ``wrong`` or ``none`` (no answer stated); fractions of all ``B * n``."""
-    tokens, mask = np.asarray(tokens), np.asarray(mask)
-    B, n, T = tokens.shape
-    texts = sampling.decode_masked(tokens.reshape(B * n, T), mask.reshape(B * n, T))
-    counts = dict.fromkeys(ANSWER_KINDS, 0)
-    for question, text in zip(np.repeat(np.asarray(questions, object), n), texts):
-        stated = data.stated_answer(question, text)
-        counts["none" if stated is None else
-               "right" if stated.lower() == question.answer.lower() else "wrong"] += 1
-    return {k: v / len(texts) for k, v in counts.items()}
-
-
-_log_probs = jax.jit(rollout.token_log_probs, static_argnums=(2,))
-
-
-def sequence_kl(params, ref_params, model_config, tokens, mask) -> np.ndarray:
-    """``sum_t log pi(y_t) - log pi_ref(y_t)`` over each completion's tokens, for sequences
-    sampled from ``pi = params``: ``tokens, mask [B, n, T] -> [B, n]``; its mean is an
-    unbiased (k1) estimate of ``KL(pi || pi_ref)`` per completion."""
-    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
-    shape = tokens.shape
-    flat, m = tokens.reshape(-1, shape[-1]), mask.reshape(-1, shape[-1])
-    diff = _log_probs(params, flat, model_config) - _log_probs(ref_params, flat, model_config)
-    return np.asarray(masked_sum(diff, m, axis=1)).reshape(shape[:-1])
-
-
-def paired_gain(after, before) -> tuple[float, float]:
-    """Mean over prompts of ``mean(after) - mean(before)`` (``[B, n]`` each) and its standard
-    error across prompts."""
-    d = np.asarray(after, np.float64).mean(axis=1) - np.asarray(before, np.float64).mean(axis=1)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
-
-
-def sft_policy():
-    """Chapter 4's SFT model of the small GPT, the policy chapter 6's RL also starts from."""
-    return ch06_figures.sft_policy()
-
-
-def world_task(n_prompts: int = WORLD_PROMPTS, seed: int = 0):
-    """``(model_config, questions, prompts, gold)``: ``n_prompts`` training questions (chosen
-    with ``seed``, in their original order), their chat-template prompts, and the gold reward
-    on them (``ch06.text_reward(data.gold_reward, questions)``)."""
-    model_config, train, _ = ch06_figures.rl_task()
-    ids = np.sort(np.random.default_rng(seed).choice(len(train), n_prompts, replace=False))
-    questions = [train[i] for i in ids]
-    prompts = ch06.encode_prompts([q.prompt for q in questions])
-    return model_config, questions, prompts, ch06.text_reward(data.gold_reward, questions)
-
-
-def heldout_task():
-    """``(questions, prompts, gold)`` for every held-out question (facts never trained on)."""
-    questions = data.split_questions()[1]
-    prompts = ch06.encode_prompts([q.prompt for q in questions])
-    return questions, prompts, ch06.text_reward(data.gold_reward, questions)
 
 
 @functools.lru_cache(maxsize=1)
 def world_runs() -> dict:
-    """Everything the world figures show, as notebook sections 5-6 compute it: best-of-16
-    samples of :func:`sft_policy` on :func:`world_task`'s prompts; one round of rejection
-    sampling from it with each selection rule (same key, so the same samples); samples of the
-    tuned policies with the SFT model's key; the per-prompt policy's KL from the SFT model;
-    the SFT and the per-prompt policy on the held-out questions."""
-    sft = sft_policy()
-    model_config, questions, prompts, gold = world_task()
-    sample = functools.partial(ch09.best_of_n_sample, model_config=model_config, n=BON_N,
-                               max_new_tokens=MAX_NEW_TOKENS)
-    key = jax.random.PRNGKey(EVAL_SEED)
-    before = sample(sft, prompts=prompts, reward=gold, key=key)
-    tuned, record = ch09.rejection_sampling_finetune(sft, model_config, prompts, gold, RS_CONFIG,
-                                                     RS_SFT_CONFIG,
-                                                     key=jax.random.PRNGKey(RS_SEED))
-    after = sample(tuned, prompts=prompts, reward=gold, key=key)
-    tuned_top, record_top = ch09.rejection_sampling_finetune(
-        sft, model_config, prompts, gold, RS_TOP_K_CONFIG, RS_SFT_CONFIG,
-        key=jax.random.PRNGKey(RS_SEED))
-    after_top = sample(tuned_top, prompts=prompts, reward=gold, key=key)
-    h_questions, h_prompts, h_gold = heldout_task()
-    h_key = jax.random.PRNGKey(HELDOUT_SEED)
-    h_before = sample(sft, prompts=h_prompts, reward=h_gold, key=h_key)
-    h_after = sample(tuned, prompts=h_prompts, reward=h_gold, key=h_key)
-    return {
-        "record": record, "record_top_k": record_top,
-        "before": np.asarray(before.all_rewards), "after": np.asarray(after.all_rewards),
-        "after_top_k": np.asarray(after_top.all_rewards),
-        "heldout_before": np.asarray(h_before.all_rewards),
-        "heldout_after": np.asarray(h_after.all_rewards),
-        "kl": sequence_kl(tuned, sft, model_config, after.all_tokens, after.all_mask),
-        "answers": {
-            "SFT, training": answer_shares(questions, before.all_tokens, before.all_mask),
-            "RS, training": answer_shares(questions, after.all_tokens, after.all_mask),
-            "RS top-K, training": answer_shares(questions, after_top.all_tokens,
-                                                after_top.all_mask),
-            "SFT, held-out": answer_shares(h_questions, h_before.all_tokens, h_before.all_mask),
-            "RS, held-out": answer_shares(h_questions, h_after.all_tokens, h_after.all_mask)},
-    }
-
-
-WORLD_NS = (1, 2, 4, 8, 16)
-
-
-def best_of_n_curve(rewards, ns=WORLD_NS) -> tuple[np.ndarray, np.ndarray]:
-    """The gold reward of best-of-``n`` for every ``n`` in ``ns`` from ``rewards [B, m]`` (``m``
-    samples of each of ``B`` prompts, :func:`pool_best_of_n`): the mean over prompts and its
-    standard error."""
-    est = np.stack([pool_best_of_n(rewards, int(n)) for n in ns], axis=1)  # [B, len(ns)]
-    return est.mean(0), est.std(0, ddof=1) / math.sqrt(est.shape[0])
-
-
-def plug_in_exact_kl(rewards, ns=WORLD_NS) -> np.ndarray:
-    """``[B, len(ns)]``: :func:`best_of_n_exact_kl` with each prompt's ``m`` samples taken as
-    its distribution (each of probability ``1/m``; equal rewards tie). A plug-in estimate of
-    the KL of best-of-``n`` from the policy that drew them; 0 for a prompt whose samples all
-    earned the same reward."""
-    rewards = jnp.asarray(rewards, jnp.float32)
-    uniform = jnp.full(rewards.shape[1], 1.0 / rewards.shape[1], jnp.float32)
-    per_n = jax.vmap(ch09.best_of_n_exact_kl, in_axes=(None, None, 0))
-    kl = np.asarray(jax.jit(jax.vmap(lambda r: per_n(uniform, r, jnp.asarray(ns))))(rewards))
-    return np.maximum(kl, 0.0)  # round-off: -0.0 or -1e-9 for a prompt whose samples all tie
+    """:func:`rlhf_book.ch09_rejection_sampling.experiments.world_runs` from the substrate's
+    SFT model, once per process."""
+    return ex.world_runs(substrate.sft_small())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,14 +48,14 @@ def plug_in_exact_kl(rewards, ns=WORLD_NS) -> np.ndarray:
 def rs_overview() -> FigureResult:
     fig = Figure(figsize=(11, 2.6))
     ax = fig.add_subplot()
-    boxes = (("prompts\nx_1 ... x_M", f"M = {WORLD_PROMPTS} training\nquestions", "0.85"),
-             ("current model\nsamples N each", f"N = {BON_N}, T = 1,\n<= {MAX_NEW_TOKENS} "
+    boxes = (("prompts\nx_1 ... x_M", f"M = {ex.WORLD_PROMPTS} training\nquestions", "0.85"),
+             ("current model\nsamples N each", f"N = {ex.BON_N}, T = 1,\n<= {ex.MAX_NEW_TOKENS} "
                                                 "new tokens", "#cfe2f3"),
              ("reward scores\nR [M, N]", "gold reward\n(book: a reward model)", "#fce5cd"),
              ("select\nper prompt / top K", "argmax_j r_ij (eq. 113)\nor top K of R_flat",
               "#d9ead3"),
-             ("instruction-tune\non the kept pairs", f"{RS_SFT_CONFIG.steps} steps at "
-                                                     f"{RS_SFT_CONFIG.learning_rate:g}",
+             ("instruction-tune\non the kept pairs", f"{ex.RS_SFT_CONFIG.steps} steps at "
+                                                     f"{ex.RS_SFT_CONFIG.learning_rate:g}",
               "#ead1dc"))
     width, gap = 1.7, 0.45
     for i, (title, detail, colour) in enumerate(boxes):
@@ -312,20 +80,20 @@ def rs_overview() -> FigureResult:
     ax.set(xlim=(-0.2, end + 0.2), ylim=(-0.8, 2.2))
     ax.axis("off")
     fig.tight_layout()
-    return FigureResult(fig, {"prompts": WORLD_PROMPTS, "completions_per_prompt": BON_N,
-                              "max_new_tokens": MAX_NEW_TOKENS,
-                              "sft_steps": RS_SFT_CONFIG.steps,
-                              "learning_rate": RS_SFT_CONFIG.learning_rate})
+    return FigureResult(fig, {"prompts": ex.WORLD_PROMPTS, "completions_per_prompt": ex.BON_N,
+                              "max_new_tokens": ex.MAX_NEW_TOKENS,
+                              "sft_steps": ex.RS_SFT_CONFIG.steps,
+                              "learning_rate": ex.RS_SFT_CONFIG.learning_rate})
 
 
 @figure("ch09_selection", "ch09",
-        "The book's worked example (eqs. 117-123): the reward matrix R of 5 prompts x 4 "
+        "The book's worked example (eqs. 117, 118, 119, 120, 121, 122, 123): the reward matrix R of 5 prompts x 4 "
         "completions. Left: the best completion of each prompt (eq. 113, circled: S(R) = "
         "[1, 2, 1, 3, 4] 1-based) and the best K = 5 pairs overall (eq. 116, squares, ranked "
         "best first): prompt 3 keeps two completions, prompt 5 none. Right: R flattened "
         "row-major (eq. 122) with the top 5 coloured; eq. 116's ascending argsort lists them as "
         "[0, 11, 5, 14, 8], eq. 123 prints the descending order [8, 5, 14, 0, 11] (erratum).")
-def selection(rewards=BOOK_R, k: int = BOOK_K) -> FigureResult:
+def selection(rewards=ex.BOOK_R, k: int = ex.BOOK_K) -> FigureResult:
     rewards = np.asarray(rewards, np.float64)
     B, N = rewards.shape
     per_prompt = np.asarray(ch09.select_top_per_prompt(rewards))
@@ -376,12 +144,12 @@ def selection(rewards=BOOK_R, k: int = BOOK_K) -> FigureResult:
         "distributions, below it: uniform over K distinct rewards (closer as K grows), 1,000 "
         "outcomes sharing 3 reward levels (ties: the KL stops at -log P(top level)), a fair "
         "coin (at most log 2).")
-def bon_curves(ns=CURVE_NS) -> FigureResult:
+def bon_curves(ns=ex.CURVE_NS) -> FigureResult:
     ns = np.asarray(ns)
-    probs, x = normal_atoms()
-    exact = expected_reward_curve(probs, x, ns)
-    mc = monte_carlo_max()
-    kl = kl_curves(ns)
+    probs, x = ex.normal_atoms()
+    exact = ex.expected_reward_curve(probs, x, ns)
+    mc = ex.monte_carlo_max()
+    kl = ex.kl_curves(ns)
     fig = Figure(figsize=(11, 3.9))
     left, right = fig.subplots(1, 2)
     left.plot(ns, exact, color="tab:blue", lw=2, label="exact E[max of N], r ~ N(0, 1)")
@@ -424,10 +192,10 @@ def bon_curves(ns=CURVE_NS) -> FigureResult:
         "model (k1 estimate per completion) with its single-sample gold reward.")
 def bon_world(runs: dict | None = None) -> FigureResult:
     runs = world_runs() if runs is None else runs
-    ns = np.asarray(WORLD_NS)
-    sft, sft_se = best_of_n_curve(runs["before"], ns)
-    rs, rs_se = best_of_n_curve(runs["after"], ns)
-    plug_in = plug_in_exact_kl(runs["before"], ns)
+    ns = np.asarray(ex.WORLD_NS)
+    sft, sft_se = ex.best_of_n_curve(runs["before"], ns)
+    rs, rs_se = ex.best_of_n_curve(runs["after"], ns)
+    plug_in = ex.plug_in_exact_kl(runs["before"], ns)
     formula = np.asarray(ch09.best_of_n_kl(ns))
     kl = np.asarray(runs["kl"], np.float64)
     kl_mean, kl_se = float(kl.mean()), float(kl.std(ddof=1) / math.sqrt(kl.size))
@@ -504,9 +272,9 @@ def rs_finetune(runs: dict | None = None) -> FigureResult:
     means = {"SFT, training": runs["before"], "RS, training": runs["after"],
              "RS top-K, training": runs["after_top_k"], "SFT, held-out": runs["heldout_before"],
              "RS, held-out": runs["heldout_after"]}
-    gains = {"per prompt": paired_gain(runs["after"], runs["before"]),
-             "top-K": paired_gain(runs["after_top_k"], runs["before"]),
-             "per prompt, held-out": paired_gain(runs["heldout_after"], runs["heldout_before"])}
+    gains = {"per prompt": ex.paired_gain(runs["after"], runs["before"]),
+             "top-K": ex.paired_gain(runs["after_top_k"], runs["before"]),
+             "per prompt, held-out": ex.paired_gain(runs["heldout_after"], runs["heldout_before"])}
     for i, name in enumerate(names):
         right.text(i, 1.02, f"gold {np.mean(means[name]):+.3f}", ha="center", fontsize=7.5)
     right.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=8)

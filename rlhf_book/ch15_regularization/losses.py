@@ -1,5 +1,5 @@
-"""Chapter 15: regularisation -- the KL to a reference, its estimators, where it goes, and the
-other regularisers of §15.3.
+"""Chapter 15's math: the KL to a reference, its estimators, where it goes, and the other
+regularisers of §15.3.
 
 In the book's order:
 
@@ -7,21 +7,22 @@ In the book's order:
   :func:`exact_kl`, and of a whole generation, :func:`sequence_kl` (the exact KL of each
   position's next-token distributions, summed over the completion);
 * §15.1, eq. 129: the Monte-Carlo form and Schulman's estimators :func:`kl_k1`,
-  :func:`kl_k2`, :func:`kl_k3` (:func:`kl_estimate` picks one by name), summed per sequence by
+  :func:`kl_k2`, :func:`kl_k3` (:func:`kl_estimate` picks one by name; they live in
+  :mod:`rlhf_book.lm.kl` because chapters 6 and 8 use them too), summed per sequence by
   :func:`sequence_kl_estimate`;
 * §15.1.2, the implementation example done right: :func:`generation_kl` (the snippet's
   ``kl_approx`` and ``kl_full``, masked and per sequence) and :func:`torch_kl_div` (what
   PyTorch's ``F.kl_div`` computes, to show the snippet's erratum);
-* the KL as a reward penalty vs as a loss term (§15.1.2, §6.2.5-6.2.6): the gradient each
+* the KL as a reward penalty vs as a loss term (§15.1.2; §6.2.5, §6.2.6): the gradient each
   estimator gives, exact by enumeration over a categorical policy --
   :func:`estimator_loss_gradient` (``k`` in the loss, pathwise), :func:`estimator_reward_gradient`
   (``k`` in the reward, score function) -- beside the true gradient :func:`kl_gradient`;
 * §15.3.1 pretraining gradients: InstructGPT's PPO-ptx, :func:`ppo_ptx_objective` and
-  :func:`ptx_loss` (eq. 137), and DPO with an NLL term, :func:`dpo_nll_loss` (eqs. 138-139);
+  :func:`ptx_loss` (eq. 137), and DPO with an NLL term, :func:`dpo_nll_loss` (eqs. 138, 139);
 * §15.3.2 margins: :func:`margin_bt_loss` (eq. 140, Llama 2) and :func:`margin_dpo_loss`
   (the same offset on DPO's implicit reward).
 
-Direction convention (book §15.1, eqs. 127-129; Schulman, "Approximating KL divergence",
+Direction convention (book §15.1, eqs. 127, 128, 129; Schulman, "Approximating KL divergence",
 2020). The regulariser is the *reverse* KL from the policy to the reference,
 ``KL(pi || pi_ref) = E_{y ~ pi}[log pi(y) - log pi_ref(y)]``, estimated from samples of ``pi``
 scored under both models. With ``log r = log pi_ref - log pi`` per sampled token:
@@ -48,69 +49,23 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.special import xlogy
 
 from rlhf_book.ch08_direct_alignment.losses import dpo_logits
-from rlhf_book.lm.checks import as_float_array, as_float_vectors, check_choice, check_rank
+from rlhf_book.lm.checks import (as_float_array, as_float_vectors, as_like, check_choice,
+                                 check_range, check_rank)
 # Schulman's estimators live in lm (chapters 6 and 8 use them too); chapter 15 teaches them.
-from rlhf_book.lm.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_estimate, kl_k1, kl_k2, kl_k3  # noqa: F401
+from rlhf_book.lm.kl import (KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_estimate, kl_k1,  # noqa: F401
+                             kl_k2, kl_k3)
 from rlhf_book.lm.ops import masked_sum, next_token_log_probs
 
 __all__ = [
     "KL_ESTIMATORS", "LOG_RATIO_CLAMP", "LLAMA2_MARGINS", "exact_kl", "sequence_kl", "kl_k1",
     "kl_k2", "kl_k3", "kl_estimate", "sequence_kl_estimate", "GenerationKL", "generation_kl",
     "torch_kl_div", "kl_gradient", "estimator_loss_gradient", "estimator_reward_gradient",
-    "ppo_ptx_objective", "ptx_loss", "dpo_nll_loss", "margin_bt_loss", "margin_dpo_loss",
+    "TORCH_REDUCTIONS", "ppo_ptx_objective", "ptx_loss", "dpo_nll_loss", "margin_like",
+    "margin_bt_loss", "margin_dpo_loss",
 ]
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Argument checks
-
-
-def _like(x, name: str, like: jax.Array, like_name: str, dims: str) -> jax.Array:
-    """``x`` as a float array with the shape of ``like``, or a ``ValueError`` naming ``name``."""
-    x = as_float_array(x, name)
-    if x.shape != like.shape:
-        raise ValueError(f"{name} must have the shape of {like_name} {like.shape} ({dims}), "
-                         f"got {x.shape}")
-    return x
-
-
-def _logits_pair(a, b, names: tuple[str, str]) -> tuple[jax.Array, jax.Array]:
-    """Two float arrays ``[..., V]`` of one shape (``V >= 1``)."""
-    a = as_float_array(a, names[0])
-    if a.ndim < 1 or a.shape[-1] < 1:
-        raise ValueError(f"{names[0]} must have shape [..., V] with V >= 1, got shape {a.shape}")
-    return a, _like(b, names[1], a, names[0], "[..., V]")
-
-
-def _token_mask(mask, shape: tuple[int, ...], dims: str) -> jax.Array:
-    mask = as_float_array(mask, "mask")
-    if mask.shape != shape:
-        raise ValueError(f"mask must have shape {dims} = {shape}, got {mask.shape}")
-    return mask
-
-
-def _check_at_least(value, name: str, low: float = 0.0, strict: bool = False) -> None:
-    """``value >= low`` (``> low`` if ``strict``); traced values are not checked."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not (v > low if strict else v >= low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value}")
-
-
-def _scalar(x, name: str) -> jax.Array:
-    x = as_float_array(x, name)
-    if x.shape != ():
-        raise ValueError(f"{name} must be a scalar (shape ()), got shape {x.shape}")
-    return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,7 +88,7 @@ def exact_kl(logits_p, logits_q) -> jax.Array:
     p(v)`` the result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and
     its gradient are finite, and two equal rows give exactly 0.
     """
-    logits_p, logits_q = _logits_pair(logits_p, logits_q, ("logits_p", "logits_q"))
+    logits_q = as_like(logits_q, "logits_q", as_float_array(logits_p, "logits_p"), "logits_p")
     # BEGIN SOLUTION
     logp = jax.nn.log_softmax(logits_p, axis=-1)
     logq = jax.nn.log_softmax(logits_q, axis=-1)
@@ -163,10 +118,8 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     vocabulary and random only through the prefixes. If generation used a temperature, divide
     both models' logits by it first: the KL is then that of the distributions sampled from.
     """
-    logits = as_float_array(logits, "logits")
-    check_rank(logits, 3, "logits", "[N, T, V]")
-    ref_logits = _like(ref_logits, "ref_logits", logits, "logits", "[N, T, V]")
-    mask = _token_mask(mask, logits.shape[:2], "[N, T]")
+    check_rank(logits := jnp.asarray(logits), 3, "logits", "[N, T, V]")
+    mask = as_like(mask, "mask", logits[..., 0], "[N, T]")
     # BEGIN SOLUTION
     return masked_sum(exact_kl(logits, ref_logits), mask, axis=1)
     # END SOLUTION
@@ -191,11 +144,8 @@ def sequence_kl_estimate(logp, ref_logp, mask, estimator: str = "k1") -> jax.Arr
     expectation (the chain rule). A sum of per-token k3 is not k3 of the sequence log-ratio,
     and both are unbiased; a sum of per-token k2 stays biased.
     """
-    mask = as_float_array(mask, "mask")
-    check_rank(mask, 2, "mask", "[N, T]")
-    logp = _like(logp, "logp", mask, "mask", "[N, T]")
-    ref_logp = _like(ref_logp, "ref_logp", mask, "mask", "[N, T]")
-    return masked_sum(kl_estimate(logp, ref_logp, estimator), mask, axis=1)
+    k = kl_estimate(logp, ref_logp, estimator)
+    return masked_sum(k, as_like(mask, "mask", k, "logp [N, T]"), axis=1)
 # [/guide]
 
 
@@ -229,35 +179,13 @@ def generation_kl(logits, ref_logits, tokens, mask, estimator: str = "k1") -> Ge
       ``kl_full`` was meant to be (its ``'batchmean'`` is ``exact.mean()`` when the mask
       covers every position).
 
-    Erratum (book §15.1.2, L4089-4114): ``kl_full = F.kl_div(ref_logprobs, logprobs,
-    reduction='batchmean')`` returns NaN. PyTorch's ``F.kl_div(input, target)`` computes
-    ``target * (log target - input)`` and expects ``target`` to hold *probabilities* unless
-    ``log_target=True``; the log-probabilities passed as ``target`` are negative and their log
-    is NaN. With ``log_target=True`` the call is ``sum exp(target) (target - input)``, i.e.
-    ``KL(pi || pi_ref)`` with these arguments -- the same (reverse) direction as
-    ``kl_approx``; with the arguments swapped it would be ``KL(pi_ref || pi)``. See
-    :func:`torch_kl_div`. The snippet also sums over the prompt and the padding, which were not
-    sampled from ``pi`` (no mask), and ``'batchmean'`` gives one scalar where ``kl_approx`` is
-    ``[N]``.
+    The snippet's ``kl_full`` returns NaN as written, has no mask and gives one scalar where
+    ``kl_approx`` gives ``[N]``: see :func:`torch_kl_div` and the errata of the chapter guide
+    (book §15.1.2).
     """
-    logits = as_float_array(logits, "logits")
-    check_rank(logits, 3, "logits", "[N, T, V]")
-    ref_logits = jax.lax.stop_gradient(
-        _like(ref_logits, "ref_logits", logits, "logits", "[N, T, V]"))
-    tokens = jnp.asarray(tokens)
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
-    if tokens.shape != logits.shape[:2]:
-        raise ValueError(f"tokens must have shape [N, T] = {logits.shape[:2]}, "
-                         f"got {tokens.shape}")
-    V = logits.shape[2]
-    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-        ids = np.asarray(tokens)  # NumPy: a concrete array stays concrete inside a jit trace
-        if ids.min() < 0 or ids.max() >= V:
-            raise ValueError(f"tokens must lie in [0, V) = [0, {V}), got values from "
-                             f"{ids.min()} to {ids.max()}")
-    check_choice(estimator, "estimator", KL_ESTIMATORS)
-    targets = _token_mask(mask, tokens.shape, "[N, T]")[:, 1:]
+    ref_logits = jax.lax.stop_gradient(as_like(ref_logits, "ref_logits", logits, "logits"))
+    check_rank(tokens := jnp.asarray(tokens), 2, "tokens", "[N, T] (integer ids)")
+    targets = jnp.asarray(mask, jnp.float32)[:, 1:]
     logp = next_token_log_probs(logits, tokens)
     ref_logp = next_token_log_probs(ref_logits, tokens)
     return GenerationKL(sampled=sequence_kl_estimate(logp, ref_logp, targets, estimator),
@@ -282,18 +210,12 @@ def torch_kl_div(input, target, reduction: str = "mean", log_target: bool = Fals
     default, which is not the KL), ``"batchmean"`` (the sum divided by ``input.shape[0]``).
     ``input`` and ``target`` must have one shape (PyTorch would broadcast).
 
-    Erratum: the book's ``F.kl_div(ref_logprobs, logprobs, reduction='batchmean')`` passes
-    log-probabilities as a probability ``target``; ``xlogy`` of a negative number is NaN, so
-    the result is NaN (only an entry of exactly 0 would survive). The fix is
-    ``F.kl_div(ref_logprobs, logprobs, log_target=True, reduction='sum') / B``:
-    ``KL(pi || pi_ref)`` summed over positions and averaged over the batch.
+    The book's ``F.kl_div(ref_logprobs, logprobs, reduction='batchmean')`` (§15.1.2) is NaN
+    here as in PyTorch; ``F.kl_div(ref_logprobs, logprobs, log_target=True, reduction='sum') /
+    B`` is ``KL(pi || pi_ref)`` summed over positions and averaged over the batch.
     """
-    input = as_float_array(input, "input")
-    target = _like(target, "target", input, "input", "any shape")
-    if reduction not in TORCH_REDUCTIONS:
-        raise ValueError(f"reduction must be one of {TORCH_REDUCTIONS}, got {reduction!r}")
-    if reduction == "batchmean" and input.ndim < 1:
-        raise ValueError("input must have a batch axis for reduction='batchmean', got shape ()")
+    target = as_like(target, "target", input := as_float_array(input, "input"), "input")
+    check_choice(reduction, "reduction", TORCH_REDUCTIONS)
     if log_target:
         pointwise = jnp.exp(target) * (target - input)
     else:
@@ -327,9 +249,7 @@ def kl_gradient(logits, ref_logits, direction: str = "reverse") -> jax.Array:
     (here by ``jax.grad`` of :func:`exact_kl`). Near ``pi_ref`` the two agree to first order --
     both KLs have the Fisher information as their Hessian there -- and differ at second order.
     """
-    logits, ref_logits = _logits_pair(logits, ref_logits, ("logits", "ref_logits"))
-    if direction not in ("reverse", "forward"):
-        raise ValueError(f"direction must be 'reverse' or 'forward', got {direction!r}")
+    check_choice(direction, "direction", ("reverse", "forward"))
     ref_logits = jax.lax.stop_gradient(ref_logits)
     if direction == "reverse":
         return jax.grad(lambda z: jnp.sum(exact_kl(z, ref_logits)))(logits)
@@ -363,8 +283,6 @@ def estimator_loss_gradient(logits, ref_logits, estimator: str = "k3") -> jax.Ar
     | y_<t))]`` with the prefixes' distribution frozen, which is not the gradient of the
     sequence KL (the tests show both on a two-token example).
     """
-    logits, ref_logits = _logits_pair(logits, ref_logits, ("logits", "ref_logits"))
-    check_choice(estimator, "estimator", KL_ESTIMATORS)
     ref_logp = jax.lax.stop_gradient(jax.nn.log_softmax(ref_logits, axis=-1))
 
     def expected_estimate(z):
@@ -397,8 +315,6 @@ def estimator_reward_gradient(logits, ref_logits, estimator: str = "k1") -> jax.
     A baseline subtracted from the reward changes the variance of a sampled gradient, not
     these means.
     """
-    logits, ref_logits = _logits_pair(logits, ref_logits, ("logits", "ref_logits"))
-    check_choice(estimator, "estimator", KL_ESTIMATORS)
     ref_logp = jax.lax.stop_gradient(jax.nn.log_softmax(ref_logits, axis=-1))
 
     def surrogate(z):
@@ -432,13 +348,8 @@ def ppo_ptx_objective(rl_objective, pretrain_logp, gamma) -> jax.Array:
     (per document or per token) and on the scale of the reward, so a ``gamma`` carries over
     between codebases only together with both.
     """
-    rl_objective = _scalar(rl_objective, "rl_objective")
-    pretrain_logp = as_float_array(pretrain_logp, "pretrain_logp")
-    check_rank(pretrain_logp, 1, "pretrain_logp", "[M]")
-    if pretrain_logp.shape[0] < 1:
-        raise ValueError("pretrain_logp must hold at least one document, got shape (0,)")
-    _check_at_least(gamma, "gamma")
-    return rl_objective + gamma * jnp.mean(pretrain_logp)
+    check_rank(pretrain_logp := jnp.asarray(pretrain_logp), 1, "pretrain_logp", "[M]")
+    return -ptx_loss(-jnp.asarray(rl_objective), -jnp.mean(pretrain_logp), gamma)
 
 
 def ptx_loss(rl_loss, pretrain_nll, gamma) -> jax.Array:
@@ -450,26 +361,17 @@ def ptx_loss(rl_loss, pretrain_nll, gamma) -> jax.Array:
     mix" that keeps the policy's language modelling from degrading. ``ptx_loss(-J_RL,
     -mean(pretrain_logp), gamma) = -ppo_ptx_objective(J_RL, pretrain_logp, gamma)``.
     """
-    rl_loss = _scalar(rl_loss, "rl_loss")
-    pretrain_nll = _scalar(pretrain_nll, "pretrain_nll")
-    _check_at_least(gamma, "gamma")
+    check_range(gamma, "gamma", 0)
+    check_rank(pretrain_nll := jnp.asarray(pretrain_nll), 0, "pretrain_nll", "() (a scalar)")
     return rl_loss + gamma * pretrain_nll
 # [/guide]
-
-
-def _margin(margin, n_shape: tuple[int, ...]) -> jax.Array:
-    margin = as_float_array(margin, "margin")
-    if margin.shape not in ((), n_shape):
-        raise ValueError(f"margin must be a scalar or have shape [N] = {n_shape}, "
-                         f"got {margin.shape}")
-    return margin
 
 
 # [guide:dpo-nll]
 def dpo_nll_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                  ref_rejected_logps, chosen_lengths, beta=0.1, alpha=1.0) -> jax.Array:
-    """DPO plus a length-normalised NLL on the chosen completion (book §15.3.1, eqs.
-    138-139; Pang et al. 2024, iterative RPO), averaged over the ``N`` pairs:
+    """DPO plus a length-normalised NLL on the chosen completion (book §15.3.1, eqs. 138, 139;
+    Pang et al. 2024, iterative RPO), averaged over the ``N`` pairs:
 
         l_i = -log sigmoid(beta h_i) - alpha log pi(c_i^w, y_i^w | x_i) / (|c_i^w| + |y_i^w|)
 
@@ -482,30 +384,31 @@ def dpo_nll_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
     (``nll_coef``, TRL's ``rpo_alpha``) averages the NLL over all chosen tokens of the batch
     instead of per pair; the two agree when the chosen completions have one length.
     """
-    # Imported here: chapter 8's package imports chapter 6, which imports this module.
-
-    _check_at_least(beta, "beta", strict=True)
-    _check_at_least(alpha, "alpha")
-    pc, pr, rc, rr, lengths = as_float_vectors(
-        (policy_chosen_logps, "policy_chosen_logps"),
-        (policy_rejected_logps, "policy_rejected_logps"),
-        (ref_chosen_logps, "ref_chosen_logps"), (ref_rejected_logps, "ref_rejected_logps"),
-        (chosen_lengths, "chosen_lengths"))
-    if not isinstance(lengths, jax.core.Tracer) and lengths.size and float(lengths.min()) <= 0:
-        raise ValueError(f"chosen_lengths must be > 0 (token counts), got minimum "
-                         f"{float(lengths.min())}")
-    h = dpo_logits(pc, pr, rc, rr)
-    return jnp.mean(-jax.nn.log_sigmoid(beta * h) - alpha * pc / lengths)
+    check_range(beta, "beta", 0, strict=True)
+    check_range(alpha, "alpha", 0)
+    h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                   ref_rejected_logps)
+    lengths = as_like(chosen_lengths, "chosen_lengths", h, "policy_chosen_logps")
+    return jnp.mean(-jax.nn.log_sigmoid(beta * h) - alpha * policy_chosen_logps / lengths)
 # [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
 # §15.3.2 Margin-based regularisation
 
+_REWARD_NAMES = ("chosen_rewards", "rejected_rewards")
+
 LLAMA2_MARGINS = {"small": (1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0), "large": (3.0, 2.0, 1.0, 0.0)}
 """Llama 2's two margin scales (Touvron et al. 2023, Table 27) for its four preference
 ratings, in the order "significantly better", "better", "slightly better", "negligibly
 better / unsure" (not in the book, which gives the rating-gap example 5 - 2 = 3 of ch. 5)."""
+
+
+def margin_like(margin, rewards: jax.Array) -> jax.Array:
+    """A margin as a float array: a scalar (one margin for every pair) or one per pair,
+    ``[N]`` like ``rewards``."""
+    margin = jnp.asarray(margin)
+    return margin if margin.ndim == 0 else as_like(margin, "margin", rewards, "the pairs [N]")
 
 
 # [guide:margin-losses]
@@ -523,9 +426,8 @@ def margin_bt_loss(chosen_rewards, rejected_rewards, margin) -> jax.Array:
     growing without bound on the easy pairs. ``m = 0`` is the Bradley-Terry loss; for ``m >
     0`` the loss is larger at every gap. Finite for any gap (softplus).
     """
-    r_c, r_r = as_float_vectors((chosen_rewards, "chosen_rewards"),
-                                (rejected_rewards, "rejected_rewards"))
-    return jax.nn.softplus(-(r_c - r_r - _margin(margin, r_c.shape)))
+    r_c, r_r = as_float_vectors(*zip((chosen_rewards, rejected_rewards), _REWARD_NAMES))
+    return jax.nn.softplus(-(r_c - r_r - margin_like(margin, r_c)))
 
 
 def margin_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
@@ -538,9 +440,8 @@ def margin_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
     sequence log-probs, ``margin`` a scalar or ``[N]``; returns a scalar. ``m = 0`` is chapter
     8's ``dpo_loss``; it equals the mean of :func:`margin_bt_loss` on the implicit rewards.
     """
-
-    _check_at_least(beta, "beta", strict=True)
+    check_range(beta, "beta", 0, strict=True)
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
-    return jnp.mean(jax.nn.softplus(-(beta * h - _margin(margin, h.shape))))
+    return jnp.mean(jax.nn.softplus(-(beta * h - margin_like(margin, h))))
 # [/guide]

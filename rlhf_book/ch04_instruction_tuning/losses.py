@@ -1,42 +1,41 @@
-"""Chapter 4: instruction fine-tuning (SFT).
+"""Chapter 4's math: chat templates, loss masks, the SFT loss and sequence packing.
 
 The book's chapter 4 in code, in its order:
 
 * §4.1 chat templates: :func:`apply_chat_template` renders the book's ChatML, Zephyr and Tülu
-  examples as strings, byte for byte, with the role check the book's Jinja template meant to
-  make (:func:`check_roles`). The model itself uses the token-level template of
+  examples as strings, byte for byte, with a role check on every position
+  (:func:`check_roles`). The model itself uses the token-level template of
   :mod:`rlhf_book.lm.tokenizer` (one special token per role).
 * §4.3 which tokens are trained: :func:`loss_mask_for` (every assistant turn, or the last one
   only) and :func:`unroll_conversation` (one example per assistant turn);
 * the SFT loss, :func:`sft_loss` (book App. A.1, eq. 142 restricted to the loss mask);
 * sequence packing, :func:`pack_examples`: several conversations per row, each attending only to
-  itself (``segment_ids`` into :func:`rlhf_book.lm.gpt.forward`);
-* the training loop, :func:`train_sft`, and the evaluation the pipeline reports,
-  :func:`evaluate_answers`: gold reward, answer length and how often the model stops.
+  itself (``segment_ids`` into :func:`rlhf_book.lm.gpt.forward`).
 
 Shapes: ``N`` sequences, ``T`` tokens, ``V`` vocabulary; masks are 1 on tokens that count.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book import data
-from rlhf_book.data.world import Question
-from rlhf_book.lm import gpt, sampling, tokenizer, train
+from rlhf_book.lm import tokenizer
+from rlhf_book.lm.checks import check_choice
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean
+
+__all__ = ["Message", "PIRATE_SYSTEM", "HELICOPTER_QUESTION", "BOOK_CONVERSATION", "check_roles",
+           "CHAT_STYLES", "apply_chat_template", "loss_mask_for", "unroll_conversation",
+           "sft_loss", "SFTBatch", "pad_examples", "pack_examples", "sft_examples"]
 
 Message = Mapping[str, str]
 
 # ----------------------------------------------------------------------------------------------
 # §4.1 Chat templates (strings, as the book prints them)
 
-# The book's running example (§4.1, L725-L749): a pirate system prompt and a silly question.
+# The book's running example (§4.1): a pirate system prompt and a silly question.
 PIRATE_SYSTEM = "You are a friendly chatbot who always responds in the style of a pirate"
 HELICOPTER_QUESTION = "How many helicopters can a human eat in one sitting?"
 BOOK_CONVERSATION: tuple[dict[str, str], ...] = (
@@ -52,29 +51,26 @@ def check_roles(messages: Sequence[Message]) -> None:
     """Raise ``ValueError`` unless ``messages`` are an optional system message followed by
     alternating user / assistant turns that start with the user.
 
-    Book §4.1 (L675-L713): the book's Jinja ChatML template only checks that *user* messages sit
-    at user positions, so ``[user, system]`` or ``[system, user, system]`` slip through although
-    the text (L719) says the system message comes first only. We check every position.
+    Book §4.1: the system message, when there is one, comes first. Every position is checked
+    (the book's Jinja template checks only the user positions; see the guide's errata).
     """
     if not messages:
         raise ValueError("messages must hold at least one message, got none")
     offset = 1 if messages[0].get("role") == "system" else 0
     for k, message in enumerate(messages):
-        role = message.get("role")
-        expected = "system" if k < offset else ("user" if (k - offset) % 2 == 0 else "assistant")
+        role, content = message.get("role"), message.get("content")
+        expected = "system" if k < offset else ("user", "assistant")[(k - offset) % 2]
         if role != expected:
-            raise ValueError(f"messages[{k}]['role'] must be {expected!r} (an optional system "
-                             f"message, then user/assistant alternating), got {role!r}")
-        if not isinstance(message.get("content"), str):
-            raise ValueError(f"messages[{k}]['content'] must be a str, got "
-                             f"{type(message.get('content')).__name__}")
+            raise ValueError(f"messages[{k}]['role'] must be {expected!r}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{k}]['content'] must be a str, got {content!r}")
 # [/guide]
 
 
 # [guide:chat-templates]
 # Per style: how a turn opens, how it closes, the generation prompt. ChatML puts the role after
-# <|im_start|> and ends turns with <|im_end|> (book L725-L749); Zephyr uses role tags and </s>
-# (L757-L763); Tülu uses role tags and ends only the assistant's turn, with <|endoftext|> (L767-L776).
+# <|im_start|> and ends turns with <|im_end|>; Zephyr uses role tags and </s>; Tülu uses role
+# tags and ends only the assistant's turn, with <|endoftext|> (book §4.1's three examples).
 CHAT_STYLES = {
     "chatml": {"open": "<|im_start|>{role}\n", "close": "<|im_end|>\n",
                "generation": "<|im_start|>assistant\n"},
@@ -92,8 +88,7 @@ def apply_chat_template(messages: Sequence[Message], style: str = "chatml", *,
     no BOS, which matches only ``bos_token=""`` (the default here; an erratum in the guide).
     Contents are stripped, as the template's ``| trim`` does.
     """
-    if style not in CHAT_STYLES:
-        raise ValueError(f"style must be one of {sorted(CHAT_STYLES)}, got {style!r}")
+    check_choice(style, "style", CHAT_STYLES)
     check_roles(messages)
     fmt = CHAT_STYLES[style]
     # BEGIN SOLUTION
@@ -114,8 +109,9 @@ def apply_chat_template(messages: Sequence[Message], style: str = "chatml", *,
 
 
 # [guide:loss-mask]
-def loss_mask_for(messages: Sequence[Message], mode: str = "all_assistant") -> tuple[list[int], list[int]]:
-    """Token ids of a conversation and the loss mask SFT trains with (book §4.3, L798-L800).
+def loss_mask_for(messages: Sequence[Message],
+                  mode: str = "all_assistant") -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and the loss mask SFT trains with (book §4.3).
 
     ``mode="all_assistant"`` trains every assistant turn (the book's option 2, "mask the user
     turns"); ``mode="last_turn"`` only the final one (option 1: earlier assistant turns are
@@ -123,8 +119,7 @@ def loss_mask_for(messages: Sequence[Message], mode: str = "all_assistant") -> t
     so the model learns to stop, and never the ``<|assistant|>`` header, which the prompt
     supplies at generation time.
     """
-    if mode not in ("all_assistant", "last_turn"):
-        raise ValueError(f"mode must be 'all_assistant' or 'last_turn', got {mode!r}")
+    check_choice(mode, "mode", ("all_assistant", "last_turn"))
     check_roles(messages)
     # BEGIN SOLUTION
     ids, mask = tokenizer.render_chat(messages)
@@ -136,7 +131,7 @@ def loss_mask_for(messages: Sequence[Message], mode: str = "all_assistant") -> t
 
 
 def unroll_conversation(messages: Sequence[Message]) -> list[tuple[list[int], list[int]]]:
-    """One training example per assistant turn (book §4.3, L800): example ``k`` holds the
+    """One training example per assistant turn (book §4.3): example ``k`` holds the
     conversation up to assistant turn ``k`` and trains on that turn only."""
     check_roles(messages)
     ends = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
@@ -191,7 +186,7 @@ def pad_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length
 # [guide:packing]
 def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], length: int) -> SFTBatch:
     """Pack examples into rows of ``length`` tokens, in order, starting a new row when the next
-    example does not fit (book §4.3, L797-L802: packing fills the context with useful tokens).
+    example does not fit (book §4.3: packing fills the context with useful tokens).
 
     Each example keeps its own segment id, so with ``gpt.forward(..., segment_ids=...)`` it
     attends only to itself and its positions restart at 0: its logits, and so the loss, are
@@ -227,112 +222,3 @@ def sft_examples(conversations: Sequence[Sequence[Message]], *, mask_prompt: boo
         ids, mask = loss_mask_for(messages)
         examples.append((ids, mask if mask_prompt else [0] + [1] * (len(ids) - 1)))
     return examples
-
-
-# ----------------------------------------------------------------------------------------------
-# Training
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTConfig:
-    """SFT settings. The learning rate is 20x below pretraining's (book §4.3, L802: SFT uses
-    a learning rate 1-2 orders of magnitude smaller; OLMo 2: 3e-4 pretraining vs 1e-5 SFT).
-
-    Measured on the pipeline's pretrained mini GPT, 64 held-out questions: 150 steps at 1e-4
-    give gold reward -0.75 (accuracy 11%); 100 steps at 3e-4, -0.90 (5%); 100 at 1e-3, -0.94
-    (2%). Longer or hotter SFT memorises the demonstrations' facts and states them for
-    held-out questions; every setting learns to answer briefly and stop.
-    """
-
-    steps: int = 150
-    batch_size: int = 16
-    seq_len: int = 128
-    learning_rate: float = 1e-4
-    warmup_steps: int = 20
-    packing: bool = True
-    mask_prompt: bool = True
-    n_demonstrations: int = 2000
-    log_every: int = 25
-
-    def __post_init__(self):
-        if not (isinstance(self.steps, int) and isinstance(self.log_every, int)
-                and self.log_every > 0 and self.steps > 0 and self.steps % self.log_every == 0):
-            raise ValueError("SFTConfig.steps must be a positive multiple of log_every (steps "
-                             f"run in compiled chunks of log_every), got steps={self.steps}, "
-                             f"log_every={self.log_every}")
-
-    def train_config(self) -> train.TrainConfig:
-        return train.TrainConfig(steps=self.steps, batch_size=self.batch_size,
-                                 seq_len=self.seq_len, learning_rate=self.learning_rate,
-                                 warmup_steps=self.warmup_steps, log_every=self.log_every)
-
-
-# [guide:sft-train]
-def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch: SFTBatch, *,
-              eval_batch: SFTBatch | None = None, seed: int = 0, progress: bool = True):
-    """Fine-tune ``params`` on the rows of ``batch`` (random rows per step, inside a jitted
-    ``lax.scan`` chunk). Returns ``(params, history)`` with ``step``, ``loss`` (every step) and,
-    with an ``eval_batch``, ``eval_step`` and ``eval_loss`` (the SFT loss on all its rows)."""
-    rows = jax.tree.map(jnp.asarray, batch)
-    if rows.tokens.shape[1] > model_config.max_seq_len:
-        raise ValueError(f"batch rows have {rows.tokens.shape[1]} tokens, more than the model's "
-                         f"max_seq_len={model_config.max_seq_len}")
-
-    def loss_fn(params, b: SFTBatch):
-        logits = gpt.forward(params, b.tokens, model_config, segment_ids=b.segment_ids)
-        return sft_loss(logits, b.tokens, b.loss_mask), {}
-
-    def sample_batch(key):
-        idx = jax.random.randint(key, (sft_config.batch_size,), 0, rows.tokens.shape[0])
-        return jax.tree.map(lambda x: x[idx], rows)
-
-    evaluate = None
-    if eval_batch is not None:
-        evals = jax.tree.map(jnp.asarray, eval_batch)
-        eval_loss = jax.jit(lambda p: loss_fn(p, evals)[0])
-        evaluate = lambda state: {"loss": float(eval_loss(state.params))}  # noqa: E731
-
-    tc = sft_config.train_config()
-    state, history = train.run_in_chunks(
-        train.make_supervised_step(loss_fn, sample_batch),
-        train.create_train_state(params, train.make_optimizer(tc)),
-        steps=tc.steps, chunk_size=tc.log_every, key=jax.random.PRNGKey(seed), desc="sft",
-        progress=progress, evaluate=evaluate,
-        postfix=lambda h: {"loss": f"{h['loss'][-1]:.3f}"})
-    return state.params, history
-# [/guide]
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation: answers to held-out questions, scored by the gold reward
-
-
-def generate_answers(params, model_config: gpt.GPTConfig, questions: Sequence[Question], *,
-                     seed: int = 0, temperature: float = 0.0, max_new_tokens: int = 48):
-    """Answer each question through the chat template; returns ``(answers, stopped)``: the
-    decoded completions and whether each ended with ``<|end|>``."""
-    prompts = [tokenizer.render_prompt(q.prompt) for q in questions]
-    width = max(map(len, prompts))
-    max_new_tokens = min(max_new_tokens, model_config.max_seq_len - width)
-    tokens, lengths = tokenizer.pad_batch(prompts, width)
-    gen = sampling.generate(params, tokens, jax.random.PRNGKey(seed), model_config,
-                            prompt_lengths=lengths, max_new_tokens=max_new_tokens,
-                            temperature=temperature, eos_id=tokenizer.END)
-    stopped = np.any((np.asarray(gen.tokens) == tokenizer.END) & np.asarray(gen.mask, bool), axis=1)
-    return sampling.completions(gen), stopped.tolist()
-
-
-def evaluate_answers(questions: Sequence[Question], answers: Sequence[str],
-                     stopped: Sequence[bool] | None = None) -> dict[str, Any]:
-    """Mean gold reward, accuracy (the gold answer stated and correct), mean answer length in
-    bytes and the fraction of answers that stopped by themselves."""
-    gold = data.gold_reward_batch(questions, answers)
-    stated = [data.stated_answer(q, a) for q, a in zip(questions, answers)]
-    correct = [s is not None and s.lower() == q.answer.lower() for q, s in zip(questions, stated)]
-    return {
-        "gold_reward": float(np.mean(gold)),
-        "accuracy": float(np.mean(correct)),
-        "answer_bytes": float(np.mean([len(a.encode()) for a in answers])),
-        "stopped": float(np.mean(stopped)) if stopped is not None else float("nan"),
-        "n": len(answers),
-    }

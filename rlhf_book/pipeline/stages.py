@@ -1,0 +1,384 @@
+"""The stages of ``rlhf-book pipeline``: each a cached call of a chapter's training function.
+
+* pretrain (book ch. 3): :func:`rlhf_book.lm.train.pretrain`, cached as ``pretrain-<model>-<key>``;
+* SFT (book ch. 4): ``ch04.train_sft``, cached as ``sft-<model>-<key>``;
+* reward model (book ch. 5): ``ch05.train_reward_model``, cached as ``reward-<model>-<key>``;
+* RL (book ch. 6): ``ch06.train_rl``, cached as ``rl-<model>-<key>``;
+* DPO (book ch. 8): ``ch08.train_dpo``, cached as ``dpo-<model>-<key>``;
+* best-of-N (book ch. 9): ``ch09.best_of_n_sample``; not cached, as it trains nothing.
+
+A stage's checkpoint lies in ``<out_dir>/checkpoints/`` with its metrics beside the parameters.
+Its key is :func:`rlhf_book.textbook.substrate.fingerprint` of everything that determines the
+result: the settings, the seed, the exact tokens it trains on, the checkpoint it starts from
+(whose name holds that checkpoint's own key), and the source of ``rlhf_book/lm``,
+``rlhf_book/data``, of the chapter modules the stage calls (:data:`STAGE_SOURCES`) and of this
+module. Change any of them and the stage trains again; otherwise a second run loads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from rlhf_book import ch04_instruction_tuning as ch04
+from rlhf_book import ch05_reward_models as ch05
+from rlhf_book import ch06_policy_gradients as ch06
+from rlhf_book import ch08_direct_alignment as ch08
+from rlhf_book import ch09_rejection_sampling as ch09
+from rlhf_book import data
+from rlhf_book.lm import gpt, train
+from rlhf_book.lm.checks import check_choice, check_positive_ints
+from rlhf_book.lm.rollout import encode_prompts
+from rlhf_book.textbook import substrate
+
+Log = Callable[[str], None]
+
+# The modules under rlhf_book whose source is part of each stage's key, besides lm and data
+# (in every fingerprint) and this module. Upstream stages enter through their checkpoint names.
+STAGE_SOURCES = {
+    "pretrain": (),
+    "sft": ("ch04_instruction_tuning",),
+    "reward": ("ch05_reward_models",),
+    "rl": ("ch05_reward_models", "ch06_policy_gradients"),
+    "dpo": ("ch05_reward_models", "ch08_direct_alignment"),
+}
+THIS_MODULE = "pipeline/stages"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """What the pipeline trains. ``quick()`` is a seconds-long version for tests and smoke runs."""
+
+    model: str = "mini"
+    # 1200 steps of 16 x 128 tokens (2.5M tokens, ~3 passes over the corpus): about 2-3 minutes
+    # on a 2-core CPU; enough for capitals and animal sounds, not yet for arithmetic.
+    pretrain: train.TrainConfig = train.TrainConfig(steps=1200, batch_size=16)
+    corpus_documents: int = 6000
+    eval_fraction: float = 0.05
+    # SFT: 150 steps of 16 packed rows (~2 conversations each), ~25 s on a 2-core CPU.
+    sft: ch04.SFTConfig = ch04.SFTConfig()
+    # Held-out questions answered by each model; None: all 126 (every template of the 42
+    # held-out facts). Greedy answers to all of them take a few seconds.
+    eval_questions: int | None = None
+    # Reward model: pairs labelled by the majority of 3 Bradley-Terry annotators (ch. 11).
+    reward_model: ch05.RMConfig = ch05.RMConfig()
+    annotators: int = 3
+    annotator_noise: float = 0.5
+    eval_pairs: int = 1000  # pairs about held-out facts the reward model is tested on
+    # RL (ch. 6): GRPO on prompts about training facts, rewarded by the reward model
+    # ("reward_model") or, as an oracle, by the gold reward itself ("gold").
+    rl: ch06.RLConfig = ch06.RLConfig(algorithm="grpo", steps=40, learning_rate=3e-5, beta=0.1,
+                                      max_new_tokens=48)
+    rl_reward: str = "reward_model"
+    # DPO (ch. 8) from the SFT model on the reward model's training pairs (offline), and
+    # best-of-N sampling (ch. 9) from the SFT model, ranked by the reward model.
+    dpo: ch08.DPOConfig = ch08.DPOConfig(beta=0.5, learning_rate=3e-5, steps=100, batch_size=16,
+                                         log_every=20)
+    best_of_n: int = 8
+    seed: int = 0
+    out_dir: str = "runs"
+
+    def __post_init__(self):
+        check_positive_ints(self, "best_of_n")
+        check_choice(self.rl_reward, "PipelineConfig.rl_reward", ("reward_model", "gold"))
+
+    @classmethod
+    def quick(cls, out_dir: str = "runs/quick") -> "PipelineConfig":
+        return cls(
+            model="tiny",
+            pretrain=train.TrainConfig(steps=60, batch_size=8, seq_len=64, warmup_steps=10,
+                                       log_every=20),
+            corpus_documents=400,
+            sft=ch04.SFTConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
+                               n_demonstrations=200, log_every=10),
+            eval_questions=8,
+            reward_model=ch05.RMConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
+                                       n_pairs=200, log_every=10),
+            eval_pairs=64,
+            rl=ch06.RLConfig(steps=4, prompts_per_step=4, group_size=4, max_new_tokens=16,
+                             log_every=2),
+            dpo=ch08.DPOConfig(steps=4, batch_size=8, log_every=2),
+            best_of_n=4,
+            out_dir=out_dir,
+        )
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What a stage hands to the next stage and to the report."""
+
+    name: str
+    params: dict
+    metrics: dict
+    path: pathlib.Path
+    cached: bool
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+def stage_key(stage: str, *settings) -> str:
+    """The fingerprint a ``stage``'s checkpoint is stored under: its ``settings`` (configs,
+    numbers, token arrays, upstream checkpoint names) and the source of the modules it depends
+    on (:data:`STAGE_SOURCES`, this module, ``lm`` and ``data``)."""
+    return substrate.fingerprint(stage, *settings, sources=(*STAGE_SOURCES[stage], THIS_MODULE))
+
+
+def checkpoint_path(config: PipelineConfig, stage: str, key: str) -> pathlib.Path:
+    return pathlib.Path(config.out_dir) / "checkpoints" / f"{stage}-{config.model}-{key}.msgpack"
+
+
+def cached_stage(config: PipelineConfig, stage: str, name: str, settings: tuple,
+                 run: Callable[[], tuple[Any, dict]], *, fresh: bool, log: Log,
+                 **upstream: StageResult) -> StageResult:
+    """Load ``stage``'s checkpoint stored under :func:`stage_key` of ``settings``, or (when
+    there is none, or ``fresh``) call ``run() -> (params, metrics)`` and store its result, with
+    the metrics and the names of the ``upstream`` checkpoints it started from."""
+    path = checkpoint_path(config, stage, stage_key(stage, *settings))
+    start = time.perf_counter()
+    if path.exists() and not fresh:
+        params, meta = train.load_checkpoint(path)
+        log(f"[{name}] loaded cached checkpoint {path}")
+        return StageResult(name, params, meta["metrics"], path, True, time.perf_counter() - start)
+    params, metrics = run()
+    metrics["train_seconds"] = time.perf_counter() - start
+    meta = {"model": dataclasses.asdict(gpt.get_config(config.model)), "stage": name,
+            "metrics": metrics, **{k: result.path.name for k, result in upstream.items()}}
+    train.save_checkpoint(path, params, meta)
+    return StageResult(name, params, metrics, path, False, time.perf_counter() - start)
+
+
+def _lists(history: dict) -> dict:
+    """A training history as JSON lists (stored in the checkpoint's metadata)."""
+    return {k: np.asarray(v).tolist() for k, v in history.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The data each stage trains or is tested on
+
+
+def corpus_streams(config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The pretraining corpus as train and held-out token streams (split by document)."""
+    docs = data.pretraining_corpus(seed=config.seed, n_documents=config.corpus_documents)
+    n_eval = max(1, int(len(docs) * config.eval_fraction))
+    return train.token_stream(docs[n_eval:]), train.token_stream(docs[:n_eval])
+
+
+def heldout_questions(config: PipelineConfig) -> list:
+    """The held-out questions every stage is evaluated on: facts no demonstration contains."""
+    heldout = data.split_questions(seed=config.seed)[1]
+    if config.eval_questions is None or config.eval_questions >= len(heldout):
+        return heldout
+    rng = np.random.default_rng(config.seed + 1)
+    pick = rng.choice(len(heldout), size=config.eval_questions, replace=False)
+    return [heldout[i] for i in sorted(pick)]
+
+
+def preference_data(config: PipelineConfig):
+    """``(train_pairs, heldout_pairs)``: annotated pairs about training facts, and pairs about
+    held-out facts (never in a demonstration or a training pair) to test the reward model on."""
+    kw = dict(n_annotators=config.annotators, noise=config.annotator_noise)
+    train_pairs = data.preference_pairs(seed=config.seed, n=config.reward_model.n_pairs, **kw)
+    heldout = data.split_questions(seed=config.seed)[1]
+    heldout_pairs = data.preference_pairs(seed=config.seed + 1, n=config.eval_pairs,
+                                          questions=heldout, **kw)
+    return train_pairs, heldout_pairs
+
+
+def fitting(pairs, length: int) -> list:
+    """The pairs whose chosen and rejected conversations both fit ``length`` tokens (all of
+    them for the mini GPT's 128; the quick run's 64-token tiny model drops the longer ones)."""
+    return [p for p in pairs if max(len(ch05.encode_conversation(p.prompt, p.chosen)),
+                                    len(ch05.encode_conversation(p.prompt, p.rejected))) <= length]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages
+
+
+def pretrain_stage(config: PipelineConfig, *, fresh: bool = False, progress: bool = True,
+                   log: Log = print) -> StageResult:
+    """Stage 1 (book ch. 3): pretrain the GPT on the corpus, or load the cached checkpoint."""
+    model_config = gpt.get_config(config.model)
+    pc = config.pretrain
+    train_stream, eval_stream = corpus_streams(config)
+
+    def run():
+        # eval_shape counts the parameters from their shapes without initialising them.
+        shapes = jax.eval_shape(functools.partial(gpt.init_params, config=model_config),
+                                jax.random.PRNGKey(0))
+        log(f"[pretrain] {config.model} GPT, {gpt.count_params(shapes):,} parameters; corpus "
+            f"{len(train_stream):,} train / {len(eval_stream):,} held-out tokens")
+        params, history = train.pretrain(model_config, pc, train_stream, eval_stream,
+                                         seed=config.seed, progress=progress)
+        return params, {"final_train_loss": float(np.mean(history["loss"][-pc.log_every:])),
+                        "final_eval_loss": float(history["eval_loss"][-1]),
+                        "initial_loss": float(history["loss"][0]),
+                        "tokens_seen": pc.steps * pc.batch_size * pc.seq_len,
+                        "history": _lists(history)}
+
+    return cached_stage(config, "pretrain", "pretrain",
+                        (model_config, pc, config.seed, train_stream, eval_stream), run,
+                        fresh=fresh, log=log)
+
+
+def sft_stage(config: PipelineConfig, pretrained: StageResult, *, fresh: bool = False,
+              progress: bool = True, log: Log = print) -> StageResult:
+    """Stage 2 (book ch. 4): fine-tune the pretrained model on chat demonstrations, or load the
+    cached checkpoint. Conversations longer than the SFT rows are left out (and counted)."""
+    model_config = gpt.get_config(config.model)
+    sc = config.sft
+    conversations = data.sft_demonstrations(seed=config.seed, n=sc.n_demonstrations)
+    examples = [e for e in ch04.sft_examples(conversations, mask_prompt=sc.mask_prompt)
+                if len(e[0]) <= sc.seq_len]
+    n_eval = max(1, len(examples) // 20)
+    make = ch04.pack_examples if sc.packing else ch04.pad_examples
+    batch, eval_batch = make(examples[n_eval:], sc.seq_len), make(examples[:n_eval], sc.seq_len)
+
+    def run():
+        log(f"[sft] {len(examples):,} of {len(conversations):,} demonstrations fit {sc.seq_len} "
+            f"tokens; {'packed' if sc.packing else 'padded'} into {batch.tokens.shape[0]:,} rows "
+            f"(+{eval_batch.tokens.shape[0]} held-out rows)")
+        params, history = ch04.train_sft(model_config, pretrained.params, sc, batch,
+                                         eval_batch=eval_batch, seed=config.seed,
+                                         progress=progress)
+        return params, {"initial_loss": float(history["loss"][0]),
+                        "final_train_loss": float(np.mean(history["loss"][-sc.log_every:])),
+                        "final_eval_loss": float(history["eval_loss"][-1]),
+                        "history": _lists(history)}
+
+    return cached_stage(config, "sft", "sft",
+                        (pretrained.path.name, sc, config.seed, np.asarray(batch.tokens),
+                         np.asarray(batch.loss_mask)), run,
+                        fresh=fresh, log=log, pretrained=pretrained)
+
+
+def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool = False,
+                       progress: bool = True, log: Log = print) -> StageResult:
+    """Stage 3 (book ch. 5): a Bradley-Terry reward model on the SFT model, or the cached one.
+
+    Its metrics compare the accuracy on held-out pairs with two references from the annotator
+    model: the ceiling (the best accuracy any model can reach on those labels) and the
+    annotators' agreement with each other."""
+    model_config = gpt.get_config(config.model)
+    rc = config.reward_model
+    train_pairs, heldout_pairs = (fitting(pairs, rc.seq_len) for pairs in preference_data(config))
+    batch = ch05.encode_pairs(train_pairs, rc.seq_len)
+    eval_batch = ch05.encode_pairs(heldout_pairs, rc.seq_len)
+
+    def run():
+        log(f"[reward model] {len(train_pairs):,} training pairs, {len(heldout_pairs):,} "
+            f"held-out pairs; {config.annotators} annotators per pair, noise "
+            f"{config.annotator_noise}")
+        params = ch05.init_reward_model(jax.random.PRNGKey(config.seed), sft.params, model_config)
+        params, history = ch05.train_reward_model(model_config, params, rc, batch,
+                                                  eval_batch=eval_batch, seed=config.seed,
+                                                  progress=progress)
+        r_c, r_r = ch05.score_pairs(params, model_config, eval_batch, rc.pooling)
+        gold_c = [p.gold_chosen for p in heldout_pairs]
+        gold_r = [p.gold_rejected for p in heldout_pairs]
+        return params, {
+            "initial_loss": float(np.mean(history["loss"][:rc.log_every])),
+            "final_train_loss": float(np.mean(history["loss"][-rc.log_every:])),
+            "final_eval_loss": float(history["eval_loss"][-1]),
+            "history": _lists(history),
+            **{f"heldout_{k}": v for k, v in ch05.reward_margins(r_c, r_r).items()},
+            "heldout_gold_accuracy": ch05.gold_pair_accuracy(heldout_pairs, r_c, r_r),
+            "ceiling": data.bt_accuracy_ceiling(gold_c, gold_r, config.annotator_noise,
+                                                config.annotators),
+            "agreement": data.inter_annotator_agreement([p.votes for p in heldout_pairs])
+            if config.annotators > 1 else float("nan"),
+            "heldout_rewards": {"chosen": r_c.tolist(), "rejected": r_r.tolist()},
+            "train_pairs": len(train_pairs),
+            "eval_pairs": len(heldout_pairs),
+        }
+
+    return cached_stage(config, "reward", "reward model",
+                        (sft.path.name, rc, config.seed, config.annotators,
+                         config.annotator_noise, np.asarray(batch.chosen),
+                         np.asarray(batch.rejected)), run,
+                        fresh=fresh, log=log, sft=sft)
+
+
+def rl_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *, fresh: bool = False,
+             progress: bool = True, log: Log = print) -> StageResult:
+    """Stage 4 (book ch. 6): RL from the SFT model, rewarded by the reward model (or the gold
+    reward), on prompts about training facts; or the cached policy."""
+    model_config = gpt.get_config(config.model)
+    rc = config.rl
+    questions = data.split_questions(seed=config.seed)[0]
+    prompts = encode_prompts([q.prompt for q in questions])
+    if prompts.tokens.shape[1] + rc.max_new_tokens > model_config.max_seq_len:
+        raise ValueError(f"RL prompts ({prompts.tokens.shape[1]} tokens) + max_new_tokens "
+                         f"{rc.max_new_tokens} exceed the model's {model_config.max_seq_len}")
+
+    def run():
+        if config.rl_reward == "gold":
+            reward = ch06.text_reward(data.gold_reward, questions)
+        else:
+            reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
+        log(f"[rl] {rc.algorithm} on {len(questions)} prompts about training facts, rewarded by "
+            f"the {config.rl_reward.replace('_', ' ')}: {rc.steps} steps x {rc.prompts_per_step} "
+            f"prompts x {rc.group_size} completions, beta={rc.beta}, lr={rc.learning_rate}")
+        params, history = ch06.train_rl(rc, model_config, sft.params, prompts, reward,
+                                        seed=config.seed, progress=progress)
+        return params, {"history": _lists(history)}
+
+    return cached_stage(config, "rl", "rl",
+                        (sft.path.name, rm.path.name, rc, config.rl_reward, config.seed,
+                         np.asarray(prompts.tokens)), run,
+                        fresh=fresh, log=log, sft=sft, reward_model=rm)
+
+
+def dpo_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool = False,
+              progress: bool = True, log: Log = print) -> StageResult:
+    """Stage 5 (book ch. 8): DPO from the SFT model on the annotators' pairs the reward model
+    was trained on (offline), with the SFT model as the reference; or the cached policy. Its
+    metrics include the implicit reward's accuracy on the held-out pairs (book eq. 80: the
+    policy read as a reward model), next to the reward model's."""
+    model_config = gpt.get_config(config.model)
+    dc = config.dpo
+    train_pairs, heldout_pairs = (fitting(pairs, model_config.max_seq_len)
+                                  for pairs in preference_data(config))
+    batch = ch08.encode_preference_pairs(train_pairs)
+
+    def run():
+        log(f"[dpo] {dc.loss} on {len(train_pairs):,} annotated pairs (offline), beta={dc.beta}, "
+            f"lr={dc.learning_rate}, {dc.steps} steps x {dc.batch_size} pairs")
+        params, history = ch08.train_dpo(dc, model_config, sft.params, batch, seed=config.seed,
+                                         progress=progress)
+        heldout = ch08.implicit_reward_accuracy(params, sft.params, heldout_pairs, model_config,
+                                                beta=dc.beta)
+        return params, {"history": _lists(history), "heldout": heldout}
+
+    return cached_stage(config, "dpo", "dpo",
+                        (sft.path.name, dc, config.seed, config.annotators,
+                         config.annotator_noise, np.asarray(batch.chosen),
+                         np.asarray(batch.rejected)), run,
+                        fresh=fresh, log=log, sft=sft)
+
+
+def best_of_n_stage(config: PipelineConfig, sft: StageResult, rm: StageResult,
+                    questions) -> ch09.BestOfN:
+    """Stage 6 (book ch. 9): best-of-``config.best_of_n`` sampling from the SFT model on
+    ``questions``, at temperature 1, ranked by the reward model. It trains nothing (a second of
+    sampling), so nothing is cached."""
+    model_config = gpt.get_config(config.model)
+    prompts = encode_prompts([q.prompt for q in questions])
+    reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
+    return ch09.best_of_n_sample(sft.params, model_config, prompts, reward, config.best_of_n,
+                                 jax.random.PRNGKey(config.seed),
+                                 max_new_tokens=eval_max_new_tokens(model_config, prompts))
+
+
+def eval_max_new_tokens(model_config: gpt.GPTConfig, prompts) -> int:
+    """48 new tokens per answer to a held-out question, or what the context leaves."""
+    return min(48, model_config.max_seq_len - prompts.tokens.shape[1])
