@@ -89,9 +89,9 @@ def make_sft_train(model_config: gpt.GPTConfig, sft_config: SFTConfig, batch: SF
     holds ``loss`` and ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train, (0, None)))(
     keys, params)`` fine-tunes one model per seed from the same start."""
     rows = _rows(model_config, batch)
-    return train.make_train(sft_loss_fn(model_config),
-                            train.random_rows(rows, sft_config.batch_size),
-                            sft_config.train_config())
+    tc = sft_config.train_config()
+    return train.make_train(sft_loss_fn(model_config), train.random_rows(rows, tc.batch_size),
+                            train.make_optimizer(tc), tc.steps)
 
 
 def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch: SFTBatch, *,

@@ -147,8 +147,10 @@ def make_rm_train(model_config: gpt.GPTConfig, rm_config: RMConfig, batch: PairB
     holds ``loss``, ``accuracy`` and ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train,
     (0, None)))(keys, params)`` trains one reward model per seed from the same start."""
     pairs = _pairs(model_config, batch)
+    tc = rm_config.train_config()
     return train.make_train(_rm_loss_fn(model_config, rm_config),
-                            train.random_rows(pairs, rm_config.batch_size), rm_config.train_config())
+                            train.random_rows(pairs, tc.batch_size), train.make_optimizer(tc),
+                            tc.steps)
 
 
 def train_reward_model(model_config: gpt.GPTConfig, params, rm_config: RMConfig,

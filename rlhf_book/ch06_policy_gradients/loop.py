@@ -34,7 +34,7 @@ import optax
 
 from rlhf_book.ch05_reward_models import reward_scores
 from rlhf_book.ch06_policy_gradients import losses as L
-from rlhf_book.lm.checks import check_range
+from rlhf_book.lm.checks import check_positive_ints, check_range
 from rlhf_book.lm.kl import KL_ESTIMATORS, kl_estimate
 from rlhf_book.lm import gpt, tokenizer, train
 from rlhf_book.lm.ops import masked_mean, masked_sum
@@ -135,11 +135,8 @@ class RLConfig:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"RLConfig.algorithm must be one of {sorted(ALGORITHMS)}, "
                              f"got {self.algorithm!r}")
-        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "epochs",
-                     "minibatches", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"RLConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, "steps", "prompts_per_step", "group_size", "max_new_tokens",
+                            "epochs", "minibatches", "log_every")
         if self.group_size < 2 and self.algo.advantage in ("rloo", "grpo", "dr_grpo"):
             raise ValueError(f"RLConfig.group_size must be >= 2 for {self.algorithm}'s group "
                              f"baseline, got {self.group_size}")

@@ -20,7 +20,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
@@ -28,6 +27,7 @@ from rlhf_book.ch06_policy_gradients import experiments as ch06_experiments
 from rlhf_book.ch06_policy_gradients import loop as ch06_loop
 from rlhf_book.ch15_regularization import losses
 from rlhf_book.lm import gpt, rollout, sampling
+from rlhf_book.lm import train as lm_train
 from rlhf_book.lm.eval import score_answers
 
 # ----------------------------------------------------------------------------------------------
@@ -255,23 +255,17 @@ def make_sft_train(model_config, lm_params, rows, steps: int = FORGET_STEPS,
     at once. Chapter 4's own ``make_sft_train`` uses AdamW with a warm-up and a cosine decay:
     the comparison with RL wants the same optimizer on both sides."""
     rows = jax.tree.map(jnp.asarray, rows)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
 
     def loss_fn(params, b):
         logits = gpt.forward(params, b.tokens, model_config)
-        return ch04.sft_loss(logits, b.tokens, b.loss_mask)
+        return ch04.sft_loss(logits, b.tokens, b.loss_mask), {}
 
-    def step(carry, key):
-        params, opt_state = carry
-        idx = jax.random.randint(key, (batch_size,), 0, rows.tokens.shape[0])
-        loss, grads = jax.value_and_grad(loss_fn)(params, jax.tree.map(lambda x: x[idx], rows))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+    run = lm_train.make_train(loss_fn, lm_train.random_rows(rows, batch_size),
+                              rollout.adam(learning_rate, 1.0), steps)
 
     def train(key):
-        (params, _), step_losses = jax.lax.scan(step, (lm_params, optimizer.init(lm_params)),
-                                                jax.random.split(key, steps))
-        return params, step_losses
+        state, metrics = run(key, lm_params)
+        return state.params, metrics["loss"]
 
     return train
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.lm import tokenizer
+from rlhf_book.lm.checks import check_positive_ints
 
 Params = dict[str, Any]
 
@@ -58,10 +59,8 @@ class GPTConfig:
     d_ff: int = 512
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, "vocab_size", "d_model", "n_heads", "n_layers", "max_seq_len",
+                            "d_ff")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"GPTConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"

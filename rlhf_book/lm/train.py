@@ -36,6 +36,7 @@ from flax.training import train_state
 from tqdm import tqdm  # a plain text bar: works in terminals and notebooks alike
 
 from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.lm.checks import check_positive_ints
 from rlhf_book.lm.ops import next_token_loss
 
 TrainState = train_state.TrainState
@@ -55,10 +56,7 @@ class TrainConfig:
     log_every: int = 50  # steps per compiled chunk (one progress-bar update)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "seq_len", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, "steps", "batch_size", "seq_len", "log_every")
         if not self.learning_rate > 0:
             raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
@@ -134,16 +132,18 @@ def random_rows(rows, batch_size: int) -> Callable:
     return sample_batch
 
 
-def make_train(loss_fn: Callable, sample_batch: Callable, config: TrainConfig) -> Callable:
-    """``train(key, params) -> (state, metrics)``: ``config.steps`` supervised steps
-    (:func:`make_supervised_step`, AdamW of :func:`make_optimizer`) in one ``lax.scan``,
-    metrics with a leading axis of ``steps``. Pure, so ``jax.jit(jax.vmap(train, (0, None)))(
-    keys, params)`` trains one model per seed at once (purejaxrl's pattern)."""
+def make_train(loss_fn: Callable, sample_batch: Callable, optimizer: optax.GradientTransformation,
+               steps: int) -> Callable:
+    """``train(key, params) -> (state, metrics)``: ``steps`` supervised steps
+    (:func:`make_supervised_step`) with ``optimizer`` (e.g. :func:`make_optimizer`'s AdamW) in
+    one ``lax.scan``, metrics with a leading axis of ``steps``. Pure, so ``jax.jit(jax.vmap(
+    train, (0, None)))(keys, params)`` trains one model per seed at once (purejaxrl's
+    pattern)."""
     step = make_supervised_step(loss_fn, sample_batch)
 
     def train(key, params):
-        state = create_train_state(params, make_optimizer(config))
-        return jax.lax.scan(step, state, jax.random.split(key, config.steps))
+        state = create_train_state(params, optimizer)
+        return jax.lax.scan(step, state, jax.random.split(key, steps))
 
     return train
 # [/guide]
