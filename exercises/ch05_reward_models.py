@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_vectors
-from rlhf_book.lm.checks import as_float_array
+from rlhf_book.lm.checks import as_float_array, as_float_vectors
 from rlhf_book.lm.ops import masked_mean
 
 
@@ -114,4 +113,4 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: d7d1193e00212ae4
+# stub fingerprint: 38c8599acd075ab1

@@ -22,10 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_array, check_rank
-from rlhf_book.lm.checks import as_float_array, as_like
-from rlhf_book.lm.ops import masked_mean
-from rlhf_book.lm.checks import as_float_array, as_like, check_choice
+from rlhf_book.lm.checks import as_float_array, as_groups, as_like, check_choice, check_range
 from rlhf_book.lm.ops import masked_mean, masked_sum
 from rlhf_book.ch06_policy_gradients.losses import AGGREGATIONS, LOG_RATIO_CLAMP, _ratio, token_advantages
 
@@ -39,7 +36,7 @@ def rloo_advantages(rewards) -> jax.Array:
     the sample's own reward out, so it is independent of the sampled action and the gradient
     stays exactly unbiased.
     """
-    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
+    rewards = as_groups(rewards)
     raise NotImplementedError('Exercise 6.1 (the RLOO leave-one-out advantage; book §6.1.4, eqs. 47, 48, 49) is not started: replace this line with your solution.')
 
 
@@ -67,7 +64,7 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
     all-equal group gets ``A = 0``, not NaN. ``scale=False`` is Dr. GRPO (eq. 58; Liu et al.
     2025): ``A_i = r_i - mean``, which is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
     """
-    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
+    rewards = as_groups(rewards)
     raise NotImplementedError("Exercise 6.3 (GRPO's group advantage (and Dr. GRPO's); book §6.1.6, eqs. 57, 58, 59, 60) is not started: replace this line with your solution.")
 
 
@@ -121,6 +118,7 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
     per_token_loss = as_float_array(per_token_loss, "per_token_loss")
     mask = as_like(mask, "mask", per_token_loss, "per_token_loss [N, T]")
     check_choice(mode, "mode", AGGREGATIONS)
+    check_range(max_length, "max_length", 0, strict=True)
     raise NotImplementedError('Exercise 6.6 (the three loss aggregations; book §6.2.2, eqs. 67, 68, 69) is not started: replace this line with your solution.')
 
 
@@ -165,4 +163,4 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     returns = jnp.where(mask > 0, advantages + values, 0.0)
     return advantages, returns
 
-# stub fingerprint: 6fc2573d39d11028
+# stub fingerprint: f1e480cb1dafe636

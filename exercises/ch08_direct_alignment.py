@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import check_range
-from rlhf_book.lm.checks import as_float_vectors
+from rlhf_book.lm.checks import as_float_vectors, check_range
 from rlhf_book.ch08_direct_alignment.losses import _AVERAGE_NAMES, _log1mexp, dpo_logits, log_partition
 
 
@@ -102,4 +101,4 @@ def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2; Hong et al. 2024) is not started: replace this line with your solution.")
 
-# stub fingerprint: 483b020bd5159cad
+# stub fingerprint: fa4568d662f20425

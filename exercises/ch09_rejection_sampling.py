@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import check_rank
-from rlhf_book.lm.checks import check_range
+from rlhf_book.lm.checks import check_range, check_rank
 from rlhf_book.ch09_rejection_sampling.selection import _reward_matrix, unflatten_index
 
 
@@ -62,4 +61,4 @@ def best_of_n_kl(n) -> jax.Array:
     n = jnp.asarray(n, jnp.result_type(float))
     raise NotImplementedError('Exercise 9.3 (the KL of best-of-N from the base policy; book §9.3; Stiennon et al. 2020, Beirami et al. 2024) is not started: replace this line with your solution.')
 
-# stub fingerprint: d5e5268d9f54fafe
+# stub fingerprint: bef88346bee68dec

@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_array, as_like
-from rlhf_book.lm.checks import as_like, check_rank
+from rlhf_book.lm.checks import as_float_array, as_like, check_rank
 from rlhf_book.lm.ops import masked_sum
 from rlhf_book.lm.kl import LOG_RATIO_CLAMP, log_ratio
 
@@ -78,4 +77,4 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     mask = as_like(mask, "mask", logits[..., 0], "[N, T]")
     raise NotImplementedError('Exercise 15.3 (the sequence KL of a generation, masked; book §15.1.2, the implementation example (its kl_full, fixed)) is not started: replace this line with your solution.')
 
-# stub fingerprint: 0fcc267caab84964
+# stub fingerprint: 05ef30a4cf578b2b

@@ -165,12 +165,12 @@ def test_make_sft_train_vmapped_seeds_equal_separate_runs(tiny_config, tiny_para
     examples = _random_examples(np.random.default_rng(0), [12, 30, 7, 25, 18, 40, 9, 33])
     batch = ch04.pack_examples(examples, tiny_config.max_seq_len)
     sc = ch04.SFTConfig(steps=4, batch_size=4, learning_rate=1e-3, warmup_steps=1, log_every=2)
-    train_fn = ch04.make_sft_train(tiny_config, sc, batch)
+    train_fn = ch04.make_sft_train(tiny_config, sc, batch, tiny_params)
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
-    states, metrics = jax.jit(jax.vmap(train_fn, (0, None)))(keys, tiny_params)
+    states, metrics = jax.jit(jax.vmap(train_fn))(keys)
     assert metrics["loss"].shape == (2, sc.steps)
     for k, key in enumerate(keys):
-        state, single = jax.jit(train_fn)(key, tiny_params)
+        state, single = jax.jit(train_fn)(key)
         np.testing.assert_allclose(metrics["loss"][k], single["loss"], rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(states.params["tok_emb"][k], state.params["tok_emb"],
                                    rtol=2e-4, atol=2e-5)

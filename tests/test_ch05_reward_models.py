@@ -743,12 +743,12 @@ def test_make_rm_train_vmapped_seeds_equal_separate_runs(tiny_config, rm_params)
     batch = ch5.encode_pairs(_short_pairs(12, tiny_config.max_seq_len), tiny_config.max_seq_len)
     rm_config = ch5.RMConfig(steps=4, batch_size=4, seq_len=tiny_config.max_seq_len,
                              learning_rate=1e-3, warmup_steps=1, log_every=2)
-    train_fn = ch5.make_rm_train(tiny_config, rm_config, batch)
+    train_fn = ch5.make_rm_train(tiny_config, rm_config, batch, rm_params)
     keys = jax.random.split(jax.random.PRNGKey(5), 2)
-    states, metrics = jax.jit(jax.vmap(train_fn, (0, None)))(keys, rm_params)
+    states, metrics = jax.jit(jax.vmap(train_fn))(keys)
     assert metrics["loss"].shape == metrics["accuracy"].shape == (2, rm_config.steps)
     for k, key in enumerate(keys):
-        state, single = jax.jit(train_fn)(key, rm_params)
+        state, single = jax.jit(train_fn)(key)
         np.testing.assert_allclose(metrics["loss"][k], single["loss"], rtol=2e-4, atol=2e-5)
         np.testing.assert_allclose(states.params["head"]["w"][k], state.params["head"]["w"],
                                    rtol=2e-4, atol=2e-5)
@@ -801,6 +801,8 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(tiny_config, rm_param
     with pytest.raises((TypeError, ValueError)):
         ch5.aggregate_token_scores(jnp.zeros((2, 3)), jnp.ones((3, 2)))
     assert float(ch5.plackett_luce_loss(jnp.zeros((2, 1)))) == 0.0
+    with pytest.raises(ValueError):  # a margin [N, 1] would broadcast the loss to [N, N]
+        ch5.bradley_terry_loss(z3, z3, jnp.zeros((3, 1)))
     with pytest.raises(ValueError, match="pooling"):
         ch5.RMConfig(pooling="max")
     with pytest.raises(ValueError, match="log_every"):

@@ -173,7 +173,7 @@ def test_truncation_penalty_replaces_scores_of_unfinished_completions(params, pr
     assert np.all(np.asarray(batch.scores)[~stopped] == -7.0)
 
 
-def test_sampled_kl_is_zero_against_itself_and_positive_after_a_change(params):
+def test_evaluate_policy_kl_is_zero_against_itself_and_positive_after_a_change(params):
     questions = data.split_questions()[0][:4]
     same = evaluate_policy(params, questions, CONFIG, jax.random.PRNGKey(8), ref_params=params,
                            samples=4, max_new_tokens=8)

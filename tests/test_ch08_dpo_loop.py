@@ -399,12 +399,12 @@ def test_on_policy_train_runs_and_vmaps(policy):
 
 def test_evaluate_policy_against_itself_has_zero_kl(policy):
     questions = [data.Question(topic="color", prompt="Sky?", answer="blue", subject="the sky")]
-    out = evaluate_policy(policy, questions, TINY, jax.random.PRNGKey(8), ref_params=policy, samples=3,
-                               max_new_tokens=8)
+    out = evaluate_policy(policy, questions, TINY, jax.random.PRNGKey(8), ref_params=policy,
+                          samples=3, max_new_tokens=8)
     assert out["kl"] == 0.0 and out["n"] == 3
     assert data.GOLD_MIN <= out["gold"] <= data.GOLD_MAX
     greedy = evaluate_policy(policy, questions, TINY, jax.random.PRNGKey(9), ref_params=policy,
-                                  samples=2, max_new_tokens=8, temperature=0.0)
+                             samples=2, max_new_tokens=8, temperature=0.0)
     assert greedy["gold_se"] == 0.0  # one answer, twice
 
 
@@ -433,7 +433,8 @@ def world():
                         log_every=500)
     sft, _ = ch04.train_sft(model, gpt.init_params(jax.random.PRNGKey(0), model), sc, batch,
                             progress=False)
-    before = evaluate_policy(sft, questions, model, jax.random.PRNGKey(5), ref_params=sft, samples=16)
+    before = evaluate_policy(sft, questions, model, jax.random.PRNGKey(5), ref_params=sft,
+                             samples=16)
     return SimpleNamespace(model=model, sft=sft, questions=questions, before=before)
 
 
@@ -462,8 +463,8 @@ def offline(world):
         out[name, seed] = {
             "heldout": ch08.implicit_reward_accuracy(params, world.sft, heldout, world.model,
                                                      BETA, ref_logps=ref_held),
-            "answers": evaluate_policy(params, world.questions, world.model, ref_params=world.sft,
-            key=                                            jax.random.PRNGKey(5), samples=16),
+            "answers": evaluate_policy(params, world.questions, world.model,
+                                       jax.random.PRNGKey(5), ref_params=world.sft, samples=16),
             "d_chosen": np.asarray(logps.chosen) - ref_train.chosen,
             "d_rejected": np.asarray(logps.rejected) - ref_train.rejected,
         }
@@ -539,8 +540,8 @@ def test_on_policy_dpo_labelled_by_the_gold_reward_raises_it(world):
                             completions_per_prompt=4, max_new_tokens=48, on_policy=True)
     state, m = jax.jit(ch08.make_dpo_train(config, world.model, world.sft, prompts=prompts,
                                            reward=reward))(jax.random.PRNGKey(0))
-    after = evaluate_policy(state.params, world.questions, world.model, ref_params=world.sft,
-        key=                                 jax.random.PRNGKey(5), samples=16)
+    after = evaluate_policy(state.params, world.questions, world.model, jax.random.PRNGKey(5),
+                            ref_params=world.sft, samples=16)
     before = world.before
     se = math.hypot(before["gold_se"], after["gold_se"])
     # observed: 0.007 (SE 0.057) -> 0.501 (SE 0.055), 6.2 SE; KL to the SFT model 1.6 nats

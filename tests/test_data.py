@@ -273,7 +273,7 @@ def test_lesson_pairs_byte_lengths_match_the_reference_table():
 
 
 def test_lesson_pairs_shorter_wins_on_four_of_six():
-    """Reference F3.2: "shorter is better" scores 4/6 (pairs 2 and 6 prefer the longer answer)."""
+    """The numpy lesson's "shorter is better" scores 4/6 (pairs 2 and 6 prefer the longer answer)."""
     wins = [len(p["preferred"]) < len(p["rejected"]) for p in LESSON_PREFERENCE_PAIRS]
     assert wins == [True, False, True, True, True, False]
 

@@ -71,8 +71,8 @@ def test_forward_matches_numpy_oracle(tiny_config):
 # --- sizes ---------------------------------------------------------------------------------
 
 def test_parameter_count_matches_the_lesson_mini_gpt():
-    # Seed 003's MiniGPT (vocab 256, d 128, 4 heads, 4 layers, context 128, d_ff 512, tied head,
-    # no attention biases) has 840,448 parameters (seeds_lectures.md F3.2 #10).
+    # The numpy "Build" lesson's MiniGPT (vocab 256, d 128, 4 heads, 4 layers, context 128,
+    # d_ff 512, tied head, no attention biases) has 840,448 parameters, as the lesson states.
     config = gpt.GPTConfig(vocab_size=256)
     assert gpt.count_params(gpt.init_params(jax.random.PRNGKey(0), config)) == 840_448
 

@@ -5,7 +5,7 @@ Two layers, plus the notebook's experiments:
 * :mod:`.losses` -- the chapter's math in the book's order: chat templates (§4.1), loss masks
   and unrolled conversations (§4.3), the SFT loss (App. A.1, eq. 142 restricted to the mask),
   padding and sequence packing;
-* :mod:`.loop` -- :class:`SFTConfig`, ``make_sft_train(...) -> train(key, params)`` (vmaps
+* :mod:`.loop` -- :class:`SFTConfig`, ``make_sft_train(...) -> train(key)`` (vmaps
   over seeds), the chunked :func:`train_sft` with a progress bar, and the evaluation of
   answers to held-out questions by the gold reward;
 * :mod:`.experiments` -- what the chapter's notebook runs, settings as named constants

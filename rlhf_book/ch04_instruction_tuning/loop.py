@@ -2,7 +2,7 @@
 
 * :class:`SFTConfig`, the settings (book §4.3: a learning rate one to two orders of magnitude
   below pretraining's, a short warm-up);
-* :func:`make_sft_train` ``-> train(key, params)``: every step in one ``lax.scan``, pure, so
+* :func:`make_sft_train` ``-> train(key)``: every step in one ``lax.scan``, pure, so
   ``jax.jit(jax.vmap(train, (0, None)))(keys, params)`` fine-tunes one model per seed;
 * :func:`train_sft`, the same steps in jitted chunks with a progress bar and a held-out loss
   per chunk (the driver :func:`rlhf_book.lm.train.run_in_chunks`);
@@ -83,15 +83,17 @@ def _rows(model_config: gpt.GPTConfig, batch: SFTBatch) -> SFTBatch:
     return rows
 
 
-def make_sft_train(model_config: gpt.GPTConfig, sft_config: SFTConfig, batch: SFTBatch):
-    """``train(key, params) -> (state, metrics)``: ``sft_config.steps`` AdamW steps on random
-    rows of ``batch`` in one ``lax.scan`` (:func:`rlhf_book.lm.train.make_train`); ``metrics``
-    holds ``loss`` and ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train, (0, None)))(
-    keys, params)`` fine-tunes one model per seed from the same start."""
+def make_sft_train(model_config: gpt.GPTConfig, sft_config: SFTConfig, batch: SFTBatch,
+                   params):
+    """``train(key) -> (state, metrics)``: ``sft_config.steps`` AdamW steps from ``params`` on
+    random rows of ``batch`` in one ``lax.scan`` (:func:`rlhf_book.lm.train.make_train`);
+    ``metrics`` holds ``loss`` and ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train))(
+    keys)`` fine-tunes one model per seed from the same start."""
     rows = _rows(model_config, batch)
     tc = sft_config.train_config()
-    return train.make_train(sft_loss_fn(model_config), train.random_rows(rows, tc.batch_size),
-                            train.make_optimizer(tc), tc.steps)
+    run = train.make_train(sft_loss_fn(model_config), train.random_rows(rows, tc.batch_size),
+                           train.make_optimizer(tc), tc.steps)
+    return lambda key: run(key, params)
 
 
 def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch: SFTBatch, *,

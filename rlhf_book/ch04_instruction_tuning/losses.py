@@ -23,6 +23,8 @@ import jax
 import numpy as np
 
 from rlhf_book.lm import tokenizer
+# The role rule of book §4.1 lives with the token-level chat template, which enforces it too.
+from rlhf_book.lm.tokenizer import check_roles
 from rlhf_book.lm.checks import check_choice
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean
 
@@ -44,27 +46,6 @@ BOOK_CONVERSATION: tuple[dict[str, str], ...] = (
     {"role": "assistant", "content": "Oh just 6."},
     {"role": "user", "content": "Are you sure about that?"},
 )
-
-
-# [guide:check-roles]
-def check_roles(messages: Sequence[Message]) -> None:
-    """Raise ``ValueError`` unless ``messages`` are an optional system message followed by
-    alternating user / assistant turns that start with the user.
-
-    Book §4.1: the system message, when there is one, comes first. Every position is checked
-    (the book's Jinja template checks only the user positions; see the guide's errata).
-    """
-    if not messages:
-        raise ValueError("messages must hold at least one message, got none")
-    offset = 1 if messages[0].get("role") == "system" else 0
-    for k, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        expected = "system" if k < offset else ("user", "assistant")[(k - offset) % 2]
-        if role != expected:
-            raise ValueError(f"messages[{k}]['role'] must be {expected!r}, got {role!r}")
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{k}]['content'] must be a str, got {content!r}")
-# [/guide]
 
 
 # [guide:chat-templates]

@@ -7,7 +7,7 @@ Two layers, plus the notebook's experiments:
   (§5.4.3), outcome and process reward model losses (§5.5, §5.6), reading them at inference
   (§5.7.1), the RewardBench accuracy (§5.9), and the reward model on the mini GPT (§5.2, §5.3);
 * :mod:`.loop` -- preference pairs as token batches, :class:`RMConfig`,
-  ``make_rm_train(...) -> train(key, params)`` (vmaps over seeds), the chunked
+  ``make_rm_train(...) -> train(key)`` (vmaps over seeds), the chunked
   :func:`train_reward_model` with a progress bar, and the evaluation of a reward model;
 * :mod:`.experiments` -- what the chapter's notebook runs, settings as named constants
   (imported as a submodule: ``from rlhf_book.ch05_reward_models import experiments``).

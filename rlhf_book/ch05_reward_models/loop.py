@@ -3,7 +3,7 @@
 * :class:`PairBatch`, :func:`encode_pairs`: the simulated annotators' pairs (chapter 11 of the
   book) in the chat template, checked at this boundary (non-empty, within the width, margins
   of shape ``[N]``);
-* :class:`RMConfig`; :func:`make_rm_train` ``-> train(key, params)``: every step in one
+* :class:`RMConfig`; :func:`make_rm_train` ``-> train(key)``: every step in one
   ``lax.scan``, pure, so ``jax.jit(jax.vmap(train, (0, None)))(keys, params)`` trains one reward
   model per seed; :func:`train_reward_model`, the same steps in jitted chunks with a progress
   bar and a held-out evaluation per chunk (the driver :func:`rlhf_book.lm.train.run_in_chunks`);
@@ -141,16 +141,18 @@ def _rm_loss_fn(model_config: gpt.GPTConfig, rm_config: RMConfig):
     return loss_fn
 
 
-def make_rm_train(model_config: gpt.GPTConfig, rm_config: RMConfig, batch: PairBatch):
-    """``train(key, params) -> (state, metrics)``: ``rm_config.steps`` AdamW steps on random
-    pairs of ``batch`` in one ``lax.scan`` (:func:`rlhf_book.lm.train.make_train`); ``metrics``
-    holds ``loss``, ``accuracy`` and ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train,
-    (0, None)))(keys, params)`` trains one reward model per seed from the same start."""
+def make_rm_train(model_config: gpt.GPTConfig, rm_config: RMConfig, batch: PairBatch, params):
+    """``train(key) -> (state, metrics)``: ``rm_config.steps`` AdamW steps from the reward-model
+    ``params`` (:func:`init_reward_model`) on random pairs of ``batch`` in one ``lax.scan``
+    (:func:`rlhf_book.lm.train.make_train`); ``metrics`` holds ``loss``, ``accuracy`` and
+    ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train))(keys)`` trains one reward model
+    per seed from the same start."""
     pairs = _pairs(model_config, batch)
     tc = rm_config.train_config()
-    return train.make_train(_rm_loss_fn(model_config, rm_config),
-                            train.random_rows(pairs, tc.batch_size), train.make_optimizer(tc),
-                            tc.steps)
+    run = train.make_train(_rm_loss_fn(model_config, rm_config),
+                           train.random_rows(pairs, tc.batch_size), train.make_optimizer(tc),
+                           tc.steps)
+    return lambda key: run(key, params)
 
 
 def train_reward_model(model_config: gpt.GPTConfig, params, rm_config: RMConfig,

@@ -78,7 +78,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     # BEGIN SOLUTION
     delta = r_c - r_r
     if margin is not None:
-        delta = delta - margin
+        delta = delta - jnp.broadcast_to(margin, delta.shape)  # a scalar or [N], never [N, 1]
     return jnp.mean(jax.nn.softplus(-delta))
     # END SOLUTION
 # [/guide]

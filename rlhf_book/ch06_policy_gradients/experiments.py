@@ -90,7 +90,8 @@ __all__ = [
     "N_BREAKDOWN_QUESTIONS", "KL_SWEEP_CONFIG", "KL_SWEEP_BETAS", "KL_SWEEP_SEEDS",
     "ANSWER_KINDS", "length_score", "padded", "aggregation_weights", "ppo_curves", "tis_curve",
     "group_advantage_table", "gae_sweep", "gspo_spread", "rl_task", "run_seeds",
-    "answer_breakdown", "algorithm_runs", "kl_sweep_runs", "first_last",
+    "answer_breakdown", "algorithm_run", "algorithm_runs", "beta_sweep", "kl_sweep_runs",
+    "first_last",
 ]
 
 
@@ -270,18 +271,21 @@ def answer_breakdown(lm_params, n_questions: int = N_BREAKDOWN_QUESTIONS, seed: 
     return {**shares, "gold": float(np.mean(scored["score"])), "samples": len(texts)}
 
 
-def algorithm_runs(sft_params) -> dict[str, dict]:
-    """``{algorithm: metrics}``: each of ``RL_ALGORITHMS`` with ``RL_CONFIG`` on the gold
-    reward of the training questions, ``N_SEEDS`` seeds from ``sft_params``; each entry also
-    holds ``"answers"``, the :func:`answer_breakdown` of its final policies, and the entry
-    ``"sft"`` that of the starting point."""
+def algorithm_run(algorithm: str, sft_params) -> dict:
+    """``algorithm`` with ``RL_CONFIG`` on the gold reward of the training questions,
+    ``N_SEEDS`` seeds from ``sft_params``: the per-step metrics ``[seeds, steps]`` and
+    ``"answers"``, the :func:`answer_breakdown` of the final policies."""
     _, questions, _ = rl_task()
     gold = rollout.text_reward(data.gold_reward, questions)
-    runs = {}
-    for a in RL_ALGORITHMS:
-        metrics, state = run_seeds(dataclasses.replace(RL_CONFIG, algorithm=a), gold, sft_params,
-                                   N_SEEDS)
-        runs[a] = {**metrics, "answers": answer_breakdown(state.params["lm"])}
+    metrics, state = run_seeds(dataclasses.replace(RL_CONFIG, algorithm=algorithm), gold,
+                               sft_params, N_SEEDS)
+    return {**metrics, "answers": answer_breakdown(state.params["lm"])}
+
+
+def algorithm_runs(sft_params) -> dict[str, dict]:
+    """``{algorithm: metrics}``: :func:`algorithm_run` for each of ``RL_ALGORITHMS``, and the
+    entry ``"sft"``: the :func:`answer_breakdown` of the starting point."""
+    runs = {a: algorithm_run(a, sft_params) for a in RL_ALGORITHMS}
     runs["sft"] = {"answers": answer_breakdown(sft_params)}
     return runs
 

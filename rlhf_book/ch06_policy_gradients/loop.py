@@ -34,7 +34,7 @@ import optax
 
 from rlhf_book.ch05_reward_models import reward_scores
 from rlhf_book.ch06_policy_gradients import losses as L
-from rlhf_book.lm.checks import check_positive_ints, check_range
+from rlhf_book.lm.checks import check_choice, check_positive_ints, check_range
 from rlhf_book.lm.kl import KL_ESTIMATORS, kl_estimate
 from rlhf_book.lm import gpt, tokenizer, train
 from rlhf_book.lm.ops import masked_mean, masked_sum
@@ -132,9 +132,7 @@ class RLConfig:
     log_every: int = 10
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"RLConfig.algorithm must be one of {sorted(ALGORITHMS)}, "
-                             f"got {self.algorithm!r}")
+        check_choice(self.algorithm, "RLConfig.algorithm", sorted(ALGORITHMS))
         check_positive_ints(self, "steps", "prompts_per_step", "group_size", "max_new_tokens",
                             "epochs", "minibatches", "log_every")
         if self.group_size < 2 and self.algo.advantage in ("rloo", "grpo", "dr_grpo"):
@@ -143,19 +141,13 @@ class RLConfig:
         if (self.prompts_per_step * self.group_size) % self.minibatches:
             raise ValueError(f"RLConfig.minibatches={self.minibatches} must divide the "
                              f"{self.prompts_per_step * self.group_size} sequences of a step")
-        if self.kl_estimator is not None and self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"RLConfig.kl_estimator must be None or one of {KL_ESTIMATORS}, "
-                             f"got {self.kl_estimator!r}")
-        for name in ("temperature", "learning_rate", "beta", "max_grad_norm", "vf_coef"):
-            if isinstance(getattr(self, name), jax.core.Tracer):
-                continue  # a swept value inside make_train's train(): checked by the caller
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.temperature == 0:
-            raise ValueError("RLConfig.temperature must be > 0: RL needs sampled completions")
-        for name in ("clip_low", "clip_high", "tis_cap", "value_clip"):  # None: the default / off
-            if getattr(self, name) is not None:
-                check_range(getattr(self, name), f"RLConfig.{name}", 0)
+        check_choice(self.kl_estimator, "RLConfig.kl_estimator", (None, *KL_ESTIMATORS))
+        # Swept values (beta, learning_rate inside make_train's train) are traced: not checked.
+        # None means "the algorithm's default" (clips) or "off" (tis_cap, value_clip).
+        for name in ("learning_rate", "beta", "max_grad_norm", "vf_coef", "clip_low",
+                     "clip_high", "tis_cap", "value_clip"):
+            check_range(getattr(self, name), f"RLConfig.{name}", 0)
+        check_range(self.temperature, "RLConfig.temperature (RL samples)", 0, strict=True)
         check_range(self.gamma, "RLConfig.gamma", 0, 1)
         check_range(self.lam, "RLConfig.lam", 0, 1)
 

@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_book.lm.kl import kl_estimate, kl_k3
-from rlhf_book.lm.checks import as_float_array, as_like, check_choice, check_range, check_rank
+from rlhf_book.lm.checks import (as_float_array, as_groups, as_like, check_choice, check_range,
+                                check_rank)
 from rlhf_book.lm.ops import masked_mean, masked_sum
 
 __all__ = [
@@ -79,7 +80,7 @@ def reinforce_advantages(rewards, baseline="mean") -> jax.Array:
     the batch mean includes each sample's own reward, which biases the gradient by a factor
     ``(N - 1) / N`` -- RLOO removes that.
     """
-    check_rank(rewards := as_float_array(rewards, "rewards"), 1, "rewards", "[N]")
+    rewards = as_float_array(rewards, "rewards", "[N]")
     if baseline is None:
         return rewards
     if isinstance(baseline, str):
@@ -97,7 +98,7 @@ def rloo_advantages(rewards) -> jax.Array:
     the sample's own reward out, so it is independent of the sampled action and the gradient
     stays exactly unbiased.
     """
-    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
+    rewards = as_groups(rewards)
     # BEGIN SOLUTION
     G = rewards.shape[1]
     others = (jnp.sum(rewards, axis=1, keepdims=True) - rewards) / (G - 1)
@@ -214,7 +215,7 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
     all-equal group gets ``A = 0``, not NaN. ``scale=False`` is Dr. GRPO (eq. 58; Liu et al.
     2025): ``A_i = r_i - mean``, which is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
     """
-    check_rank(rewards := as_float_array(rewards, "rewards"), 2, "rewards", "[B, G]")
+    rewards = as_groups(rewards)
     # BEGIN SOLUTION
     centred = rewards - jnp.mean(rewards, axis=1, keepdims=True)
     if not scale:
@@ -330,6 +331,7 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
     per_token_loss = as_float_array(per_token_loss, "per_token_loss")
     mask = as_like(mask, "mask", per_token_loss, "per_token_loss [N, T]")
     check_choice(mode, "mode", AGGREGATIONS)
+    check_range(max_length, "max_length", 0, strict=True)
     # BEGIN SOLUTION
     if mode == "per_sequence":
         per_sequence = masked_mean(per_token_loss, mask, axis=1)

@@ -84,7 +84,8 @@ def optimal_policy(ref_probs, rewards, beta) -> jax.Array:
 def regularized_objective(probs, ref_probs, rewards, beta) -> jax.Array:
     """``J(pi) = E_pi[r] - beta KL(pi || pi_ref)`` (book eq. 78, written for one prompt as eq.
     82) for a distribution ``probs [K]``. Its maximum is ``beta log Z``, reached only at
-    :func:`optimal_policy`: ``J(pi) = beta log Z - beta KL(pi || pi*)`` (eq. 94)."""
+    :func:`optimal_policy`: ``J(pi) = beta log Z - beta KL(pi || pi*)`` (eq. 94, the end of
+    the derivation of eqs. 88, 89, 90, 91, 92, 93)."""
     probs, ref_probs, rewards = jnp.asarray(probs), jnp.asarray(ref_probs), jnp.asarray(rewards)
     # 0 log 0 = 0: a response the policy never gives contributes nothing to the KL.
     safe = jnp.where(probs > 0, probs, 1.0)

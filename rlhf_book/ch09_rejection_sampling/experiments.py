@@ -30,7 +30,7 @@ from rlhf_book import data
 from rlhf_book.ch06_policy_gradients import experiments as ch06_experiments
 from rlhf_book.ch09_rejection_sampling import loop, selection
 from rlhf_book.lm import rollout, sampling
-from rlhf_book.lm.eval import ANSWER_KINDS, mean_se, score_answers, sequence_kl
+from rlhf_book.lm.eval import ANSWER_KINDS, mean_se, sampled_kl, score_answers
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -157,12 +157,12 @@ def answer_shares(questions, tokens, mask) -> dict[str, float]:
 
 
 def completion_kl(params, ref_params, model_config, tokens, mask) -> np.ndarray:
-    """:func:`rlhf_book.lm.eval.sequence_kl` of completions laid out per prompt: ``tokens,
+    """:func:`rlhf_book.lm.eval.sampled_kl` of completions laid out per prompt: ``tokens,
     mask [B, n, T] -> [B, n]``; for samples of ``params`` its mean is an unbiased (k1) estimate
     of ``KL(pi || pi_ref)`` per completion."""
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
     shape = tokens.shape
-    kl = sequence_kl(params, ref_params, tokens.reshape(-1, shape[-1]),
+    kl = sampled_kl(params, ref_params, tokens.reshape(-1, shape[-1]),
                      mask.reshape(-1, shape[-1]), model_config)
     return kl.reshape(shape[:-1])
 

@@ -70,8 +70,8 @@ def as_like(x, name: str, like: jax.Array, like_name: str) -> jax.Array:
 def check_range(value, name: str, low: float | None = None, high: float | None = None, *,
                 strict: bool = False) -> None:
     """``low <= value <= high`` (``low < value`` when ``strict``); ``None`` bounds are open.
-    A traced value is not checked."""
-    if is_traced(value):
+    A traced value, or ``None`` (an optional argument left out), is not checked."""
+    if value is None or is_traced(value):
         return
     try:
         v = float(value)
@@ -81,6 +81,16 @@ def check_range(value, name: str, low: float | None = None, high: float | None =
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low:g}, got {value}")
     if high is not None and not v <= high:
         raise ValueError(f"{name} must be <= {high:g}, got {value}")
+
+
+def as_groups(rewards, name: str = "rewards") -> jax.Array:
+    """``rewards`` as a float array ``[B, G]`` of ``B`` groups of ``G >= 2`` completions (a
+    group baseline needs at least two samples: with one, RLOO and GRPO would divide by 0)."""
+    rewards = as_float_array(rewards, name, "[B, G]")
+    if rewards.shape[1] < 2:
+        raise ValueError(f"{name} must have G >= 2 completions per group, got shape "
+                         f"{rewards.shape}")
+    return rewards
 
 
 def check_values(x, name: str, allowed, where=None) -> None:

@@ -54,7 +54,7 @@ def score_answers(questions: Sequence[data.Question], texts: Sequence[str],
 _token_log_probs = jax.jit(token_log_probs, static_argnums=(2,))
 
 
-def sequence_kl(params, ref_params, tokens, mask, model_config: gpt.GPTConfig) -> np.ndarray:
+def sampled_kl(params, ref_params, tokens, mask, model_config: gpt.GPTConfig) -> np.ndarray:
     """``sum_t log pi(y_t | .) - log pi_ref(y_t | .)`` over each completion's tokens ``[N]``:
     the k1 estimate of ``KL(pi || pi_ref)`` of whole completions, unbiased when the tokens were
     sampled from ``pi`` at temperature 1 (book §15.1, eq. 129)."""
@@ -71,7 +71,8 @@ def evaluate_policy(params, questions: Sequence[data.Question], model_config: gp
     ``gold`` (``score``, the gold reward by default) and ``gold_se``, ``accuracy`` and
     ``accuracy_se`` (the gold answer stated), ``answer_bytes``, ``length`` (tokens),
     ``stopped`` (ended with ``<|end|>``) and ``stopped_se``; with ``ref_params``, the sequence
-    KL to the reference (:func:`sequence_kl`) as ``kl`` and ``kl_se``; ``n`` answers, and the
+    KL to the reference (:func:`sampled_kl`; an unbiased estimate of ``KL(pi || pi_ref)`` only
+    at ``temperature == 1``) as ``kl`` and ``kl_se``; ``n`` answers, and the
     ``texts`` themselves."""
     questions = list(questions)
     if not questions:
@@ -91,7 +92,7 @@ def evaluate_policy(params, questions: Sequence[data.Question], model_config: gp
     measures = {"gold": scored["score"], "accuracy": scored["right"],
                 "stopped": np.asarray(gen.stopped, np.float64)}
     if ref_params is not None:
-        measures["kl"] = sequence_kl(params, ref_params, gen.tokens, gen.mask, model_config)
+        measures["kl"] = sampled_kl(params, ref_params, gen.tokens, gen.mask, model_config)
     for name, values in measures.items():
         mean, se = mean_se(values)
         out[name], out[f"{name}_se"] = float(mean), float(se)

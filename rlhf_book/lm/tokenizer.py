@@ -79,6 +79,27 @@ def encode_document(text: str) -> list[int]:
     return [BOS, *encode(text), EOT]
 
 
+# [guide:check-roles]
+def check_roles(messages: Sequence[Mapping[str, str]]) -> None:
+    """Raise ``ValueError`` unless ``messages`` are an optional system message followed by
+    alternating user / assistant turns that start with the user.
+
+    Book §4.1: the system message, when there is one, comes first. Every position is checked
+    (the book's Jinja template checks only the user positions; see the guide's errata).
+    """
+    if not messages:
+        raise ValueError("messages must hold at least one message, got none")
+    offset = 1 if messages[0].get("role") == "system" else 0
+    for k, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        expected = "system" if k < offset else ("user", "assistant")[(k - offset) % 2]
+        if role != expected:
+            raise ValueError(f"messages[{k}]['role'] must be {expected!r}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{k}]['content'] must be a str, got {content!r}")
+# [/guide]
+
+
 # [guide:chat-template]
 def render_chat(
     messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = False
@@ -95,15 +116,10 @@ def render_chat(
         of assistant turns and on their closing ``<|end|>`` (the tokens SFT trains on), 0
         elsewhere.
     """
+    check_roles(messages)
     ids, mask = [BOS], [0]
-    for k, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLE_TOKENS:
-            raise ValueError(
-                f"messages[{k}]['role'] must be one of {sorted(ROLE_TOKENS)}, got {role!r}"
-            )
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{k}]['content'] must be a str, got {type(content).__name__}")
+    for message in messages:
+        role, content = message["role"], message["content"]
         body = encode(content) + [END]
         trained = 1 if role == "assistant" else 0
         ids += [ROLE_TOKENS[role], *body]

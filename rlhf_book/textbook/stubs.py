@@ -148,7 +148,18 @@ def _imports(chapter: Chapter) -> list[str]:
     library += [f"from {module} import {', '.join(sorted(names))}"
                 for module, names in from_modules.items() if names]
     outside = sorted(dict.fromkeys(outside), key=lambda line: (line.startswith("from"), line))
-    return ["from __future__ import annotations", "", *outside, "", *dict.fromkeys(library)]
+    return ["from __future__ import annotations", "", *outside, "", *_merged(library)]
+
+
+def _merged(lines: list[str]) -> list[str]:
+    """``from M import ...`` lines merged per module (names sorted, each once), in the order the
+    modules first appear: several exercises of one module need one import line, not several."""
+    names: dict[str, dict[str, None]] = {}
+    for line in lines:
+        module, _, imported = line.removeprefix("from ").partition(" import ")
+        names.setdefault(module, {}).update(dict.fromkeys(n.strip() for n in imported.split(",")))
+    return [f"from {module} import {', '.join(sorted(imported))}"
+            for module, imported in names.items()]
 
 
 def _header(chapter: Chapter) -> str:

@@ -21,7 +21,7 @@ from rlhf_book.textbook.checks import Mismatch, expect, expect_close, expect_fin
 PIRATE = "You are a friendly chatbot who always responds in the style of a pirate"
 HELICOPTERS = "How many helicopters can a human eat in one sitting?"
 
-# The book's rendered examples (§4.1), as its reference inventory transcribes them.
+# The book's rendered examples (§4.1), as the book prints them.
 BOOK_CHATML_SINGLE = (
     f"<|im_start|>system\n{PIRATE}<|im_end|>\n<|im_start|>user\n{HELICOPTERS}<|im_end|>\n"
     "<|im_start|>assistant\n")

@@ -2,7 +2,7 @@
 
 Oracles: the book's test vectors (§5.1's table of Bradley-Terry probabilities and losses, the
 margin example 5 - 2 = 3 of §5.4.1, the Plackett-Luce probabilities of §5.4.3); plain float64
-Python loops written from the equations (eq. 16-18 per pair, eq. 19 per prompt over its valid
+Python loops written from the equations (eqs. 16, 17, 18 per pair, eq. 19 per prompt over its valid
 pairs, eq. 20 as a product of softmax choices, a scan for the last 1 of a mask, a masked mean);
 and math: the gradient ``dL/dDelta = -sigmoid(-Delta)``, Plackett-Luce probabilities summing to
 1 over all ``K!`` rankings, invariance to a constant shift of every reward and to the side the

@@ -583,9 +583,9 @@ def compute_gae(fn):
     rewards = _f32([[0, 0, 1.0], [0, 0.5, 9.0]])
     values = _f32([[0.2, 0.4, 0.6], [0.1, 0.3, 9.0]])
     mask = _f32([[1, 1, 1], [1, 1, 0]])
-    w7 = {1.0: ([0.8, 0.6, 0.4], [0.4, 0.2]), 0.95: ([0.751, 0.58, 0.4], [0.39, 0.2]),
-          0.0: ([0.2, 0.2, 0.4], [0.2, 0.2])}
-    for lam, (first, second) in w7.items():
+    book_gae = {1.0: ([0.8, 0.6, 0.4], [0.4, 0.2]), 0.95: ([0.751, 0.58, 0.4], [0.39, 0.2]),
+                0.0: ([0.2, 0.2, 0.4], [0.2, 0.2])}
+    for lam, (first, second) in book_gae.items():
         what = f"compute_gae(the book's example episodes in two rows, gamma=1, lam={lam})"
         adv, ret = fn(rewards, values, mask, gamma=1.0, lam=lam)
         expect_close(_call(lambda: adv, what, (2, 3)), [first, second + [0.0]],
