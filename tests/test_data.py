@@ -18,15 +18,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhf_book.data import (GOLD_MAX, GOLD_MIN, LESSON_EVAL_PROMPTS, LESSON_PREFERENCE_PAIRS,
-                            LESSON_QUANTUM_PAIR, STYLES, ArithmeticProblem, Question,
-                            all_facts, all_questions, arithmetic_problems, bt_accuracy_ceiling,
-                            extract_answer, gold_reward, gold_reward_batch,
-                            inter_annotator_agreement, likert_ratings, majority_probability,
-                            preference_pairs,
-                            pretraining_corpus, render_answer, sample_questions,
-                            sft_demonstrations, simulate_annotators, split_facts,
-                            split_questions, verify)
+from rlhf_book.data import (DEMONSTRATOR_STYLES, FACT_TOPICS, GOLD_MAX, GOLD_MIN,
+                            LESSON_EVAL_PROMPTS, LESSON_PREFERENCE_PAIRS, LESSON_QUANTUM_PAIR,
+                            STYLES, TOPICS, TRAIN_TEMPLATES, UNBIASED, AnnotatorBias,
+                            ArithmeticProblem, Question, all_facts, all_questions,
+                            annotator_utility, answer_vocabulary, arithmetic_problems,
+                            bt_accuracy_ceiling, count_confident, extract_answer, fact_questions,
+                            gold_reward, gold_reward_batch, inter_annotator_agreement,
+                            label_accuracy_ceiling, likert_ratings, majority_probability,
+                            preference_pairs, pretraining_corpus, question_splits,
+                            render_answer, sample_questions, sft_demonstrations,
+                            simulate_annotators, split_facts, split_questions, stated_answer,
+                            verify)
+from rlhf_book.data.styles import _CLOSERS, _OPENERS, OFF_TOPIC_SENTENCES
 
 DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "rlhf_book" / "data"
 CONTEXT = 128
@@ -68,19 +72,41 @@ def test_data_imports_neither_jax_nor_lm():
 
 def test_world_sizes_match_the_docstring():
     facts = all_facts()
-    counts = {t: sum(f.topic == t for f in facts) for t in ("capital", "animal", "color",
-                                                             "arithmetic")}
-    assert counts == {"capital": 28, "animal": 19, "color": 15, "arithmetic": 9 * 9 + 8 * 8}
+    counts = {t: sum(f.topic == t for f in facts) for t in TOPICS}
+    assert counts == {"capital": 28, "animal": 19, "color": 15, "opposite": 20,
+                      "arithmetic": 9 * 9}
     questions = all_questions()
-    assert len(questions) == 3 * len(facts)
+    assert len(questions) == 12 * len(facts)
     assert len({q.prompt for q in questions}) == len(questions)  # no prompt asks two facts
+
+
+def test_answer_words_are_unambiguous_across_topics_and_padding():
+    """A stated answer is read as the last answer word of a topic: no answer word of one topic
+    occurs in another topic's answers, and none in the padding and off-topic sentences, so
+    padding never changes (or supplies) the stated answer."""
+    filler = " ".join(_OPENERS + _CLOSERS + OFF_TOPIC_SENTENCES)
+    for topic in FACT_TOPICS:
+        for text in [filler] + [f.answer for f in all_facts()
+                                if f.topic not in (topic, "arithmetic")]:
+            assert stated_answer(Question(topic, "", answer_vocabulary(topic)[0]), text) is None, \
+                (topic, text)
+
+
+def test_opposites_are_symmetric_and_their_statements_end_with_the_answer():
+    opposites = {f.subject: f.answer for f in all_facts() if f.topic == "opposite"}
+    assert all(opposites[b] == a for a, b in opposites.items())
+    for f in all_facts():
+        if f.topic == "opposite":
+            for sentence in ("The opposite of {s} is {a}.", "{S} and {a} are opposites."):
+                text = sentence.format(s=f.subject, S=f.subject.capitalize(), a=f.answer)
+                assert stated_answer(Question("opposite", "", f.answer, f.subject), text) == f.answer
 
 
 def test_arithmetic_facts_are_true():
     for f in all_facts():
         if f.topic == "arithmetic":
             a, op, b = f.subject.split()
-            assert int(f.answer) == (int(a) + int(b) if op == "+" else int(a) * int(b))
+            assert op == "+" and int(f.answer) == int(a) + int(b)
 
 
 # --------------------------------------------------------------------------- determinism
@@ -158,18 +184,45 @@ def test_preference_pairs_fit_the_context():
 
 def test_split_is_by_fact_and_stratified():
     train, heldout = split_questions(seed=0, heldout_fraction=0.2)
-    assert len(train) + len(heldout) == len(all_questions())
+    assert len(train) + len(heldout) == len(all_questions()) - 8 * len(
+        {(q.topic, q.subject) for q in train})  # the rest are the rephrased questions
     train_facts = {(q.topic, q.subject) for q in train}
     held_facts = {(q.topic, q.subject) for q in heldout}
     assert not train_facts & held_facts
-    # every template of a held-out fact is held out: 3 questions per held-out fact
-    assert len(heldout) == 3 * len(held_facts)
+    # every template of a held-out fact is held out: 12 questions per held-out fact
+    assert len(heldout) == 12 * len(held_facts)
     facts = all_facts()
-    for topic in ("capital", "animal", "color", "arithmetic"):
+    for topic in TOPICS:
         n_topic = sum(f.topic == topic for f in facts)
         n_held = sum(t == topic for t, _ in held_facts)
         assert abs(n_held - 0.2 * n_topic) <= 0.5, topic
     assert split_questions(seed=1) != split_questions(seed=0)
+
+
+def test_three_question_sets_partition_the_world():
+    splits = question_splits(seed=0)
+    assert sorted(map(len, splits)) and sum(map(len, splits)) == len(all_questions())
+    train_facts = {(q.topic, q.subject) for q in splits.train}
+    assert {(q.topic, q.subject) for q in splits.rephrased} == train_facts
+    assert not train_facts & {(q.topic, q.subject) for q in splits.unseen}
+    assert all(q.template < TRAIN_TEMPLATES and not q.rephrased for q in splits.train)
+    assert all(q.template >= TRAIN_TEMPLATES and q.rephrased for q in splits.rephrased)
+    assert len(splits.rephrased) == 2 * len(splits.train)  # 8 new phrasings to 4 trained
+    # the main evaluation's size: 65 trained facts of the four fact topics x 8 phrasings
+    assert len(fact_questions(splits.rephrased)) == 520
+    assert {q.topic for q in fact_questions(splits.unseen)} == set(FACT_TOPICS)
+
+
+def test_no_training_data_contains_a_rephrased_or_unseen_question():
+    splits = question_splits()
+    new = {q.prompt for q in splits.rephrased + splits.unseen}
+    assert not {c[-2]["content"] for c in sft_demonstrations(seed=0, n=3000)} & new
+    assert not {p.prompt for p in preference_pairs(seed=0, n=2000, correctness_fraction=0.5)} & new
+    corpus = "\n".join(pretraining_corpus(seed=0))
+    assert not [p for p in new if p in corpus]
+    # while every trained phrasing is asked somewhere in the corpus's Q/A snippets
+    asked = sum(q.prompt in corpus for q in splits.train)
+    assert asked > 0.9 * len(splits.train), (asked, len(splits.train))
 
 
 def test_split_facts_matches_split_questions():
@@ -210,8 +263,9 @@ def test_corpus_states_heldout_facts_but_never_asks_them():
     ("The capital of France is Lyon.", -0.5),              # Lyon is not a capital in this world
     ("I think it is Paris, but I am not sure.", 0.5),      # 2 hedges, 39 bytes
     ("Maybe perhaps probably possibly Paris.", 0.25),      # 4 hedges, capped at 3
-    ("x" * 100, -0.5 - 0.52),                              # 52 bytes over the concise 48
-    ("x" * 1000, -0.5 - 1.0),                              # length penalty capped at 1
+    ("x" * 73, -0.5 - 0.5),                                # 25 bytes over 48, 0.02 a byte
+    ("x" * 100, -0.5 - 1.0),                               # 52 bytes over: capped at 1
+    ("It is definitely Paris.", 1.0),                      # confidence is not rewarded
 ])
 def test_gold_reward_hand_computed(response, expected):
     assert gold_reward(FRANCE, response) == pytest.approx(expected)

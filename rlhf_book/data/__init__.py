@@ -3,17 +3,23 @@
 Everything is pure Python + NumPy, ASCII, offline, and a function of its ``seed``. A map:
 
 * :mod:`~rlhf_book.data.world` -- the facts (28 capitals, 19 animal sounds, 15 thing colours,
-  145 single-digit sums and products), three question templates per fact
-  (:func:`all_questions`), and the train / held-out split *by fact* (:func:`split_questions`).
+  20 opposites, 81 single-digit sums), twelve question templates per topic
+  (:func:`all_questions`) and three question sets (:func:`question_splits`): ``train``
+  (training facts, four trained phrasings), ``rephrased`` (the same facts in eight phrasings no
+  training data contains: the main evaluation) and ``unseen`` (held-out facts, stated only in
+  the pretraining corpus).
 * :mod:`~rlhf_book.data.styles` -- five answer styles (:data:`STYLES`: concise_correct,
   verbose, hedging, wrong, off_topic) and the **gold reward** (:func:`gold_reward`): +1 for
   the correct answer, -1 for a wrong one, -0.5 for none, minus hedging and length penalties;
   in [-2.75, 1]. Mean gold by style: concise_correct > verbose > hedging > off_topic > wrong.
 * :mod:`~rlhf_book.data.corpus` -- pretraining documents (:func:`pretraining_corpus`).
-* :mod:`~rlhf_book.data.sft` -- chat demonstrations (:func:`sft_demonstrations`), train facts only.
-* :mod:`~rlhf_book.data.preferences` -- pairs labelled by Bradley-Terry annotators
-  (:func:`preference_pairs`, :func:`simulate_annotators`), Likert ratings, agreement and the
-  accuracy ceiling any reward model faces.
+* :mod:`~rlhf_book.data.sft` -- chat demonstrations (:func:`sft_demonstrations`) by
+  demonstrators of mixed quality (:data:`DEMONSTRATOR_STYLES`: half concise and correct, the
+  rest verbose, hedging, wrong or off topic), training questions only.
+* :mod:`~rlhf_book.data.preferences` -- pairs labelled by Bradley-Terry annotators with
+  documented verbosity, confidence and position biases (:class:`AnnotatorBias`;
+  :func:`preference_pairs`, :func:`simulate_annotators`), style pairs and right-vs-wrong
+  correctness pairs, Likert ratings, agreement and the accuracy ceiling any reward model faces.
 * :mod:`~rlhf_book.data.arithmetic` -- verifiable arithmetic prompts for RLVR (:func:`verify`).
 * :mod:`~rlhf_book.data.toy` -- the lectures' own toy data (preference pairs, a token policy), exactly.
 
@@ -25,28 +31,36 @@ Texts and chat messages (``{"role", "content"}`` dicts) come out; tokenisation h
 
 from rlhf_book.data.arithmetic import ArithmeticProblem, arithmetic_problems, extract_answer, verify
 from rlhf_book.data.corpus import MAX_DOCUMENT_BYTES, pretraining_corpus
-from rlhf_book.data.preferences import (PreferencePair, bt_accuracy_ceiling, inter_annotator_agreement,
+from rlhf_book.data.preferences import (PAIR_KINDS, UNBIASED, AnnotatorBias, PreferencePair,
+                                        annotator_utility, bt_accuracy_ceiling,
+                                        inter_annotator_agreement, label_accuracy_ceiling,
                                         likert_cutpoints, likert_ratings, majority_probability,
-                                        preference_pairs,
-                                        simulate_annotators)
-from rlhf_book.data.sft import SYSTEM_PROMPTS, sft_demonstrations
-from rlhf_book.data.styles import (GOLD_MAX, GOLD_MIN, HEDGE_PHRASES, MAX_ANSWER_BYTES, STYLES,
-                                   count_hedges, gold_reward, gold_reward_batch, render_answer,
-                                   stated_answer)
+                                        preference_pairs, simulate_annotators)
+from rlhf_book.data.sft import DEMONSTRATOR_STYLES, SYSTEM_PROMPTS, sft_demonstrations
+from rlhf_book.data.styles import (CONFIDENT_PHRASES, GOLD_MAX, GOLD_MIN, HEDGE_PHRASES,
+                                   MAX_ANSWER_BYTES, STYLES, count_confident, count_hedges,
+                                   gold_reward, gold_reward_batch, render_answer, stated_answer,
+                                   wrong_answer)
 from rlhf_book.data.toy import (LESSON_EVAL_PROMPTS, LESSON_PREFERENCE_PAIRS, LESSON_QUANTUM_PAIR,
                                LESSON_TOKEN_POLICY, LESSON_UNSEEN_PAIRS)
-from rlhf_book.data.world import (MAX_PROMPT_BYTES, TOPICS, Fact, Question, all_facts, all_questions,
-                                  answer_vocabulary, sample_questions, split_facts, split_questions)
+from rlhf_book.data.world import (FACT_TOPICS, MAX_PROMPT_BYTES, TOPICS, TRAIN_TEMPLATES, Fact,
+                                  Question, QuestionSplits, all_facts, all_questions,
+                                  answer_vocabulary, fact_questions, question_splits,
+                                  sample_questions, split_facts, split_questions)
 
 __all__ = [
     "ArithmeticProblem", "arithmetic_problems", "extract_answer", "verify",
     "MAX_DOCUMENT_BYTES", "pretraining_corpus",
-    "PreferencePair", "bt_accuracy_ceiling", "inter_annotator_agreement", "likert_cutpoints",
-    "likert_ratings", "majority_probability", "preference_pairs", "simulate_annotators",
-    "SYSTEM_PROMPTS", "sft_demonstrations",
-    "GOLD_MAX", "GOLD_MIN", "HEDGE_PHRASES", "MAX_ANSWER_BYTES", "STYLES", "count_hedges",
-    "gold_reward", "gold_reward_batch", "render_answer", "stated_answer",
+    "PAIR_KINDS", "UNBIASED", "AnnotatorBias", "PreferencePair", "annotator_utility",
+    "bt_accuracy_ceiling", "inter_annotator_agreement", "label_accuracy_ceiling",
+    "likert_cutpoints", "likert_ratings", "majority_probability", "preference_pairs",
+    "simulate_annotators",
+    "DEMONSTRATOR_STYLES", "SYSTEM_PROMPTS", "sft_demonstrations",
+    "CONFIDENT_PHRASES", "GOLD_MAX", "GOLD_MIN", "HEDGE_PHRASES", "MAX_ANSWER_BYTES", "STYLES",
+    "count_confident", "count_hedges", "gold_reward", "gold_reward_batch", "render_answer",
+    "stated_answer", "wrong_answer",
     "LESSON_EVAL_PROMPTS", "LESSON_PREFERENCE_PAIRS", "LESSON_QUANTUM_PAIR", "LESSON_TOKEN_POLICY", "LESSON_UNSEEN_PAIRS",
-    "MAX_PROMPT_BYTES", "TOPICS", "Fact", "Question", "all_facts", "all_questions",
-    "answer_vocabulary", "sample_questions", "split_facts", "split_questions",
+    "FACT_TOPICS", "MAX_PROMPT_BYTES", "TOPICS", "TRAIN_TEMPLATES", "Fact", "Question",
+    "QuestionSplits", "all_facts", "all_questions", "answer_vocabulary", "fact_questions",
+    "question_splits", "sample_questions", "split_facts", "split_questions",
 ]

@@ -7,15 +7,16 @@ Four kinds of documents, drawn with probabilities :data:`DOC_KINDS`:
   answers come in *mixed styles* (:data:`QA_STYLE_WEIGHTS`), as web text does: mostly concise,
   sometimes verbose, hedging, wrong or off topic. The base model thus learns every style, and
   SFT (book ch. 4) and preference tuning have something to select among.
-* ``table``  -- an arithmetic table ("7 + 1 = 8, 7 + 2 = 9, ...").
+* ``table``  -- a row of the addition table, shuffled ("7 + 3 = 10, 7 + 1 = 8, ...").
 * ``prose``  -- general sentences about nothing in particular.
 
-Held-out facts (see :func:`rlhf_book.data.world.split_questions`): **fact statements and
-tables cover every fact, held-out ones included; Q/A snippets use training questions only.**
-So the base model *knows* every fact, and a held-out fact is new to the model only as a
-question in a conversation. Evaluating an SFT model on held-out questions then measures whether
-instruction tuning elicits knowledge the pretrained model already has (book ch. 4: SFT teaches
-format and style, pretraining supplies the knowledge), which is the point of the split.
+Held-out questions (see :func:`rlhf_book.data.world.question_splits`): **fact statements and
+tables cover every fact, held-out ones included; Q/A snippets ask only the training questions
+(training facts, trained phrasings).** So the base model *knows* every fact; a rephrased
+question is new to it as wording, an unseen fact as a question. Evaluating on the rephrased
+questions measures whether instruction tuning generalises across phrasings; on unseen facts,
+whether it elicits knowledge the pretrained model holds only as statements (book ch. 4: SFT
+teaches format and style, pretraining supplies the knowledge).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlhf_book.data.styles import OFF_TOPIC_SENTENCES, STYLES, render_answer
-from rlhf_book.data.world import (ADD_OPERANDS, MUL_OPERANDS, Fact, Question, all_facts,
+from rlhf_book.data.world import (ADD_OPERANDS, Fact, Question, all_facts,
                                   fact_statements, group_by_topic, split_questions)
 
 MAX_DOCUMENT_BYTES = 200
@@ -74,10 +75,11 @@ def _qa_snippet(question_groups: list[list[Question]], rng: np.random.Generator)
 
 
 def _table(rng: np.random.Generator) -> str:
-    op = "+*"[rng.integers(2)]
-    operands = list(ADD_OPERANDS if op == "+" else MUL_OPERANDS)
+    """One row of the addition table, ``a + 1 .. a + 9``, in a random order (a fixed order
+    would let the model count up instead of adding)."""
+    operands = list(ADD_OPERANDS)
     a = operands[rng.integers(len(operands))]
-    return ", ".join(f"{a} {op} {b} = {a + b if op == '+' else a * b}" for b in operands) + "."
+    return ", ".join(f"{a} + {b} = {a + b}" for b in rng.permutation(operands).tolist()) + "."
 
 
 def pretraining_corpus(seed: int = 0, n_documents: int = 6000) -> list[str]:

@@ -1,15 +1,27 @@
-"""Preference data labelled by simulated annotators with Bradley-Terry noise.
+"""Preference data labelled by simulated annotators with Bradley-Terry noise and known biases.
 
 Book ch. 11 (preference data) and ch. 5 (reward models, the Bradley-Terry model).
 
-The annotator model. Each annotator judges a pair ``(a, b)`` through a noisy *perceived margin*
+The annotator model. Each annotator judges a pair ``(a, b)``, ``a`` shown first, through a
+noisy *perceived margin*
 
-    z = (g_a - g_b) / noise + eps,        eps ~ Logistic(0, 1), independent per annotator,
+    z = (u_a - u_b) / noise + position + eps,   eps ~ Logistic(0, 1), independent per annotator,
 
-where ``g`` is the gold reward (:func:`rlhf_book.data.styles.gold_reward`). A binary annotator
-prefers ``a`` when ``z > 0``, so, because the logistic CDF is the sigmoid,
+where ``u`` is the annotators' *utility* (:func:`annotator_utility`): the gold reward
+(:func:`rlhf_book.data.styles.gold_reward`) plus two documented biases, a **verbosity bias**
+(``+verbosity`` per byte of the response) and a **confidence bias** (``+confidence`` per
+confident phrase such as "definitely", which the gold reward ignores); ``position`` is a
+**position bias** in favour of the response shown first (:class:`AnnotatorBias`; book ch. 11
+lists all three among the known biases of human and AI raters). A binary annotator prefers
+``a`` when ``z > 0``, so, because the logistic CDF is the sigmoid,
 
-    P(a > b) = sigmoid((g_a - g_b) / noise)                                   (Bradley-Terry)
+    P(a > b) = sigmoid((u_a - u_b) / noise + position)                        (Bradley-Terry)
+
+Without biases (:data:`UNBIASED`), ``u`` is the gold reward and the annotators differ from it
+only by noise. With them, a reward model fitted to their votes learns a proxy whose optimum
+differs from the gold reward's in known ways: it likes longer, more confident answers, which
+the gold reward penalises past :data:`~rlhf_book.data.styles.CONCISE_BYTES` bytes. Pushing a
+policy against that proxy is chapter 14's over-optimisation.
 
 ``noise > 0`` is the temperature of the annotators, in gold-reward units: as ``noise -> 0`` they
 always pick the higher gold reward; as it grows their votes approach coin flips. Likert ratings
@@ -20,20 +32,59 @@ Because the labelling probability is known, so are two ceilings:
 * the agreement two annotators reach, ``E[p^2 + (1 - p)^2]`` (:func:`inter_annotator_agreement`
   measures it from votes);
 * the best accuracy any reward model can reach at predicting one annotator's label,
-  ``E[max(p, 1 - p)]`` (:func:`bt_accuracy_ceiling`). Real data shows the same ceiling: the
-  lectures quote ~73% inter-annotator agreement and ~72% reward-model accuracy for InstructGPT.
+  ``E[max(p, 1 - p)]`` (:func:`bt_accuracy_ceiling`, or :func:`label_accuracy_ceiling` from
+  the pairs' own probabilities). Real data shows the same ceiling: the lectures quote ~73%
+  inter-annotator agreement and ~72% reward-model accuracy for InstructGPT.
+
+Two kinds of pairs (:func:`preference_pairs`): **style** pairs answer in two different styles
+(concise vs verbose, hedged vs wrong, ...); **correctness** pairs render the *same* template
+twice, once with the right answer and once with a wrong one, so a reward model can only rank
+them by knowing the fact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from rlhf_book.data.styles import STYLES, gold_reward, render_answer
+from rlhf_book.data.styles import (STYLES, count_confident, gold_reward, render_answer,
+                                   wrong_answer)
 from rlhf_book.data.world import Question, sample_questions, split_questions
+
+PAIR_KINDS = ("style", "correctness")
+# The styles a correctness pair renders twice (right and wrong answer in the same template).
+CORRECTNESS_STYLES = ("concise_correct", "verbose", "hedging")
+
+
+@dataclass(frozen=True)
+class AnnotatorBias:
+    """How the simulated annotators deviate from the gold reward, beside their noise.
+
+    ``verbosity`` is added to the utility per byte of the response, ``confidence`` per
+    confident phrase (:data:`~rlhf_book.data.styles.CONFIDENT_PHRASES`), and ``position`` to
+    the logit of preferring the response shown first. The defaults make a padded correct
+    answer (~65 bytes) *preferred* to a concise one (~30 bytes) by ~58% of annotators, though
+    its gold reward is ~0.3 lower: the verbosity bias real preference data shows (book ch. 11
+    and ch. 14)."""
+
+    verbosity: float = 0.015
+    confidence: float = 0.25
+    position: float = 0.3
+
+
+UNBIASED = AnnotatorBias(0.0, 0.0, 0.0)
+
+
+def annotator_utility(question: Question, response: str, bias: AnnotatorBias) -> float:
+    """What the annotators value: ``gold + bias.verbosity * n_bytes + bias.confidence *
+    n_confident_phrases`` (the module docstring's ``u``)."""
+    n_bytes = len(response.encode("utf-8", errors="replace"))
+    return (gold_reward(question, response) + bias.verbosity * n_bytes
+            + bias.confidence * count_confident(response))
 
 
 @dataclass(frozen=True)
@@ -60,6 +111,7 @@ class PreferencePair:
     votes: tuple[int, ...]
     p_chosen: float
     p_true: float
+    kind: str = "style"
 
     @property
     def topic(self) -> str:
@@ -84,8 +136,9 @@ def _check_n_annotators(n_annotators: int, minimum: int = 1) -> None:
 
 
 def _perceived_margin(gold_a, gold_b, noise: float, n_annotators: int,
-                      rng: np.random.Generator) -> np.ndarray:
-    """``z = (g_a - g_b) / noise + Logistic(0, 1)``, of shape ``delta.shape + (n_annotators,)``."""
+                      rng: np.random.Generator, position: float = 0.0) -> np.ndarray:
+    """``z = (u_a - u_b) / noise + position + Logistic(0, 1)``, of shape ``delta.shape +
+    (n_annotators,)``."""
     _check_noise(noise)
     _check_n_annotators(n_annotators)
     if not isinstance(rng, np.random.Generator):
@@ -94,27 +147,30 @@ def _perceived_margin(gold_a, gold_b, noise: float, n_annotators: int,
     if not np.all(np.isfinite(delta)):
         bad = delta[~np.isfinite(delta)][:3].tolist()
         raise ValueError(f"gold_a and gold_b must be finite, got differences {bad}")
-    mean = (delta / noise)[..., None]
+    mean = (delta / noise + position)[..., None]
     return mean + rng.logistic(0.0, 1.0, size=delta.shape + (n_annotators,))
 
 
 def simulate_annotators(gold_a, gold_b, n_annotators: int, noise: float,
-                        rng: np.random.Generator) -> np.ndarray:
+                        rng: np.random.Generator, position: float = 0.0) -> np.ndarray:
     """Votes of ``n_annotators`` independent Bradley-Terry annotators on pairs ``(a, b)``.
 
-    Each annotator prefers ``a`` with probability ``sigmoid((gold_a - gold_b) / noise)``.
+    Each annotator prefers ``a`` with probability ``sigmoid((gold_a - gold_b) / noise +
+    position)``.
 
     Args:
-        gold_a, gold_b: gold rewards of the two responses, scalars or arrays (broadcast).
+        gold_a, gold_b: gold rewards (or the annotators' utilities) of the two responses,
+            scalars or arrays (broadcast).
         n_annotators: annotators per pair (>= 1).
         noise: annotator temperature (> 0), in gold-reward units.
         rng: a ``numpy.random.Generator``.
+        position: logit added in favour of ``a``, the response shown first (position bias).
 
     Returns:
         int8 array of shape ``broadcast(gold_a, gold_b).shape + (n_annotators,)``; 1 where the
         annotator prefers ``a``, 0 where it prefers ``b``. Book ch. 11 and ch. 5 (Bradley-Terry).
     """
-    return (_perceived_margin(gold_a, gold_b, noise, n_annotators, rng) > 0).astype(np.int8)
+    return (_perceived_margin(gold_a, gold_b, noise, n_annotators, rng, position) > 0).astype(np.int8)
 
 
 def inter_annotator_agreement(votes) -> float:
@@ -168,7 +224,15 @@ def bt_accuracy_ceiling(gold_a, gold_b, noise: float, n_annotators: int = 1) -> 
     """
     _check_noise(noise)
     delta = np.asarray(gold_a, dtype=np.float64) - np.asarray(gold_b, dtype=np.float64)
-    q = majority_probability(_sigmoid(delta / noise), n_annotators)
+    return label_accuracy_ceiling(_sigmoid(delta / noise), n_annotators)
+
+
+def label_accuracy_ceiling(p, n_annotators: int = 1) -> float:
+    """:func:`bt_accuracy_ceiling` from each pair's probability ``p`` that one annotator
+    prefers a given response (a :class:`PreferencePair`'s ``p_true``, biases included): the
+    mean of ``max(q, 1 - q)``, ``q`` the probability that the label (one annotator or the
+    majority of ``n_annotators``) is that response."""
+    q = majority_probability(p, n_annotators)
     return float(np.mean(np.maximum(q, 1.0 - q)))
 
 
@@ -222,24 +286,31 @@ def likert_ratings(gold_a, gold_b, noise: float, rng: np.random.Generator, n_poi
 
 def preference_pairs(seed: int = 0, n: int = 1000, n_annotators: int = 3, noise: float = 0.5,
                      questions: Sequence[Question] | None = None,
-                     styles: Sequence[str] = STYLES) -> list[PreferencePair]:
-    """``n`` preference pairs: two different styles answer the same question, annotators vote.
+                     styles: Sequence[str] = STYLES, bias: AnnotatorBias = UNBIASED,
+                     correctness_fraction: float = 0.0) -> list[PreferencePair]:
+    """``n`` preference pairs: two answers to the same question, annotators vote.
 
-    For each pair: draw a question (topic-balanced), two distinct styles in random order as
-    responses ``a`` and ``b``, their gold rewards, and ``n_annotators`` Bradley-Terry votes
-    (:func:`simulate_annotators`). The majority's choice becomes ``chosen``. **Tie rule** (even
-    ``n_annotators``): a fair coin decides, because a tie carries no information and favouring
-    either slot would add a position bias.
+    For each pair: draw a question (topic-balanced) and, with probability
+    ``correctness_fraction``, make a **correctness** pair (one of
+    :data:`CORRECTNESS_STYLES`, rendered with the same template once with the right answer
+    and once with a wrong one of the same kind); otherwise a **style** pair (two distinct
+    ``styles``). The two responses go in random order as ``a`` (shown first) and ``b``;
+    ``n_annotators`` annotators vote (:func:`simulate_annotators` on the utilities of
+    :func:`annotator_utility`, with the position bias). The majority's choice becomes
+    ``chosen``. **Tie rule** (even ``n_annotators``): a fair coin decides, because a tie
+    carries no information.
 
     Args:
         seed: seed of ``numpy.random.default_rng``; same seed, same pairs.
         n: number of pairs (>= 1).
         n_annotators: annotators per pair (>= 1).
         noise: annotator temperature (> 0); with the gold reward's scale, ``0.5`` makes a
-            verbose-vs-concise pair (gold gap ~0.1) nearly a coin flip and a correct-vs-wrong
-            pair (gap 2) 98% clear.
+            verbose-vs-concise pair nearly a coin flip and a correct-vs-wrong pair (gap 2) 98%
+            clear.
         questions: questions to draw from; default the training split.
-        styles: the styles to pair, at least two, each in :data:`STYLES`.
+        styles: the styles of style pairs, at least two, each in :data:`STYLES`.
+        bias: the annotators' biases (:class:`AnnotatorBias`); default none.
+        correctness_fraction: the share of correctness pairs, in ``[0, 1]``.
 
     Returns:
         a list of :class:`PreferencePair`. Book ch. 11 (preference data).
@@ -252,22 +323,40 @@ def preference_pairs(seed: int = 0, n: int = 1000, n_annotators: int = 3, noise:
     bad = [s for s in styles if s not in STYLES]
     if bad or len(styles) < 2 or len(set(styles)) != len(styles):
         raise ValueError(f"styles must be at least two distinct names from {STYLES}, got {styles!r}")
+    if not isinstance(bias, AnnotatorBias):
+        raise ValueError(f"bias must be an AnnotatorBias, got {type(bias).__name__}")
+    if not 0.0 <= correctness_fraction <= 1.0:
+        raise ValueError(f"correctness_fraction must be in [0, 1], got {correctness_fraction!r}")
     rng = np.random.default_rng(seed)
     pool = split_questions()[0] if questions is None else list(questions)
     pairs = []
     for q in sample_questions(pool, n, rng):
-        i, j = rng.choice(len(styles), size=2, replace=False)
-        texts = (render_answer(q, styles[i], rng), render_answer(q, styles[j], rng))
+        if rng.random() < correctness_fraction:
+            kind, style = "correctness", CORRECTNESS_STYLES[rng.integers(len(CORRECTNESS_STYLES))]
+            wrong = dataclasses.replace(q, answer=wrong_answer(q, rng))
+            state = rng.bit_generator.state  # the same template for both answers
+            right_text = render_answer(q, style, rng)
+            rng.bit_generator.state = state
+            texts, names = (right_text, render_answer(wrong, style, rng)), (style, "wrong")
+            if rng.random() < 0.5:
+                texts, names = texts[::-1], names[::-1]
+        else:
+            kind = "style"
+            i, j = rng.choice(len(styles), size=2, replace=False)
+            names = (styles[i], styles[j])
+            texts = (render_answer(q, names[0], rng), render_answer(q, names[1], rng))
         golds = (gold_reward(q, texts[0]), gold_reward(q, texts[1]))
-        votes_a = simulate_annotators(golds[0], golds[1], n_annotators, noise, rng)
+        utils = [annotator_utility(q, t, bias) for t in texts]
+        votes_a = simulate_annotators(utils[0], utils[1], n_annotators, noise, rng, bias.position)
+        p_a = float(_sigmoid((utils[0] - utils[1]) / noise + bias.position))
         k = int(votes_a.sum())
         a_wins = 2 * k > n_annotators or (2 * k == n_annotators and rng.random() < 0.5)
         c, r = (0, 1) if a_wins else (1, 0)
         votes = tuple(int(v) for v in (votes_a if a_wins else 1 - votes_a))
         pairs.append(PreferencePair(
             prompt=q.prompt, chosen=texts[c], rejected=texts[r], gold_chosen=golds[c],
-            gold_rejected=golds[r], style_chosen=styles[(i, j)[c]], style_rejected=styles[(i, j)[r]],
+            gold_rejected=golds[r], style_chosen=names[c], style_rejected=names[r],
             question=q, votes=votes, p_chosen=sum(votes) / n_annotators,
-            p_true=float(_sigmoid((golds[c] - golds[r]) / noise)),
+            p_true=p_a if a_wins else 1.0 - p_a, kind=kind,
         ))
     return pairs

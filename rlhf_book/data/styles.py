@@ -18,7 +18,7 @@ anything a model generates::
                   -1.0  if the stated answer is wrong (one of the same kind, e.g. another capital)
                   -0.5  if no answer of that kind is stated (off topic, empty, garbage)
     hedging     = -0.25 * min(#hedge phrases, 3)        phrases in HEDGE_PHRASES, whole words
-    length      = -0.01 * min(max(0, n_bytes - 48), 100)  a concise answer is at most 48 bytes
+    length      = -min(0.02 * max(0, n_bytes - 48), 1.0)  a concise answer is at most 48 bytes
 
 The *stated answer* is the last answer-like token of the text: the last integer for arithmetic
 (as :func:`rlhf_book.data.arithmetic.extract_answer` reads it), otherwise the last word or phrase
@@ -26,12 +26,15 @@ from the topic's answer vocabulary (:func:`rlhf_book.data.world.answer_vocabular
 case-insensitive. So "Paris? No, Berlin." states Berlin, and a made-up city states nothing.
 
 Expected ordering of the styles' mean gold reward (checked by the tests; measured over 5000
-topic-balanced questions: +1.00, +0.88, +0.45, -0.50, -1.00 respectively):
+topic-balanced questions: +1.00, +0.74, +0.45, -0.50, -1.00 respectively):
 
     concise_correct > verbose > hedging > off_topic > wrong
 
 A confident wrong answer is worse than saying nothing useful, and a right answer is worth more
-than any amount of style. Book ch. 11 (preference data) and
+than any amount of style. Words of confidence ("definitely", :data:`CONFIDENT_PHRASES`) are
+worth nothing to the gold reward; the simulated annotators like them, and longer answers
+(:mod:`rlhf_book.data.preferences`), which is where a reward model fitted to their votes and the
+gold reward part ways. Book ch. 11 (preference data) and
 ch. 14 (over-optimisation) use this as the truth a learned reward model approximates.
 """
 
@@ -51,19 +54,24 @@ MAX_ANSWER_BYTES = 72
 
 GOLD_MIN, GOLD_MAX = -2.75, 1.0
 CONCISE_BYTES = 48  # responses up to this length pay no length penalty
-LENGTH_PENALTY_PER_BYTE = 0.01
+LENGTH_PENALTY_PER_BYTE = 0.02
 MAX_LENGTH_PENALTY = 1.0
 HEDGE_PENALTY = 0.25
 MAX_HEDGES = 3
 NO_ANSWER_REWARD = -0.5
 HEDGE_PHRASES = ("i think", "maybe", "not sure", "perhaps", "probably", "might", "i guess",
                  "possibly", "could be")
+# Words of confidence: the gold reward ignores them; the simulated annotators like them (their
+# confidence bias, :class:`rlhf_book.data.preferences.AnnotatorBias`).
+CONFIDENT_PHRASES = ("for sure", "definitely", "certainly", "no doubt")
 
 _HEDGE_RE = re.compile(r"\b(?:" + "|".join(map(re.escape, HEDGE_PHRASES)) + r")\b", re.IGNORECASE)
+_CONFIDENT_RE = re.compile(r"\b(?:" + "|".join(map(re.escape, CONFIDENT_PHRASES)) + r")\b",
+                           re.IGNORECASE)
 
 # Padding for the verbose style. No digits, colours, sounds, capitals or hedge words, so the
 # padding never changes which answer is stated.
-_OPENERS = ("Great question! ", "Sure, happy to help. ", "Good question. ", "Let me explain. ",
+_OPENERS = ("Great question! ", "Sure, glad to help. ", "Good question. ", "Let me explain. ",
             "Of course! ")
 _CLOSERS = (" I hope this helps!", " Let me know if you need more.", " This is a well known fact.",
             " Many people learn this in school.", " Thanks for asking!")
@@ -75,9 +83,9 @@ _HEDGES = ("I think it is {x}, but I am not sure.", "Maybe {x}? I am not sure.",
 OFF_TOPIC_SENTENCES = (
     "I like to read books on rainy days.", "The train to the city leaves early.",
     "My favorite food is warm soup.", "Let us talk about something else.",
-    "Music can make a long day better.", "Mountains are fun to climb in summer.",
-    "A good night of sleep helps a lot.", "Tea tastes best when it is hot.",
-    "The library is quiet in the morning.", "Walking is a nice way to relax.",
+    "Music can make a long walk better.", "Mountains are fun to climb in summer.",
+    "A warm bath helps a lot.", "Tea tastes best with honey.",
+    "The library is calm in the morning.", "Walking is a nice way to relax.",
 )
 
 
@@ -86,7 +94,7 @@ def _check_style(style: str) -> None:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 
-def _wrong_answer(question: Question, rng: np.random.Generator) -> str:
+def wrong_answer(question: Question, rng: np.random.Generator) -> str:
     """A wrong answer of the same kind: another vocabulary word, or a nearby integer."""
     vocab = answer_vocabulary(question.topic)
     if vocab is None:
@@ -101,7 +109,8 @@ def _candidates(question: Question, style: str, rng: np.random.Generator) -> lis
     """All renderings of ``style`` for ``question`` (before the length filter)."""
     x, topic, subject = question.answer, question.topic, question.subject
     if style == "concise_correct":
-        return fact_statements(topic, subject, x) + [f"The answer is {x}.", f"{x[0].upper()}{x[1:]}."]
+        return fact_statements(topic, subject, x) + [f"The answer is {x}.", f"{x[0].upper()}{x[1:]}.",
+                                                      f"It is definitely {x}."]
     if style == "verbose":
         out = []
         for s in fact_statements(topic, subject, x):
@@ -111,7 +120,7 @@ def _candidates(question: Question, style: str, rng: np.random.Generator) -> lis
     if style == "hedging":
         return [h.format(x=x) for h in _HEDGES]
     if style == "wrong":
-        w = _wrong_answer(question, rng)
+        w = wrong_answer(question, rng)
         return fact_statements(topic, subject, w) + [f"The answer is {w}.", f"It is {w}, for sure."]
     return list(OFF_TOPIC_SENTENCES)
 
@@ -164,6 +173,11 @@ def stated_answer(question: Question, response: str) -> str | None:
 def count_hedges(response: str) -> int:
     """Number of hedge phrases (:data:`HEDGE_PHRASES`, whole words, any case) in ``response``."""
     return len(_HEDGE_RE.findall(response))
+
+
+def count_confident(response: str) -> int:
+    """Number of confident phrases (:data:`CONFIDENT_PHRASES`, whole words, any case)."""
+    return len(_CONFIDENT_RE.findall(response))
 
 
 def gold_reward(question: Question, response: str) -> float:

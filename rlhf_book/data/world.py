@@ -5,13 +5,24 @@ The world is small enough to print on one page and fixed (these are facts, not r
 * ``capital``    -- 28 countries and their capital cities ("France" -> "Paris").
 * ``animal``     -- 19 animals and the sound each makes ("cow" -> "moo"); every sound is unique.
 * ``color``      -- 15 things and their colour ("the sky" -> "blue"); 10 distinct colours.
-* ``arithmetic`` -- ``a + b`` for ``a, b`` in 1..9 and ``a * b`` for ``a, b`` in 2..9 (145 facts).
+* ``opposite``   -- 10 pairs of opposite words, asked both ways ("hot" -> "cold", "cold" -> "hot").
+* ``arithmetic`` -- ``a + b`` for ``a, b`` in 1..9 (81 facts): a skill more than a fact, checked
+  by a verifier and reported apart from the four fact topics (:data:`FACT_TOPICS`).
 
-A :class:`Fact` is asked about through several question templates ("What is the capital of
-France?", "Name the capital of France.", ...), which gives :class:`Question` objects. The
-held-out split (:func:`split_questions`) is made by *fact*, not by question: a held-out fact is
-never asked in training under any template, so evaluating on it measures generalisation to
-unseen knowledge rather than to an unseen phrasing (book ch. 4, instruction tuning).
+A :class:`Fact` is asked about through twelve question templates per topic ("What is the
+capital of France?", "Name the capital of France.", ...), which gives :class:`Question`
+objects. The first :data:`TRAIN_TEMPLATES` templates are the ones training data uses; the
+other eight are **new phrasings** that no corpus document and no demonstration contains. The
+world has three question sets (:func:`question_splits`), one per question a reader asks:
+
+* ``train``     -- training facts under the training templates: demonstrations, preference
+  pairs and RL prompts come from here;
+* ``rephrased`` -- training facts under the new phrasings: the main evaluation. The model was
+  taught these facts; can it answer when asked in words it never saw (book ch. 4: instruction
+  tuning generalises across phrasings)?
+* ``unseen``    -- the held-out facts (20% per topic), under every template: never asked in
+  any document or demonstration, only stated in the pretraining corpus. A second, separately
+  labelled row: does post-training elicit knowledge the base model holds only as statements?
 
 Everything is ASCII (the model is byte-level) and every prompt fits in :data:`MAX_PROMPT_BYTES`
 bytes, so that prompt + answer + chat-template tokens fit the mini GPT's 128-token context.
@@ -21,11 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
-TOPICS = ("capital", "animal", "color", "arithmetic")
+TOPICS = ("capital", "animal", "color", "opposite", "arithmetic")
+FACT_TOPICS = TOPICS[:-1]  # the main evaluation's topics; arithmetic is scored on its own
+TRAIN_TEMPLATES = 4  # templates 0..3 of each topic appear in training data; 4..11 never do
 MAX_PROMPT_BYTES = 48
 
 # Short country names keep every prompt under 48 bytes. No capital shares its country's name
@@ -57,8 +70,14 @@ THING_COLORS = (
     ("a plum", "purple"), ("the sea", "blue"), ("a pumpkin", "orange"),
 )
 
+# Both directions of each pair are facts. No opposite word occurs in any other topic's answers,
+# in the answer styles' padding or in the corpus's prose (tests check it).
+OPPOSITE_PAIRS = (("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"),
+                  ("day", "night"), ("happy", "sad"), ("wet", "dry"), ("open", "closed"),
+                  ("full", "empty"), ("loud", "quiet"))
+OPPOSITES = OPPOSITE_PAIRS + tuple((b, a) for a, b in OPPOSITE_PAIRS)
+
 ADD_OPERANDS = range(1, 10)
-MUL_OPERANDS = range(2, 10)
 _OP_WORDS = {"+": "plus", "*": "times"}
 
 
@@ -78,13 +97,20 @@ class Question:
 
     ``topic`` is one of :data:`TOPICS`; ``prompt`` is the user's text; ``answer`` is the short
     correct answer ("Paris", "12"); ``subject`` names the fact asked about (two questions with
-    the same ``(topic, subject)`` ask about the same fact under different templates).
+    the same ``(topic, subject)`` ask about the same fact under different templates);
+    ``template`` is the index of the question's template in :func:`question_prompts`.
     """
 
     topic: str
     prompt: str
     answer: str
     subject: str = ""
+    template: int = 0
+
+    @property
+    def rephrased(self) -> bool:
+        """Whether the question uses one of the new phrasings no training data contains."""
+        return self.template >= TRAIN_TEMPLATES
 
 
 def with_article(noun: str) -> str:
@@ -103,8 +129,8 @@ def all_facts() -> list[Fact]:
     facts = [Fact("capital", c, x) for c, x in CAPITALS]
     facts += [Fact("animal", a, s) for a, s in ANIMAL_SOUNDS]
     facts += [Fact("color", t, c) for t, c in THING_COLORS]
+    facts += [Fact("opposite", a, b) for a, b in OPPOSITES]
     facts += [Fact("arithmetic", f"{a} + {b}", str(a + b)) for a in ADD_OPERANDS for b in ADD_OPERANDS]
-    facts += [Fact("arithmetic", f"{a} * {b}", str(a * b)) for a in MUL_OPERANDS for b in MUL_OPERANDS]
     return facts
 
 
@@ -121,18 +147,44 @@ def answer_vocabulary(topic: str) -> tuple[str, ...] | None:
 
 
 def question_prompts(fact: Fact) -> list[str]:
-    """The question templates for ``fact``, filled in (3 per fact)."""
+    """The twelve question templates for ``fact``, filled in: the first
+    :data:`TRAIN_TEMPLATES` are the training phrasings, the rest the new phrasings."""
     s = fact.subject
     if fact.topic == "capital":
         return [f"What is the capital of {s}?", f"Name the capital of {s}.",
-                f"Which city is the capital of {s}?"]
+                f"Which city is the capital of {s}?", f"What city is the capital of {s}?",
+                f"Tell me the capital of {s}.", f"Do you know the capital of {s}?",
+                f"Quick question: capital of {s}?", f"{s} has which capital city?",
+                f"What's the capital city of {s}?", f"I need the capital of {s}.",
+                f"Capital of {s}, please?", f"Which is the capital city of {s}?"]
     if fact.topic == "animal":
         a = with_article(s)
         return [f"What sound does {a} make?", f"What does {a} say?",
-                f"Which sound does {a} make?"]
+                f"Which sound does {a} make?", f"What noise does {a} make?",
+                f"Tell me the sound {a} makes.", f"Do you know what {a} says?",
+                f"How does {a} sound?", f"What is the sound of {a}?",
+                f"Quick question: what does {a} say?", f"{a[0].upper()}{a[1:]} makes which sound?",
+                f"Which noise does {a} make?", f"What do you hear from {a}?"]
     if fact.topic == "color":
-        return [f"What color is {s}?", f"Name the color of {s}.", f"Which color is {s}?"]
-    return [f"What is {s}?", f"What is {op_in_words(s)}?", f"Compute {s}."]
+        return [f"What color is {s}?", f"Name the color of {s}.", f"Which color is {s}?",
+                f"What is the color of {s}?",
+                f"Tell me the color of {s}.", f"Do you know what color {s} is?",
+                f"Quick question: what color is {s}?", f"{s[0].upper()}{s[1:]} is which color?",
+                f"What colour is {s}?", f"Which colour is {s}?", f"I need the color of {s}.",
+                f"What is the colour of {s}?"]
+    if fact.topic == "opposite":
+        return [f"What is the opposite of {s}?", f"Name the opposite of {s}.",
+                f"Which word is the opposite of {s}?", f"What word means the opposite of {s}?",
+                f"Tell me the opposite of {s}.", f"Do you know the opposite of {s}?",
+                f"Quick question: opposite of {s}?", f"What is the antonym of {s}?",
+                f"Give me the opposite of {s}.", f"Which word is opposite to {s}?",
+                f"I need the opposite of {s}.", f"What is the reverse of {s}?"]
+    a, _, b = s.split()
+    w = op_in_words(s)
+    return [f"What is {s}?", f"What is {w}?", f"Compute {s}.", f"Add {a} and {b}.",
+            f"Calculate {s}.", f"What do you get for {s}?", f"How much is {w}?",
+            f"Tell me {s}.", f"Work out {s}.", f"What does {s} equal?",
+            f"Quick question: {s}?", f"Find {w}."]
 
 
 def fact_statements(topic: str, subject: str, answer: str) -> list[str]:
@@ -149,6 +201,8 @@ def fact_statements(topic: str, subject: str, answer: str) -> list[str]:
     if topic == "color":
         return [f"{subject[0].upper()}{subject[1:]} is {answer}.",
                 f"The color of {subject} is {answer}."]
+    if topic == "opposite":
+        return [f"The opposite of {subject} is {answer}.", f"{subject.capitalize()} and {answer} are opposites."]
     if topic == "arithmetic":
         return [f"{subject} = {answer}.", f"{op_in_words(subject)} is {answer}."]
     raise ValueError(f"topic must be one of {TOPICS}, got {topic!r}")
@@ -157,8 +211,8 @@ def fact_statements(topic: str, subject: str, answer: str) -> list[str]:
 def all_questions() -> list[Question]:
     """Every (fact x template) question, in a fixed order: facts as in :func:`all_facts`, then
     templates as in :func:`question_prompts`."""
-    return [Question(f.topic, p, f.answer, f.subject)
-            for f in all_facts() for p in question_prompts(f)]
+    return [Question(f.topic, p, f.answer, f.subject, t)
+            for f in all_facts() for t, p in enumerate(question_prompts(f))]
 
 
 def split_facts(seed: int = 0, heldout_fraction: float = 0.2) -> tuple[list[Fact], list[Fact]]:
@@ -179,19 +233,43 @@ def split_facts(seed: int = 0, heldout_fraction: float = 0.2) -> tuple[list[Fact
     return [f for f in facts if f not in heldout], [f for f in facts if f in heldout]
 
 
-def split_questions(seed: int = 0,
-                    heldout_fraction: float = 0.2) -> tuple[list[Question], list[Question]]:
-    """Split :func:`all_questions` into ``(train, heldout)`` by fact (see :func:`split_facts`).
+class QuestionSplits(NamedTuple):
+    """The world's three question sets (see the module docstring)."""
 
-    Every template of a held-out fact is held out, so no held-out fact is ever asked in
-    training. The default ``seed=0`` is *the* split every other generator uses by default.
+    train: list[Question]      # training facts, training templates
+    rephrased: list[Question]  # training facts, new phrasings: the main evaluation
+    unseen: list[Question]     # held-out facts, every template
+
+
+def question_splits(seed: int = 0, heldout_fraction: float = 0.2) -> QuestionSplits:
+    """Split :func:`all_questions` into :class:`QuestionSplits` ``(train, rephrased, unseen)``.
+
+    Facts are held out with :func:`split_facts`; a training fact's questions go to ``train``
+    under templates ``0..TRAIN_TEMPLATES-1`` and to ``rephrased`` under the others. No
+    training data contains a ``rephrased`` or ``unseen`` question. The default ``seed=0`` is
+    *the* split every other generator uses by default.
     """
     _, heldout_facts = split_facts(seed, heldout_fraction)
     held = {(f.topic, f.subject) for f in heldout_facts}
-    train, heldout = [], []
+    splits = QuestionSplits([], [], [])
     for q in all_questions():
-        (heldout if (q.topic, q.subject) in held else train).append(q)
-    return train, heldout
+        part = splits.unseen if (q.topic, q.subject) in held else \
+            splits.rephrased if q.rephrased else splits.train
+        part.append(q)
+    return splits
+
+
+def split_questions(seed: int = 0,
+                    heldout_fraction: float = 0.2) -> tuple[list[Question], list[Question]]:
+    """``(train, unseen)`` of :func:`question_splits`: the training questions, and every
+    question about a held-out fact (never asked in training under any template)."""
+    splits = question_splits(seed, heldout_fraction)
+    return splits.train, splits.unseen
+
+
+def fact_questions(questions: Sequence[Question]) -> list[Question]:
+    """The questions of the four fact topics (:data:`FACT_TOPICS`), in order."""
+    return [q for q in questions if q.topic in FACT_TOPICS]
 
 
 def group_by_topic(items: Sequence) -> list[list]:

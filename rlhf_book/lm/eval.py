@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling
 from rlhf_book.lm.ops import masked_sum
-from rlhf_book.lm.rollout import encode_prompts, token_log_probs
+from rlhf_book.lm.rollout import Reward, encode_prompts, token_log_probs
 
 ANSWER_KINDS = ("right", "wrong", "none")
 
@@ -63,17 +64,28 @@ def sampled_kl(params, ref_params, tokens, mask, model_config: gpt.GPTConfig) ->
     return np.asarray(masked_sum(logp - ref, mask, axis=1))
 
 
-def evaluate_policy(params, questions: Sequence[data.Question], model_config: gpt.GPTConfig,
-                    key, *, ref_params=None, samples: int = 1, temperature: float = 1.0,
-                    max_new_tokens: int = 48, score: Callable = data.gold_reward) -> dict:
+_reward_fns: dict = {}
+
+
+def _jitted(fn: Callable) -> Callable:
+    """One compiled copy per reward function (a reward model's is reused across calls)."""
+    if fn not in _reward_fns:
+        _reward_fns[fn] = jax.jit(fn)
+    return _reward_fns[fn]
+
+
+def answer_samples(params, questions: Sequence[data.Question], model_config: gpt.GPTConfig,
+                   key, *, samples: int = 1, temperature: float = 1.0, max_new_tokens: int = 48,
+                   ref_params=None, reward: Reward | None = None,
+                   score: Callable = data.gold_reward) -> dict:
     """Answer each question ``samples`` times (KV-cache sampling at ``temperature``; 0 is
-    greedy) and measure the answers. Returns means with standard errors over the answers:
-    ``gold`` (``score``, the gold reward by default) and ``gold_se``, ``accuracy`` and
-    ``accuracy_se`` (the gold answer stated), ``answer_bytes``, ``length`` (tokens),
-    ``stopped`` (ended with ``<|end|>``) and ``stopped_se``; with ``ref_params``, the sequence
-    KL to the reference (:func:`sampled_kl`; an unbiased estimate of ``KL(pi || pi_ref)`` only
-    at ``temperature == 1``) as ``kl`` and ``kl_se``; ``n`` answers, and the
-    ``texts`` themselves."""
+    greedy) and measure every answer. Returns arrays of shape ``[len(questions), samples]``:
+    ``gold`` (``score``, the gold reward by default), ``right``, ``wrong`` and ``none``
+    (:func:`answer_kind` as 0/1), ``bytes``, ``length`` (tokens), ``stopped`` (ended with
+    ``<|end|>``); with ``ref_params``, ``kl``: the sequence log-ratio to the reference
+    (:func:`sampled_kl`, an unbiased estimate of ``KL(pi || pi_ref)`` only at temperature 1);
+    with ``reward`` (a :class:`~rlhf_book.lm.rollout.Reward`, e.g. a reward model), ``reward``:
+    its score of exactly the generated tokens, as RL reads them; and the ``texts``."""
     questions = list(questions)
     if not questions:
         raise ValueError("questions must be a non-empty sequence of Question")
@@ -86,14 +98,50 @@ def evaluate_policy(params, questions: Sequence[data.Question], model_config: gp
                             temperature=temperature)
     texts = sampling.decode_masked(gen.tokens, gen.mask)
     scored = score_answers([questions[i] for i in ids], texts, score)
-    out = {"n": len(texts), "texts": texts,
-           "answer_bytes": float(scored["bytes"].mean()),
-           "length": float(np.asarray(gen.mask).sum(1).mean())}
-    measures = {"gold": scored["score"], "accuracy": scored["right"],
-                "stopped": np.asarray(gen.stopped, np.float64)}
+    out = {"gold": scored["score"], "right": scored["right"],
+           **{kind: scored["kind"] == kind for kind in ANSWER_KINDS[1:]},
+           "bytes": scored["bytes"], "length": np.asarray(gen.mask).sum(1),
+           "stopped": np.asarray(gen.stopped)}
     if ref_params is not None:
-        measures["kl"] = sampled_kl(params, ref_params, gen.tokens, gen.mask, model_config)
-    for name, values in measures.items():
-        mean, se = mean_se(values)
-        out[name], out[f"{name}_se"] = float(mean), float(se)
+        out["kl"] = sampled_kl(params, ref_params, gen.tokens, gen.mask, model_config)
+    if reward is not None:
+        out["reward"] = np.asarray(_jitted(reward.fn)(reward.params, gen.tokens, gen.mask,
+                                                      jnp.asarray(ids)))
+    shape = (len(questions), samples)
+    out = {k: np.asarray(v, np.float64).reshape(shape) for k, v in out.items()}
+    return {**out, "texts": np.asarray(texts, dtype=object).reshape(shape)}
+
+
+def evaluate_policy(params, questions: Sequence[data.Question], model_config: gpt.GPTConfig,
+                    key, *, ref_params=None, samples: int = 1, temperature: float = 1.0,
+                    max_new_tokens: int = 48, score: Callable = data.gold_reward) -> dict:
+    """Answer each question ``samples`` times (:func:`answer_samples`) and average. Returns
+    means with standard errors over the answers: ``gold`` (``score``, the gold reward by
+    default) and ``gold_se``, ``accuracy`` and ``accuracy_se`` (the gold answer stated),
+    ``answer_bytes``, ``length`` (tokens), ``stopped`` (ended with ``<|end|>``) and
+    ``stopped_se``; with ``ref_params``, the sequence KL to the reference as ``kl`` and
+    ``kl_se``; ``n`` answers, and the ``texts`` themselves."""
+    a = answer_samples(params, questions, model_config, key, samples=samples,
+                       temperature=temperature, max_new_tokens=max_new_tokens,
+                       ref_params=ref_params, score=score)
+    out = {"n": a["gold"].size, "texts": a["texts"].ravel().tolist(),
+           "answer_bytes": float(a["bytes"].mean()), "length": float(a["length"].mean())}
+    for name, key_ in (("gold", "gold"), ("accuracy", "right"), ("stopped", "stopped"),
+                       ("kl", "kl")):
+        if key_ in a:
+            mean, se = mean_se(a[key_].ravel())
+            out[name], out[f"{name}_se"] = float(mean), float(se)
     return out
+
+
+def pass_at_k(n: int, c, k: int) -> np.ndarray:
+    """The unbiased pass@k estimate from ``n`` samples of which ``c`` are correct (Chen et al.,
+    2021): ``1 - C(n - c, k) / C(n, k)``, the probability that at least one of ``k`` samples
+    drawn without replacement is correct. ``c`` may be an array (one count per problem)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, n={n}], got {k!r}")
+    c = np.asarray(c)
+    # C(n - c, k) / C(n, k) = prod_{i=0}^{k-1} (n - c - i) / (n - i), zero once n - c < k
+    i = np.arange(k)
+    ratio = np.prod(np.clip(n - c[..., None] - i, 0, None) / (n - i), axis=-1)
+    return 1.0 - ratio

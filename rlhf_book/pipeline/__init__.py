@@ -24,18 +24,22 @@ import pathlib
 import time
 
 import jax
+import numpy as np
 
+from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book.lm import gpt
 from rlhf_book.pipeline import report, stages
-from rlhf_book.pipeline.report import best_of_n_report, policy_report, sample_texts
-from rlhf_book.pipeline.stages import (PipelineConfig, StageResult, best_of_n_stage,
-                                       dpo_stage, heldout_questions, pretrain_stage,
-                                       reward_model_stage, rl_stage, sft_stage)
+from rlhf_book.pipeline.report import (best_of_n_answers, policy_answers, sample_texts,
+                                       summarise)
+from rlhf_book.pipeline.stages import (PipelineConfig, StageResult, arithmetic_questions,
+                                       best_of_n_stage, dpo_stage, heldout_questions,
+                                       pretrain_stage, reward_model_stage, rl_stage, sft_stage,
+                                       unseen_questions)
 
 __all__ = ["PipelineConfig", "StageResult", "run_pipeline", "pretrain_stage", "sft_stage",
            "reward_model_stage", "rl_stage", "dpo_stage", "best_of_n_stage",
-           "heldout_questions", "policy_report", "best_of_n_report", "sample_texts", "report",
-           "stages"]
+           "heldout_questions", "unseen_questions", "arithmetic_questions", "policy_answers",
+           "best_of_n_answers", "summarise", "sample_texts", "report", "stages"]
 
 
 def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool = True,
@@ -50,25 +54,41 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     pretrained = pretrain_stage(config, **kw)
     samples = report.pretraining_samples(init, pretrained.params, model_config, log)
     sft = sft_stage(config, pretrained, **kw)
-    questions = heldout_questions(config)
-    evaluation = report.heldout_answers(pretrained.params, sft.params, model_config, questions,
-                                        log)
     rm = reward_model_stage(config, sft, **kw)
-    rl = rl_stage(config, sft, rm, **kw)
-    dpo = dpo_stage(config, sft, **kw)
-    policies = {name: policy_report(stage.params, sft.params, rm.params, model_config, questions,
-                                    pooling=config.reward_model.pooling, seed=config.seed)
-                for name, stage in (("sft", sft), ("rl", rl), ("dpo", dpo))}
-    policies[f"best-of-{config.best_of_n}"] = best_of_n_report(
-        best_of_n_stage(config, sft, rm, questions), questions)
+    results = {"pretrain": pretrained, "sft": sft, "reward_model": rm,
+               "rl": rl_stage(config, sft, rm, **kw)}
+    if config.rl_pushed is not None:
+        results["rl_pushed"] = rl_stage(config, sft, rm, pushed_from=results["rl"], **kw)
+    results["dpo"] = dpo_stage(config, sft, rm, **kw)
 
-    results = {"pretrain": pretrained, "sft": sft, "reward_model": rm, "rl": rl, "dpo": dpo}
-    figures = report.write_figures(out / "figures", *results.values(),
-                                   reward_name=config.rl_reward.replace("_", " "))
-    report.print_results(config, results, evaluation, policies, questions, log)
+    questions = {"rephrased": heldout_questions(config), "unseen": unseen_questions(config),
+                 "arithmetic": arithmetic_questions(config)}
+    reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
+    models = {"pretrained": pretrained, "sft": sft, "rl": results["rl"],
+              "rl (pushed)": results.get("rl_pushed"), "dpo": results["dpo"]}
+    models = {name: stage for name, stage in models.items() if stage is not None}
+    answers = {split: {name: report.policy_answers(
+        models[name].params, sft.params, reward, model_config, questions[split],
+        samples=samples, seed=config.seed) for name in names} for split, names, samples in (
+            ("rephrased", models, config.eval_samples), ("unseen", ("sft", "rl", "dpo"), 1))}
+    main = questions["rephrased"]
+    picks = np.unique(np.linspace(0, len(main) - 1, config.best_of_n_questions).astype(int))
+    bon_questions = [main[i] for i in picks]  # spread over every topic
+    answers["rephrased"][f"best-of-{config.best_of_n}"] = report.best_of_n_answers(
+        best_of_n_stage(config, sft, rm, bon_questions), bon_questions, picks)
+    answers["arithmetic"] = {"sft": report.policy_answers(
+        sft.params, sft.params, reward, model_config, questions["arithmetic"],
+        samples=config.arithmetic_samples, seed=config.seed)}
+
+    figures = report.write_figures(out / "figures", pretrained, sft, rm, results["rl"],
+                                   results["dpo"], config.rl_reward.replace("_", " "),
+                                   rl_pushed=results.get("rl_pushed"))
+    report.print_results(config, results, answers, questions, log)
     log(f"\ncheckpoints: {', '.join(str(r.path) for r in results.values())}"
         f"\nfigures: {', '.join(map(str, figures.values()))}"
         f"\ntotal: {time.perf_counter() - t0:.1f}s")
-    return {**results, "samples": samples, "evaluation": evaluation, "figures": figures,
-            "policies": {name: {k: v for k, v in m.items() if k != "answers"}
-                         for name, m in policies.items()}}
+    summary = {split: {name: report.summarise(a, by_model.get("sft") if name != "sft" else None)
+                       for name, a in by_model.items()}
+               for split, by_model in answers.items()}
+    return {**results, "samples": samples, "figures": figures, "summary": summary,
+            "answers": answers}

@@ -13,16 +13,13 @@ import pathlib
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from rlhf_book import ch04_instruction_tuning as ch04
-from rlhf_book import ch05_reward_models as ch05
 from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer
-from rlhf_book.lm.eval import evaluate_policy, score_answers
+from rlhf_book.lm.eval import answer_samples, mean_se, pass_at_k, score_answers
 from rlhf_book.lm.rollout import encode_prompts
 from rlhf_book.pipeline.stages import PipelineConfig, StageResult, eval_max_new_tokens
 from rlhf_book.textbook.figures import finish_axes
@@ -54,54 +51,56 @@ def sample_texts(params, model_config: gpt.GPTConfig, prompts, *, seed=0, max_ne
     return sampling.completions(gen)
 
 
-def evaluate_model(params, model_config: gpt.GPTConfig, questions) -> tuple[dict, list[str]]:
-    """Greedy answers to ``questions`` through the chat template, scored (ch. 4 evaluation)."""
-    answers, stopped = ch04.generate_answers(params, model_config, questions, max_new_tokens=64)
-    return ch04.evaluate_answers(questions, answers, stopped), answers
-
-
-_reward_scores = jax.jit(ch05.reward_scores, static_argnums=(3, 4))
-
-
-def policy_report(params, sft_params, rm_params, model_config: gpt.GPTConfig, questions, *,
-                  pooling: str = "last", seed: int = 0) -> dict:
-    """A policy on ``questions`` (held out): greedy answers scored by the gold reward
-    (``ch04.evaluate_answers``) and by the reward model (reading exactly the generated tokens,
-    as in RL), their length, and the sampled KL to the SFT model
-    (:func:`rlhf_book.lm.eval.evaluate_policy`, 4 samples per question at temperature 1)."""
+def policy_answers(params, sft_params, reward, model_config: gpt.GPTConfig, questions, *,
+                   samples: int, seed: int) -> dict:
+    """``samples`` answers per question sampled at temperature 1 (what RL optimises and what
+    best-of-N draws from), each measured by :func:`rlhf_book.lm.eval.answer_samples`: gold
+    reward, right / wrong / none, bytes, the reward model's score (``rm``, reading exactly
+    the generated tokens, as in RL) and the sampled KL to the SFT model."""
     prompts = encode_prompts([q.prompt for q in questions])
-    max_new = eval_max_new_tokens(model_config, prompts)
-    gen = sampling.generate(params, prompts.tokens, jax.random.PRNGKey(seed), model_config,
-                            prompt_lengths=prompts.lengths, max_new_tokens=max_new,
-                            temperature=0.0)
-    answers = sampling.completions(gen)
-    metrics = ch04.evaluate_answers(questions, answers, np.asarray(gen.stopped).tolist())
-    real = (gen.tokens != tokenizer.PAD).astype(jnp.int32)  # prompt + answer, as in RL
-    rm = np.asarray(_reward_scores(rm_params, gen.tokens, real, model_config, pooling))
-    kl = evaluate_policy(params, questions, model_config, jax.random.PRNGKey(seed),
-                         ref_params=sft_params, samples=4, temperature=1.0,
-                         max_new_tokens=max_new)
-    return {**metrics, "rm_score": float(rm.mean()), "kl_to_sft": kl["kl"],
-            "kl_to_sft_se": kl["kl_se"], "sampled_length": kl["length"], "answers": answers}
+    a = answer_samples(params, questions, model_config, jax.random.PRNGKey(seed),
+                       samples=samples, max_new_tokens=eval_max_new_tokens(model_config, prompts),
+                       ref_params=sft_params, reward=reward)
+    a["rm"] = a.pop("reward")
+    return a
 
 
-def best_of_n_report(bon: ch09.BestOfN, questions) -> dict:
-    """Best-of-``n`` (:func:`rlhf_book.pipeline.stages.best_of_n_stage`) on ``questions``,
-    measured like a policy: the gold reward, accuracy and length of the reward model's picks;
-    the KL to the SFT model is the analytic bound ``log n - (n - 1)/n`` (``ch09.best_of_n_kl``:
-    exact for continuous rewards, an upper bound with ties). ``single_*`` are the scores of
-    one sample (all ``n`` averaged): what best-of-``n`` improves on."""
+def best_of_n_answers(bon: ch09.BestOfN, questions, question_index=None) -> dict:
+    """Best-of-``n`` (:func:`rlhf_book.pipeline.stages.best_of_n_stage`) measured like
+    :func:`policy_answers` (one answer per question, the reward model's pick); ``single_gold``
+    is the mean gold reward of all ``n`` samples per question, what best-of-``n`` improves on.
+    Its KL to the SFT model is the analytic bound ``log n - (n - 1)/n``
+    (``ch09.best_of_n_kl``: exact for continuous rewards, an upper bound with ties).
+    ``question_index`` says which questions of a larger evaluation these are (for the paired
+    comparison of :func:`summarise`)."""
     B, n, T = bon.all_tokens.shape
-    answers = sampling.decode_masked(bon.tokens, bon.mask)
-    chosen_stopped = np.asarray(bon.stopped)[np.arange(B), np.asarray(bon.choice)]
-    metrics = ch04.evaluate_answers(questions, answers, chosen_stopped.tolist())
+    texts = sampling.decode_masked(bon.tokens, bon.mask)
+    scored = score_answers(questions, texts)
     every = sampling.decode_masked(np.asarray(bon.all_tokens).reshape(B * n, T),
                                    np.asarray(bon.all_mask).reshape(B * n, T))
     single = score_answers([q for q in questions for _ in range(n)], every)["score"]
-    return {**metrics, "rm_score": float(np.mean(bon.rewards)),
-            "kl_to_sft": float(ch09.best_of_n_kl(n)), "single_gold_reward": float(np.mean(single)),
-            "single_rm_score": float(np.mean(bon.all_rewards)), "n_samples": n,
-            "answers": answers}
+    col = lambda x: np.asarray(x, np.float64).reshape(B, 1)  # noqa: E731
+    return {"gold": col(scored["score"]), "right": col(scored["right"]),
+            "wrong": col(scored["kind"] == "wrong"), "none": col(scored["kind"] == "none"),
+            "bytes": col(scored["bytes"]), "rm": col(bon.rewards),
+            "kl_bound": float(ch09.best_of_n_kl(n)), "texts": np.asarray(texts, object)[:, None],
+            "single_gold": single.reshape(B, n).mean(1), "single_rm":
+            np.asarray(bon.all_rewards).mean(1), "n_samples": n,
+            "question_index": np.arange(B) if question_index is None else np.asarray(question_index)}
+
+
+def summarise(answers: dict, reference: dict | None = None) -> dict:
+    """Means over questions of the per-question means of :func:`policy_answers`, each with
+    its standard error over questions (the unit that was sampled); with ``reference`` (the
+    SFT model's answers to the same questions), the paired gain in gold reward and its SE."""
+    out = {}
+    for k in ("gold", "right", "wrong", "none", "bytes", "rm", "kl"):
+        if k in answers:
+            out[k], out[f"{k}_se"] = (float(v) for v in mean_se(answers[k].mean(1)))
+    if reference is not None:
+        ref = reference["gold"].mean(1)[answers.get("question_index", slice(None))]
+        out["gain"], out["gain_se"] = (float(v) for v in mean_se(answers["gold"].mean(1) - ref))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +154,20 @@ def plot_rl_curves(history: dict, path: pathlib.Path, reward_name: str) -> pathl
     return _save(fig, ax, path)
 
 
+def plot_overoptimisation(curves: dict[str, dict], path: pathlib.Path) -> pathlib.Path:
+    """Gold reward and reward-model score of rephrased questions' answers against the KL to the
+    SFT model, along each RL run (book ch. 14, after Gao et al., 2023): the proxy keeps rising
+    while the gold reward peaks and falls."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for (name, c), color in zip(curves.items(), ("C0", "C3")):
+        ax.plot(c["kl"], c["rm"], "o--", color=color, ms=3, label=f"{name}: RM score")
+        ax.plot(c["kl"], c["gold"], "o-", color=color, ms=3, label=f"{name}: gold reward")
+    finish_axes(ax, xlabel="KL to SFT (nats per completion)", ylabel="mean reward",
+                title="Optimising the proxy: reward-model score vs gold reward")
+    return _save(fig, ax, path)
+
+
 def plot_dpo_curves(history: dict, path: pathlib.Path) -> pathlib.Path:
     """The DPO stage's training curves: the batch's mean sequence log-probs of the chosen and
     rejected completions (preference displacement: both may fall, the rejected faster) and the
@@ -170,10 +183,14 @@ def plot_dpo_curves(history: dict, path: pathlib.Path) -> pathlib.Path:
 
 
 def write_figures(folder: pathlib.Path, pretrained: StageResult, sft: StageResult,
-                  rm: StageResult, rl: StageResult, dpo: StageResult,
-                  reward_name: str) -> dict[str, pathlib.Path]:
+                  rm: StageResult, rl: StageResult, dpo: StageResult, reward_name: str,
+                  rl_pushed: StageResult | None = None) -> dict[str, pathlib.Path]:
     """Every stage's figure as a PNG in ``folder``; returns their paths by stage."""
+    curves = {"rl": rl.metrics["curve"]}
+    if rl_pushed is not None:
+        curves["rl (pushed)"] = rl_pushed.metrics["curve"]
     return {
+        "overoptimisation": plot_overoptimisation(curves, folder / "overoptimisation.png"),
         "pretrain": plot_loss_curve(pretrained.metrics["history"], folder / "pretrain_loss.png"),
         "sft": plot_loss_curve(sft.metrics["history"], folder / "sft_loss.png",
                                title="SFT of the pretrained mini GPT (assistant tokens)"),
@@ -207,23 +224,14 @@ def pretraining_samples(before, after, model_config: gpt.GPTConfig, log: Log) ->
     return texts
 
 
-def heldout_answers(pretrained, sft, model_config: gpt.GPTConfig, questions, log: Log) -> dict:
-    """The pretrained and SFT models' greedy answers to the held-out ``questions``
-    (:func:`evaluate_model`), the first few printed. Returns each model's metrics."""
-    evaluation = {name: evaluate_model(params, model_config, questions)
-                  for name, params in (("pretrained", pretrained), ("sft", sft))}
-    log("\nAnswers to held-out questions (greedy, through the chat template), "
-        "pretrained -> SFT:")
-    show_answers(questions, {name: answers for name, (_, answers) in evaluation.items()}, log)
-    return {name: metrics for name, (metrics, _) in evaluation.items()}
-
-
-def show_answers(questions, answers: dict[str, list[str]], log: Log, shown: int = 4) -> None:
-    """The first ``shown`` questions and each model's answer (60 bytes of it)."""
+def show_answers(questions, answers: dict[str, Sequence[str]], log: Log,
+                 picks: Sequence[int] = (0, 1, 2)) -> None:
+    """The questions at ``picks`` and each model's (first) answer to them, 70 bytes of each."""
     width = max(map(len, answers)) + 1
-    for k, q in enumerate(questions[:shown]):
+    for k in picks:
+        q = questions[k]
         log(f"  {q.prompt!r} (gold: {q.answer})" + "".join(
-            f"\n    {name + ':':<{width}} {texts[k][:60]!r}" for name, texts in answers.items()))
+            f"\n    {name + ':':<{width}} {texts[k][:70]!r}" for name, texts in answers.items()))
 
 
 def training_table(config: PipelineConfig, results: Sequence[StageResult], log: Log) -> None:
@@ -241,40 +249,36 @@ def training_table(config: PipelineConfig, results: Sequence[StageResult], log: 
     table(rows, log)
 
 
-def heldout_table(evaluation: dict[str, dict], questions, log: Log) -> None:
-    rows = [("model", "gold reward", "accuracy", "answer bytes", "stops by itself")]
-    for name, m in evaluation.items():
-        rows.append((name, f"{m['gold_reward']:+.3f}", f"{m['accuracy']:.1%}",
-                     f"{m['answer_bytes']:.1f}", f"{m['stopped']:.0%}"))
-    n_facts = len({(q.topic, q.subject) for q in questions})
-    log(f"\nHeld-out questions ({len(questions)} questions about {n_facts} facts never in a "
-        f"demonstration; gold reward in [{data.GOLD_MIN}, {data.GOLD_MAX}])")
-    table(rows, log)
+def fmt(mean: float, se: float, digits: int = 3, sign: str = "+") -> str:
+    return f"{mean:{sign}.{digits}f} +- {se:.{digits}f}"
 
 
 def reward_model_table(m: dict, log: Log) -> None:
-    rows = [("reward model", "accuracy", "vs gold", "ceiling", "annotator agreement",
-             "mean r chosen", "mean r rejected"),
-            ("held-out pairs", f"{m['heldout_accuracy']:.1%}", f"{m['heldout_gold_accuracy']:.1%}",
-             f"{m['ceiling']:.1%}", f"{m['agreement']:.1%}", f"{m['heldout_mean_chosen']:+.2f}",
-             f"{m['heldout_mean_rejected']:+.2f}")]
-    log(f"\nReward model on {m['eval_pairs']} pairs about held-out facts (accuracy: against "
-        f"the annotators' majority label; vs gold: against the higher gold reward; ceiling: the "
-        f"best accuracy any model can reach on these labels)")
+    rows = [("pairs", "n", "accuracy", "ceiling", "vs gold")]
+    for name, k in (("all", m), *((f"{kind} pairs", m["by_kind"][kind]) for kind in m["by_kind"])):
+        acc = k.get("accuracy", k.get("heldout_accuracy"))
+        rows.append((name, str(k.get("pairs", m["eval_pairs"])), f"{acc:.1%}",
+                     f"{k['ceiling']:.1%}", f"{k.get('gold_accuracy', m['heldout_gold_accuracy']):.1%}"))
+    log(f"\nReward model on {m['eval_pairs']} pairs about rephrased questions (accuracy: against "
+        f"the annotators' majority label; ceiling: the best any model can reach on those noisy, "
+        f"biased labels; vs gold: against the higher gold reward). Annotator agreement "
+        f"{m['agreement']:.1%}; mean r chosen {m['heldout_mean_chosen']:+.2f}, rejected "
+        f"{m['heldout_mean_rejected']:+.2f}")
     table(rows, log)
 
 
-def rl_summary(config: PipelineConfig, h: dict, log: Log) -> None:
+def rl_summary(name: str, config: PipelineConfig, rc, h: dict, log: Log) -> None:
     reward_name = config.rl_reward.replace("_", " ")
     k = max(1, len(h["score"]) // 4)
-    log(f"\nRL ({config.rl.algorithm}, rewarded by the {reward_name}): mean {reward_name} of "
-        f"the sampled completions {np.mean(h['score'][:k]):+.3f} (first {k} steps) -> "
-        f"{np.mean(h['score'][-k:]):+.3f} (last {k}); KL to SFT {h['kl'][-1]:.2f} nats")
+    log(f"{name} ({rc.algorithm}, beta={rc.beta}, {rc.steps} steps, rewarded by the "
+        f"{reward_name}): mean {reward_name} of the sampled completions "
+        f"{np.mean(h['score'][:k]):+.3f} (first {k} steps) -> {np.mean(h['score'][-k:]):+.3f} "
+        f"(last {k}); KL to SFT {h['kl'][-1]:.2f} nats")
 
 
 def dpo_summary(config: PipelineConfig, dpo: dict, rm: dict, log: Log) -> None:
     d, h = dpo["heldout"], dpo["history"]
-    log(f"\nDPO ({config.dpo.loss}, beta={config.dpo.beta}): the implicit reward "
+    log(f"DPO ({config.dpo.loss}, beta={config.dpo.beta}): the implicit reward "
         f"beta*log(pi/pi_sft) ranks {d['accuracy']:.1%} +- {d['accuracy_se']:.1%} of the held-out "
         f"pairs as the annotators did (reward model: {rm['heldout_accuracy']:.1%}) and "
         f"{d['gold_accuracy']:.1%} as the gold reward does; mean log-prob of the chosen "
@@ -284,35 +288,74 @@ def dpo_summary(config: PipelineConfig, dpo: dict, rm: dict, log: Log) -> None:
 
 
 def best_of_n_summary(n: int, b: dict, log: Log) -> None:
-    log(f"Best-of-{n} (ranked by the reward model): one sample -> the reward "
-        f"model's pick: RM score {b['single_rm_score']:+.3f} -> {b['rm_score']:+.3f}, gold "
-        f"reward {b['single_gold_reward']:+.3f} -> {b['gold_reward']:+.3f}; KL to SFT <= "
-        f"log N - (N-1)/N = {b['kl_to_sft']:.2f} nats")
+    log(f"Best-of-{n} (ranked by the reward model): one sample -> the reward model's pick: RM "
+        f"score {b['single_rm'].mean():+.3f} -> {b['rm'].mean():+.3f}, gold reward "
+        f"{b['single_gold'].mean():+.3f} -> {b['gold'].mean():+.3f}; KL to SFT <= log N - "
+        f"(N-1)/N = {b['kl_bound']:.2f} nats")
 
 
-def policy_table(config: PipelineConfig, policies: dict[str, dict], questions, log: Log) -> None:
-    rows = [("model", "gold reward", "accuracy", "RM score", "KL to SFT", "answer bytes")]
-    for name, m in policies.items():
-        kl = (f"{m['kl_to_sft']:.2f} +- {m['kl_to_sft_se']:.2f}" if "kl_to_sft_se" in m
-              else f"<= {m['kl_to_sft']:.2f}")
-        rows.append((name, f"{m['gold_reward']:+.3f}", f"{m['accuracy']:.1%}",
-                     f"{m['rm_score']:+.3f}", kl, f"{m['answer_bytes']:.1f}"))
-    log(f"\nSFT vs RL, DPO and best-of-N on the held-out questions (greedy answers, except "
-        f"best-of-N: {config.best_of_n} samples at temperature 1, the reward model's favourite "
-        f"kept; KL: sampled, nats per completion, or best-of-N's analytic bound)")
+def policy_table(title: str, answers: dict[str, dict], log: Log, reference: str = "sft") -> None:
+    """One row per model: gold reward and its paired gain over ``reference`` (+- SE over
+    questions), right / wrong / no answer, reward-model score, KL to SFT, bytes."""
+    rows = [("model", "gold reward", "vs SFT", "right", "wrong", "none", "RM score",
+             "KL to SFT", "bytes")]
+    ref = answers.get(reference)
+    for name, a in answers.items():
+        m = summarise(a, ref if ref is not None and name != reference else None)
+        kl = fmt(m["kl"], m["kl_se"], 2, "") if "kl" in m else f"<= {a['kl_bound']:.2f}"
+        rows.append((name, fmt(m["gold"], m["gold_se"]),
+                     fmt(m["gain"], m["gain_se"]) if "gain" in m else "",
+                     f"{m['right']:.0%}", f"{m['wrong']:.0%}", f"{m['none']:.0%}",
+                     f"{m['rm']:+.2f}", kl, f"{m['bytes']:.0f}"))
+    log(title)
     table(rows, log)
-    show_answers(questions, {name: m["answers"] for name, m in policies.items()}, log)
 
 
-def print_results(config: PipelineConfig, stages: dict[str, StageResult],
-                  evaluation: dict[str, dict], policies: dict[str, dict], questions,
-                  log: Log) -> None:
-    """The results tables: training, held-out answers of the pretrained and SFT models, the
-    reward model, RL, DPO, best-of-N, and every policy side by side."""
+def arithmetic_line(answers: dict[str, dict], log: Log) -> dict:
+    """pass@1 and pass@n (Chen et al., 2021) of each model on the rephrased sums."""
+    out = {}
+    for name, a in answers.items():
+        n = a["right"].shape[1]
+        c = a["right"].sum(1)
+        out[name] = {"pass@1": mean_se(pass_at_k(n, c, 1)), f"pass@{n}": mean_se(pass_at_k(n, c, n))}
+    log(f"\nArithmetic ({len(c)} rephrased sums a + b, {n} answers each at temperature 1, the "
+        f"last integer checked; the RLVR of chapter 7): " + "; ".join(
+            f"{name} pass@1 {fmt(*m['pass@1'], 2, '')}, pass@{n} {fmt(*m[f'pass@{n}'], 2, '')}"
+            for name, m in out.items()))
+    return out
+
+
+def print_results(config: PipelineConfig, stages: dict[str, StageResult], answers: dict,
+                  questions, log: Log) -> None:
+    """The results: training, the reward model, RL / DPO / best-of-N summaries, every model on
+    the rephrased questions side by side, the unseen facts, arithmetic and sampled answers."""
     training_table(config, [stages[k] for k in ("pretrain", "sft", "reward_model")], log)
-    heldout_table(evaluation, questions, log)
     reward_model_table(stages["reward_model"].metrics, log)
-    rl_summary(config, stages["rl"].metrics["history"], log)
+    log("")
+    rl_summary("RL", config, config.rl, stages["rl"].metrics["history"], log)
+    if "rl_pushed" in stages:
+        rl_summary("RL pushed", config, config.rl_pushed, stages["rl_pushed"].metrics["history"],
+                   log)
     dpo_summary(config, stages["dpo"].metrics, stages["reward_model"].metrics, log)
-    best_of_n_summary(config.best_of_n, policies[f"best-of-{config.best_of_n}"], log)
-    policy_table(config, policies, questions, log)
+    best_of_n_summary(config.best_of_n, answers["rephrased"][f"best-of-{config.best_of_n}"], log)
+    main, unseen = questions["rephrased"], questions["unseen"]
+    n_facts = len({(q.topic, q.subject) for q in main})
+    bon = answers["rephrased"][f"best-of-{config.best_of_n}"]
+    policy_table(f"\nRephrased questions: {len(main)} questions about {n_facts} trained facts, in "
+                 f"phrasings no training data contains; {config.eval_samples} answer(s) each "
+                 f"sampled at temperature 1 (best-of-N: the reward model's pick of "
+                 f"{config.best_of_n}, on {len(bon['question_index'])} of them). Gold reward in [{data.GOLD_MIN}, {data.GOLD_MAX}]; +- "
+                 f"one standard error over questions; KL: sampled, nats per completion",
+                 answers["rephrased"], log)
+    policy_table(f"\nUnseen facts: {len(unseen)} questions about "
+                 f"{len({(q.topic, q.subject) for q in unseen})} facts never asked in training "
+                 f"(only stated in the pretraining corpus); one answer each",
+                 answers["unseen"], log)
+    arithmetic_line(answers["arithmetic"], log)
+    log("\nSampled answers to rephrased questions:")
+    texts = {}
+    for name, a in answers["rephrased"].items():
+        texts[name] = np.full(len(main), "", dtype=object)
+        texts[name][a.get("question_index", slice(None))] = a["texts"][:, 0]
+    shown = bon["question_index"][np.linspace(0, len(bon["question_index"]) - 1, 3).astype(int)]
+    show_answers(main, texts, log, picks=shown.tolist())

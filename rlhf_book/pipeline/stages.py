@@ -34,6 +34,7 @@ from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
 from rlhf_book.lm import gpt, train
 from rlhf_book.lm.checks import check_choice, check_positive_ints
+from rlhf_book.lm.eval import answer_samples
 from rlhf_book.lm.rollout import encode_prompts
 from rlhf_book.textbook import substrate
 
@@ -46,7 +47,8 @@ STAGE_SOURCES = {
     "sft": ("ch04_instruction_tuning",),
     "reward": ("ch05_reward_models",),
     "rl": ("ch05_reward_models", "ch06_policy_gradients"),
-    "dpo": ("ch05_reward_models", "ch08_direct_alignment"),
+    "rl_pushed": ("ch05_reward_models", "ch06_policy_gradients"),
+    "dpo": ("ch05_reward_models", "ch06_policy_gradients", "ch08_direct_alignment"),
 }
 THIS_MODULE = "pipeline/stages"
 
@@ -56,30 +58,49 @@ class PipelineConfig:
     """What the pipeline trains. ``quick()`` is a seconds-long version for tests and smoke runs."""
 
     model: str = "mini"
-    # 1200 steps of 16 x 128 tokens (2.5M tokens, ~3 passes over the corpus): about 2-3 minutes
-    # on a 2-core CPU; enough for capitals and animal sounds, not yet for arithmetic.
-    pretrain: train.TrainConfig = train.TrainConfig(steps=1200, batch_size=16)
+    # 2000 steps of 16 x 128 tokens (4.1M tokens, ~5 passes over the corpus): under 2 minutes
+    # on a 2-core CPU. With 1200 the SFT model rarely answers a rephrased question about a fact
+    # it can complete as a statement (greedy accuracy 29%, against 67% after 2400 steps).
+    pretrain: train.TrainConfig = train.TrainConfig(steps=2000, batch_size=16)
     corpus_documents: int = 6000
     eval_fraction: float = 0.05
-    # SFT: 150 steps of 16 packed rows (~2 conversations each), ~25 s on a 2-core CPU.
-    sft: ch04.SFTConfig = ch04.SFTConfig()
-    # Held-out questions answered by each model; None: all 126 (every template of the 42
-    # held-out facts). Greedy answers to all of them take a few seconds.
+    # SFT: 300 steps of 16 packed rows (~1.5 conversations each, ~2.4 passes over the 2,000
+    # demonstrations), ~20 s on a 2-core CPU.
+    sft: ch04.SFTConfig = ch04.SFTConfig(steps=300, learning_rate=2e-4)
+    # The evaluation: every rephrased question about the four fact topics (520: 65 trained
+    # facts x 8 new phrasings; None: all), ``eval_samples`` answers each at temperature 1; the
+    # unseen-fact questions (one answer each); arithmetic pass@k with ``arithmetic_samples``
+    # answers to ``arithmetic_questions`` rephrased sums.
     eval_questions: int | None = None
+    eval_samples: int = 1
+    arithmetic_questions: int = 48
+    arithmetic_samples: int = 16
+    best_of_n_questions: int = 256  # the rephrased questions best-of-N answers (n samples each)
     # Reward model: pairs labelled by the majority of 3 Bradley-Terry annotators (ch. 11).
     reward_model: ch05.RMConfig = ch05.RMConfig()
     annotators: int = 3
     annotator_noise: float = 0.5
-    eval_pairs: int = 1000  # pairs about held-out facts the reward model is tested on
+    annotator_bias: data.AnnotatorBias = data.AnnotatorBias()
+    correctness_pairs: float = 0.5  # the share of right-vs-wrong pairs in one style
+    eval_pairs: int = 1000  # pairs about rephrased questions the reward model is tested on
     # RL (ch. 6): GRPO on prompts about training facts, rewarded by the reward model
     # ("reward_model") or, as an oracle, by the gold reward itself ("gold").
     rl: ch06.RLConfig = ch06.RLConfig(algorithm="grpo", steps=40, learning_rate=3e-5, beta=0.1,
-                                      max_new_tokens=48)
+                                      max_new_tokens=64)
     rl_reward: str = "reward_model"
-    # DPO (ch. 8) from the SFT model on the reward model's training pairs (offline), and
-    # best-of-N sampling (ch. 9) from the SFT model, ranked by the reward model.
-    dpo: ch08.DPOConfig = ch08.DPOConfig(beta=0.5, learning_rate=3e-5, steps=100, batch_size=16,
-                                         log_every=20)
+    # The same RL pushed further against the same reward model (book ch. 14): from the default
+    # run's policy, more steps with no KL penalty. Its reward-model score rises above the
+    # default run's; its gold reward falls below it. None skips it.
+    rl_pushed: ch06.RLConfig | None = ch06.RLConfig(algorithm="grpo", steps=20, learning_rate=1e-4,
+                                                    beta=0.0, max_new_tokens=64)
+    curve_questions: int = 64  # rephrased questions measured after every RL chunk
+    # DPO (ch. 8) from the SFT model, online: pairs of its own samples ranked by the reward
+    # model. (Offline DPO on the annotators' pairs, on_policy=False, lowers the gold reward
+    # here: the pairs' texts are not the policy's, and it learns the annotators' verbosity.)
+    # Best-of-N sampling (ch. 9) from the SFT model, ranked by the reward model.
+    dpo: ch08.DPOConfig = ch08.DPOConfig(beta=0.1, learning_rate=3e-5, steps=40, batch_size=16,
+                                         on_policy=True, completions_per_prompt=4,
+                                         max_new_tokens=64, log_every=10)
     best_of_n: int = 8
     seed: int = 0
     out_dir: str = "runs"
@@ -97,13 +118,18 @@ class PipelineConfig:
             corpus_documents=400,
             sft=ch04.SFTConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
                                n_demonstrations=200, log_every=10),
-            eval_questions=8,
+            eval_questions=8, eval_samples=1, arithmetic_questions=4, arithmetic_samples=4,
+            best_of_n_questions=8,
+            curve_questions=4,
             reward_model=ch05.RMConfig(steps=20, batch_size=8, seq_len=64, warmup_steps=4,
                                        n_pairs=200, log_every=10),
             eval_pairs=64,
             rl=ch06.RLConfig(steps=4, prompts_per_step=4, group_size=4, max_new_tokens=16,
                              log_every=2),
-            dpo=ch08.DPOConfig(steps=4, batch_size=8, log_every=2),
+            rl_pushed=ch06.RLConfig(steps=4, prompts_per_step=4, group_size=4, beta=0.0,
+                                    max_new_tokens=16, log_every=2),
+            dpo=ch08.DPOConfig(steps=4, batch_size=4, on_policy=True, completions_per_prompt=2,
+                               max_new_tokens=16, log_every=2),
             best_of_n=4,
             out_dir=out_dir,
         )
@@ -172,24 +198,46 @@ def corpus_streams(config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
     return train.token_stream(docs[n_eval:]), train.token_stream(docs[:n_eval])
 
 
+def _subset(questions: list, n: int | None, seed: int) -> list:
+    """``n`` of ``questions`` drawn without replacement, in their order (all when ``n`` is None)."""
+    if n is None or n >= len(questions):
+        return questions
+    pick = np.random.default_rng(seed).choice(len(questions), size=n, replace=False)
+    return [questions[i] for i in sorted(pick)]
+
+
 def heldout_questions(config: PipelineConfig) -> list:
-    """The held-out questions every stage is evaluated on: facts no demonstration contains."""
-    heldout = data.split_questions(seed=config.seed)[1]
-    if config.eval_questions is None or config.eval_questions >= len(heldout):
-        return heldout
-    rng = np.random.default_rng(config.seed + 1)
-    pick = rng.choice(len(heldout), size=config.eval_questions, replace=False)
-    return [heldout[i] for i in sorted(pick)]
+    """The main evaluation: rephrased questions about the four fact topics (trained facts,
+    phrasings no training data contains)."""
+    rephrased = data.fact_questions(data.question_splits(seed=config.seed).rephrased)
+    return _subset(rephrased, config.eval_questions, config.seed + 1)
+
+
+def unseen_questions(config: PipelineConfig) -> list:
+    """The second row: questions about held-out facts of the four fact topics, never asked in
+    training (stated only in the pretraining corpus)."""
+    unseen = data.fact_questions(data.question_splits(seed=config.seed).unseen)
+    return _subset(unseen, config.eval_questions, config.seed + 2)
+
+
+def arithmetic_questions(config: PipelineConfig) -> list:
+    """Rephrased sums (trained facts, new phrasings) for pass@k."""
+    rephrased = data.question_splits(seed=config.seed).rephrased
+    return _subset([q for q in rephrased if q.topic == "arithmetic"],
+                   config.arithmetic_questions, config.seed + 3)
 
 
 def preference_data(config: PipelineConfig):
-    """``(train_pairs, heldout_pairs)``: annotated pairs about training facts, and pairs about
-    held-out facts (never in a demonstration or a training pair) to test the reward model on."""
-    kw = dict(n_annotators=config.annotators, noise=config.annotator_noise)
-    train_pairs = data.preference_pairs(seed=config.seed, n=config.reward_model.n_pairs, **kw)
-    heldout = data.split_questions(seed=config.seed)[1]
+    """``(train_pairs, heldout_pairs)``: annotated pairs about the training questions, and
+    pairs about the rephrased ones (never in a demonstration or a training pair) to test the
+    reward model on."""
+    kw = dict(n_annotators=config.annotators, noise=config.annotator_noise,
+              bias=config.annotator_bias, correctness_fraction=config.correctness_pairs)
+    splits = data.question_splits(seed=config.seed)
+    train_pairs = data.preference_pairs(seed=config.seed, n=config.reward_model.n_pairs,
+                                        questions=splits.train, **kw)
     heldout_pairs = data.preference_pairs(seed=config.seed + 1, n=config.eval_pairs,
-                                          questions=heldout, **kw)
+                                          questions=splits.rephrased, **kw)
     return train_pairs, heldout_pairs
 
 
@@ -279,12 +327,24 @@ def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool 
             f"held-out pairs; {config.annotators} annotators per pair, noise "
             f"{config.annotator_noise}")
         params = ch05.init_reward_model(jax.random.PRNGKey(config.seed), sft.params, model_config)
+        # (the held-out pairs are scored once, at the end: scoring them after every chunk
+        # would cost more than a tenth of the stage)
         params, history = ch05.train_reward_model(model_config, params, rc, batch,
-                                                  eval_batch=eval_batch, seed=config.seed,
-                                                  progress=progress)
+                                                  seed=config.seed, progress=progress)
         r_c, r_r = ch05.score_pairs(params, model_config, eval_batch, rc.pooling)
-        gold_c = [p.gold_chosen for p in heldout_pairs]
-        gold_r = [p.gold_rejected for p in heldout_pairs]
+        r_c, r_r = np.asarray(r_c), np.asarray(r_r)
+        history["eval_loss"] = [float(ch05.bradley_terry_loss(r_c, r_r))]
+        kinds = np.asarray([p.kind for p in heldout_pairs])
+        by_kind = {}
+        for kind in data.PAIR_KINDS:  # style pairs and correctness pairs, reported apart
+            sel = np.flatnonzero(kinds == kind)
+            if len(sel):
+                by_kind[kind] = {
+                    "pairs": len(sel), "accuracy": float(np.mean(r_c[sel] > r_r[sel])),
+                    "gold_accuracy": ch05.gold_pair_accuracy([heldout_pairs[i] for i in sel],
+                                                             r_c[sel], r_r[sel]),
+                    "ceiling": data.label_accuracy_ceiling(
+                        [heldout_pairs[i].p_true for i in sel], config.annotators)}
         return params, {
             "initial_loss": float(np.mean(history["loss"][:rc.log_every])),
             "final_train_loss": float(np.mean(history["loss"][-rc.log_every:])),
@@ -292,8 +352,9 @@ def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool 
             "history": _lists(history),
             **{f"heldout_{k}": v for k, v in ch05.reward_margins(r_c, r_r).items()},
             "heldout_gold_accuracy": ch05.gold_pair_accuracy(heldout_pairs, r_c, r_r),
-            "ceiling": data.bt_accuracy_ceiling(gold_c, gold_r, config.annotator_noise,
-                                                config.annotators),
+            "ceiling": data.label_accuracy_ceiling([p.p_true for p in heldout_pairs],
+                                                   config.annotators),
+            "by_kind": by_kind,
             "agreement": data.inter_annotator_agreement([p.votes for p in heldout_pairs])
             if config.annotators > 1 else float("nan"),
             "heldout_rewards": {"chosen": r_c.tolist(), "rejected": r_r.tolist()},
@@ -308,62 +369,104 @@ def reward_model_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool 
                         fresh=fresh, log=log, sft=sft)
 
 
-def rl_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *, fresh: bool = False,
-             progress: bool = True, log: Log = print) -> StageResult:
+def rl_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *,
+             pushed_from: StageResult | None = None, fresh: bool = False, progress: bool = True,
+             log: Log = print) -> StageResult:
     """Stage 4 (book ch. 6): RL from the SFT model, rewarded by the reward model (or the gold
-    reward), on prompts about training facts; or the cached policy."""
+    reward), on the training questions; or the cached policy. With ``pushed_from`` (the
+    default run's result), ``config.rl_pushed`` continues from that policy instead (book ch.
+    14: the same proxy, optimised further, with no KL penalty). After every chunk of steps the
+    policy answers ``config.curve_questions`` rephrased questions once at temperature 1: their
+    mean gold reward, reward-model score and KL to the SFT model are the metrics' ``curve``
+    (the over-optimisation plot)."""
     model_config = gpt.get_config(config.model)
-    rc = config.rl
+    pushed = pushed_from is not None
+    rc = config.rl_pushed if pushed else config.rl
+    stage, name = ("rl_pushed", "rl (pushed)") if pushed else ("rl", "rl")
+    start_params = pushed_from.params if pushed else sft.params
     questions = data.split_questions(seed=config.seed)[0]
     prompts = encode_prompts([q.prompt for q in questions])
     if prompts.tokens.shape[1] + rc.max_new_tokens > model_config.max_seq_len:
         raise ValueError(f"RL prompts ({prompts.tokens.shape[1]} tokens) + max_new_tokens "
                          f"{rc.max_new_tokens} exceed the model's {model_config.max_seq_len}")
+    curve_questions = heldout_questions(config)[:config.curve_questions]
+    rm_reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
 
     def run():
         if config.rl_reward == "gold":
             reward = ch06.text_reward(data.gold_reward, questions)
         else:
-            reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
-        log(f"[rl] {rc.algorithm} on {len(questions)} prompts about training facts, rewarded by "
-            f"the {config.rl_reward.replace('_', ' ')}: {rc.steps} steps x {rc.prompts_per_step} "
-            f"prompts x {rc.group_size} completions, beta={rc.beta}, lr={rc.learning_rate}")
-        params, history = ch06.train_rl(rc, model_config, sft.params, prompts, reward,
-                                        seed=config.seed, progress=progress)
-        return params, {"history": _lists(history)}
+            reward = rm_reward
+        log(f"[{name}] {rc.algorithm} on {len(questions)} training questions, rewarded by "
+            f"the {config.rl_reward.replace('_', ' ')}: {rc.steps} steps x "
+            f"{rc.prompts_per_step} prompts x {rc.group_size} completions, beta={rc.beta}, "
+            f"lr={rc.learning_rate}")
+        def measure(lm_params) -> dict:
+            # the same key at every point: differences along the curve are the policy's
+            a = answer_samples(lm_params, curve_questions, model_config,
+                               jax.random.PRNGKey(config.seed),
+                               max_new_tokens=eval_max_new_tokens(model_config, prompts),
+                               ref_params=sft.params, reward=rm_reward)
+            return {"gold": float(a["gold"].mean()), "rm": float(a["reward"].mean()),
+                    "kl": float(a["kl"].mean())}
 
-    return cached_stage(config, "rl", "rl",
-                        (sft.path.name, rm.path.name, rc, config.rl_reward, config.seed,
+        start = measure(start_params)
+        params, history = ch06.train_rl(rc, model_config, start_params, prompts, reward,
+                                        ref_params=sft.params, seed=config.seed,
+                                        progress=progress,
+                                        evaluate=lambda state: measure(state.params["lm"]))
+        first = config.rl.steps if pushed else 0
+        curve = {"step": [first, *(first + int(k) for k in history["eval_step"])],
+                 **{k: [start[k], *map(float, history[f"eval_{k}"])] for k in start}}
+        return params, {"history": _lists(history), "curve": curve}
+
+    upstream = {"start": pushed_from} if pushed else {}
+    return cached_stage(config, stage, name,
+                        (sft.path.name, rm.path.name, pushed_from.path.name if pushed else None,
+                         rc, config.rl_reward, config.seed, config.curve_questions,
                          np.asarray(prompts.tokens)), run,
-                        fresh=fresh, log=log, sft=sft, reward_model=rm)
+                        fresh=fresh, log=log, sft=sft, reward_model=rm, **upstream)
 
 
-def dpo_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool = False,
+def dpo_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *, fresh: bool = False,
               progress: bool = True, log: Log = print) -> StageResult:
-    """Stage 5 (book ch. 8): DPO from the SFT model on the annotators' pairs the reward model
-    was trained on (offline), with the SFT model as the reference; or the cached policy. Its
-    metrics include the implicit reward's accuracy on the held-out pairs (book eq. 80: the
-    policy read as a reward model), next to the reward model's."""
+    """Stage 5 (book ch. 8): DPO from the SFT model, with the SFT model as the reference; or
+    the cached policy. With ``config.dpo.on_policy`` (the default) its pairs are the policy's
+    own samples for the training questions, the reward model's favourite and least favourite
+    of each group (online DPO; Guo et al., 2024); otherwise the annotators' pairs the reward
+    model was trained on (offline). Its metrics include the implicit reward's accuracy on the
+    held-out pairs (book eq. 80: the policy read as a reward model), next to the reward
+    model's."""
     model_config = gpt.get_config(config.model)
     dc = config.dpo
     train_pairs, heldout_pairs = (fitting(pairs, model_config.max_seq_len)
                                   for pairs in preference_data(config))
-    batch = ch08.encode_preference_pairs(train_pairs)
+    questions = data.split_questions(seed=config.seed)[0]
+    prompts = encode_prompts([q.prompt for q in questions])
+    batch = None if dc.on_policy else ch08.encode_preference_pairs(train_pairs)
 
     def run():
-        log(f"[dpo] {dc.loss} on {len(train_pairs):,} annotated pairs (offline), beta={dc.beta}, "
-            f"lr={dc.learning_rate}, {dc.steps} steps x {dc.batch_size} pairs")
-        params, history = ch08.train_dpo(dc, model_config, sft.params, batch, seed=config.seed,
-                                         progress=progress)
+        if dc.on_policy:
+            log(f"[dpo] online {dc.loss} on {len(questions)} training questions: {dc.steps} steps "
+                f"x {dc.batch_size} prompts x {dc.completions_per_prompt} samples, the reward "
+                f"model's best vs worst; beta={dc.beta}, lr={dc.learning_rate}")
+            reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
+            params, history = ch08.train_dpo(dc, model_config, sft.params, prompts=prompts,
+                                             reward=reward, seed=config.seed, progress=progress)
+        else:
+            log(f"[dpo] {dc.loss} on {len(train_pairs):,} annotated pairs (offline), "
+                f"beta={dc.beta}, lr={dc.learning_rate}, {dc.steps} steps x {dc.batch_size} pairs")
+            params, history = ch08.train_dpo(dc, model_config, sft.params, batch,
+                                             seed=config.seed, progress=progress)
         heldout = ch08.implicit_reward_accuracy(params, sft.params, heldout_pairs, model_config,
                                                 beta=dc.beta)
         return params, {"history": _lists(history), "heldout": heldout}
 
-    return cached_stage(config, "dpo", "dpo",
-                        (sft.path.name, dc, config.seed, config.annotators,
-                         config.annotator_noise, np.asarray(batch.chosen),
-                         np.asarray(batch.rejected)), run,
-                        fresh=fresh, log=log, sft=sft)
+    data_key = (rm.path.name, np.asarray(prompts.tokens)) if dc.on_policy else (
+        config.annotators, config.annotator_noise, config.annotator_bias,
+        config.correctness_pairs, np.asarray(batch.chosen), np.asarray(batch.rejected))
+    return cached_stage(config, "dpo", "dpo", (sft.path.name, dc, config.seed, *data_key), run,
+                        fresh=fresh, log=log, sft=sft, reward_model=rm)
 
 
 def best_of_n_stage(config: PipelineConfig, sft: StageResult, rm: StageResult,
@@ -380,5 +483,5 @@ def best_of_n_stage(config: PipelineConfig, sft: StageResult, rm: StageResult,
 
 
 def eval_max_new_tokens(model_config: gpt.GPTConfig, prompts) -> int:
-    """48 new tokens per answer to a held-out question, or what the context leaves."""
-    return min(48, model_config.max_seq_len - prompts.tokens.shape[1])
+    """64 new tokens per answer (room for a padded answer), or what the context leaves."""
+    return min(64, model_config.max_seq_len - prompts.tokens.shape[1])
