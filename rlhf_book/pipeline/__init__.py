@@ -24,7 +24,6 @@ import pathlib
 import time
 
 import jax
-import numpy as np
 
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book.lm import gpt
@@ -72,8 +71,8 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
         samples=samples, seed=config.seed) for name in names} for split, names, samples in (
             ("rephrased", models, config.eval_samples), ("unseen", ("sft", "rl", "dpo"), 1))}
     main = questions["rephrased"]
-    picks = np.unique(np.linspace(0, len(main) - 1, config.best_of_n_questions).astype(int))
-    bon_questions = [main[i] for i in picks]  # spread over every topic
+    picks = stages.spread(len(main), config.best_of_n_questions)
+    bon_questions = [main[i] for i in picks]
     answers["rephrased"][f"best-of-{config.best_of_n}"] = report.best_of_n_answers(
         best_of_n_stage(config, sft, rm, bon_questions), bon_questions, picks)
     answers["arithmetic"] = {"sft": report.policy_answers(
