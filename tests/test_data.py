@@ -174,7 +174,8 @@ def test_sft_conversations_fit_the_context():
 
 
 def test_preference_pairs_fit_the_context():
-    for p in preference_pairs(seed=0, n=500):
+    for p in preference_pairs(seed=0, n=500) + preference_pairs(seed=0, n=2000,
+                                                                correctness_fraction=1.0):
         assert is_ascii(p.prompt + p.chosen + p.rejected)
         longest = max(len(p.chosen.encode()), len(p.rejected.encode()))
         assert len(p.prompt.encode()) + longest + 5 <= CONTEXT
@@ -447,6 +448,84 @@ def test_single_annotator_labels_are_right_at_the_ceiling_rate():
     assert within_4_se(correct, ceiling, len(pairs))
 
 
+def test_position_bias_shifts_the_logit_of_the_first_shown(delta=0.3, noise=0.5, position=0.4):
+    n = 40_000
+    votes = simulate_annotators(delta, 0.0, n, noise, np.random.default_rng(11), position)
+    assert within_4_se(votes.mean(), sigmoid(delta / noise + position), n)
+
+
+def test_annotator_utility_adds_the_documented_biases():
+    bias = AnnotatorBias(verbosity=0.01, confidence=0.3, position=0.0)
+    text = "It is definitely Paris, for sure."   # 33 bytes, two confident phrases
+    assert count_confident(text) == 2
+    assert annotator_utility(FRANCE, text, bias) == pytest.approx(1.0 + 0.33 + 0.6)
+    assert annotator_utility(FRANCE, text, UNBIASED) == gold_reward(FRANCE, text) == 1.0
+
+
+def test_default_biases_prefer_a_padded_answer_that_gold_ranks_lower():
+    """The verbosity bias the defaults document: most annotators prefer a padded correct answer
+    to a concise one, though its gold reward is lower (book ch. 11 and 14)."""
+    padded = "Great question! The capital of France is Paris. I hope this helps!"  # 66 bytes
+    concise = "The capital of France is Paris."
+    bias = AnnotatorBias()
+    assert gold_reward(FRANCE, padded) < gold_reward(FRANCE, concise)
+    gap = annotator_utility(FRANCE, padded, bias) - annotator_utility(FRANCE, concise, bias)
+    assert 0.5 < sigmoid(gap / 0.5) < 0.7
+
+
+def without_last(text: str, word: str) -> str:
+    at = text.lower().rfind(word.lower())
+    return text[:at] + text[at + len(word):]
+
+
+def test_correctness_pairs_differ_only_in_the_answer():
+    pairs = preference_pairs(seed=3, n=400, correctness_fraction=1.0, bias=AnnotatorBias())
+    assert {p.kind for p in pairs} == {"correctness"}
+    for p in pairs:
+        right, wrong = ((p.chosen, p.rejected) if p.gold_chosen > p.gold_rejected
+                        else (p.rejected, p.chosen))
+        assert stated_answer(p.question, right) == p.question.answer
+        assert stated_answer(p.question, wrong) not in (None, p.question.answer)
+        # the same template: cutting the last statement of each answer leaves the same text
+        assert without_last(right, p.question.answer) == without_last(
+            wrong, stated_answer(p.question, wrong)), (right, wrong)
+    style = preference_pairs(seed=3, n=400, correctness_fraction=0.0)
+    assert {p.kind for p in style} == {"style"}
+    mixed = preference_pairs(seed=3, n=2000, correctness_fraction=0.75)
+    assert within_4_se(np.mean([p.kind == "correctness" for p in mixed]), 0.75, 2000)
+
+
+def test_biased_pairs_record_the_probability_their_annotators_used():
+    """``p_true`` is the annotators' probability of the chosen response, biases and position
+    included: one annotator's labels agree with the higher-``p_true`` response at the rate
+    :func:`label_accuracy_ceiling` computes."""
+    pairs = preference_pairs(seed=6, n=4000, n_annotators=1, bias=AnnotatorBias(),
+                             correctness_fraction=0.5)
+    p = np.array([x.p_true for x in pairs])
+    assert within_4_se(np.mean(p > 0.5), label_accuracy_ceiling(p, 1), len(p))
+    # unbiased pairs: p_true is the Bradley-Terry probability of the gold rewards
+    for x in preference_pairs(seed=6, n=50):
+        assert x.p_true == pytest.approx(sigmoid((x.gold_chosen - x.gold_rejected) / 0.5))
+
+
+def test_demonstrators_write_in_the_documented_shares():
+    rng = np.random.default_rng(0)
+    questions = question_splits().train
+    by_prompt = {q.prompt: q for q in questions}
+    conversations = sft_demonstrations(seed=0, n=4000)
+    answers = [(by_prompt[c[-2]["content"]], c[-1]["content"]) for c in conversations]
+    right = np.mean([gold_reward(q, a) > 0 for q, a in answers])
+    expected = sum(w for s, w in DEMONSTRATOR_STYLES.items() if s in ("concise_correct",
+                                                                      "verbose", "hedging"))
+    assert within_4_se(right, expected, len(answers))
+    assert within_4_se(np.mean([gold_reward(q, a) == 1.0 for q, a in answers]),
+                       DEMONSTRATOR_STYLES["concise_correct"], len(answers))
+    perfect = sft_demonstrations(seed=0, n=300, styles={"concise_correct": 1.0})
+    assert all(gold_reward(by_prompt[c[-2]["content"]], c[-1]["content"]) == 1.0
+               for c in perfect)
+    del rng
+
+
 # --------------------------------------------------------------------------- Likert ratings
 
 @pytest.mark.parametrize("delta", [-1.0, 0.0, 0.7])
@@ -561,6 +640,10 @@ def test_arithmetic_problems_are_correct_and_fit():
     (lambda: sft_demonstrations(n=0), "n"),
     (lambda: sft_demonstrations(system_prob=1.5), "system_prob"),
     (lambda: sft_demonstrations(questions=[]), "questions"),
+    (lambda: sft_demonstrations(styles={"concise_correct": 0.5}), "styles"),
+    (lambda: sft_demonstrations(styles={"rude": 1.0}), "styles"),
+    (lambda: preference_pairs(correctness_fraction=1.5), "correctness_fraction"),
+    (lambda: preference_pairs(bias=0.3), "bias"),
     (lambda: pretraining_corpus(n_documents=0), "n_documents"),
     (lambda: arithmetic_problems(n=0), "n"),
     (lambda: arithmetic_problems(max_operand=0), "max_operand"),

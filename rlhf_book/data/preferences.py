@@ -79,6 +79,17 @@ class AnnotatorBias:
 UNBIASED = AnnotatorBias(0.0, 0.0, 0.0)
 
 
+def with_answer(text: str, question: Question, answer: str) -> str:
+    """``text`` with its last statement of ``question``'s answer replaced by ``answer`` (the
+    first letter's case kept): the same sentence, a different answer."""
+    at = text.lower().rfind(question.answer.lower())
+    if at < 0:
+        raise ValueError(f"text must state the answer {question.answer!r}, got {text!r}")
+    if text[at].isupper():
+        answer = answer[0].upper() + answer[1:]
+    return text[:at] + answer + text[at + len(question.answer):]
+
+
 def annotator_utility(question: Question, response: str, bias: AnnotatorBias) -> float:
     """What the annotators value: ``gold + bias.verbosity * n_bytes + bias.confidence *
     n_confident_phrases`` (the module docstring's ``u``)."""
@@ -333,11 +344,9 @@ def preference_pairs(seed: int = 0, n: int = 1000, n_annotators: int = 3, noise:
     for q in sample_questions(pool, n, rng):
         if rng.random() < correctness_fraction:
             kind, style = "correctness", CORRECTNESS_STYLES[rng.integers(len(CORRECTNESS_STYLES))]
-            wrong = dataclasses.replace(q, answer=wrong_answer(q, rng))
-            state = rng.bit_generator.state  # the same template for both answers
             right_text = render_answer(q, style, rng)
-            rng.bit_generator.state = state
-            texts, names = (right_text, render_answer(wrong, style, rng)), (style, "wrong")
+            texts, names = (right_text, with_answer(right_text, q, wrong_answer(q, rng))), \
+                (style, "wrong")
             if rng.random() < 0.5:
                 texts, names = texts[::-1], names[::-1]
         else:

@@ -75,7 +75,7 @@ class PipelineConfig:
     eval_samples: int = 1
     arithmetic_questions: int = 32
     arithmetic_samples: int = 16
-    best_of_n_questions: int = 192  # the rephrased questions best-of-N answers (n samples each)
+    best_of_n_questions: int = 160  # the rephrased questions best-of-N answers (n samples each)
     # Reward model: pairs labelled by the majority of 3 Bradley-Terry annotators (ch. 11), three
     # in four of them right-vs-wrong pairs. Correctness is the slow part to learn: after 100
     # steps of 32 pairs the model ranks 57% of held-out correctness pairs right, after 200
@@ -98,7 +98,7 @@ class PipelineConfig:
     # model scores above any real one.) None skips it.
     rl_pushed: ch06.RLConfig | None = ch06.RLConfig(algorithm="grpo", steps=20, learning_rate=2e-4,
                                                     beta=0.0, max_new_tokens=64)
-    curve_questions: int = 96  # rephrased questions measured after every RL chunk
+    curve_questions: int = 64  # rephrased questions measured after every RL chunk
     # DPO (ch. 8) from the SFT model, online: pairs of its own samples ranked by the reward
     # model. (Offline DPO on the annotators' pairs, on_policy=False, lowers the gold reward
     # here: the pairs' texts are not the policy's, and it learns the annotators' verbosity.)
