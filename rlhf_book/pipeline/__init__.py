@@ -1,16 +1,19 @@
 """``rlhf-book pipeline``: the whole RLHF recipe on the synthetic world, stage by stage.
 
 Stage 1 (book ch. 3): pretrain the mini GPT on the world's corpus. Stage 2 (book ch. 4):
-supervised fine-tuning on chat demonstrations, then answers to held-out questions scored by
-the gold reward, next to the pretrained model's. Stage 3 (book ch. 5): a Bradley-Terry reward
-model, started from the SFT checkpoint and trained on the simulated annotators' preference
-pairs; its accuracy on pairs about held-out facts is compared with the best any model can reach
-on those noisy labels. Stage 4 (book ch. 6): reinforcement learning from the SFT model against
-the reward model (GRPO by default) on prompts about training facts; the policy is compared with
-the SFT model on held-out questions in gold reward, reward-model score, KL to the SFT model and
-length. Stage 5 (book ch. 8): DPO from the SFT model on the reward model's training pairs; and
-best-of-N sampling from the SFT model ranked by the reward model (book ch. 9). Both join the
-RL policy in the final table. Later stages (evaluation) are added by their chapters.
+supervised fine-tuning on demonstrations by demonstrators of mixed quality. Stage 3 (book ch.
+5): a Bradley-Terry reward model, started from the SFT checkpoint and trained on pairs labelled
+by biased, noisy simulated annotators (ch. 11); its accuracy on pairs about rephrased questions
+is compared with the best any model can reach on those labels, for style pairs and for
+right-vs-wrong pairs apart. Stage 4 (book ch. 6): GRPO from the SFT model against the reward
+model, then the same run pushed further with no KL penalty (ch. 14, over-optimisation). Stage 5
+(book ch. 8): online DPO from the SFT model on pairs of its own samples ranked by the reward
+model. Stage 6 (book ch. 9): best-of-N sampling from the SFT model, ranked by the reward model.
+
+Every model then answers the rephrased questions (trained facts, phrasings no training data
+contains) at temperature 1, measured by the gold reward, right / wrong / no answer, the reward
+model's score and the KL to the SFT model, each with its standard error over questions; the
+unseen facts and arithmetic pass@k are reported apart, and sampled answers are printed.
 
 :mod:`~rlhf_book.pipeline.stages` holds the stages, each a cached call of its chapter's
 training function: a second run loads every checkpoint in a second, and a change to a setting,

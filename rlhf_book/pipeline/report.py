@@ -1,10 +1,12 @@
-"""What ``rlhf-book pipeline`` measures and prints: samples, evaluations on held-out questions,
-the results tables and the training curves.
+"""What ``rlhf-book pipeline`` measures and prints: samples, every model's answers to the
+rephrased questions, the unseen facts and arithmetic, the results tables and the figures.
 
-Greedy answers to held-out questions are scored as chapter 4 scores them
-(``ch04.evaluate_answers``); the sampled KL to the SFT model comes from
-:func:`rlhf_book.lm.eval.evaluate_policy`. Plots are matplotlib ``Figure`` objects (no pyplot),
-finished with the figure registry's :func:`~rlhf_book.textbook.figures.finish_axes`.
+Answers are sampled at temperature 1 and measured by :func:`rlhf_book.lm.eval.answer_samples`
+(gold reward, right / wrong / none, bytes, the reward model's score of the very tokens, the
+sampled KL to the SFT model); :func:`summarise` averages them per question first, so standard
+errors are over questions, the unit sampled, and gains over SFT are paired by question. Plots
+are matplotlib ``Figure`` objects (no pyplot), finished with the figure registry's
+:func:`~rlhf_book.textbook.figures.finish_axes`.
 """
 
 from __future__ import annotations
@@ -255,7 +257,8 @@ def fmt(mean: float, se: float, digits: int = 3, sign: str = "+") -> str:
 
 def reward_model_table(m: dict, log: Log) -> None:
     rows = [("pairs", "n", "accuracy", "ceiling", "vs gold")]
-    for name, k in (("all", m), *((f"{kind} pairs", m["by_kind"][kind]) for kind in m["by_kind"])):
+    kinds = [kind for kind in data.PAIR_KINDS if kind in m["by_kind"]]  # (JSON sorts keys)
+    for name, k in (("all", m), *((f"{kind} pairs", m["by_kind"][kind]) for kind in kinds)):
         acc = k.get("accuracy", k.get("heldout_accuracy"))
         rows.append((name, str(k.get("pairs", m["eval_pairs"])), f"{acc:.1%}",
                      f"{k['ceiling']:.1%}", f"{k.get('gold_accuracy', m['heldout_gold_accuracy']):.1%}"))
