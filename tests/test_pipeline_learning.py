@@ -22,9 +22,11 @@ def run(tmp_path_factory):
 
 
 def paired_gain(run, split: str, model: str, reference: str) -> tuple[float, float]:
-    """Mean over questions of ``model``'s gold reward minus ``reference``'s, and its SE."""
+    """Mean over questions of ``model``'s gold reward minus ``reference``'s, and its SE (on the
+    questions ``model`` answered: best-of-N answers a subset)."""
     answers = run[1]["answers"][split]
-    diff = answers[model]["gold"].mean(1) - answers[reference]["gold"].mean(1)
+    index = answers[model].get("question_index", slice(None))
+    diff = answers[model]["gold"].mean(1) - answers[reference]["gold"].mean(1)[index]
     return diff.mean(), diff.std(ddof=1) / np.sqrt(len(diff))
 
 
@@ -36,21 +38,21 @@ def test_the_evaluation_is_the_rephrased_questions(run):
 
 def test_sft_raises_the_gold_reward_of_the_pretrained_model(run):
     gain, se = paired_gain(run, "rephrased", "sft", "pretrained")
-    # observed: -0.862 -> -0.281, a gain of +0.58 (SE 0.03): the SFT model answers in the
-    # chat format and stops; the base model continues the document. We require 0.4 and 6 SE.
-    assert gain > 0.4 and gain > 6 * se, (gain, se)
+    # observed: -0.907 -> -0.429, a gain of +0.478 (SE 0.041): the SFT model answers in the
+    # chat format and stops; the base model continues the document. We require 0.3 and 6 SE.
+    assert gain > 0.3 and gain > 6 * se, (gain, se)
 
 
 def test_rl_against_the_reward_model_raises_the_gold_reward(run):
     gain, se = paired_gain(run, "rephrased", "rl", "sft")
-    # observed: +0.505 (SE 0.035), right answers 35% -> 58%. We require 0.3 and 4 SE.
-    assert gain > 0.3 and gain > 4 * se, (gain, se)
+    # observed: +0.406 (SE 0.047), right answers 27% -> 45%. We require 0.25 and 4 SE.
+    assert gain > 0.25 and gain > 4 * se, (gain, se)
 
 
 def test_online_dpo_raises_the_gold_reward(run):
     gain, se = paired_gain(run, "rephrased", "dpo", "sft")
-    # observed: +0.387 (SE 0.032). We require 0.2 and 4 SE.
-    assert gain > 0.2 and gain > 4 * se, (gain, se)
+    # observed: +0.289 (SE 0.042). We require 0.15 and 4 SE.
+    assert gain > 0.15 and gain > 4 * se, (gain, se)
 
 
 def test_pushing_rl_further_raises_the_proxy_and_lowers_the_gold_reward(run):
@@ -61,20 +63,22 @@ def test_pushing_rl_further_raises_the_proxy_and_lowers_the_gold_reward(run):
     rm_gain = rm["rl (pushed)"] - rm["rl"]
     assert rm_gain.mean() > 3 * rm_gain.std(ddof=1) / np.sqrt(len(rm_gain)), rm_gain.mean()
     loss, se = paired_gain(run, "rephrased", "rl", "rl (pushed)")
-    # observed (pushed 40 steps from SFT): RM +1.22 -> +1.41, gold +0.223 -> -0.049, a fall of
-    # 0.27. We require 0.1 and 3 SE.
-    assert loss > 0.1 and loss > 3 * se, (loss, se)
+    # observed: RM +1.21 -> +1.89, gold -0.024 -> -0.510, a fall of 0.49 (SE about 0.04):
+    # the pushed policy gives one answer the reward model overrates to every question. We
+    # require 0.2 and 3 SE.
+    assert loss > 0.2 and loss > 3 * se, (loss, se)
     curve = run[1]["rl_pushed"].metrics["curve"]
     assert curve["kl"][-1] > curve["kl"][0]  # the pushed run moves further from SFT
 
 
-def test_reward_model_learns_the_annotators_style_preferences(run):
+def test_reward_model_learns_style_and_correctness(run):
     m = run[1]["reward_model"].metrics
-    style = m["by_kind"]["style"]
-    # observed: 75.6% on style pairs (ceiling 90.7%), 63.8% on all pairs (ceiling 95.2%)
-    assert 0.85 < style["ceiling"] < 0.95 and 0.9 < m["ceiling"] < 0.99
-    se = np.sqrt(0.25 / style["pairs"])
-    assert style["accuracy"] > 0.5 + 6 * se, style
+    style, right = m["by_kind"]["style"], m["by_kind"]["correctness"]
+    # observed: 75.2% on 246 style pairs (ceiling 91.3%), 72.3% on 754 right-vs-wrong pairs
+    # (ceiling 99.9%), 73.0% on all (ceiling 97.8%). Chance is 50%; we require 6 SE above it.
+    assert 0.85 < style["ceiling"] < 0.95 and 0.95 < m["ceiling"] < 0.99
+    for kind in (style, right):
+        assert kind["accuracy"] > 0.5 + 6 * np.sqrt(0.25 / kind["pairs"]), kind
     assert m["heldout_mean_chosen"] > m["heldout_mean_rejected"]
 
 
@@ -82,8 +86,11 @@ def test_best_of_n_picks_what_the_reward_model_likes(run):
     config, out = run
     b = out["answers"]["rephrased"][f"best-of-{config.best_of_n}"]
     gain = b["rm"][:, 0] - b["single_rm"]
-    # observed: reward-model score +0.05 for one sample, +1.38 for the pick of 8
+    # observed: reward-model score +0.02 for one sample, +1.99 for the pick of 8
     assert gain.mean() > 0.5, gain.mean()
+    # and the gold reward of the pick: +0.24 (SE 0.09) over one SFT sample, on 160 questions
+    gold, se = paired_gain(run, "rephrased", f"best-of-{config.best_of_n}", "sft")
+    assert gold > 0, (gold, se)
     assert abs(b["kl_bound"] - (np.log(8) - 7 / 8)) < 1e-6
 
 
@@ -93,5 +100,5 @@ def test_sft_can_partly_add(run):
     n = a["right"].shape[1]
     pass_1 = a["right"].mean()
     pass_n = (a["right"].sum(1) > 0).mean()
-    # observed (128 sums x 16 samples): pass@1 0.13, pass@16 0.79
+    # observed (32 sums x 16 samples): pass@1 0.12, pass@16 0.84
     assert n == 16 and 0.05 < pass_1 < 0.6 and pass_n > 0.6, (pass_1, pass_n)
