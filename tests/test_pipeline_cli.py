@@ -85,17 +85,20 @@ def _edited(module: str):
     ("pretrain", "lm", True),
     ("pretrain", "data", True),
     ("pretrain", "pipeline/stages", True),
-    ("pretrain", "ch04_instruction_tuning", False),
-    ("sft", "ch04_instruction_tuning", True),
-    ("sft", "ch06_policy_gradients", False),
-    ("reward", "ch05_reward_models", True),
-    ("rl", "ch05_reward_models", True),
-    ("rl", "ch06_policy_gradients", True),
-    ("rl", "ch08_direct_alignment", False),
-    ("dpo", "ch08_direct_alignment", True),
-    ("dpo", "ch06_policy_gradients", True),  # online DPO reads the reward model through ch. 6
-    ("dpo", "ch09_rejection_sampling", False),
-    ("rl_pushed", "ch06_policy_gradients", True),
+    ("pretrain", "ch04_instruction_tuning/loop", False),
+    ("sft", "ch04_instruction_tuning/loop", True),
+    ("sft", "ch04_instruction_tuning/losses", True),
+    ("sft", "ch04_instruction_tuning/experiments", False),  # what only the notebook runs
+    ("sft", "ch06_policy_gradients/loop", False),
+    ("reward", "ch05_reward_models/losses", True),
+    ("rl", "ch05_reward_models/loop", True),
+    ("rl", "ch06_policy_gradients/losses", True),
+    ("rl", "ch06_policy_gradients/experiments", False),
+    ("rl", "ch08_direct_alignment/loop", False),
+    ("rl_pushed", "ch06_policy_gradients/loop", True),
+    ("dpo", "ch08_direct_alignment/loop", True),
+    ("dpo", "ch06_policy_gradients/loop", True),  # online DPO reads the reward model through ch. 6
+    ("dpo", "ch09_rejection_sampling/loop", False),
 ])
 def test_a_stage_key_holds_the_source_of_what_it_depends_on(monkeypatch, stage, module,
                                                              retrains):

@@ -11,8 +11,8 @@ A stage's checkpoint lies in ``<out_dir>/checkpoints/`` with its metrics beside 
 Its key is :func:`rlhf_book.textbook.substrate.fingerprint` of everything that determines the
 result: the settings, the seed, the exact tokens it trains on, the checkpoint it starts from
 (whose name holds that checkpoint's own key), and the source of ``rlhf_book/lm``,
-``rlhf_book/data``, of the chapter modules the stage calls (:data:`STAGE_SOURCES`) and of this
-module. Change any of them and the stage trains again; otherwise a second run loads it.
+``rlhf_book/data``, of the chapter modules the stage calls (their ``losses`` and ``loop``,
+:data:`STAGE_SOURCES`) and of this module. Change any of them and the stage trains again; otherwise a second run loads it.
 """
 
 from __future__ import annotations
@@ -41,15 +41,22 @@ from rlhf_book.textbook import substrate
 Log = Callable[[str], None]
 
 # The modules under rlhf_book whose source is part of each stage's key, besides lm and data
-# (in every fingerprint) and this module. Upstream stages enter through their checkpoint names.
+# (in every fingerprint) and this module: the math and the loop of each chapter the stage calls
+# (not its experiments, which only the notebooks run). Upstream stages enter through their
+# checkpoint names.
+def _math_and_loop(chapter: str) -> tuple[str, str]:
+    return f"{chapter}/losses", f"{chapter}/loop"
+
+
 STAGE_SOURCES = {
     "pretrain": (),
-    "sft": ("ch04_instruction_tuning",),
-    "reward": ("ch05_reward_models",),
-    "rl": ("ch05_reward_models", "ch06_policy_gradients"),
-    "rl_pushed": ("ch05_reward_models", "ch06_policy_gradients"),
-    "dpo": ("ch05_reward_models", "ch06_policy_gradients", "ch08_direct_alignment"),
+    "sft": _math_and_loop("ch04_instruction_tuning"),
+    "reward": _math_and_loop("ch05_reward_models"),
+    "rl": (*_math_and_loop("ch05_reward_models"), *_math_and_loop("ch06_policy_gradients")),
+    "dpo": (*_math_and_loop("ch05_reward_models"), *_math_and_loop("ch06_policy_gradients"),
+            *_math_and_loop("ch08_direct_alignment")),
 }
+STAGE_SOURCES["rl_pushed"] = STAGE_SOURCES["rl"]
 THIS_MODULE = "pipeline/stages"
 
 
