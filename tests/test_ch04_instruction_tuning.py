@@ -1,4 +1,5 @@
-"""Chapter 4: chat templates, loss masks, the SFT loss, packing, and SFT as a learning test.
+"""Chapter 4: chat templates, loss masks, the SFT loss, packing, the experiments' evaluation
+(answer styles read back from text, means with standard errors), and SFT as a learning test.
 
 The exercises' own checks (the book's template strings, NumPy-loop losses, packing read-back)
 run in tests/test_grading.py; this file tests the rest of the chapter."""
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
+from rlhf_book.ch04_instruction_tuning import experiments
 from rlhf_book.lm import gpt, tokenizer, train
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731
@@ -179,12 +181,87 @@ def test_make_sft_train_vmapped_seeds_equal_separate_runs(tiny_config, tiny_para
 
 
 # ----------------------------------------------------------------------------------------------
+# The experiments' evaluation: which questions, which styles, means with standard errors
+
+
+def test_eval_questions_are_the_fact_topics_of_each_split():
+    rephrased = experiments.eval_questions("rephrased")
+    assert len(rephrased) == 520  # 65 training facts x 8 new phrasings
+    assert all(q.rephrased and q.topic in data.FACT_TOPICS for q in rephrased)
+    unseen = {(q.topic, q.subject) for q in experiments.eval_questions("unseen")}
+    assert not unseen & {(q.topic, q.subject) for q in rephrased}
+    with pytest.raises(ValueError, match="split"):
+        experiments.eval_questions("heldout")
+
+
+def test_sft_datasets_hold_out_demonstrations_on_rephrased_questions():
+    demos, heldout_demos, questions = experiments.sft_datasets()
+    trained = {q.prompt for q in data.question_splits().train}
+    assert all(d[-2]["content"] in trained for d in demos)
+    asked = {q.prompt for q in questions}
+    assert all(d[-2]["content"] in asked for d in heldout_demos)
+
+
+@pytest.mark.parametrize("style", data.STYLES)
+def test_answer_style_reads_back_every_rendered_style(style):
+    rng = np.random.default_rng(0)
+    for q in data.all_questions():  # every question of the world, arithmetic included
+        answer = data.render_answer(q, style, rng)
+        assert experiments.answer_style(q, answer) == style, (q.prompt, answer)
+
+
+def test_answer_style_on_model_like_text():
+    q = next(q for q in data.all_questions() if q.subject == "France" and q.template == 0)
+    assert experiments.answer_style(q, "Paris.") == "concise_correct"
+    assert experiments.answer_style(q, "Maybe Paris? I am not sure.") == "hedging"
+    assert experiments.answer_style(q, "Maybe Rome? I am not sure.") == "wrong"
+    assert experiments.answer_style(q, "Sure, glad to help. The capital of France is "
+                                       "Paris. I hope this helps!") == "verbose"
+    assert experiments.answer_style(q, "Pxq zz") == "off_topic"
+    assert experiments.answer_style(q, "") == "off_topic"
+
+
+def test_demonstration_styles_match_the_demonstrators_within_4_se():
+    demos = data.sft_demonstrations(seed=3, n=2000)
+    shares = experiments.demonstration_styles(demos)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    for style, p in data.DEMONSTRATOR_STYLES.items():
+        assert abs(shares[style] - p) < 4 * np.sqrt(p * (1 - p) / len(demos))
+    perfect = data.sft_demonstrations(seed=3, n=200, styles={"concise_correct": 1.0})
+    assert experiments.demonstration_styles(perfect)["concise_correct"] == 1.0
+
+
+def test_style_shares_and_summary_standard_errors_by_hand():
+    q = next(q for q in data.all_questions() if q.subject == "France" and q.template == 0)
+    texts = [["Paris.", "Rome."], ["Paris.", "Paris."], ["I like tea.", "Paris."]]
+    shares = experiments.style_shares([q, q, q], texts)
+    per_question = np.array([0.5, 1.0, 0.5])  # concise_correct per question
+    assert shares["concise_correct"][0] == pytest.approx(per_question.mean())
+    assert shares["concise_correct"][1] == pytest.approx(per_question.std(ddof=1) / np.sqrt(3))
+    assert sum(m for m, _ in shares.values()) == pytest.approx(1.0)
+
+    gold = np.array([[1.0, -1.0], [1.0, 1.0], [-0.5, 1.0]])
+    answers = {"gold": gold, "right": (gold == 1).astype(float), "wrong": (gold == -1) * 1.0,
+               "none": (gold == -0.5) * 1.0, "stopped": np.ones_like(gold),
+               "bytes": np.full_like(gold, 6.0)}
+    s = experiments.summarize(answers)
+    means = gold.mean(1)
+    assert (s["n"], s["samples"]) == (3, 2)
+    assert s["gold"] == pytest.approx(means.mean())
+    assert s["gold_se"] == pytest.approx(means.std(ddof=1) / np.sqrt(3))
+    assert s["right"] == pytest.approx(4 / 6) and s["stopped_se"] == 0.0
+    before = {**answers, "gold": np.zeros_like(gold)}
+    assert experiments.paired_gain(answers, before) == pytest.approx(
+        (means.mean(), means.std(ddof=1) / np.sqrt(3)))
+
+
+# ----------------------------------------------------------------------------------------------
 # SFT learns the format: answer briefly, then stop
 
 
 @pytest.fixture(scope="module")
 def sft_run():
-    """Pretrain the small model briefly, fine-tune it, and answer 64 held-out questions."""
+    """Pretrain the small model briefly, fine-tune it, and answer 64 rephrased questions."""
     cfg = gpt.get_config("small")
     stream = train.token_stream(data.pretraining_corpus(seed=0, n_documents=6000))
     pre_cfg = train.TrainConfig(steps=400, batch_size=16, seq_len=128, learning_rate=3e-3,
@@ -194,7 +271,7 @@ def sft_run():
     sc = ch04.SFTConfig(steps=100, batch_size=16, learning_rate=1e-3, log_every=50)
     tuned, history = ch04.train_sft(cfg, pretrained, sc, ch04.pack_examples(examples, 128),
                                     progress=False)
-    heldout = data.split_questions()[1]
+    heldout = experiments.eval_questions("rephrased")
     rng = np.random.default_rng(1)
     questions = [heldout[i] for i in rng.choice(len(heldout), 64, replace=False)]
     scores = {}
@@ -207,8 +284,13 @@ def sft_run():
 @pytest.mark.slow
 def test_sft_loss_falls(sft_run):
     history, _ = sft_run
-    # observed: ~1.6 over the first steps, ~0.3 over the last 20
-    assert np.mean(history["loss"][-20:]) < 0.5 * np.mean(history["loss"][:5])
+    # observed: 2.54 over the first 5 steps, 1.28 over the last 20 (the demonstrators' mixture
+    # of styles keeps the loss well above zero); the fall is more than 4 standard errors of
+    # the two means (step-to-step noise: ~0.13 and ~0.08)
+    first, last = np.asarray(history["loss"][:5]), np.asarray(history["loss"][-20:])
+    se = np.hypot(first.std(ddof=1) / np.sqrt(first.size), last.std(ddof=1) / np.sqrt(last.size))
+    assert last.mean() < first.mean() - 4 * se
+    assert last.mean() < first.mean() - 0.5  # and by a margin, not only beyond the noise
 
 
 @pytest.mark.slow

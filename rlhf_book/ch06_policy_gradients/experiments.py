@@ -8,7 +8,8 @@ Two kinds:
   the number of correct completions (GRPO, Dr. GRPO, RLOO; Figure 22), GAE's lambda on Figure
   21's value example, and the spread of GSPO's sequence ratio (eq. 63).
 * **RL with real gradients** on chapter 4's SFT model of the small GPT: five algorithms on the
-  gold reward (:func:`algorithm_runs`) and RLOO on a flawed length reward under a sweep of KL
+  gold reward, measured on rephrased and held-out-fact questions (:func:`algorithm_runs`,
+  :func:`answer_breakdown`) and RLOO on a flawed length reward under a sweep of KL
   coefficients (:func:`kl_sweep_runs`; exercises 3 and 5 of the numpy lesson "RLHF: Reward
   Model + PPO"). The starting policy is an argument (``sft_params``): a chapter does not
   know where its models are cached; the notebook and the figures pass
@@ -63,17 +64,24 @@ GSPO_LENGTHS = (1, 3, 10, 30, 100, 300, 1000)
 GSPO_SEQUENCES = 1000
 
 # RL on chapter 4's SFT model (the small GPT). Every run: 12 steps of 4 training questions x 4
-# completions, at most 20 new tokens, learning rate 3e-4 (the SFT rate; the library's default
-# 2e-5 suits the larger pipeline model and barely moves this one in 12 steps), the KL
-# coefficient 0.02 (InstructGPT's), 8 seeds vmapped. The sizes are what the notebook's time
-# budget allows (see the notebook's run-time note); the ranking of algorithms at this scale is
-# not a benchmark.
+# completions, at most 32 new tokens (room for a whole answer: the SFT model's answers are 38
+# tokens long on average, and cut at 20 most lose the answer they were about to state),
+# learning rate 3e-4 (the SFT rate; the library's default 2e-5 suits the larger pipeline model
+# and barely moves this one in 12 steps), the KL coefficient 0.02 (InstructGPT's), 8 seeds
+# vmapped. The sizes are what the notebook's time budget allows (see the notebook's run-time
+# note); the ranking of algorithms at this scale is not a benchmark.
 RL_CONFIG = loop.RLConfig(algorithm="grpo", steps=12, prompts_per_step=4, group_size=4,
-                          max_new_tokens=20, learning_rate=3e-4, beta=0.02, log_every=12)
+                          max_new_tokens=32, learning_rate=3e-4, beta=0.02, log_every=12)
 RL_ALGORITHMS = ("grpo", "dr_grpo", "rloo", "ppo", "cispo")
 N_SEEDS = 8
-# What the policies say at the end: 32 training questions, one completion per seed at T = 1.
-N_BREAKDOWN_QUESTIONS = 32
+# What the policies say at the end, on questions no RL prompt contains: N_EVAL_REPHRASED
+# rephrased questions about training facts (the main evaluation: the facts the model was
+# taught, in phrasings no training data has) and N_EVAL_UNSEEN questions about held-out facts
+# (a second row: facts stated only in pretraining), the four fact topics, one completion per
+# seed at temperature 1, chosen once with EVAL_SEED.
+N_EVAL_REPHRASED = 128
+N_EVAL_UNSEEN = 32
+EVAL_SEED = 0
 
 # Exercises 3 and 5 of the numpy lesson "RLHF: Reward Model + PPO" on its flawed
 # reward `len(response) / 100`: RLOO (the KL folded into the reward, as the lesson's
@@ -87,10 +95,10 @@ __all__ = [
     "AGG_LOSSES", "AGG_MAX_LENGTH", "PPO_EPS", "RATIOS", "TABLE_RATIOS", "LECTURE_RATIOS",
     "GROUP_SIZE", "FIG21_REWARDS", "FIG21_VALUES", "GAE_LAMBDAS", "TIS_CAP", "TIS_LOG_RATIOS",
     "GSPO_SIGMA", "GSPO_LENGTHS", "GSPO_SEQUENCES", "RL_CONFIG", "RL_ALGORITHMS", "N_SEEDS",
-    "N_BREAKDOWN_QUESTIONS", "KL_SWEEP_CONFIG", "KL_SWEEP_BETAS", "KL_SWEEP_SEEDS",
+    "N_EVAL_REPHRASED", "N_EVAL_UNSEEN", "EVAL_SEED", "KL_SWEEP_CONFIG", "KL_SWEEP_BETAS", "KL_SWEEP_SEEDS",
     "ANSWER_KINDS", "length_score", "padded", "aggregation_weights", "ppo_curves", "tis_curve",
     "group_advantage_table", "gae_sweep", "gspo_spread", "rl_task", "run_seeds",
-    "answer_breakdown", "algorithm_run", "algorithm_runs", "beta_sweep", "kl_sweep_runs",
+    "eval_questions", "answer_breakdown", "algorithm_run", "algorithm_runs", "beta_sweep", "kl_sweep_runs",
     "first_last",
 ]
 
@@ -247,34 +255,61 @@ def run_seeds(config: loop.RLConfig, reward: rollout.Reward, lm_params, n_seeds:
     return {k: np.asarray(v) for k, v in metrics.items()}, state
 
 
-def answer_breakdown(lm_params, n_questions: int = N_BREAKDOWN_QUESTIONS, seed: int = 0,
-                     n_seeds: int = N_SEEDS,
-                     max_new_tokens: int = RL_CONFIG.max_new_tokens) -> dict[str, float]:
-    """What a policy answers: one completion (temperature 1) to each of ``n_questions``
-    training questions per seed, classified by :func:`rlhf_book.lm.eval.answer_kind` as
-    ``right``, ``wrong`` or ``none`` (no answer to the question stated), and the mean gold
-    reward. ``lm_params`` has a leading seed axis (the final states of a vmapped run) or none
-    (one model, e.g. the SFT policy, sampled ``n_seeds`` times)."""
-    model_config, questions, prompts = rl_task()
+def eval_questions(seed: int = EVAL_SEED) -> dict[str, list]:
+    """``{"rephrased": [...], "unseen": [...]}``: ``N_EVAL_REPHRASED`` rephrased questions about
+    training facts and ``N_EVAL_UNSEEN`` questions about held-out facts
+    (``data.question_splits()``, fact topics only), drawn without replacement with ``seed``."""
+    splits = data.question_splits()
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, n in (("rephrased", N_EVAL_REPHRASED), ("unseen", N_EVAL_UNSEEN)):
+        pool = data.fact_questions(getattr(splits, name))
+        out[name] = [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+    return out
+
+
+def answer_breakdown(lm_params, seed: int = 0, n_seeds: int = N_SEEDS,
+                     max_new_tokens: int = RL_CONFIG.max_new_tokens) -> dict[str, dict]:
+    """What a policy answers to :func:`eval_questions`: one completion (temperature 1) to each
+    question per seed, classified by :func:`rlhf_book.lm.eval.answer_kind` as ``right``,
+    ``wrong`` or ``none`` (no answer to the question stated) and scored by the gold reward.
+    ``lm_params`` has a leading seed axis (the final states of a vmapped run) or none (one
+    model, e.g. the SFT policy, sampled ``n_seeds`` times). Returns, per question set
+    (``"rephrased"``, ``"unseen"``): the shares of the three kinds, the mean ``gold`` and
+    ``gold_se`` (over seeds: the standard error of the mean of the per-seed means),
+    ``gold_seeds`` ``[S]``, the number of ``samples`` and their ``texts`` ``[S, Q]``."""
+    model_config = gpt.get_config("small")
+    sets = eval_questions()
+    questions = [q for qs in sets.values() for q in qs]
+    prompts = rollout.encode_prompts([q.prompt for q in questions])
     if lm_params["tok_emb"].ndim == 2:  # [V, D]: one model, no seed axis
         lm_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_seeds, *x.shape)), lm_params)
-    S = jax.tree.leaves(lm_params)[0].shape[0]
-    ids = np.random.default_rng(seed).choice(len(questions), n_questions, replace=False)
-    gen = rollout.sample_policies(lm_params,
-                                  rollout.PromptSet(prompts.tokens[ids], prompts.lengths[ids]),
+    S, Q = jax.tree.leaves(lm_params)[0].shape[0], len(questions)
+    gen = rollout.sample_policies(lm_params, prompts,
                                   jax.random.split(jax.random.PRNGKey(seed + 1), S), 1.0,
                                   model_config, max_new_tokens=max_new_tokens)
-    tokens = np.asarray(gen.tokens).reshape(S * n_questions, -1)
-    texts = sampling.decode_masked(tokens, np.asarray(gen.mask).reshape(S * n_questions, -1))
-    scored = score_answers([questions[i] for i in np.tile(ids, S)], texts)
-    shares = {k: float(np.mean(scored["kind"] == k)) for k in ANSWER_KINDS}
-    return {**shares, "gold": float(np.mean(scored["score"])), "samples": len(texts)}
+    texts = sampling.decode_masked(np.asarray(gen.tokens).reshape(S * Q, -1),
+                                   np.asarray(gen.mask).reshape(S * Q, -1))
+    scored = score_answers(questions * S, texts)
+    kinds, gold = scored["kind"].reshape(S, Q), scored["score"].reshape(S, Q)
+    texts = np.asarray(texts, dtype=object).reshape(S, Q)
+    out, start = {}, 0
+    for name, qs in sets.items():
+        cols = slice(start, start + len(qs))
+        start += len(qs)
+        per_seed = gold[:, cols].mean(axis=1)
+        out[name] = {**{k: float(np.mean(kinds[:, cols] == k)) for k in ANSWER_KINDS},
+                     "gold": float(per_seed.mean()),
+                     "gold_se": float(per_seed.std(ddof=1) / np.sqrt(S)),
+                     "gold_seeds": per_seed, "samples": S * len(qs), "texts": texts[:, cols]}
+    return out
 
 
 def algorithm_run(algorithm: str, sft_params) -> dict:
     """``algorithm`` with ``RL_CONFIG`` on the gold reward of the training questions,
     ``N_SEEDS`` seeds from ``sft_params``: the per-step metrics ``[seeds, steps]`` and
-    ``"answers"``, the :func:`answer_breakdown` of the final policies."""
+    ``"answers"``, the :func:`answer_breakdown` of the final policies (rephrased and unseen
+    questions, which no RL prompt contains)."""
     _, questions, _ = rl_task()
     gold = rollout.text_reward(data.gold_reward, questions)
     metrics, state = run_seeds(dataclasses.replace(RL_CONFIG, algorithm=algorithm), gold,

@@ -66,19 +66,25 @@ KL_LR = 0.02
 DISPLACEMENT_M, DISPLACEMENT_D = 50, 8
 DISPLACEMENT_BETA, DISPLACEMENT_LR, DISPLACEMENT_STEPS = 0.1, 0.05, 3000
 
-# DPO on the synthetic world. Offline: the simulated annotators' pairs on training facts (3
-# annotators, noise 0.5, majority label), DPO at beta 0.1 with and without the chosen
-# completions' NLL (RPO, alpha = 1), N_SEEDS seeds vmapped; evaluated on pairs about held-out
-# facts. Online: best vs worst of G = 4 samples of the current policy, labelled by the gold
-# reward, with chapter 6's RL budget (12 steps of 4 training questions x 4 completions, at most
-# 20 new tokens, learning rate 3e-4), beside GRPO on the same budget and reward.
+# DPO on the synthetic world, from chapter 4's SFT model. Offline: the pipeline's kind of
+# annotated pairs on the training questions (3 annotators, noise 0.5, majority label, the
+# documented biases: verbosity, confidence, position; 3 in 4 pairs right-vs-wrong in one style),
+# DPO at beta 0.1 with and without the chosen completions' NLL (RPO, alpha = 1), N_SEEDS seeds
+# vmapped; the implicit reward is tested on pairs about the rephrased questions. Online: best
+# vs worst of G = 4 samples of the current policy, ranked by the gold reward, with chapter 6's
+# RL budget (12 steps of 4 training questions x 4 completions, at most 32 new tokens, learning
+# rate 3e-4), beside GRPO on the same budget and reward. Every policy then answers chapter 6's
+# evaluation questions (rephrased, and unseen facts as a second row).
 N_PAIRS = 600
 N_HELDOUT_PAIRS = 128
 N_SEEDS = 4
+PAIR_BIAS = data.AnnotatorBias()
+CORRECTNESS_FRACTION = 0.75
+N_ANNOTATORS = 3
 OFFLINE_CONFIG = loop.DPOConfig(steps=40, batch_size=8, learning_rate=3e-4, beta=0.1,
                                 log_every=40)
 OFFLINE_RUNS = {"dpo": 0.0, "dpo+nll": 1.0}  # name -> nll_coef
-RL_CONFIG = ch06_experiments.RL_CONFIG  # GRPO, 12 steps of 4 x 4, 20 new tokens, lr 3e-4
+RL_CONFIG = ch06_experiments.RL_CONFIG  # GRPO, 12 steps of 4 x 4, 32 new tokens, lr 3e-4
 ONLINE_CONFIG = loop.DPOConfig(on_policy=True, steps=RL_CONFIG.steps,
                                batch_size=RL_CONFIG.prompts_per_step,
                                completions_per_prompt=RL_CONFIG.group_size,
@@ -368,11 +374,14 @@ def displacement_runs(steps: int = DISPLACEMENT_STEPS) -> dict[str, dict[str, np
 
 
 def world_pairs():
-    """``(train_pairs, heldout_pairs)``: the annotators' pairs on training facts (data seed 0)
-    and on held-out facts (data seed 1)."""
-    heldout_questions = data.split_questions()[1]
-    return (data.preference_pairs(seed=0, n=N_PAIRS),
-            data.preference_pairs(seed=1, n=N_HELDOUT_PAIRS, questions=heldout_questions))
+    """``(train_pairs, heldout_pairs)``: the biased annotators' pairs (:data:`PAIR_BIAS`,
+    :data:`CORRECTNESS_FRACTION` of them right-vs-wrong) on the training questions (data seed 0)
+    and on the rephrased questions (data seed 1), as the pipeline draws them."""
+    splits = data.question_splits()
+    kw = dict(n_annotators=N_ANNOTATORS, bias=PAIR_BIAS,
+              correctness_fraction=CORRECTNESS_FRACTION)
+    return (data.preference_pairs(seed=0, n=N_PAIRS, questions=splits.train, **kw),
+            data.preference_pairs(seed=1, n=N_HELDOUT_PAIRS, questions=splits.rephrased, **kw))
 
 
 def _seed_params(params, i: int):
@@ -421,16 +430,15 @@ def online_runs(sft_params, n_seeds: int = N_SEEDS) -> dict[str, dict]:
 
 def evaluate_runs(runs: dict, sft_params, heldout_pairs=None) -> dict[str, dict]:
     """What each run's final policies answer (chapter 6's measure,
-    :func:`rlhf_book.ch06_policy_gradients.experiments.answer_breakdown`: 32 training
-    questions, one sample per seed at temperature 1, 20 new tokens) and, for the DPO runs,
+    :func:`rlhf_book.ch06_policy_gradients.experiments.answer_breakdown`: 128 rephrased and 32
+    unseen-fact questions, one sample per seed at temperature 1, 32 new tokens) and, for the DPO runs,
     the implicit reward's accuracy on ``heldout_pairs`` (the first seed's policy); the SFT
-    model's answers (as many samples per question as a run has seeds) under ``"sft"``."""
+    model's answers (chapter 6's ``N_SEEDS`` samples per question) under ``"sft"``."""
     model_config = ch06_experiments.rl_task()[0]
     heldout_pairs = world_pairs()[1] if heldout_pairs is None else heldout_pairs
     ref_logps = loop.pair_log_probs(sft_params, loop.encode_preference_pairs(heldout_pairs),
                                     model_config)
-    n_seeds = len(jax.tree.leaves(next(iter(runs.values()))["params"])[0])
-    out = {"sft": {"answers": ch06_experiments.answer_breakdown(sft_params, n_seeds=n_seeds)}}
+    out = {"sft": {"answers": ch06_experiments.answer_breakdown(sft_params)}}
     for name, run in runs.items():
         entry = {"answers": ch06_experiments.answer_breakdown(run["params"])}
         if name != "grpo":

@@ -2,8 +2,9 @@
 
 * The estimators' bias and spread against the exact KL (Schulman 2020's Gaussian example, and a
   categorical "vocabulary"), and the gradient each gives when used as a loss, by enumeration;
-* the reward-KL frontier of chapter 6's loop under a sweep of the KL coefficient, and the
-  per-token KL of one of its policies along sampled completions;
+* the reward-KL frontier of chapter 6's loop under a sweep of the KL coefficient, pushed on a
+  proxy (what biased annotators value) with the gold reward measured on rephrased questions as
+  the KL grows, and the per-token KL of one of its policies along sampled completions;
 * forgetting (§15.2): SFT against on-policy RL on a second task, measured on the first.
 
 The runs on the mini GPT take the starting policy as an argument (``sft_params``, chapter 4's
@@ -45,13 +46,25 @@ CAT_SAMPLES = 200_000
 # The estimators as losses, by enumeration over a 6-token vocabulary.
 GRAD_VOCAB = 6
 
-# The reward-KL frontier: chapter 6's RL run on the gold reward of the training questions (12
-# steps of 4 questions x 4 completions, at most 20 new tokens, learning rate 3e-4), RLOO with
-# the KL as a k1 penalty in the reward (InstructGPT's place for it), one vmapped sweep of
-# FRONTIER_BETAS x FRONTIER_SEEDS.
-FRONTIER_CONFIG = dataclasses.replace(ch06_experiments.RL_CONFIG, algorithm="rloo")
-FRONTIER_BETAS = (0.0, 0.05, 0.2, 1.0)
-FRONTIER_SEEDS = 2
+# The reward-KL frontier and its gold peak: chapter 6's RL run (4 questions x 4 completions a
+# step, learning rate 3e-4), RLOO with the KL as a k1 penalty in the reward (InstructGPT's place
+# for it), on a PROXY reward: what the biased annotators of the pipeline value
+# (data.annotator_utility: the gold reward + 0.015 per byte + 0.25 per confident phrase, the
+# optimum a reward model trained on their labels is pulled towards). At most 64 new tokens, so
+# that an answer can run past the gold reward's 48 free bytes. One vmapped sweep of
+# FRONTIER_BETAS x FRONTIER_SEEDS, FRONTIER_STEPS steps; every FRONTIER_CHUNK steps each policy
+# answers the first FRONTIER_QUESTIONS of chapter 6's rephrased evaluation questions (one
+# sample, T = 1), scored by the gold reward and by the proxy, with the exact KL to the SFT model
+# along the answers.
+FRONTIER_STEPS = 16
+FRONTIER_CHUNK = 4
+FRONTIER_CONFIG = dataclasses.replace(ch06_experiments.RL_CONFIG, algorithm="rloo",
+                                      steps=FRONTIER_CHUNK, max_new_tokens=64,
+                                      log_every=FRONTIER_CHUNK)
+FRONTIER_BETAS = (0.0, 0.05, 0.5)
+FRONTIER_SEEDS = 4
+FRONTIER_QUESTIONS = 128
+PROXY_BIAS = data.AnnotatorBias()
 # Per-token KL along completions: the beta = 0 policy of the sweep (its first seed) against the
 # SFT model, TOKEN_PROMPTS training questions x TOKEN_SAMPLES completions.
 TOKEN_PROMPTS, TOKEN_SAMPLES = 32, 4
@@ -65,8 +78,8 @@ TOKEN_PROMPTS, TOKEN_SAMPLES = 32, 4
 # FORGET_LR each way: SFT on demonstrations "The answer is {x}." of arithmetic questions, or
 # on-policy RL (GRPO, 4 questions x 4 completions, beta = 0: no explicit KL term) on the format
 # score; FORGET_SEEDS seeds vmapped. Evaluation: one sampled answer (T = 1) per question and
-# seed on EVAL_QUESTIONS training questions of each task, and the exact sequence KL to the start
-# model along those answers.
+# seed on EVAL_QUESTIONS questions of each task (task 1's rephrased questions, task 2's training
+# questions), and the exact sequence KL to the start model along those answers.
 OLD_TOPICS = ("capital", "animal", "color")
 NEW_TOPICS = ("arithmetic",)
 NEW_PREFIX = "The answer is"
@@ -81,8 +94,9 @@ EVAL_TOKENS = 20
 
 __all__ = [
     "GAUSS_MUS", "GAUSS_CURVE_MUS", "GAUSS_SAMPLES", "GAUSS_CURVE_SAMPLES", "CAT_VOCAB",
-    "CAT_SCALES", "CAT_SAMPLES", "GRAD_VOCAB", "FRONTIER_CONFIG", "FRONTIER_BETAS",
-    "FRONTIER_SEEDS", "TOKEN_PROMPTS", "TOKEN_SAMPLES", "OLD_TOPICS", "NEW_TOPICS", "NEW_PREFIX",
+    "CAT_SCALES", "CAT_SAMPLES", "GRAD_VOCAB", "FRONTIER_STEPS", "FRONTIER_CHUNK",
+    "FRONTIER_CONFIG", "FRONTIER_BETAS", "FRONTIER_SEEDS", "FRONTIER_QUESTIONS", "PROXY_BIAS",
+    "proxy_score", "TOKEN_PROMPTS", "TOKEN_SAMPLES", "OLD_TOPICS", "NEW_TOPICS", "NEW_PREFIX",
     "FORGET_STEPS", "FORGET_SEEDS", "FORGET_LR", "FORGET_RL_CONFIG", "SFT_BATCH",
     "EVAL_QUESTIONS", "EVAL_TOKENS", "gaussian_estimates", "categorical_estimates",
     "estimator_gradients", "frontier_runs", "frontier_points", "per_token_kl",
@@ -160,26 +174,90 @@ def estimator_gradients(vocab: int = GRAD_VOCAB, seed: int = 0) -> dict:
 # RL on the mini GPT: the beta sweep (frontier) and the per-token KL of one policy
 
 
+def proxy_score(question, response: str) -> float:
+    """The frontier's proxy reward: what the biased annotators value,
+    ``data.annotator_utility(question, response, PROXY_BIAS)``."""
+    return data.annotator_utility(question, response, PROXY_BIAS)
+
+
+def _frontier_eval(lm_params, sft_params, questions, model_config, seed: int) -> dict:
+    """Each policy (leading axis) answers ``questions`` once at T = 1: ``gold``, ``proxy`` and
+    the exact sequence ``kl`` to ``sft_params`` along the answers, ``[policies, Q]`` each."""
+    prompts = rollout.encode_prompts([q.prompt for q in questions])
+    P, Q = jax.tree.leaves(lm_params)[0].shape[0], len(questions)
+    gen = rollout.sample_policies(lm_params, prompts,
+                                  jax.random.split(jax.random.PRNGKey(seed), P), 1.0,
+                                  model_config, max_new_tokens=FRONTIER_CONFIG.max_new_tokens)
+    kl = np.asarray(_policy_kls(lm_params, sft_params, gen.tokens, gen.mask, model_config))
+    texts = sampling.decode_masked(np.asarray(gen.tokens).reshape(P * Q, -1),
+                                   np.asarray(gen.mask).reshape(P * Q, -1))
+    gold = np.asarray([data.gold_reward(q, t) for q, t in zip(questions * P, texts)])
+    proxy = np.asarray([proxy_score(q, t) for q, t in zip(questions * P, texts)])
+    return {"gold": gold.reshape(P, Q), "proxy": proxy.reshape(P, Q), "kl": kl,
+            "bytes": np.asarray([len(t.encode()) for t in texts], float).reshape(P, Q),
+            "texts": np.asarray(texts, dtype=object).reshape(P, Q)}
+
+
 def frontier_runs(sft_params) -> dict:
-    """``{"metrics": {beta: {name: [seeds, steps]}}, "params": final lm params [betas * seeds,
-    ...]}``: ``FRONTIER_CONFIG`` on the gold reward from ``sft_params`` for each of
-    ``FRONTIER_BETAS``, ``FRONTIER_SEEDS`` seeds, every (beta, seed) pair in one vmapped
-    compilation."""
-    _, questions, _ = ch06_experiments.rl_task()
-    reward = rollout.text_reward(data.gold_reward, questions)
-    state, metrics = ch06_experiments.beta_sweep(FRONTIER_CONFIG, reward, sft_params,
-                                                 FRONTIER_BETAS, FRONTIER_SEEDS)
-    return {"metrics": metrics,
-            "params": state.params["lm"]}
+    """RLOO on :func:`proxy_score` from ``sft_params`` for each of ``FRONTIER_BETAS`` x
+    ``FRONTIER_SEEDS`` (every run in one compiled ``vmap``, beta traced), ``FRONTIER_STEPS``
+    steps in chunks of ``FRONTIER_CHUNK``; after each chunk (and at step 0) every policy is
+    measured on the rephrased questions (:func:`_frontier_eval`). Returns ``{"steps": [C],
+    "evals": {beta: {"gold", "proxy", "kl", "bytes": [C, seeds]}}, "metrics": {beta: {name:
+    [seeds, steps]}}, "params": final lm params [betas * seeds, ...], "texts": {beta: the
+    last answers [seeds, Q]}}``."""
+    model_config, questions, prompts = ch06_experiments.rl_task()
+    reward = rollout.text_reward(proxy_score, questions)
+    eval_qs = ch06_experiments.eval_questions()["rephrased"][:FRONTIER_QUESTIONS]
+    betas, S = FRONTIER_BETAS, FRONTIER_SEEDS
+    R = len(betas) * S
+    swept = jnp.repeat(jnp.asarray(betas, jnp.float32), S)
+    init = ch06_loop.init_rl_state(FRONTIER_CONFIG, model_config, sft_params, reward)
+    state = jax.tree.map(lambda x: jnp.broadcast_to(x, (R, *jnp.shape(x))), init)
+
+    def chunk(state, key, beta):
+        config = dataclasses.replace(FRONTIER_CONFIG, beta=beta)
+        step = ch06_loop.make_rl_step(config, model_config, prompts, reward)
+        return jax.lax.scan(step, state, jax.random.split(key, FRONTIER_CHUNK))
+
+    chunk = jax.jit(jax.vmap(chunk))
+    n_chunks = FRONTIER_STEPS // FRONTIER_CHUNK
+    keys = jax.random.split(jax.random.PRNGKey(0), S)
+    evals, metrics, steps = [], [], []
+    for c in range(n_chunks + 1):
+        if c:
+            chunk_keys = jnp.tile(jax.vmap(lambda k: jax.random.fold_in(k, c))(keys),
+                                  (len(betas), 1))
+            state, m = chunk(state, chunk_keys, swept)
+            metrics.append({k: np.asarray(v) for k, v in m.items()})
+        evals.append(_frontier_eval(state.params["lm"], sft_params, eval_qs, model_config,
+                                    seed=c))
+        steps.append(c * FRONTIER_CHUNK)
+    out = {"steps": np.asarray(steps), "evals": {}, "metrics": {}, "texts": {},
+           "params": state.params["lm"]}
+    for i, beta in enumerate(betas):
+        part = slice(i * S, (i + 1) * S)
+        out["evals"][beta] = {k: np.stack([e[k][part].mean(axis=1) for e in evals])
+                              for k in ("gold", "proxy", "kl", "bytes")}
+        out["metrics"][beta] = {k: np.concatenate([m[k][part] for m in metrics], axis=1)
+                                for k in metrics[0]}
+        out["texts"][beta] = evals[-1]["texts"][part]
+    return out
 
 
-def frontier_points(runs: dict, window: int = 3) -> dict:
-    """Per beta of :func:`frontier_runs`: the gold reward and the KL per completion (k1 summed
-    over tokens) over the last ``window`` steps, one value per seed, and the gold reward over
-    the first ``window`` steps."""
-    return {b: {"reward": m["score"][:, -window:].mean(1), "kl": m["kl"][:, -window:].mean(1),
-                "reward_first": m["score"][:, :window].mean(1)}
-            for b, m in runs["metrics"].items()}
+def frontier_points(runs: dict) -> dict:
+    """Per beta of :func:`frontier_runs`, at every checkpoint: the mean over seeds of the gold
+    reward, the proxy and the KL on the rephrased questions, each with its standard error over
+    seeds (``[C]`` arrays), and the checkpoint ``steps``."""
+    out = {}
+    for beta, e in runs["evals"].items():
+        row = {"steps": runs["steps"]}
+        for k in ("gold", "proxy", "kl", "bytes"):
+            v = e[k]
+            row[k] = v.mean(axis=1)
+            row[f"{k}_se"] = v.std(axis=1, ddof=1) / np.sqrt(v.shape[1])
+        out[beta] = row
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("model_config",))
@@ -319,7 +397,11 @@ def forgetting_runs(sft_params) -> dict:
     starts = jax.tree.map(lambda x: jnp.broadcast_to(x, (FORGET_SEEDS, *x.shape)), start)
     out = {"sft_loss": np.asarray(sft_losses),
            "rl_score": np.asarray(rl_metrics["score"]), "rl_kl": np.asarray(rl_metrics["kl"])}
-    for name, questions, score in (("old", old, data.gold_reward), ("new", new, new_task_score)):
+    # Task 1 is measured on its rephrased questions (the facts in phrasings no training data
+    # contains, chapter 6's main evaluation); task 2 on the questions it was trained on.
+    old_rephrased = [q for q in data.question_splits().rephrased if q.topic in OLD_TOPICS]
+    for name, questions, score in (("old", old_rephrased, data.gold_reward),
+                                   ("new", new, new_task_score)):
         out[name], out[f"{name}_kl"] = {}, {}
         for run, p in (("start", starts), ("sft", sft_params), ("rl", state.params["lm"])):
             scores, kls = evaluate_policies(p, questions, start, score)

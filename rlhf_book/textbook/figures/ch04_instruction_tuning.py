@@ -1,36 +1,59 @@
 """Chapter 4 figures: the loss mask of a two-turn conversation in both modes, sequence packing
 (rows and the block-diagonal attention mask), SFT loss curves with and without prompt masking,
-and answers to held-out questions before and after SFT.
+answers to the rephrased questions before and after SFT, and the answer styles of the SFT
+models' samples next to the demonstrators'.
 
 ``notebooks/ch04_instruction_tuning.ipynb`` runs the chapter's experiments
 (:mod:`rlhf_book.ch04_instruction_tuning.experiments`) and draws their results through these;
 with no arguments (``rlhf-book figures ch04``) the figures run them: chapter 0's pretrained
-small model from the substrate cache, then the two SFT runs, done once and shared.
+small model from the substrate cache, then the chapter's SFT runs and their samples, done once
+and shared.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import textwrap
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from rlhf_book import ch04_instruction_tuning as ch04
+from rlhf_book import data
 from rlhf_book.ch04_instruction_tuning import experiments
 from rlhf_book.lm import gpt
 from rlhf_book.textbook import substrate
 from rlhf_book.textbook.figures import FigureResult, draw_token_cells, figure
 
+BASE_LABEL = "base (pretrained)"
+# The notebook's short names for the runs in the evaluation figures.
+SHORT_LABELS = {experiments.RUN_LABELS[True]: "SFT, prompt masked",
+                experiments.RUN_LABELS[False]: "SFT, no mask",
+                experiments.LONG_RUN_LABEL: "SFT, longer"}
+
+
 @functools.lru_cache(maxsize=1)
 def sft_runs():
-    """Both SFT runs of the chapter from chapter 0's pretrained model, run once per process
-    when a figure is drawn without results; the prompt-masked model is stored for the later
-    chapters."""
-    runs = experiments.sft_runs(substrate.pretrained_small()[0])
+    """The chapter's SFT runs from chapter 0's pretrained model, run once per process when a
+    figure is drawn without results: ``{label: (params, history)}`` for both
+    :data:`~rlhf_book.ch04_instruction_tuning.experiments.SFT_CONFIG` runs and the longer
+    run; the prompt-masked model is stored for the later chapters."""
+    base = substrate.pretrained_small()[0]
+    runs = experiments.sft_runs(base)
     substrate.store_sft_small(runs[True][0])
-    return runs
+    return {**{experiments.RUN_LABELS[m]: run for m, run in runs.items()},
+            experiments.LONG_RUN_LABEL: experiments.run_long_sft(base)}
+
+
+@functools.lru_cache(maxsize=1)
+def sampled_answers():
+    """``{label: answer_samples}`` of the base model and the SFT runs on the rephrased questions
+    at temperature 1 (:func:`~rlhf_book.ch04_instruction_tuning.experiments.sample_models`)."""
+    models = {BASE_LABEL: substrate.pretrained_small()[0],
+              **{SHORT_LABELS[label]: params for label, (params, _) in sft_runs().items()}}
+    return experiments.sample_models(models, experiments.eval_questions("rephrased"))
 
 
 @figure("ch04_loss_mask", "ch04",
@@ -113,15 +136,15 @@ def packing(demos=None, length: int = experiments.SFT_CONFIG.seq_len,
 
 
 @figure("ch04_sft_loss", "ch04",
-        "SFT of the pretrained small model with and without prompt masking. Left: the training "
-        "loss each run optimises (assistant tokens only, or every token). Right: both runs "
-        "measured the same way, the loss on the assistant tokens of demonstrations about "
-        "held-out facts.")
+        "SFT of the pretrained small model with and without prompt masking, and the masked run "
+        "longer at a higher rate. Left: the training loss each run optimises (assistant tokens "
+        "only, or every token). Right: all runs measured the same way, the loss on the "
+        "assistant tokens of demonstrations that answer the rephrased questions.")
 def sft_loss_curves(histories: dict | None = None) -> FigureResult:
     """``histories`` maps a label to a :func:`~rlhf_book.ch04_instruction_tuning.train_sft`
-    history; without it, run both SFT runs of the chapter's experiments."""
+    history; without it, run the chapter's SFT runs."""
     if histories is None:
-        histories = {experiments.RUN_LABELS[m]: h for m, (_, h) in sft_runs().items()}
+        histories = {label: h for label, (_, h) in sft_runs().items()}
     fig = Figure(figsize=(10, 3.4))
     left, right = fig.subplots(1, 2)
     numbers = {}
@@ -138,7 +161,7 @@ def sft_loss_curves(histories: dict | None = None) -> FigureResult:
     left.set(xlabel="step", ylabel="training loss (nats per trained token)", ylim=(0, None),
              title="what each run minimises")
     right.set(xlabel="step", ylabel="loss on assistant tokens (nats)", ylim=(0, None),
-              title="held-out facts, assistant tokens only")
+              title="rephrased questions, assistant tokens only")
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -146,39 +169,93 @@ def sft_loss_curves(histories: dict | None = None) -> FigureResult:
     return FigureResult(fig, numbers)
 
 
+def _short(label: str) -> str:
+    return textwrap.fill(label, 12)
+
+
 @figure("ch04_before_after", "ch04",
-        "Greedy answers to the held-out questions before SFT (the pretrained base model) and "
-        "after it: mean gold reward, accuracy, answer length in bytes (48 is the generation "
-        "limit) and the fraction of answers that end with <|end|>.")
+        "Answers to the 520 rephrased questions (training facts in phrasings no training data "
+        "contains), 4 samples each at temperature 1, before SFT (the pretrained base model) and "
+        "after it: mean gold reward with its standard error over the questions, the shares of "
+        "right, wrong and missing answers, answer length in bytes (48 is the generation limit) "
+        "and the fraction of answers that end with <|end|>.")
 def before_after(metrics: dict | None = None) -> FigureResult:
-    """``metrics`` maps a label to an :func:`~rlhf_book.ch04_instruction_tuning.evaluate_answers`
-    dict; without it, evaluate the base model and both SFT runs."""
+    """``metrics`` maps a label to a :func:`~rlhf_book.ch04_instruction_tuning.experiments.
+    summarize` dict; without it, sample the base model and the SFT runs."""
     if metrics is None:
-        runs = sft_runs()
-        metrics = experiments.evaluate_models({"base (pretrained)": substrate.pretrained_small()[0],
-                                               "SFT, prompt masked": runs[True][0],
-                                               "SFT, no mask": runs[False][0]})
-    panels = (("gold_reward", "mean gold reward"), ("accuracy", "accuracy"),
-              ("answer_bytes", "answer length (bytes)"), ("stopped", "stopped with <|end|>"))
-    fig = Figure(figsize=(11, 3))
-    axes = fig.subplots(1, len(panels))
+        metrics = {label: experiments.summarize(a) for label, a in sampled_answers().items()}
     labels = list(metrics)
+    x = np.arange(len(labels))
     colours = ["0.55", "tab:orange", "tab:blue", "tab:green"][:len(labels)]
-    for ax, (key, title) in zip(axes, panels):
-        values = [metrics[label][key] for label in labels]
-        ax.bar(range(len(labels)), values, color=colours)
-        for x, v in enumerate(values):
-            ax.text(x, v, f"{v:.2f}" if key != "answer_bytes" else f"{v:.0f}", ha="center",
-                    va="bottom" if v >= 0 else "top", fontsize=8)
-        ax.axhline(0, color="k", lw=0.6)
-        ax.set(title=title, xticks=range(len(labels)))
-        ax.set_xticklabels([label.replace(", ", ",\n").replace(" (", "\n(") for label in labels],
-                           fontsize=7)
-        if key in ("accuracy", "stopped"):  # fractions: always on the full 0..1 scale
-            ax.set_ylim(0, 1.12)
-        else:
-            lo, hi = min(0.0, *values), max(0.0, *values)
-            ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
-    fig.suptitle(f"{metrics[labels[0]]['n']} held-out questions, greedy decoding", fontsize=9)
+    fig = Figure(figsize=(12, 3.2))
+    gold_ax, kind_ax, bytes_ax, stop_ax = fig.subplots(1, 4)
+    gold = [metrics[k]["gold"] for k in labels]
+    gold_ax.bar(x, gold, yerr=[metrics[k]["gold_se"] for k in labels], color=colours, capsize=3)
+    for i, v in enumerate(gold):
+        gold_ax.text(i, v, f"{v:+.2f}", ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
+    gold_ax.axhline(0, color="k", lw=0.6)
+    lo, hi = min(0.0, *gold), max(0.0, *gold)
+    gold_ax.set(title="mean gold reward (± SE)", ylim=(lo - 0.2 * (hi - lo + 0.1), hi + 0.2))
+    bottom = np.zeros(len(labels))
+    for kind, colour in (("right", "tab:green"), ("wrong", "tab:red"), ("none", "0.75")):
+        share = np.array([metrics[k][kind] for k in labels])
+        kind_ax.bar(x, share, bottom=bottom, color=colour, label=kind)
+        bottom += share
+    kind_ax.set(title="answers: right / wrong / none", ylim=(0, 1.0))
+    kind_ax.legend(fontsize=7, loc="upper right")
+    for ax, key, title in ((bytes_ax, "bytes", "answer length (bytes)"),
+                           (stop_ax, "stopped", "stopped with <|end|>")):
+        values = [metrics[k][key] for k in labels]
+        ax.bar(x, values, color=colours)
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.0f}" if key == "bytes" else f"{v:.2f}", ha="center",
+                    va="bottom", fontsize=8)
+        ax.set(title=title, ylim=(0, 1.12) if key == "stopped" else (0, 1.15 * max(values)))
+    for ax in (gold_ax, kind_ax, bytes_ax, stop_ax):
+        ax.set_xticks(x)
+        ax.set_xticklabels([_short(k) for k in labels], fontsize=7)
+    first = metrics[labels[0]]
+    fig.suptitle(f"{first['n']} rephrased questions, {first['samples']} samples each",
+                 fontsize=9)
     fig.tight_layout()
-    return FigureResult(fig, {label: {k: v for k, v in m.items()} for label, m in metrics.items()})
+    return FigureResult(fig, {label: dict(m) for label, m in metrics.items()})
+
+
+@figure("ch04_styles", "ch04",
+        "Who SFT imitates: the share of each answer style among the demonstrators' answers "
+        "(their mixture, and the 2,000 demonstrations as read back from their text) and among "
+        "the SFT models' samples at temperature 1 on the rephrased questions (± SE over the "
+        "questions). A style is read from the text as the gold reward reads it: wrong, no "
+        "answer (off topic), or right and hedged, padded past 48 bytes, or concise.")
+def styles(shares: dict | None = None) -> FigureResult:
+    """``shares`` maps a label to ``{style: share}`` or ``{style: (share, se)}`` over
+    :data:`rlhf_book.data.STYLES`; without it, the demonstrators' mixture, the demonstrations
+    and the samples of the SFT runs."""
+    if shares is None:
+        questions = experiments.eval_questions("rephrased")
+        shares = {"demonstrators (DEMONSTRATOR_STYLES)": dict(data.DEMONSTRATOR_STYLES),
+                  "2,000 demonstrations, as read": experiments.demonstration_styles(
+                      experiments.sft_datasets()[0])}
+        shares.update({label: experiments.style_shares(questions, a["texts"])
+                       for label, a in sampled_answers().items() if label != BASE_LABEL})
+    labels = list(shares)
+    width = 0.8 / len(labels)
+    fig = Figure(figsize=(10, 3.4))
+    ax = fig.add_subplot()
+    x = np.arange(len(data.STYLES))
+    numbers = {}
+    for k, label in enumerate(labels):
+        values = [shares[label].get(s, 0.0) for s in data.STYLES]
+        mean = np.array([v[0] if isinstance(v, tuple) else v for v in values])
+        se = np.array([v[1] if isinstance(v, tuple) else 0.0 for v in values])
+        ax.bar(x + (k - (len(labels) - 1) / 2) * width, mean, width, yerr=se, capsize=2,
+               color=("0.3", "0.6", "tab:orange", "tab:blue", "tab:green", "tab:purple")[k % 6],
+               label=label)
+        numbers[label] = dict(zip(data.STYLES, mean.tolist()))
+    ax.set_xticks(x)
+    ax.set_xticklabels([s.replace("_", " ") for s in data.STYLES])
+    ax.set(ylabel="share of answers", ylim=(0, 1), title="answer styles")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return FigureResult(fig, numbers)

@@ -264,10 +264,10 @@ def displacement(runs: dict | None = None) -> FigureResult:
         "DPO on the synthetic world, from chapter 4's SFT model of the small GPT (4 seeds, mean "
         "+- standard error; curves averaged over 5 steps). Left: the batch's implicit-reward "
         "accuracy during offline DPO on "
-        "the annotators' pairs (beta = 0.1), with and without the chosen completions' NLL. "
+        "the biased annotators' pairs (3 in 4 right-vs-wrong; beta = 0.1), with and without the chosen completions' NLL. "
         "Middle: the chosen and rejected sequence log-probabilities of those batches: without "
         "the NLL both fall (displacement), with it the chosen one rises. Right: what the "
-        "final policies answer to 32 training questions at temperature 1 (right, wrong, no "
+        "final policies answer to 128 rephrased questions at temperature 1 (right, wrong, no "
         "answer; gold reward above the bars): the SFT model, offline DPO, DPO + NLL, online "
         "DPO (best vs worst of 4 samples, gold-labelled) and GRPO on the same budget.")
 def dpo_world(runs: dict | None = None) -> FigureResult:
@@ -304,18 +304,21 @@ def dpo_world(runs: dict | None = None) -> FigureResult:
     kinds = (("right", "tab:green"), ("wrong", "tab:red"), ("none", "0.7"))
     bottom = np.zeros(len(names))
     for kind, colour in kinds:
-        values = np.array([ev[n]["answers"][kind] for n in names])
+        values = np.array([ev[n]["answers"]["rephrased"][kind] for n in names])
         axes[2].bar(names, values, bottom=bottom, color=colour, label=kind)
         bottom += values
     for k, n in enumerate(names):
-        axes[2].text(k, 1.01, f"{ev[n]['answers']['gold']:+.2f}", ha="center", fontsize=7)
+        axes[2].text(k, 1.01, f"{ev[n]['answers']['rephrased']['gold']:+.2f}", ha="center",
+                     fontsize=7)
     finish_axes(axes[2], ylabel="fraction of answers", ylim=(0, 1.1),
-                title="final answers (gold reward above)")
+                title="answers to rephrased questions (gold above)")
     axes[2].tick_params(axis="x", labelsize=7)
     axes[2].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     for n in names:
-        numbers.setdefault(n, {})["answers"] = ev[n]["answers"]
+        numbers.setdefault(n, {})["answers"] = {
+            rows: {k: v for k, v in a.items() if k not in ("texts", "gold_seeds")}
+            for rows, a in ev[n]["answers"].items()}
         if "heldout" in ev[n]:
             numbers[n]["heldout"] = {k: ev[n]["heldout"][k]
                                      for k in ("accuracy", "gold_accuracy", "margin",
