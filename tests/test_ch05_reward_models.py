@@ -1045,3 +1045,61 @@ def test_exercise_regions_stubs_and_guide_markers():
     assert len(names) == len(set(names)) == source.count("# [/guide]")
     assert {"bradley-terry", "balanced-loss", "plackett-luce", "orm-prm", "last-token",
             "reward-scores", "rm-train", "margins"} <= set(names)
+
+
+# ----------------------------------------------------------------------------------------------
+# The notebook's experiments (section 5): data, references and probes, without training
+
+
+def test_rm_datasets_follow_the_pipelines_recipe():
+    from rlhf_book.ch05_reward_models import experiments as ex
+
+    sets = ex.rm_datasets()
+    splits = data.question_splits()
+    assert len(sets["train"]) == ex.RM_CONFIG.n_pairs and len(sets["rephrased"]) == ex.N_HELDOUT_PAIRS
+    assert all(p.question in splits.train for p in sets["train"][:200])
+    assert all(p.question.rephrased and p.question in splits.rephrased for p in sets["rephrased"])
+    assert all(p.question in splits.unseen for p in sets["unseen"])
+    share = np.mean([p.kind == "correctness" for p in sets["train"]])
+    assert abs(share - ex.CORRECTNESS_FRACTION) < 3 * math.sqrt(0.75 * 0.25 / len(sets["train"]))
+    # every pair fits the reward model's rows, which fit the small model
+    assert ex.RM_CONFIG.seq_len <= gpt.get_config(ex.RM_MODEL).max_seq_len
+    ch5.encode_pairs(sets["train"] + sets["rephrased"] + sets["unseen"], ex.RM_CONFIG.seq_len)
+
+
+def test_accuracy_by_kind_by_hand():
+    from rlhf_book.ch05_reward_models import experiments as ex
+
+    pairs = data.preference_pairs(seed=5, n=40, bias=data.AnnotatorBias(), correctness_fraction=0.5)
+    r_c = np.arange(40, dtype=float) % 3 - 1.0   # -1, 0, 1, ...: right on every third pair
+    r_r = np.zeros(40)
+    table = ex.accuracy_by_kind(pairs, r_c, r_r)
+    kinds = np.array([p.kind for p in pairs])
+    for kind in data.PAIR_KINDS:
+        sel = kinds == kind
+        # ties count 1/2 in preference_accuracy
+        expected = np.mean(np.where(r_c[sel] > 0, 1.0, np.where(r_c[sel] == 0, 0.5, 0.0)))
+        assert table[kind]["n"] == sel.sum()
+        assert table[kind]["accuracy"] == pytest.approx(expected, abs=1e-6)
+        assert table[kind]["se"] == pytest.approx(math.sqrt(expected * (1 - expected) / sel.sum()))
+        assert table[kind]["ceiling"] == pytest.approx(
+            data.label_accuracy_ceiling([p.p_true for p in np.array(pairs)[sel]], ex.ANNOTATORS))
+    assert table["all"]["n"] == 40
+
+
+def test_position_bias_only_lowers_the_ceiling_and_probes_disagree_with_gold():
+    from rlhf_book.ch05_reward_models import experiments as ex
+
+    cost = ex.position_bias_cost()
+    assert cost["without position bias"] >= cost["with position bias"] > 0.9
+    probes = ex.bias_probes()
+    assert set(probes) == set(ex.PROBES)
+    for name, items in probes.items():
+        assert len(items) == len(data.fact_questions(data.question_splits().rephrased))
+        assert all(p.question.rephrased and p.gold_plain == 1.0 for p in items)  # both correct
+        # the annotators prefer the biased answer on average (the longest padded answers pay
+        # more in gold length penalty than they gain in verbosity bias)
+        assert np.mean([p.p_annotator for p in items]) > 0.55
+    assert all(p.plain in p.biased and p.gold_biased < p.gold_plain for p in probes["verbosity"])
+    assert all(p.gold_biased == p.gold_plain and data.count_confident(p.biased) == 1
+               and p.p_annotator > 0.5 for p in probes["confidence"])

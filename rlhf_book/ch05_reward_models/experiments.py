@@ -1,14 +1,18 @@
 """Chapter 5's experiments: what ``notebooks/ch05_reward_models.ipynb`` runs.
 
 Settings are the named constants below; change one and rerun the notebook. The experiments
-that train on chapter 0's pretrained small model take its parameters as an argument
-(:func:`rlhf_book.textbook.substrate.pretrained_small` provides them):
+that train on chapter 4's SFT model of the small GPT take its parameters as an argument
+(:func:`rlhf_book.textbook.substrate.sft_small` provides them):
 
 * §5.1, §5.4: the Bradley-Terry curves with Llama 2's margins (:func:`per_pair_bt_loss`), the
   Plackett-Luce probabilities of every ranking, exact and sampled, and fitting item scores from
   sampled rankings three ways (:func:`fit_estimators`);
-* notebook section 5: reward models trained on 100 to 3,000 pairs of the simulated annotators
-  (:func:`rm_runs`), read against the annotators' ceiling and agreement, by answer style;
+* notebook section 5: a reward model on chapter 4's SFT model trained on the biased
+  annotators' pairs (:func:`rm_datasets`, :func:`rm_run`), read against its labels' ceiling on
+  style pairs and on correctness pairs (:func:`accuracy_by_kind`), against the gold reward by
+  answer style, on probes of the annotators' biases (:func:`bias_probes`,
+  :func:`probe_scores`, :func:`position_bias_cost`), next to what its base policy knows
+  (:func:`policy_prefers_right`);
 * notebook section 6: the lecture notes' six-pair reward-model lesson done right
   (:func:`lesson_runs`);
 * §5.7: the targets of each kind of model (:func:`value_targets`) and the ways to read an ORM
@@ -33,12 +37,14 @@ from rlhf_book.ch05_reward_models.losses import (AGGREGATIONS, POOLINGS, aggrega
                                                  balanced_pairwise_loss, bradley_terry_loss,
                                                  init_reward_model, plackett_luce_loss,
                                                  preference_accuracy, sample_plackett_luce)
-from rlhf_book.ch05_reward_models.loop import (LESSON_CONFIG, PairBatch, RMConfig, encode_pairs,
+from rlhf_book.ch05_reward_models.loop import (LESSON_CONFIG, RMConfig, encode_pairs,
                                                gold_pair_accuracy, lesson_batch, lesson_tokenize,
-                                               score_pairs, train_reward_model)
-from rlhf_book.lm import gpt
+                                               reward_model_loss, score_pairs, train_reward_model)
+from rlhf_book.data.world import fact_statements
+from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.lm.rollout import token_log_probs
 
-# The model the reward models of section 5 start from: chapter 0's pretrained small GPT.
+# The model the reward model of section 5 starts from: chapter 4's SFT model of the small GPT.
 RM_MODEL = "small"
 RM_SEED = 0
 
@@ -51,17 +57,22 @@ PL_SCORES = (2.0, 1.0, 0.0)
 PL_DRAWS = 20_000
 FIT_ITEMS, FIT_K, FIT_RANKINGS, FIT_STEPS = 8, 4, 300, 500
 
-# Notebook section 5: reward models on chapter 0's pretrained small model, trained on the first
-# n of 3,000 pairs (majority of 3 annotators, noise 0.5) for the same 160 steps of 8 pairs each
-# (1,280 pairs drawn), and tested on 500 pairs about held-out facts. 116 tokens hold the longest
-# pair; 1e-3 is a third of pretraining's rate (a reward model this small tolerates it). The step
-# budget is what fits the notebook's two minutes next to the pretraining run (about 7 s a model
-# on a 2-core CPU); 16 pairs a step reach 0.728 on 3,000 pairs instead of 0.698.
-RM_SIZES = (100, 1000, 3000)
-RM_CONFIG = RMConfig(steps=160, batch_size=8, seq_len=116, learning_rate=1e-3,
-                          warmup_steps=16, log_every=40, n_pairs=max(RM_SIZES))
+# Notebook section 5: a reward model on chapter 4's SFT model of the small GPT, with the
+# pipeline's recipe (its stage 3 trains the same on the mini GPT): 6,400 pairs about the
+# training questions, labelled by the majority of 3 annotators (noise 0.5) with the documented
+# biases (verbosity, confidence, position: data.AnnotatorBias()), three in four of them
+# right-vs-wrong pairs in one style; 200 steps of 32 pairs (one pass) at 3e-4, the library's
+# RMConfig defaults otherwise. Tested on 500 pairs about the rephrased questions (training
+# facts, phrasings no training data contains) and 500 about the unseen facts. Measured on the
+# small model (2-core CPU, shared): correctness pairs stay at 0.53 after 200 steps, 0.53-0.56
+# after 400 steps at 3e-4 or 1e-3, also with mean pooling; style pairs reach 0.75-0.78.
+RM_CONFIG = RMConfig(steps=200, batch_size=32, seq_len=128, learning_rate=3e-4,
+                     warmup_steps=30, log_every=50, n_pairs=6400)
 N_HELDOUT_PAIRS = 500
 ANNOTATORS, ANNOTATOR_NOISE = 3, 0.5
+ANNOTATOR_BIAS = data.AnnotatorBias()
+CORRECTNESS_FRACTION = 0.75
+HELDOUT_SEED, UNSEEN_SEED, PROBE_SEED = 1, 2, 3
 
 # Notebook section 6: the six pairs of the lecture notes' reward-model lesson on its randomly
 # initialised mini GPT,
@@ -154,60 +165,109 @@ def fit_estimators(true, ranked) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Notebook section 5: reward models on chapter 0's pretrained small model
+# Notebook section 5: a reward model on chapter 4's SFT model, read against its labels' ceiling
 
 
-def rm_datasets(seed: int = 0):
-    """``(train_pairs, heldout_pairs)``: ``max(RM_SIZES)`` pairs about training facts (the
-    smaller training sets are their prefixes) and ``N_HELDOUT_PAIRS`` about held-out facts."""
-    kw = dict(n_annotators=ANNOTATORS, noise=ANNOTATOR_NOISE)
-    train_pairs = data.preference_pairs(seed=seed, n=max(RM_SIZES), **kw)
-    heldout = data.preference_pairs(seed=seed + 1, n=N_HELDOUT_PAIRS,
-                                    questions=data.split_questions()[1], **kw)
-    return train_pairs, heldout
+def rm_datasets(seed: int = 0) -> dict[str, list]:
+    """``{"train", "rephrased", "unseen"}``: ``RM_CONFIG.n_pairs`` pairs about the training
+    questions and ``N_HELDOUT_PAIRS`` about the rephrased questions and about the unseen facts,
+    all labelled by the same biased annotators, three in four of them correctness pairs."""
+    splits = data.question_splits()
+    kw = dict(n_annotators=ANNOTATORS, noise=ANNOTATOR_NOISE, bias=ANNOTATOR_BIAS,
+              correctness_fraction=CORRECTNESS_FRACTION)
+    return {"train": data.preference_pairs(seed=seed, n=RM_CONFIG.n_pairs,
+                                           questions=splits.train, **kw),
+            "rephrased": data.preference_pairs(seed=seed + HELDOUT_SEED, n=N_HELDOUT_PAIRS,
+                                               questions=splits.rephrased, **kw),
+            "unseen": data.preference_pairs(seed=seed + UNSEEN_SEED, n=N_HELDOUT_PAIRS,
+                                            questions=splits.unseen, **kw)}
+
+
+def _kind_accuracy(pairs, r_c, r_r) -> dict[str, float]:
+    kinds = np.array([p.kind for p in pairs])
+    better = np.asarray(r_c) > np.asarray(r_r)
+    return {kind: float(better[kinds == kind].mean()) for kind in data.PAIR_KINDS
+            if (kinds == kind).any()}
 
 
 class RMRun(NamedTuple):
-    """One trained reward model: its parameters, its training history and its rewards of the
-    held-out pairs' chosen and rejected responses."""
+    """One trained reward model: its parameters, its training history (with the held-out
+    accuracy on style and on correctness pairs after every chunk, ``eval_style`` and
+    ``eval_correctness``) and its rewards of the held-out pairs' chosen and rejected
+    responses, ``{set name: (chosen [N], rejected [N])}``."""
 
     params: dict
     history: dict
-    chosen: np.ndarray
-    rejected: np.ndarray
+    scores: dict
 
 
-def rm_run(base_params, train_pairs, eval_batch: PairBatch, config: gpt.GPTConfig | None = None,
+# [guide:rm-run]
+def rm_run(base_params, datasets: dict, config: gpt.GPTConfig | None = None,
            rm_config: RMConfig = RM_CONFIG, seed: int = RM_SEED) -> RMRun:
-    """One reward model from ``base_params`` (chapter 0's pretrained small model) trained on
-    ``train_pairs`` with ``rm_config``, scored on the pairs of ``eval_batch``."""
+    """A reward model from ``base_params`` (chapter 4's SFT model) trained on
+    ``datasets["train"]`` with ``rm_config`` (the driver of :func:`train_reward_model`, with
+    the rephrased pairs' accuracy by kind measured after every chunk), then scored on every
+    other set of ``datasets`` (the per-chunk evaluation needs a ``"rephrased"`` set; without
+    one the model is only trained)."""
     config = config or gpt.get_config(RM_MODEL)
     params = init_reward_model(jax.random.PRNGKey(seed), base_params, config)
-    params, history = train_reward_model(
-        config, params, rm_config, encode_pairs(train_pairs, rm_config.seq_len), seed=seed,
-        progress=False)
-    return RMRun(params, history, *score_pairs(params, config, eval_batch))
+    batches = {name: encode_pairs(pairs, rm_config.seq_len) for name, pairs in datasets.items()}
 
+    def loss_fn(p, b):
+        return reward_model_loss(p, b, config, rm_config.pooling, rm_config.use_margin)
 
-def rm_runs(base_params) -> dict[int, RMRun]:
-    """``{n_pairs: RMRun}``: one reward model per training-set size in ``RM_SIZES``, each from
-    ``base_params`` with ``RM_CONFIG`` (the same number of steps)."""
-    train_pairs, heldout = rm_datasets()
-    eval_batch = encode_pairs(heldout, RM_CONFIG.seq_len)
-    return {n: rm_run(base_params, train_pairs[:n], eval_batch) for n in RM_SIZES}
+    def evaluate(state):
+        r_c, r_r = score_pairs(state.params, config, batches["rephrased"], rm_config.pooling)
+        return _kind_accuracy(datasets["rephrased"], r_c, r_r)
+
+    tc = rm_config.train_config()
+    state, history = train.run_in_chunks(
+        train.make_supervised_step(loss_fn, train.random_rows(
+            jax.tree.map(jnp.asarray, batches["train"]), tc.batch_size)),
+        train.create_train_state(params, train.make_optimizer(tc)), steps=tc.steps,
+        chunk_size=tc.log_every, key=jax.random.PRNGKey(seed), progress=False,
+        evaluate=evaluate if "rephrased" in datasets else None)
+    scores = {name: score_pairs(state.params, config, batch, rm_config.pooling)
+              for name, batch in batches.items() if name != "train"}
+    return RMRun(state.params, history, scores)
+# [/guide]
 
 
 def annotator_references(pairs) -> dict[str, float]:
     """The two lines every reward-model accuracy is read against: the best accuracy any model
-    can reach on these labels (``bt_accuracy_ceiling``) and the annotators' agreement."""
-    return {"ceiling": data.bt_accuracy_ceiling([p.gold_chosen for p in pairs],
-                                                [p.gold_rejected for p in pairs],
-                                                ANNOTATOR_NOISE, ANNOTATORS),
+    can reach on these labels (:func:`rlhf_book.data.label_accuracy_ceiling` of each pair's
+    labelling probability, the annotators' biases included) and the annotators' agreement."""
+    return {"ceiling": data.label_accuracy_ceiling([p.p_true for p in pairs], ANNOTATORS),
             "agreement": data.inter_annotator_agreement([p.votes for p in pairs])}
 
 
+def _accuracy_row(pairs, r_c, r_r) -> dict[str, float]:
+    r_c, r_r = np.asarray(r_c), np.asarray(r_r)
+    acc = float(preference_accuracy(r_c, r_r))
+    return {"n": len(pairs), "accuracy": acc,
+            "se": float(np.sqrt(acc * (1 - acc) / len(pairs))),
+            "gold_accuracy": gold_pair_accuracy(pairs, r_c, r_r),
+            **annotator_references(pairs)}
+
+
+def accuracy_by_kind(pairs, r_c, r_r) -> dict[str, dict[str, float]]:
+    """``{"all", "style", "correctness": {n, accuracy, se, gold_accuracy, ceiling,
+    agreement}}``: accuracy against the majority label (with its binomial standard error),
+    against the gold preference, and the two references, over all pairs and per
+    :attr:`~rlhf_book.data.PreferencePair.kind`."""
+    out = {"all": _accuracy_row(pairs, r_c, r_r)}
+    kinds = np.array([p.kind for p in pairs])
+    for kind in data.PAIR_KINDS:
+        idx = np.flatnonzero(kinds == kind)
+        if len(idx):
+            out[kind] = _accuracy_row([pairs[i] for i in idx], np.asarray(r_c)[idx],
+                                      np.asarray(r_r)[idx])
+    return out
+
+
 def accuracy_by_style(pairs, r_c, r_r) -> dict[str, dict[str, float]]:
-    """Accuracy, gold accuracy and ceiling per unordered pair of styles, largest groups first."""
+    """Accuracy, gold accuracy and ceiling per unordered pair of styles (a correctness pair
+    is "<style> vs wrong"), largest groups first."""
     groups = collections.defaultdict(list)
     for k, p in enumerate(pairs):
         groups[" vs ".join(sorted((p.style_chosen, p.style_rejected)))].append(k)
@@ -220,6 +280,119 @@ def accuracy_by_style(pairs, r_c, r_r) -> dict[str, dict[str, float]]:
                      "gold_accuracy": gold_pair_accuracy(sub, r_c[idx], r_r[idx]),
                      "ceiling": annotator_references(sub)["ceiling"]}
     return out
+
+
+def position_bias_cost(seed: int = HELDOUT_SEED) -> dict[str, float]:
+    """The label ceiling of the rephrased held-out pairs with the annotators' biases, and of
+    the same pairs (same seed, so the same texts in the same order) labelled without the
+    position bias: a reward model scores each response alone, so the position bias can only
+    add label noise, and this is what it costs."""
+    questions = data.question_splits().rephrased
+    kw = dict(n=N_HELDOUT_PAIRS, n_annotators=ANNOTATORS, noise=ANNOTATOR_NOISE,
+              questions=questions, correctness_fraction=CORRECTNESS_FRACTION)
+    biased = data.preference_pairs(seed=seed, bias=ANNOTATOR_BIAS, **kw)
+    no_position = data.preference_pairs(
+        seed=seed, bias=dataclasses.replace(ANNOTATOR_BIAS, position=0.0), **kw)
+    return {"with position bias": annotator_references(biased)["ceiling"],
+            "without position bias": annotator_references(no_position)["ceiling"]}
+
+
+class Probe(NamedTuple):
+    """Two correct answers to one question that the gold reward and the annotators rank
+    differently: ``plain`` and ``biased`` (padded, or with "definitely"), their gold rewards,
+    and the probability that one annotator prefers ``biased``, averaged over the two orders of
+    showing them (:func:`rlhf_book.data.annotator_utility`, the position bias cancels)."""
+
+    question: data.Question
+    plain: str
+    biased: str
+    gold_plain: float
+    gold_biased: float
+    p_annotator: float
+
+
+# The two probes of the annotators' documented biases (data.AnnotatorBias): the same correct
+# answer padded with pleasantries (verbosity: the gold reward charges 0.02 per byte past 48,
+# the annotators pay 0.015 per byte), and "The answer is X." against "It is definitely X."
+# (confidence: worth nothing to the gold reward, 0.25 to the annotators).
+PROBES = ("verbosity", "confidence")
+
+
+def bias_probes(seed: int = PROBE_SEED) -> dict[str, list[Probe]]:
+    """``{probe: [Probe]}`` for every rephrased fact question (:data:`PROBES`)."""
+    rng = np.random.default_rng(seed)
+    questions = data.fact_questions(data.question_splits().rephrased)
+    bias = ANNOTATOR_BIAS
+
+    def probe(q, plain, biased):
+        u = [data.annotator_utility(q, t, bias) for t in (plain, biased)]
+        z = (u[1] - u[0]) / ANNOTATOR_NOISE
+        p = np.mean([1.0 / (1.0 + np.exp(-(z + s * bias.position))) for s in (1, -1)])
+        return Probe(q, plain, biased, data.gold_reward(q, plain), data.gold_reward(q, biased),
+                     float(p))
+
+    out = {name: [] for name in PROBES}
+    for q in questions:
+        padded = data.render_answer(q, "verbose", rng)
+        plain = next(s for s in fact_statements(q.topic, q.subject, q.answer) if s in padded)
+        out["verbosity"].append(probe(q, plain, padded))
+        out["confidence"].append(probe(q, f"The answer is {q.answer}.",
+                                       f"It is definitely {q.answer}."))
+    return out
+
+
+def probe_scores(params, probes: list[Probe], config: gpt.GPTConfig | None = None,
+                 pooling: str = "last") -> dict[str, float]:
+    """How the reward model ``params`` reads one probe set: the share of questions where it
+    scores the biased answer higher (with its binomial standard error), the mean score gap
+    ``r(biased) - r(plain)`` with its standard error, the mean gold gap, and the annotators'
+    mean probability of preferring the biased answer; ``"gaps"`` holds every score gap."""
+    config = config or gpt.get_config(RM_MODEL)
+    pairs = [data.PreferencePair(p.question.prompt, p.biased, p.plain, p.gold_biased,
+                                 p.gold_plain, "biased", "plain", p.question, (1,), 1.0,
+                                 p.p_annotator) for p in probes]
+    r_b, r_p = score_pairs(params, config, encode_pairs(pairs, RM_CONFIG.seq_len), pooling)
+    gaps = np.asarray(r_b, np.float64) - np.asarray(r_p, np.float64)
+    share = float(np.mean(gaps > 0))
+    q = data.majority_probability([p.p_annotator for p in probes], ANNOTATORS)
+    return {"n": len(probes), "prefers_biased": share,
+            "prefers_biased_se": float(np.sqrt(share * (1 - share) / len(probes))),
+            "score_gap": float(gaps.mean()),
+            "score_gap_se": float(gaps.std(ddof=1) / np.sqrt(len(gaps))),
+            "gold_gap": float(np.mean([p.gold_biased - p.gold_plain for p in probes])),
+            "annotators_prefer_biased": float(np.mean([p.p_annotator for p in probes])),
+            "label_gap": float(np.mean(np.log(q / (1 - q)))), "gaps": gaps.tolist()}
+
+
+_sequence_log_probs = jax.jit(
+    lambda params, tokens, mask, config: (token_log_probs(params, tokens, config) * mask).sum(1),
+    static_argnums=3)
+
+
+def policy_prefers_right(lm_params, pairs, config: gpt.GPTConfig | None = None) -> np.ndarray:
+    """For each correctness pair of ``pairs``: whether the language model ``lm_params`` (the
+    SFT policy the reward model starts from) gives the right answer a higher log-probability
+    than the wrong one, ``log pi(right | prompt) > log pi(wrong | prompt)``, the response's
+    tokens and ``<|end|>`` counted. A bool array, one entry per correctness pair: does the
+    policy know the facts the reward model must learn to check?"""
+    config = config or gpt.get_config(RM_MODEL)
+    right, wrong = [], []
+    for p in pairs:
+        if p.kind == "correctness":
+            good, bad = ((p.chosen, p.rejected) if p.gold_chosen > p.gold_rejected
+                         else (p.rejected, p.chosen))
+            right.append((p.prompt, good))
+            wrong.append((p.prompt, bad))
+
+    def logp(items):
+        rows = [tokenizer.render_chat([{"role": "user", "content": q},
+                                       {"role": "assistant", "content": a}]) for q, a in items]
+        tokens, _ = tokenizer.pad_batch([ids for ids, _ in rows], RM_CONFIG.seq_len)
+        mask, _ = tokenizer.pad_batch([m for _, m in rows], RM_CONFIG.seq_len, pad_id=0)
+        return np.asarray(_sequence_log_probs(lm_params, jnp.asarray(tokens),
+                                              jnp.asarray(mask, jnp.float32), config))
+
+    return logp(right) > logp(wrong)
 
 
 # ----------------------------------------------------------------------------------------------

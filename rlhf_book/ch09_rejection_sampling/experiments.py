@@ -5,9 +5,10 @@
 * **Best-of-N as a distribution** (§9.3): the exact expected reward and KL of best-of-N against
   N, by one compiled ``vmap`` over N, next to Monte Carlo and the formula ``log N - (N - 1)/N``.
 * **Best-of-N and rejection sampling on the synthetic world** from chapter 4's SFT model of the
-  small GPT: best-of-16 samples scored by the gold reward, one round of rejection-sampling
-  fine-tuning with each selection rule, the tuned models' answers and their KL from the SFT
-  model (:func:`world_runs`). The starting policy is an argument (``sft_params``): a chapter
+  small GPT: best-of-16 samples of the rephrased questions ranked by chapter 5's learned reward
+  model (:func:`reward_model`) and, as the upper reference, by the gold reward; one round of
+  rejection-sampling fine-tuning on the training questions with each selection rule, the tuned
+  models' answers and their KL from the SFT model (:func:`world_runs`). The starting policy is an argument (``sft_params``): a chapter
   does not know where its models are cached; the notebook and the figures pass
   ``rlhf_book.textbook.substrate.sft_small()``.
 
@@ -27,9 +28,10 @@ import numpy as np
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
-from rlhf_book.ch06_policy_gradients import experiments as ch06_experiments
+from rlhf_book.ch05_reward_models import experiments as ch05_experiments
+from rlhf_book.ch06_policy_gradients import reward_model_reward
 from rlhf_book.ch09_rejection_sampling import loop, selection
-from rlhf_book.lm import rollout, sampling
+from rlhf_book.lm import gpt, rollout, sampling
 from rlhf_book.lm.eval import ANSWER_KINDS, mean_se, sampled_kl, score_answers
 
 # ----------------------------------------------------------------------------------------------
@@ -68,6 +70,11 @@ RS_SFT_CONFIG = ch04.SFTConfig(steps=100, batch_size=16, seq_len=128, learning_r
                                warmup_steps=5, log_every=100)
 RS_SEED, EVAL_SEED, HELDOUT_SEED = 0, 1, 2
 WORLD_NS = (1, 2, 4, 8, 16)  # the N of the best-of-N curves estimated from the 16 samples
+# The main evaluation: 128 of the 520 rephrased fact questions (training facts in phrasings no
+# training data contains), chosen with seed 0, 16 samples each; each sample scored by the gold
+# reward and by chapter 5's reward model (the pipeline's recipe on the same SFT model,
+# ch05_experiments.RM_CONFIG), so best-of-N can be ranked by either.
+REPHRASED_PROMPTS = 128
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,13 +137,18 @@ def kl_curves(ns=CURVE_NS) -> dict[str, np.ndarray]:
     return out
 
 
-def pool_best_of_n(rewards, n: int) -> np.ndarray:
-    """The unbiased estimate of ``E[max of n draws]`` from a pool of ``m >= n`` scored samples
-    of each prompt (Gao et al. 2022): with the pool's rewards sorted ascending, ``r_(i)`` has
-    weight ``C(i - 1, n - 1) / C(m, n)``, the chance that it is the largest of a random subset
-    of ``n``. ``rewards [B, m]`` -> ``[B]``; the mean of the pool at ``n = 1``, its maximum at
-    ``n = m``."""
-    rewards = np.sort(np.asarray(rewards, np.float64), axis=1)
+def pool_best_of_n(rewards, n: int, by=None) -> np.ndarray:
+    """The unbiased estimate of ``E[reward of the best of n draws]`` from a pool of ``m >= n``
+    scored samples of each prompt (Gao et al. 2022): with the pool sorted ascending by the
+    ranking score, the ``i``-th sample has weight ``C(i - 1, n - 1) / C(m, n)``, the chance
+    that it ranks first in a random subset of ``n``. ``rewards [B, m]`` -> ``[B]``; ``by [B,
+    m]`` (default ``rewards``) is the score best-of-n ranks by, e.g. a reward model's while
+    ``rewards`` holds the gold reward of the same samples (ties in ``by`` are assumed away). The
+    mean of the pool at ``n = 1``; at ``n = m`` the reward of the pool's top-ranked sample."""
+    rewards = np.asarray(rewards, np.float64)
+    order = np.argsort(rewards if by is None else np.asarray(by, np.float64), axis=1,
+                       kind="stable")
+    rewards = np.take_along_axis(rewards, order, axis=1)
     m = rewards.shape[1]
     if not 1 <= n <= m:
         raise ValueError(f"n must be in [1, {m}] for a pool of {m}, got {n}")
@@ -182,31 +194,88 @@ def paired_gain(after, before) -> tuple[float, float]:
 def world_task(n_prompts: int = WORLD_PROMPTS, seed: int = 0):
     """``(model_config, questions, prompts, gold)``: ``n_prompts`` training questions (chosen
     with ``seed``, in their original order), their chat-template prompts, and the gold reward
-    on them (``rollout.text_reward(data.gold_reward, questions)``)."""
-    model_config, train, _ = ch06_experiments.rl_task()
+    on them (``rollout.text_reward(data.gold_reward, questions)``); the small GPT's config."""
+    train = data.question_splits().train
     ids = np.sort(np.random.default_rng(seed).choice(len(train), n_prompts, replace=False))
     questions = [train[i] for i in ids]
     prompts = rollout.encode_prompts([q.prompt for q in questions])
-    return model_config, questions, prompts, rollout.text_reward(data.gold_reward, questions)
+    return (gpt.get_config("small"), questions, prompts,
+            rollout.text_reward(data.gold_reward, questions))
 
 
-def heldout_task():
-    """``(questions, prompts, gold)`` for every held-out question (facts never trained on)."""
-    questions = data.split_questions()[1]
+def rephrased_task(n_prompts: int = REPHRASED_PROMPTS, seed: int = 0):
+    """``(questions, prompts, gold)``: ``n_prompts`` of the rephrased fact questions (the main
+    evaluation; chosen with ``seed``, in their original order), their prompts and gold reward."""
+    rephrased = data.fact_questions(data.question_splits().rephrased)
+    ids = np.sort(np.random.default_rng(seed).choice(len(rephrased), n_prompts, replace=False))
+    questions = [rephrased[i] for i in ids]
     prompts = rollout.encode_prompts([q.prompt for q in questions])
     return questions, prompts, rollout.text_reward(data.gold_reward, questions)
 
 
+def reward_model(sft_params, model_config=None):
+    """Chapter 5's reward model (:func:`rlhf_book.ch05_reward_models.experiments.rm_run` on
+    its training pairs, ``RM_CONFIG``: the pipeline's recipe) from ``sft_params``, as a
+    :class:`~rlhf_book.lm.rollout.Reward` (:func:`rlhf_book.ch06_policy_gradients.reward_model_reward`)."""
+    model_config = model_config or gpt.get_config("small")
+    run = ch05_experiments.rm_run(sft_params, {"train": ch05_experiments.rm_datasets()["train"]},
+                                  model_config)
+    return reward_model_reward(run.params, model_config, ch05_experiments.RM_CONFIG.pooling)
+
+
+def score_samples(reward: rollout.Reward, tokens, mask) -> np.ndarray:
+    """``reward`` of every sample of a :class:`~.loop.BestOfN` (``all_tokens``, ``all_mask``
+    ``[B, n, T]``) -> ``[B, n]``: how a second reward would have ranked the same samples."""
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    B, n, T = tokens.shape
+    ids = jnp.repeat(jnp.arange(B), n)
+    scores = jax.jit(reward.fn)(reward.params, tokens.reshape(B * n, T), mask.reshape(B * n, T),
+                                ids)
+    return np.asarray(scores, np.float64).reshape(B, n)
+
+
+def sample_texts(tokens, mask) -> list[list[str]]:
+    """The completions of a :class:`~.loop.BestOfN` as text, ``[B][n]``."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    B, n, T = tokens.shape
+    flat = sampling.decode_masked(tokens.reshape(B * n, T), mask.reshape(B * n, T))
+    return [flat[b * n:(b + 1) * n] for b in range(B)]
+
+
+def chosen_answers(questions, texts, scores=None) -> dict[str, float]:
+    """What best-of-n keeps when it ranks by ``scores [B, n]``: the shares of right, wrong and
+    no answers among the ``B`` kept samples, and their mean length in bytes; with no
+    ``scores``, the same over every sample (what one sample says)."""
+    if scores is None:
+        questions = [q for q, row in zip(questions, texts) for _ in row]
+        kept = [t for row in texts for t in row]
+    else:
+        kept = [texts[b][int(np.argmax(scores[b]))] for b in range(len(questions))]
+    a = score_answers(questions, kept)
+    return {**{k: float(np.mean(a["kind"] == k)) for k in ANSWER_KINDS},
+            "bytes": float(a["bytes"].mean())}
+
+
 def world_runs(sft_params) -> dict:
-    """Everything the world figures show, as notebook sections 5 and 6 compute it: best-of-16
-    samples of ``sft_params`` on :func:`world_task`'s prompts; one round of rejection sampling
-    from it with each selection rule (same key, so the same samples); samples of the tuned
-    policies with the SFT model's key; the per-prompt policy's KL from the SFT model; the SFT
-    and the per-prompt policy on the held-out questions."""
+    """Everything the world figures show, as notebook sections 5 and 6 compute it: 16 samples
+    of ``sft_params`` for each of :func:`rephrased_task`'s questions, scored by the gold reward
+    and by :func:`reward_model`; one round of rejection sampling on :func:`world_task`'s
+    training prompts with each selection rule (same key, so the same samples), scored by the
+    gold reward; samples of the tuned policies on the training prompts with the SFT model's key,
+    and of the per-prompt policy on the rephrased questions, with its KL from the SFT model
+    there."""
     sft = sft_params
     model_config, questions, prompts, gold = world_task()
     sample = functools.partial(loop.best_of_n_sample, model_config=model_config, n=BON_N,
                                max_new_tokens=MAX_NEW_TOKENS)
+    r_questions, r_prompts, r_gold = rephrased_task()
+    r_key = jax.random.PRNGKey(HELDOUT_SEED)
+    r_before = sample(sft, prompts=r_prompts, reward=r_gold, key=r_key)
+    rm = reward_model(sft, model_config)
+    r_rm = score_samples(rm, r_before.all_tokens, r_before.all_mask)
+    r_texts = sample_texts(r_before.all_tokens, r_before.all_mask)
+    r_gold_scores = np.asarray(r_before.all_rewards, np.float64)
+
     key = jax.random.PRNGKey(EVAL_SEED)
     before = sample(sft, prompts=prompts, reward=gold, key=key)
     tuned, record = loop.rejection_sampling_finetune(sft, model_config, prompts, gold, RS_CONFIG,
@@ -217,32 +286,32 @@ def world_runs(sft_params) -> dict:
         sft, model_config, prompts, gold, RS_TOP_K_CONFIG, RS_SFT_CONFIG,
         key=jax.random.PRNGKey(RS_SEED))
     after_top = sample(tuned_top, prompts=prompts, reward=gold, key=key)
-    h_questions, h_prompts, h_gold = heldout_task()
-    h_key = jax.random.PRNGKey(HELDOUT_SEED)
-    h_before = sample(sft, prompts=h_prompts, reward=h_gold, key=h_key)
-    h_after = sample(tuned, prompts=h_prompts, reward=h_gold, key=h_key)
+    r_after = sample(tuned, prompts=r_prompts, reward=r_gold, key=r_key)
     return {
         "record": record, "record_top_k": record_top,
         "before": np.asarray(before.all_rewards), "after": np.asarray(after.all_rewards),
         "after_top_k": np.asarray(after_top.all_rewards),
-        "heldout_before": np.asarray(h_before.all_rewards),
-        "heldout_after": np.asarray(h_after.all_rewards),
-        "kl": completion_kl(tuned, sft, model_config, after.all_tokens, after.all_mask),
+        "rephrased_gold": r_gold_scores, "rephrased_rm": r_rm,
+        "rephrased_after": np.asarray(r_after.all_rewards),
+        "kl": completion_kl(tuned, sft, model_config, r_after.all_tokens, r_after.all_mask),
+        "chosen": {"one sample": chosen_answers(r_questions, r_texts),
+                   "best of 16 by the reward model": chosen_answers(r_questions, r_texts, r_rm),
+                   "best of 16 by gold": chosen_answers(r_questions, r_texts, r_gold_scores)},
         "answers": {
             "SFT, training": answer_shares(questions, before.all_tokens, before.all_mask),
             "RS, training": answer_shares(questions, after.all_tokens, after.all_mask),
             "RS top-K, training": answer_shares(questions, after_top.all_tokens,
                                                 after_top.all_mask),
-            "SFT, held-out": answer_shares(h_questions, h_before.all_tokens, h_before.all_mask),
-            "RS, held-out": answer_shares(h_questions, h_after.all_tokens, h_after.all_mask)},
+            "SFT, rephrased": answer_shares(r_questions, r_before.all_tokens, r_before.all_mask),
+            "RS, rephrased": answer_shares(r_questions, r_after.all_tokens, r_after.all_mask)},
     }
 
 
-def best_of_n_curve(rewards, ns=WORLD_NS) -> tuple[np.ndarray, np.ndarray]:
-    """The gold reward of best-of-``n`` for every ``n`` in ``ns`` from ``rewards [B, m]`` (``m``
-    samples of each of ``B`` prompts, :func:`pool_best_of_n`): the mean over prompts and its
-    standard error."""
-    est = np.stack([pool_best_of_n(rewards, int(n)) for n in ns], axis=1)  # [B, len(ns)]
+def best_of_n_curve(rewards, ns=WORLD_NS, by=None) -> tuple[np.ndarray, np.ndarray]:
+    """The reward of best-of-``n`` for every ``n`` in ``ns`` from ``rewards [B, m]`` (``m``
+    samples of each of ``B`` prompts, :func:`pool_best_of_n`), ranked by ``by [B, m]``
+    (default the rewards themselves): the mean over prompts and its standard error."""
+    est = np.stack([pool_best_of_n(rewards, int(n), by) for n in ns], axis=1)  # [B, len(ns)]
     return est.mean(0), est.std(0, ddof=1) / math.sqrt(est.shape[0])
 
 

@@ -1,14 +1,15 @@
 """Chapter 5 figures: the Bradley-Terry probability and loss (with Llama 2's margin), the
 Plackett-Luce ranking model (its six rankings of three items, and fitting scores from sampled
-rankings), reward-model accuracy against the number of preference pairs with the annotators'
-ceiling, the rewards of held-out chosen and rejected responses, the lecture notes' six-pair
+rankings), a reward model's accuracy on style and on correctness pairs against their ceilings,
+the rewards of held-out chosen and rejected responses by answer style, what the reward model
+prefers where the annotators' biases and the gold reward part ways, the lecture notes' six-pair
 lesson done right, and what each kind of reward model is trained on.
 
 ``notebooks/ch05_reward_models.ipynb`` runs the chapter's experiments
 (:mod:`rlhf_book.ch05_reward_models.experiments`) and draws their results through these; with
-no arguments (``rlhf-book figures ch05``) the figures run them: chapter 0's pretrained small
-model from the substrate cache, then the reward models, each done once per process and shared
-by the figures that need them.
+no arguments (``rlhf-book figures ch05``) the figures run them: chapter 4's SFT model of the
+small GPT from the substrate cache, then the reward model, done once per process and shared by
+the figures that need it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 
 
 @functools.lru_cache(maxsize=1)
-def rm_runs() -> dict[int, ex.RMRun]:
-    """The reward models of notebook section 5 from chapter 0's pretrained small model, trained
-    once per process when a figure is drawn without results."""
-    return ex.rm_runs(substrate.pretrained_small()[0])
+def rm_run() -> ex.RMRun:
+    """The reward model of notebook section 5 from chapter 4's SFT model, trained once per
+    process when a figure is drawn without results."""
+    return ex.rm_run(substrate.sft_small(), ex.rm_datasets())
+
+
+@functools.lru_cache(maxsize=1)
+def policy_knows() -> float:
+    """The share of rephrased correctness pairs whose right answer the SFT model itself finds
+    more likely (:func:`~rlhf_book.ch05_reward_models.experiments.policy_prefers_right`)."""
+    return float(ex.policy_prefers_right(substrate.sft_small(), ex.rm_datasets()["rephrased"]).mean())
 
 
 @functools.lru_cache(maxsize=1)
@@ -124,58 +132,73 @@ def plackett_luce(scores=ex.PL_SCORES, draws: int = ex.PL_DRAWS, seed: int = 0) 
     return FigureResult(fig, numbers)
 
 
-@figure("ch05_accuracy_vs_pairs", "ch05",
-        "Reward models on chapter 0's pretrained small model, trained on 100 to 3,000 preference "
-        "pairs for the same 160 steps of 8 pairs, tested on 500 pairs about held-out facts: "
-        "accuracy against the annotators' majority label and against the gold preference, with "
-        "the best accuracy any model can reach on those labels (the ceiling) and the annotators' "
-        "agreement with each other.")
-def accuracy_vs_pairs(runs: dict | None = None, heldout=None) -> FigureResult:
-    """``runs``: ``{n_pairs: RMRun}`` of the chapter's experiments (trained when not given);
-    ``heldout``: the held-out pairs the runs were scored on (those of ``rm_datasets()``)."""
-    runs = rm_runs() if runs is None else runs
-    heldout = ex.rm_datasets()[1] if heldout is None else heldout
-    sizes = sorted(runs)
-    acc = [float(ch05.preference_accuracy(runs[n].chosen, runs[n].rejected)) for n in sizes]
-    gold = [ch05.gold_pair_accuracy(heldout, runs[n].chosen, runs[n].rejected) for n in sizes]
-    refs = ex.annotator_references(heldout)
+@figure("ch05_accuracy_by_kind", "ch05",
+        "A reward model on chapter 4's SFT model of the small GPT, the pipeline's recipe (6,400 "
+        "pairs of the biased annotators, three in four right-vs-wrong, 200 steps of 32). Left: "
+        "accuracy on 500 pairs about the rephrased questions during training, style pairs and "
+        "correctness pairs apart, with each kind's ceiling and the share of correctness pairs "
+        "the SFT model's own log-probabilities rank right. Right: final accuracy with its "
+        "standard error on the rephrased questions and on the unseen facts, against the "
+        "annotators' label and the gold reward.")
+def accuracy_by_kind(run: ex.RMRun | None = None, datasets: dict | None = None,
+                     knows: float | None = None) -> FigureResult:
+    """``run``: the chapter's :class:`~rlhf_book.ch05_reward_models.experiments.RMRun`
+    (trained when not given); ``datasets``: the pairs it was scored on (``rm_datasets()``);
+    ``knows``: the SFT model's own share (``policy_prefers_right(...).mean()``)."""
+    run = rm_run() if run is None else run
+    datasets = ex.rm_datasets() if datasets is None else datasets
+    knows = policy_knows() if knows is None else knows
+    table = {name: ex.accuracy_by_kind(datasets[name], *run.scores[name])
+             for name in ("rephrased", "unseen")}
+    h = run.history
+    colors = {"style": "tab:blue", "correctness": "tab:orange"}
 
-    fig = Figure(figsize=(6.5, 3.8))
-    ax = fig.add_subplot()
-    ax.plot(sizes, acc, "o-", color="tab:blue", label="accuracy (annotators' majority label)")
-    ax.plot(sizes, gold, "s--", color="tab:purple", ms=4, label="accuracy vs gold preference")
-    for n, a in zip(sizes, acc):
-        ax.annotate(f"{a:.3f}", (n, a), xytext=(0, 6), textcoords="offset points", ha="center",
-                    fontsize=7)
-    ax.axhline(refs["ceiling"], color="tab:red", ls="--", lw=1,
-               label=f"ceiling {refs['ceiling']:.3f} (Bayes-optimal on these labels)")
-    ax.axhline(refs["agreement"], color="tab:green", ls=":", lw=1.2,
-               label=f"annotators' agreement {refs['agreement']:.3f}")
-    ax.axhline(0.5, color="0.5", lw=0.8, label="chance")
-    ax.set_xscale("log")
-    finish_axes(ax, xlabel="training pairs (log scale)", ylabel="held-out accuracy",
-                ylim=(0.45, 1.0),
-                title=f"{len(heldout)} held-out pairs, {ex.RM_CONFIG.steps} steps x "
-                      f"{ex.RM_CONFIG.batch_size} pairs per model")
-    ax.legend(fontsize=7, loc="upper left")
+    fig = Figure(figsize=(11, 3.9))
+    left, right = fig.subplots(1, 2)
+    for kind, color in colors.items():
+        left.plot(h["eval_step"], h[f"eval_{kind}"], "o-", color=color, label=f"{kind} pairs")
+        left.axhline(table["rephrased"][kind]["ceiling"], color=color, ls="--", lw=1,
+                     label=f"{kind} ceiling {table['rephrased'][kind]['ceiling']:.3f}")
+    left.axhline(knows, color="tab:green", ls=":", lw=1.5,
+                 label=f"SFT log-probs rank right > wrong: {knows:.3f}")
+    left.axhline(0.5, color="0.5", lw=0.8)
+    finish_axes(left, xlabel="training step (32 pairs each)", ylabel="held-out accuracy",
+                ylim=(0.4, 1.02), title="rephrased questions, during training")
+    left.legend(fontsize=7, loc="center right")
+
+    groups = [(name, kind) for name in table for kind in ("style", "correctness")]
+    x = np.arange(len(groups))
+    acc = [table[n][k]["accuracy"] for n, k in groups]
+    right.bar(x - 0.2, acc, 0.4, yerr=[table[n][k]["se"] for n, k in groups],
+              color=[colors[k] for _, k in groups], alpha=0.8, capsize=3,
+              label="accuracy vs the annotators (+- 1 SE)")
+    right.bar(x + 0.2, [table[n][k]["gold_accuracy"] for n, k in groups], 0.4,
+              color=[colors[k] for _, k in groups], alpha=0.35, hatch="//",
+              label="accuracy vs the gold reward")
+    right.plot(x, [table[n][k]["ceiling"] for n, k in groups], "_", color="tab:red", ms=28,
+               mew=2, label="ceiling")
+    for xi, a in zip(x, acc):
+        right.annotate(f"{a:.2f}", (xi - 0.2, a), xytext=(0, 8), textcoords="offset points",
+                       ha="center", fontsize=7)
+    right.axhline(0.5, color="0.5", lw=0.8)
+    right.set_xticks(x, [f"{n}\n{k} ({table[n][k]['n']})" for n, k in groups], fontsize=7)
+    finish_axes(right, ylabel="accuracy", ylim=(0, 1.1), title="after training")
+    right.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    numbers = {f"{n} pairs": {"accuracy": a, "gold_accuracy": g,
-                              "final_train_loss": float(np.mean(runs[n].history["loss"][-20:]))}
-               for n, a, g in zip(sizes, acc, gold)}
-    return FigureResult(fig, {**numbers, **refs})
+    return FigureResult(fig, {"by_kind": table, "policy_knows": knows,
+                              "curve": {kind: np.asarray(h[f"eval_{kind}"]).tolist()
+                                        for kind in colors}})
 
 
 @figure("ch05_reward_histograms", "ch05",
-        "The reward model trained on the most pairs, on 500 pairs about held-out facts. Left: "
-        "rewards of the chosen and the rejected responses; only their difference is identified. "
-        "Right: accuracy for each pair of answer styles, with the ceiling of each group: style "
-        "is learned, telling a right answer from a wrong one about an unseen fact is not.")
+        "The reward model on 500 pairs about the rephrased questions. Left: rewards of the "
+        "chosen and the rejected responses; only their difference is identified. Right: "
+        "accuracy for each pair of answer styles (a correctness pair is '<style> vs wrong'), "
+        "against the annotators' label and the gold reward, with the ceiling of each group.")
 def reward_histograms(run: ex.RMRun | None = None, heldout=None) -> FigureResult:
-    if run is None:
-        runs = rm_runs()
-        run = runs[max(runs)]
-    heldout = ex.rm_datasets()[1] if heldout is None else heldout
-    r_c, r_r = np.asarray(run.chosen), np.asarray(run.rejected)
+    run = rm_run() if run is None else run
+    heldout = ex.rm_datasets()["rephrased"] if heldout is None else heldout
+    r_c, r_r = (np.asarray(r) for r in run.scores["rephrased"])
     groups = ex.accuracy_by_style(heldout, r_c, r_r)
 
     fig = Figure(figsize=(11, 3.9))
@@ -192,7 +215,9 @@ def reward_histograms(run: ex.RMRun | None = None, heldout=None) -> FigureResult
     names = list(groups)
     y = np.arange(len(names))
     right.barh(y, [groups[n]["accuracy"] for n in names], color="tab:blue", alpha=0.75,
-               label="accuracy")
+               label="accuracy vs the annotators")
+    right.plot([groups[n]["gold_accuracy"] for n in names], y, "D", color="tab:purple", ms=4,
+               label="accuracy vs the gold reward")
     right.plot([groups[n]["ceiling"] for n in names], y, "|", color="tab:red", ms=14, mew=2,
                label="ceiling")
     right.axvline(0.5, color="0.5", lw=0.8)
@@ -202,6 +227,40 @@ def reward_histograms(run: ex.RMRun | None = None, heldout=None) -> FigureResult
     right.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return FigureResult(fig, {**margins, "by_style": groups})
+
+
+@figure("ch05_annotator_biases", "ch05",
+        "What the reward model prefers where the annotators' biases and the gold reward part "
+        "ways, on the 520 rephrased fact questions: the score gap r(biased) - r(plain) between "
+        "a correct answer padded with pleasantries and the same answer plain (verbosity), and "
+        "between 'It is definitely X.' and 'The answer is X.' (confidence). The dashed line is "
+        "the gap that fits the annotators' majority exactly; the gold reward ranks the padded "
+        "answer lower and is indifferent to 'definitely'.")
+def annotator_biases(results: dict | None = None) -> FigureResult:
+    """``results``: ``{probe: probe_scores(...)}`` (computed with the chapter's reward model
+    when not given)."""
+    if results is None:
+        params = rm_run().params
+        results = {name: ex.probe_scores(params, probes)
+                   for name, probes in ex.bias_probes().items()}
+    fig = Figure(figsize=(10, 3.4))
+    axes = fig.subplots(1, len(results))
+    for ax, (name, r) in zip(np.atleast_1d(axes), results.items()):
+        ax.hist(r["gaps"], bins=30, color="tab:blue", alpha=0.75)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.axvline(r["label_gap"], color="tab:green", ls="--", lw=1.5,
+                   label=f"fits the labels: {r['label_gap']:+.2f}")
+        ax.axvline(r["score_gap"], color="tab:blue", lw=1.5,
+                   label=f"reward model: {r['score_gap']:+.2f} +- {r['score_gap_se']:.2f}")
+        finish_axes(ax, xlabel="r(biased) - r(plain)", ylabel="questions",
+                    title=f"{name}: RM prefers the biased answer {r['prefers_biased']:.0%}, "
+                          f"annotators {r['annotators_prefer_biased']:.0%}, gold gap "
+                          f"{r['gold_gap']:+.2f}")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return FigureResult(fig, {name: {k: v for k, v in r.items() if k != "gaps"}
+                              for name, r in results.items()})
 
 
 @figure("ch05_lesson", "ch05",

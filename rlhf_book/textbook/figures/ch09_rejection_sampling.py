@@ -2,8 +2,9 @@
 example's two selections on the reward matrix (eqs. 117, 118, 119, 120, 121, 122, 123), the
 best-of-N curves of §9.3 (expected reward and KL against N, the formula against the exact KL of
 discrete distributions, with and without ties), and best-of-N and rejection-sampling
-fine-tuning on the synthetic world (gold reward against N and against KL; rewards before and
-after selection; answers before and after one round of rejection sampling).
+fine-tuning on the synthetic world (gold reward against N and against KL, best-of-N ranked by
+the gold reward and by chapter 5's learned reward model; what the reward model keeps; rewards
+before and after selection; answers before and after one round of rejection sampling).
 
 The experiments live in :mod:`rlhf_book.ch09_rejection_sampling.experiments`; these functions
 only draw. ``notebooks/ch09_rejection_sampling.ipynb`` passes its own results; with no
@@ -183,51 +184,108 @@ def bon_curves(ns=ex.CURVE_NS) -> FigureResult:
 
 @figure("ch09_bon_world", "ch09",
         "Best-of-N on the synthetic world: chapter 4's SFT model of the small GPT answering 128 "
-        "training questions, scored by the gold reward (mean +- standard error over prompts). "
-        "Left: the gold reward of the best of N samples, estimated without bias from 16 samples "
-        "per prompt, for the SFT model and for the model after one round of rejection "
-        "sampling (RS). Right: the same gold reward against the KL from the SFT "
-        "model: the formula log N - (N - 1)/N (an upper bound), the exact KL of best-of-N on "
-        "each prompt's empirical reward distribution (ties: far smaller), and the RS-tuned "
-        "model (k1 estimate per completion) with its single-sample gold reward.")
+        "rephrased questions (training facts in phrasings no training data contains), 16 "
+        "samples each (mean +- standard error over prompts). Left: the gold reward of the best "
+        "of N samples (estimated without bias from the 16), ranked by the gold reward itself "
+        "(the upper reference), by chapter 5's learned reward model, and, after one round of "
+        "rejection sampling (RS) on the training questions, by gold. Right: the same gold "
+        "reward against the KL from the SFT model: log N - (N - 1)/N (exact for a reward "
+        "without ties, such as the reward model's; an upper bound with ties), the exact KL of "
+        "best-of-N by gold on each prompt's empirical distribution (gold ties a lot), and the "
+        "RS-tuned model (k1 estimate per completion) with its single-sample gold reward.")
 def bon_world(runs: dict | None = None) -> FigureResult:
     runs = world_runs() if runs is None else runs
     ns = np.asarray(ex.WORLD_NS)
-    sft, sft_se = ex.best_of_n_curve(runs["before"], ns)
-    rs, rs_se = ex.best_of_n_curve(runs["after"], ns)
-    plug_in = ex.plug_in_exact_kl(runs["before"], ns)
+    gold, rm = runs["rephrased_gold"], runs["rephrased_rm"]
+    by_gold, by_gold_se = ex.best_of_n_curve(gold, ns)
+    by_rm, by_rm_se = ex.best_of_n_curve(gold, ns, by=rm)
+    rs, rs_se = ex.best_of_n_curve(runs["rephrased_after"], ns)
+    plug_in = ex.plug_in_exact_kl(gold, ns)
     formula = np.asarray(ch09.best_of_n_kl(ns))
     kl = np.asarray(runs["kl"], np.float64)
     kl_mean, kl_se = float(kl.mean()), float(kl.std(ddof=1) / math.sqrt(kl.size))
-    after = np.asarray(runs["after"], np.float64).mean(1)
+    after = np.asarray(runs["rephrased_after"], np.float64).mean(1)
     rs_gold, rs_gold_se = float(after.mean()), float(after.std(ddof=1) / math.sqrt(after.size))
     fig = Figure(figsize=(11, 3.9))
     left, right = fig.subplots(1, 2)
-    for mean, se, colour, label in ((sft, sft_se, "tab:blue", "SFT model"),
-                                    (rs, rs_se, "tab:red", "after one round of RS")):
+    for mean, se, colour, label in ((by_gold, by_gold_se, "tab:blue", "SFT, ranked by gold"),
+                                    (by_rm, by_rm_se, "tab:purple",
+                                     "SFT, ranked by the reward model"),
+                                    (rs, rs_se, "tab:red", "after one round of RS, by gold")):
         left.errorbar(ns, mean, yerr=se, fmt="o-", color=colour, ms=4, capsize=2, label=label)
     left.set_xscale("log", base=2)
     left.set_xticks(ns, [str(n) for n in ns])
-    finish_axes(left, xlabel="N", ylabel="gold reward of best-of-N", title="best-of-N: gold vs N")
+    finish_axes(left, xlabel="N", ylabel="gold reward of best-of-N",
+                title="rephrased questions: gold vs N")
     left.legend(fontsize=7.5)
-    right.errorbar(formula, sft, yerr=sft_se, fmt="o--", color="tab:blue", ms=4, capsize=2,
-                   label="BoN, KL = log N - (N - 1)/N (bound)")
-    right.errorbar(plug_in.mean(0), sft, yerr=sft_se, fmt="s-", color="tab:cyan", ms=4,
-                   capsize=2, label="BoN, exact KL (ties; plug-in)")
-    for n, x, y in zip(ns, formula, sft):
+    right.errorbar(formula, by_gold, yerr=by_gold_se, fmt="o--", color="tab:blue", ms=4,
+                   capsize=2, label="by gold, KL = log N - (N - 1)/N (bound)")
+    right.errorbar(plug_in.mean(0), by_gold, yerr=by_gold_se, fmt="s-", color="tab:cyan", ms=4,
+                   capsize=2, label="by gold, exact KL (ties; plug-in)")
+    right.errorbar(formula, by_rm, yerr=by_rm_se, fmt="o-", color="tab:purple", ms=4,
+                   capsize=2, label="by the reward model, KL = log N - (N - 1)/N")
+    for n, x, y in zip(ns, formula, by_gold):
         right.annotate(f"N={n}", (x, y), xytext=(3, -10), textcoords="offset points", fontsize=7)
     right.errorbar([kl_mean], [rs_gold], xerr=[kl_se], yerr=[rs_gold_se], fmt="*",
                    color="tab:red", ms=11, capsize=2, label="one round of RS (sampled)")
     finish_axes(right, xlabel="KL from the SFT model (nats per completion)", ylabel="gold reward",
                 title="gold vs KL")
-    right.legend(fontsize=7.5, loc="center right")
+    right.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return FigureResult(fig, {
-        "n": ns.tolist(), "sft_bon_gold": sft.tolist(), "sft_bon_se": sft_se.tolist(),
+        "n": ns.tolist(), "bon_by_gold": by_gold.tolist(), "bon_by_gold_se": by_gold_se.tolist(),
+        "bon_by_rm": by_rm.tolist(), "bon_by_rm_se": by_rm_se.tolist(),
         "rs_bon_gold": rs.tolist(), "rs_bon_se": rs_se.tolist(), "kl_formula": formula.tolist(),
         "kl_plug_in": plug_in.mean(0).tolist(),
         "prompts_with_zero_plug_in_kl": float((plug_in[:, -1] < 1e-6).mean()),
         "rs_kl": kl_mean, "rs_kl_se": kl_se, "rs_gold": rs_gold, "rs_gold_se": rs_gold_se})
+
+
+@figure("ch09_bon_reward_model", "ch09",
+        "Best-of-N ranked by chapter 5's learned reward model, on the 128 rephrased questions "
+        "(16 samples of the SFT model each). Left: the reward model's score and the gold reward "
+        "of the sample it keeps, against N (mean +- standard error over prompts): the proxy "
+        "rises, the truth does not. Right: what is kept, right / wrong / no answer and mean "
+        "length: one sample, the best of 16 by the reward model, the best of 16 by gold.")
+def bon_reward_model(runs: dict | None = None) -> FigureResult:
+    runs = world_runs() if runs is None else runs
+    ns = np.asarray(ex.WORLD_NS)
+    gold, rm = runs["rephrased_gold"], runs["rephrased_rm"]
+    score, score_se = ex.best_of_n_curve(rm, ns)
+    by_rm, by_rm_se = ex.best_of_n_curve(gold, ns, by=rm)
+    fig = Figure(figsize=(11, 3.9))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.2]})
+    left.errorbar(ns, score - score[0], yerr=score_se, fmt="o-", color="tab:orange", ms=4,
+                  capsize=2, label="reward-model score (minus one sample's)")
+    left.errorbar(ns, by_rm - by_rm[0], yerr=by_rm_se, fmt="s-", color="tab:purple", ms=4,
+                  capsize=2, label="gold reward (minus one sample's)")
+    left.axhline(0, color="0.5", lw=0.8)
+    left.set_xscale("log", base=2)
+    left.set_xticks(ns, [str(n) for n in ns])
+    finish_axes(left, xlabel="N", ylabel="gain over one sample",
+                title="best-of-N by the reward model")
+    left.legend(fontsize=7.5)
+    chosen = runs["chosen"]
+    names = list(chosen)
+    bottom = np.zeros(len(names))
+    for kind, colour in zip(ANSWER_KINDS, ("tab:green", "tab:red", "0.7")):
+        share = np.array([chosen[n][kind] for n in names])
+        right.bar(range(len(names)), share, bottom=bottom, color=colour, label=kind, width=0.6)
+        for i, (b, v) in enumerate(zip(bottom, share)):
+            if v > 0.04:
+                right.text(i, b + v / 2, f"{v:.0%}", ha="center", va="center", fontsize=7)
+        bottom += share
+    for i, name in enumerate(names):
+        right.text(i, 1.02, f"{chosen[name]['bytes']:.0f} bytes", ha="center", fontsize=7.5)
+    right.set_xticks(range(len(names)), [n.replace(" by ", "\nby ") for n in names],
+                     fontsize=8)
+    finish_axes(right, ylabel="fraction of kept answers", ylim=(0, 1.1),
+                title="what is kept (rephrased questions)")
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return FigureResult(fig, {"n": ns.tolist(), "rm_score": score.tolist(),
+                              "rm_score_se": score_se.tolist(), "gold": by_rm.tolist(),
+                              "gold_se": by_rm_se.tolist(), "chosen": chosen})
 
 
 @figure("ch09_rs_finetune", "ch09",
@@ -236,8 +294,8 @@ def bon_world(runs: dict | None = None) -> FigureResult:
         "and of the completions each rule keeps (only those that ended with <|end|>): the best "
         "of each prompt (eq. 113) or the best 128 pairs overall (eq. 116), which are nearly all "
         "right answers but cover fewer prompts. Right: what the SFT model and the tuned models "
-        "answer to the training questions (fresh samples, same key) and to held-out questions, "
-        "with the mean gold reward; the title gives the paired gains +- standard error over "
+        "answer to the training questions (fresh samples, same key) and to the rephrased "
+        "questions, with the mean gold reward; the title gives the paired gains +- standard error over "
         "prompts.")
 def rs_finetune(runs: dict | None = None) -> FigureResult:
     runs = world_runs() if runs is None else runs
@@ -270,11 +328,12 @@ def rs_finetune(runs: dict | None = None) -> FigureResult:
                 right.text(i, b + s / 2, f"{s:.0%}", ha="center", va="center", fontsize=7)
         bottom += share
     means = {"SFT, training": runs["before"], "RS, training": runs["after"],
-             "RS top-K, training": runs["after_top_k"], "SFT, held-out": runs["heldout_before"],
-             "RS, held-out": runs["heldout_after"]}
+             "RS top-K, training": runs["after_top_k"], "SFT, rephrased": runs["rephrased_gold"],
+             "RS, rephrased": runs["rephrased_after"]}
     gains = {"per prompt": ex.paired_gain(runs["after"], runs["before"]),
              "top-K": ex.paired_gain(runs["after_top_k"], runs["before"]),
-             "per prompt, held-out": ex.paired_gain(runs["heldout_after"], runs["heldout_before"])}
+             "per prompt, rephrased": ex.paired_gain(runs["rephrased_after"],
+                                                     runs["rephrased_gold"])}
     for i, name in enumerate(names):
         right.text(i, 1.02, f"gold {np.mean(means[name]):+.3f}", ha="center", fontsize=7.5)
     right.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=8)
