@@ -15,6 +15,7 @@ from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
 from rlhf_book.ch04_instruction_tuning import experiments
 from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.lm.eval import answer_samples
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731
 A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
@@ -253,6 +254,10 @@ def test_style_shares_and_summary_standard_errors_by_hand():
     before = {**answers, "gold": np.zeros_like(gold)}
     assert experiments.paired_gain(answers, before) == pytest.approx(
         (means.mean(), means.std(ddof=1) / np.sqrt(3)))
+    right = answers["right"].mean(1)  # the share of right answers, paired the same way
+    assert experiments.paired_gain(answers, {**before, "right": np.zeros_like(gold)},
+                                   key="right") == pytest.approx(
+        (right.mean(), right.std(ddof=1) / np.sqrt(3)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,10 +279,10 @@ def sft_run():
     heldout = experiments.eval_questions("rephrased")
     rng = np.random.default_rng(1)
     questions = [heldout[i] for i in rng.choice(len(heldout), 64, replace=False)]
-    scores = {}
-    for name, params in (("pretrained", pretrained), ("sft", tuned)):
-        answers, stopped = ch04.generate_answers(params, cfg, questions, max_new_tokens=64)
-        scores[name] = ch04.evaluate_answers(questions, answers, stopped)
+    # one greedy answer per question (temperature 0), as every policy is measured
+    scores = {name: answer_samples(params, questions, cfg, jax.random.PRNGKey(0), samples=1,
+                                   temperature=0.0, max_new_tokens=64)
+              for name, params in (("pretrained", pretrained), ("sft", tuned))}
     return history, scores
 
 
@@ -297,8 +302,9 @@ def test_sft_loss_falls(sft_run):
 def test_sft_teaches_the_model_to_answer_briefly_and_stop(sft_run):
     _, scores = sft_run
     before, after = scores["pretrained"], scores["sft"]
+    assert before["gold"].shape == after["gold"].shape == (64, 1)
     # observed: the base model never stops (0%, 63 bytes, the 64-token budget); after SFT
     # every answer ends with <|end|> after ~18 bytes
-    assert before["stopped"] < 0.2 and after["stopped"] > 0.8
-    assert after["answer_bytes"] < before["answer_bytes"] - 20
+    assert before["stopped"].mean() < 0.2 and after["stopped"].mean() > 0.8
+    assert after["bytes"].mean() < before["bytes"].mean() - 20
 

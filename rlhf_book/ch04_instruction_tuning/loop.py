@@ -1,32 +1,29 @@
-"""Chapter 4's loop: supervised fine-tuning of the mini GPT, and the evaluation of its answers.
+"""Chapter 4's loop: supervised fine-tuning of the mini GPT.
 
 * :class:`SFTConfig`, the settings (book §4.3: a learning rate one to two orders of magnitude
   below pretraining's, a short warm-up);
 * :func:`make_sft_train` ``-> train(key)``: every step in one ``lax.scan``, pure, so
   ``jax.jit(jax.vmap(train, (0, None)))(keys, params)`` fine-tunes one model per seed;
 * :func:`train_sft`, the same steps in jitted chunks with a progress bar and a held-out loss
-  per chunk (the driver :func:`rlhf_book.lm.train.run_in_chunks`);
-* :func:`generate_answers` and :func:`evaluate_answers`: greedy answers to held-out questions
-  through the chat template, scored by the gold reward (book §4.3's held-out evaluation).
+  per chunk (the driver :func:`rlhf_book.lm.train.run_in_chunks`).
+
+A fine-tuned policy is measured like every other policy of the book, by
+:func:`rlhf_book.lm.eval.answer_samples` (answers sampled, or greedy at temperature 0, through
+the chat template and scored by the gold reward): book §4.3's held-out evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlhf_book.ch04_instruction_tuning.losses import SFTBatch, sft_loss
-from rlhf_book.data.world import Question
-from rlhf_book.lm import gpt, sampling, tokenizer, train
+from rlhf_book.lm import gpt, train
 from rlhf_book.lm.checks import check_positive_ints
-from rlhf_book.lm.eval import score_answers
 
-__all__ = ["SFTConfig", "sft_loss_fn", "make_sft_train", "train_sft", "generate_answers",
-           "evaluate_answers"]
+__all__ = ["SFTConfig", "sft_loss_fn", "make_sft_train", "train_sft"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,35 +116,3 @@ def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch:
         postfix=lambda h: {"loss": f"{h['loss'][-1]:.3f}"})
     return state.params, history
 # [/guide]
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation: answers to held-out questions, scored by the gold reward
-
-
-def generate_answers(params, model_config: gpt.GPTConfig, questions: Sequence[Question], *,
-                     seed: int = 0, temperature: float = 0.0, max_new_tokens: int = 48):
-    """Answer each question through the chat template; returns ``(answers, stopped)``: the
-    decoded completions and whether each ended with ``<|end|>``."""
-    prompts = [tokenizer.render_prompt(q.prompt) for q in questions]
-    width = max(map(len, prompts))
-    max_new_tokens = min(max_new_tokens, model_config.max_seq_len - width)
-    tokens, lengths = tokenizer.pad_batch(prompts, width)
-    gen = sampling.generate(params, tokens, jax.random.PRNGKey(seed), model_config,
-                            prompt_lengths=lengths, max_new_tokens=max_new_tokens,
-                            temperature=temperature, eos_id=tokenizer.END)
-    return sampling.completions(gen), np.asarray(gen.stopped).tolist()
-
-
-def evaluate_answers(questions: Sequence[Question], answers: Sequence[str],
-                     stopped: Sequence[bool] | None = None) -> dict[str, Any]:
-    """Mean gold reward, accuracy (the gold answer stated and correct), mean answer length in
-    bytes and the fraction of answers that stopped by themselves."""
-    scored = score_answers(questions, answers)
-    return {
-        "gold_reward": float(np.mean(scored["score"])),
-        "accuracy": float(np.mean(scored["right"])),
-        "answer_bytes": float(np.mean(scored["bytes"])),
-        "stopped": float(np.mean(stopped)) if stopped is not None else float("nan"),
-        "n": len(answers),
-    }

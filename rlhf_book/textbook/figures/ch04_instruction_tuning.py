@@ -1,13 +1,13 @@
 """Chapter 4 figures: the loss mask of a two-turn conversation in both modes, sequence packing
-(rows and the block-diagonal attention mask), SFT loss curves with and without prompt masking,
-answers to the rephrased questions before and after SFT, and the answer styles of the SFT
-models' samples next to the demonstrators'.
+(rows and the block-diagonal attention mask), SFT loss curves (the chapter's run and two short
+runs with and without prompt masking), answers to the rephrased questions before and after
+SFT, and the answer styles of the SFT model's samples next to the demonstrators'.
 
 ``notebooks/ch04_instruction_tuning.ipynb`` runs the chapter's experiments
 (:mod:`rlhf_book.ch04_instruction_tuning.experiments`) and draws their results through these;
 with no arguments (``rlhf-book figures ch04``) the figures run them: chapter 0's pretrained
-small model from the substrate cache, then the chapter's SFT runs and their samples, done once
-and shared.
+small model from the substrate cache, then the chapter's SFT runs and the samples of the
+prompt-masked model, done once and shared.
 """
 
 from __future__ import annotations
@@ -27,32 +27,32 @@ from rlhf_book.lm import gpt
 from rlhf_book.textbook import substrate
 from rlhf_book.textbook.figures import FigureResult, draw_token_cells, figure
 
+# The notebook's names for the two models it evaluates.
 BASE_LABEL = "base (pretrained)"
-# The notebook's short names for the runs in the evaluation figures.
-SHORT_LABELS = {experiments.RUN_LABELS[True]: "SFT, prompt masked",
-                experiments.RUN_LABELS[False]: "SFT, no mask",
-                experiments.LONG_RUN_LABEL: "SFT, longer"}
+SFT_LABEL = "SFT"
 
 
 @functools.lru_cache(maxsize=1)
 def sft_runs():
     """The chapter's SFT runs from chapter 0's pretrained model, run once per process when a
-    figure is drawn without results: ``{label: (params, history)}`` for both
-    :data:`~rlhf_book.ch04_instruction_tuning.experiments.SFT_CONFIG` runs and the longer
-    run; the prompt-masked model is stored for the later chapters."""
+    figure is drawn without results: ``{label: (params, history)}`` for the
+    :data:`~rlhf_book.ch04_instruction_tuning.experiments.SFT_CONFIG` run (stored for the later
+    chapters) and both :data:`~rlhf_book.ch04_instruction_tuning.experiments.MASK_CONFIG`
+    runs."""
     base = substrate.pretrained_small()[0]
-    runs = experiments.sft_runs(base)
-    substrate.store_sft_small(runs[True][0])
-    return {**{experiments.RUN_LABELS[m]: run for m, run in runs.items()},
-            experiments.LONG_RUN_LABEL: experiments.run_long_sft(base)}
+    main = experiments.run_sft(base, True)
+    substrate.store_sft_small(main[0])
+    return {experiments.SFT_LABEL: main,
+            **{experiments.RUN_LABELS[m]: run for m, run in experiments.mask_runs(base).items()}}
 
 
 @functools.lru_cache(maxsize=1)
 def sampled_answers():
-    """``{label: answer_samples}`` of the base model and the SFT runs on the rephrased questions
-    at temperature 1 (:func:`~rlhf_book.ch04_instruction_tuning.experiments.sample_models`)."""
+    """``{label: answer_samples}`` of the base model and the SFT model on the rephrased
+    questions at temperature 1
+    (:func:`~rlhf_book.ch04_instruction_tuning.experiments.sample_models`)."""
     models = {BASE_LABEL: substrate.pretrained_small()[0],
-              **{SHORT_LABELS[label]: params for label, (params, _) in sft_runs().items()}}
+              SFT_LABEL: sft_runs()[experiments.SFT_LABEL][0]}
     return experiments.sample_models(models, experiments.eval_questions("rephrased"))
 
 
@@ -136,10 +136,11 @@ def packing(demos=None, length: int = experiments.SFT_CONFIG.seq_len,
 
 
 @figure("ch04_sft_loss", "ch04",
-        "SFT of the pretrained small model with and without prompt masking, and the masked run "
-        "longer at a higher rate. Left: the training loss each run optimises (assistant tokens "
-        "only, or every token). Right: all runs measured the same way, the loss on the "
-        "assistant tokens of demonstrations that answer the rephrased questions.")
+        "SFT of the pretrained small model: the chapter's prompt-masked run (1,000 steps at "
+        "1e-3) and two short runs (200 steps at 3e-4) with and without prompt masking. Left: "
+        "the training loss each run optimises (assistant tokens only, or every token). Right: "
+        "all runs measured the same way, the loss on the assistant tokens of demonstrations "
+        "that answer the rephrased questions.")
 def sft_loss_curves(histories: dict | None = None) -> FigureResult:
     """``histories`` maps a label to a :func:`~rlhf_book.ch04_instruction_tuning.train_sft`
     history; without it, run the chapter's SFT runs."""
@@ -149,7 +150,7 @@ def sft_loss_curves(histories: dict | None = None) -> FigureResult:
     left, right = fig.subplots(1, 2)
     numbers = {}
     for k, (label, history) in enumerate(histories.items()):
-        colour = ("tab:orange", "tab:blue", "tab:green")[k % 3]
+        colour = ("tab:green", "tab:orange", "tab:blue")[k % 3]
         left.plot(history["step"], history["loss"], lw=0.7, alpha=0.8, color=colour, label=label)
         right.plot(history["eval_step"], history["eval_loss"], "o-", ms=3, color=colour,
                    label=label)
@@ -177,16 +178,16 @@ def _short(label: str) -> str:
         "Answers to the 520 rephrased questions (training facts in phrasings no training data "
         "contains), 4 samples each at temperature 1, before SFT (the pretrained base model) and "
         "after it: mean gold reward with its standard error over the questions, the shares of "
-        "right, wrong and missing answers, answer length in bytes (48 is the generation limit) "
-        "and the fraction of answers that end with <|end|>.")
+        "right, wrong and missing answers, answer length in bytes (at most 64 tokens are "
+        "generated) and the fraction of answers that end with <|end|>.")
 def before_after(metrics: dict | None = None) -> FigureResult:
     """``metrics`` maps a label to a :func:`~rlhf_book.ch04_instruction_tuning.experiments.
-    summarize` dict; without it, sample the base model and the SFT runs."""
+    summarize` dict; without it, sample the base model and the SFT model."""
     if metrics is None:
         metrics = {label: experiments.summarize(a) for label, a in sampled_answers().items()}
     labels = list(metrics)
     x = np.arange(len(labels))
-    colours = ["0.55", "tab:orange", "tab:blue", "tab:green"][:len(labels)]
+    colours = ["0.55", "tab:green", "tab:orange", "tab:blue"][:len(labels)]
     fig = Figure(figsize=(12, 3.2))
     gold_ax, kind_ax, bytes_ax, stop_ax = fig.subplots(1, 4)
     gold = [metrics[k]["gold"] for k in labels]
@@ -224,13 +225,13 @@ def before_after(metrics: dict | None = None) -> FigureResult:
 @figure("ch04_styles", "ch04",
         "Who SFT imitates: the share of each answer style among the demonstrators' answers "
         "(their mixture, and the 2,000 demonstrations as read back from their text) and among "
-        "the SFT models' samples at temperature 1 on the rephrased questions (± SE over the "
+        "the SFT model's samples at temperature 1 on the rephrased questions (± SE over the "
         "questions). A style is read from the text as the gold reward reads it: wrong, no "
         "answer (off topic), or right and hedged, padded past 48 bytes, or concise.")
 def styles(shares: dict | None = None) -> FigureResult:
     """``shares`` maps a label to ``{style: share}`` or ``{style: (share, se)}`` over
     :data:`rlhf_book.data.STYLES`; without it, the demonstrators' mixture, the demonstrations
-    and the samples of the SFT runs."""
+    and the samples of the SFT model."""
     if shares is None:
         questions = experiments.eval_questions("rephrased")
         shares = {"demonstrators (DEMONSTRATOR_STYLES)": dict(data.DEMONSTRATOR_STYLES),
