@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf_book import ch08_direct_alignment as ch08
+from rlhf_book.ch08_direct_alignment import experiments as ex
 from rlhf_book.textbook.checks import ch08_direct_alignment as checks
 
 BETA = 0.1
@@ -346,3 +347,40 @@ def test_minimising_dpo_on_exact_preferences_recovers_the_optimal_policy():
     # the centred implicit rewards equal the centred true rewards
     implicit = ch08.reward_from_policy(pi, ref, beta)
     np.testing.assert_allclose(implicit - implicit.mean(), rewards - rewards.mean(), atol=1e-3)
+
+
+def test_world_summary_pairs_by_question_and_gain_sources_add_up():
+    """``experiments.summarize`` pairs the change by question; ``gain_sources`` splits it exactly
+    into the part from the kinds' proportions and the part from style within each kind."""
+    rng = np.random.default_rng(0)
+
+    def fake(p_right, p_wrong, style):
+        kind = rng.choice(3, size=(50, 4), p=[p_right, p_wrong, 1 - p_right - p_wrong])
+        gold = np.select([kind == 0, kind == 1], [style, -1.0], -0.5) + rng.normal(0, 0.05,
+                                                                                   kind.shape)
+        return {"gold": gold, "right": kind == 0, "wrong": kind == 1, "none": kind == 2,
+                "bytes": np.full(kind.shape, 20.0)}
+
+    base, new = fake(0.2, 0.3, 0.8), fake(0.3, 0.2, 0.95)
+    s = ex.summarize(new, base)
+    d = new["gold"].mean(1) - base["gold"].mean(1)
+    assert s["d_gold"] == pytest.approx(new["gold"].mean() - base["gold"].mean())
+    assert s["d_gold_se"] == pytest.approx(d.std(ddof=1) / np.sqrt(50))
+    assert s["d_right"] == pytest.approx(new["right"].mean() - base["right"].mean())
+    g = ex.gain_sources(new, base)
+    assert g["kinds"] + g["style"] == pytest.approx(s["d_gold"], abs=1e-12)
+    assert g["gold_right"] == pytest.approx(new["gold"][new["right"]].mean())
+    same = ex.gain_sources(base, base)
+    assert same["kinds"] == pytest.approx(0.0) and same["style"] == pytest.approx(0.0)
+
+
+def test_world_settings_share_one_budget():
+    """Offline and online DPO run on one budget (steps, pairs per step, rate, beta), and the
+    evaluation is every rephrased fact question plus the held-out-fact row."""
+    off, on = ex.OFFLINE_CONFIG, ex.ONLINE_CONFIG
+    assert (off.steps, off.batch_size, off.learning_rate, off.beta) == \
+        (on.steps, on.batch_size, on.learning_rate, on.beta)
+    assert on.on_policy and not off.on_policy
+    sets = ex.eval_questions()
+    assert len(sets["rephrased"]) == 520 and all(q.rephrased for q in sets["rephrased"])
+    assert len(sets["unseen"]) == ex.N_EVAL_UNSEEN == len({q.prompt for q in sets["unseen"]})

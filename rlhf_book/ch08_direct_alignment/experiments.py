@@ -12,9 +12,10 @@ Three kinds:
   a coefficient, not a KL), and preference displacement on a log-linear policy (§8.2, Figure 27)
   with its NLL fix.
 * **DPO on the synthetic world** from chapter 4's SFT model of the small GPT: offline on the
-  simulated annotators' pairs with and without the NLL term (:func:`offline_runs`), online DPO
-  beside GRPO on chapter 6's sampling budget (:func:`online_runs`), and what the policies then
-  answer (:func:`evaluate_runs`). The starting policy is an argument (``sft_params``): a chapter
+  simulated annotators' pairs (:func:`offline_runs`) and online on pairs of the policy's own
+  samples ranked by the gold reward (:func:`online_runs`), each with and without the NLL term, on
+  one budget; and what the policies then answer to the rephrased questions, paired by question
+  with the SFT model (:func:`evaluate_runs`). The starting policy is an argument (``sft_params``): a chapter
   does not know where its models are cached; the notebook and the figures pass
   ``rlhf_book.textbook.substrate.sft_small()``.
 
@@ -32,9 +33,9 @@ import numpy as np
 import optax
 
 from rlhf_book import data
-from rlhf_book.ch06_policy_gradients import experiments as ch06_experiments
 from rlhf_book.ch08_direct_alignment import loop, losses
-from rlhf_book.lm import rollout
+from rlhf_book.lm import eval as eval_lib
+from rlhf_book.lm import gpt, rollout
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -66,36 +67,59 @@ KL_LR = 0.02
 DISPLACEMENT_M, DISPLACEMENT_D = 50, 8
 DISPLACEMENT_BETA, DISPLACEMENT_LR, DISPLACEMENT_STEPS = 0.1, 0.05, 3000
 
-# DPO on the synthetic world, from chapter 4's SFT model. Offline: the pipeline's kind of
-# annotated pairs on the training questions (3 annotators, noise 0.5, majority label, the
-# documented biases: verbosity, confidence, position; 3 in 4 pairs right-vs-wrong in one style),
-# DPO at beta 0.1 with and without the chosen completions' NLL (RPO, alpha = 1), N_SEEDS seeds
-# vmapped; the implicit reward is tested on pairs about the rephrased questions. Online: best
-# vs worst of G = 4 samples of the current policy, ranked by the gold reward, with chapter 6's
-# RL budget (12 steps of 4 training questions x 4 completions, at most 32 new tokens, learning
-# rate 3e-4), beside GRPO on the same budget and reward. Every policy then answers chapter 6's
-# evaluation questions (rephrased, and unseen facts as a second row).
+# DPO on the synthetic world, from chapter 4's SFT model (the small GPT), offline against
+# online (book §8.5) on one budget: WORLD_STEPS steps of PAIRS_PER_STEP pairs, Adam at
+# WORLD_LR, beta 0.1, with and without the chosen completions' NLL (RPO, coefficient 1), N_SEEDS
+# seeds; each kind's (NLL coefficient, seed) runs go through one compiled vmap.
+# * Offline: the pipeline's kind of annotated pairs on the training questions (3 annotators,
+#   noise 0.5, majority label, the documented biases: verbosity, confidence, position; 3 in 4
+#   pairs right-vs-wrong in one style). The implicit reward is tested on pairs about the
+#   rephrased questions.
+# * Online: per step PAIRS_PER_STEP training questions, ONLINE_G samples of each from the current
+#   policy (at most MAX_NEW_TOKENS new tokens), best vs worst by the gold reward.
+# Measured (shared 2-core CPU, 2 seeds, 520 rephrased questions, paired by question): online
+# DPO + NLL at 1e-4 for 32 steps raised the gold reward by +0.125 +- 0.024; without the NLL
+# +0.03 +- 0.02; at 2e-4 +0.08 (with NLL) and -0.01 (without), the answers degrading into
+# fragments; 16 steps of 8 x 8 at 1e-4 +0.06 +- 0.024; chapter 6's old budget (12 steps of 4 x 4
+# at 3e-4) lowered it by 0.08. Offline DPO lowered it at every rate tried (3e-5: -0.02,
+# 1e-4: -0.08, 3e-4: -0.12 +- 0.02, with or without the NLL, beta 0.1 or 0.5).
 N_PAIRS = 600
 N_HELDOUT_PAIRS = 128
 N_SEEDS = 4
 PAIR_BIAS = data.AnnotatorBias()
 CORRECTNESS_FRACTION = 0.75
 N_ANNOTATORS = 3
-OFFLINE_CONFIG = loop.DPOConfig(steps=40, batch_size=8, learning_rate=3e-4, beta=0.1,
-                                log_every=40)
-OFFLINE_RUNS = {"dpo": 0.0, "dpo+nll": 1.0}  # name -> nll_coef
-RL_CONFIG = ch06_experiments.RL_CONFIG  # GRPO, 12 steps of 4 x 4, 32 new tokens, lr 3e-4
-ONLINE_CONFIG = loop.DPOConfig(on_policy=True, steps=RL_CONFIG.steps,
-                               batch_size=RL_CONFIG.prompts_per_step,
-                               completions_per_prompt=RL_CONFIG.group_size,
-                               max_new_tokens=RL_CONFIG.max_new_tokens,
-                               learning_rate=RL_CONFIG.learning_rate, beta=0.1,
-                               log_every=RL_CONFIG.steps)
+WORLD_STEPS = 32
+PAIRS_PER_STEP = 8
+WORLD_LR = 1e-4
+WORLD_BETA = 0.1
+ONLINE_G = 8
+MAX_NEW_TOKENS = 32
+OFFLINE_CONFIG = loop.DPOConfig(steps=WORLD_STEPS, batch_size=PAIRS_PER_STEP,
+                                learning_rate=WORLD_LR, beta=WORLD_BETA, log_every=WORLD_STEPS)
+ONLINE_CONFIG = loop.DPOConfig(on_policy=True, steps=WORLD_STEPS, batch_size=PAIRS_PER_STEP,
+                               completions_per_prompt=ONLINE_G, max_new_tokens=MAX_NEW_TOKENS,
+                               learning_rate=WORLD_LR, beta=WORLD_BETA, log_every=WORLD_STEPS)
+NLL_COEFS = {"": 0.0, "+nll": 1.0}  # suffix of the run's name -> nll_coef
+OFFLINE_RUNS = {f"dpo{k}": v for k, v in NLL_COEFS.items()}  # "dpo", "dpo+nll"
+ONLINE_RUNS = {f"online dpo{k}": v for k, v in NLL_COEFS.items()}  # "online dpo", "online dpo+nll"
+# The evaluation: every rephrased fact question (520: the training facts in the 8 phrasings no
+# training data contains; the main evaluation) and N_EVAL_UNSEEN questions about held-out facts
+# (a second row), one answer per seed at temperature 1 (the SFT model: N_SEEDS answers), at most
+# MAX_NEW_TOKENS new tokens; differences to the SFT model are paired by question.
+N_EVAL_UNSEEN = 64
+EVAL_SEED = 0
 
 
-# Chapter 6's summary of a metric over seeds (first and last steps, the change, its standard
-# error), used for the world runs here as there.
-first_last = ch06_experiments.first_last
+def first_last(x, window: int = 3) -> dict[str, float]:
+    """Mean over seeds (axis 0) of the first and of the last ``window`` steps, the change, and
+    the standard error of the change across seeds."""
+    x = np.asarray(x, np.float64)
+    first, last = x[:, :window].mean(axis=1), x[:, -window:].mean(axis=1)
+    change = last - first
+    return {"first": float(first.mean()), "last": float(last.mean()),
+            "change": float(change.mean()),
+            "change_se": float(change.std(ddof=1) / np.sqrt(len(change)))}
 
 
 def _one(x) -> jax.Array:
@@ -373,6 +397,15 @@ def displacement_runs(steps: int = DISPLACEMENT_STEPS) -> dict[str, dict[str, np
 # DPO on the synthetic world
 
 
+def world_task():
+    """``(model_config, questions, prompts)``: the small GPT (``gpt.get_config("small")``), the
+    training questions (``data.question_splits().train``: training facts in the trained
+    phrasings) and their chat-template prompts, the online runs' prompt set."""
+    questions = data.question_splits().train
+    return (gpt.get_config("small"), questions,
+            rollout.encode_prompts([q.prompt for q in questions]))
+
+
 def world_pairs():
     """``(train_pairs, heldout_pairs)``: the biased annotators' pairs (:data:`PAIR_BIAS`,
     :data:`CORRECTNESS_FRACTION` of them right-vs-wrong) on the training questions (data seed 0)
@@ -388,18 +421,11 @@ def _seed_params(params, i: int):
     return jax.tree.map(lambda x: x[i], params)
 
 
-def offline_runs(sft_params, n_seeds: int = N_SEEDS) -> dict[str, dict]:
-    """``{name: metrics [seeds, steps]}`` of offline DPO on :func:`world_pairs`'s training
-    pairs from ``sft_params``, once per entry of :data:`OFFLINE_RUNS` (the NLL coefficient).
-    Each entry also holds ``"params"`` (the final policies, a leading seed axis). The reference
-    log-probs of the pairs are computed once (book §8.3), and every (NLL coefficient, seed) run
-    goes through one compiled ``vmap``: ``train``'s ``nll_coef`` is traced."""
-    model_config = ch06_experiments.rl_task()[0]
-    batch = loop.encode_preference_pairs(world_pairs()[0])
-    train = loop.make_dpo_train(OFFLINE_CONFIG, model_config, sft_params, batch)
-    names = list(OFFLINE_RUNS)
+def _vmapped_runs(train, names: dict[str, float], n_seeds: int) -> dict[str, dict]:
+    """Every (NLL coefficient, seed) run of ``train`` in one compiled ``vmap`` (``nll_coef``
+    traced; the same seeds, so the same batches, for every coefficient)."""
     keys = jnp.tile(jax.random.split(jax.random.PRNGKey(0), n_seeds), (len(names), 1))
-    coefs = jnp.repeat(jnp.asarray([OFFLINE_RUNS[n] for n in names], jnp.float32), n_seeds)
+    coefs = jnp.repeat(jnp.asarray(list(names.values()), jnp.float32), n_seeds)
     state, metrics = jax.jit(jax.vmap(train))(keys, None, None, coefs)
     runs = {}
     for i, name in enumerate(names):
@@ -409,43 +435,120 @@ def offline_runs(sft_params, n_seeds: int = N_SEEDS) -> dict[str, dict]:
     return runs
 
 
+def offline_runs(sft_params, n_seeds: int = N_SEEDS) -> dict[str, dict]:
+    """``{name: metrics [seeds, steps]}`` of offline DPO (:data:`OFFLINE_CONFIG`) on
+    :func:`world_pairs`'s training pairs from ``sft_params``, once per entry of
+    :data:`OFFLINE_RUNS` (the NLL coefficient); ``"params"`` holds the final policies (a leading
+    seed axis). The reference log-probs of the pairs are computed once (book §8.3)."""
+    model_config = world_task()[0]
+    batch = loop.encode_preference_pairs(world_pairs()[0])
+    train = loop.make_dpo_train(OFFLINE_CONFIG, model_config, sft_params, batch)
+    return _vmapped_runs(train, OFFLINE_RUNS, n_seeds)
+
+
 def online_runs(sft_params, n_seeds: int = N_SEEDS) -> dict[str, dict]:
-    """``{"online dpo": metrics, "grpo": metrics}`` ``[seeds, steps]``: online DPO
-    (:data:`ONLINE_CONFIG`) and GRPO (chapter 6's :data:`RL_CONFIG`) on the gold reward of the
-    training questions, the same sampling budget, ``n_seeds`` seeds each; ``"params"`` holds
-    the final policies. GRPO's sampled reward is ``"score"``, as online DPO's."""
-    model_config, questions, prompts = ch06_experiments.rl_task()
+    """``{name: metrics [seeds, steps]}`` of online DPO (:data:`ONLINE_CONFIG`: pairs of the
+    current policy's own samples on the training questions, best vs worst by the gold reward)
+    from ``sft_params``, once per entry of :data:`ONLINE_RUNS`; ``"params"`` as in
+    :func:`offline_runs`. ``"score"`` is the gold reward of the sampled completions."""
+    model_config, questions, prompts = world_task()
     gold = rollout.text_reward(data.gold_reward, questions)
-    keys = jax.random.split(jax.random.PRNGKey(0), n_seeds)
-    runs = {}
-    train = jax.jit(jax.vmap(loop.make_dpo_train(ONLINE_CONFIG, model_config, sft_params,
-                                                 prompts=prompts, reward=gold)))
-    state, metrics = train(keys)
-    runs["online dpo"] = {**{k: np.asarray(v) for k, v in metrics.items()},
-                          "params": state.params}
-    metrics, state = ch06_experiments.run_seeds(RL_CONFIG, gold, sft_params, n_seeds)
-    runs["grpo"] = {**metrics, "params": state.params["lm"]}
-    return runs
+    train = loop.make_dpo_train(ONLINE_CONFIG, model_config, sft_params, prompts=prompts,
+                                reward=gold)
+    return _vmapped_runs(train, ONLINE_RUNS, n_seeds)
+
+
+def eval_questions(seed: int = EVAL_SEED) -> dict[str, list]:
+    """``{"rephrased": [...], "unseen": [...]}``: every rephrased question about a training fact
+    (``data.question_splits().rephrased``, the four fact topics: 520) and :data:`N_EVAL_UNSEEN`
+    questions about held-out facts, drawn without replacement with ``seed``."""
+    splits = data.question_splits()
+    unseen = data.fact_questions(splits.unseen)
+    pick = np.random.default_rng(seed).choice(len(unseen), N_EVAL_UNSEEN, replace=False)
+    return {"rephrased": data.fact_questions(splits.rephrased),
+            "unseen": [unseen[i] for i in pick]}
+
+
+def answers(params, questions, seed: int = 1, n_seeds: int = N_SEEDS) -> dict[str, np.ndarray]:
+    """What a policy answers: :func:`rlhf_book.lm.eval.answer_samples` at temperature 1, at most
+    :data:`MAX_NEW_TOKENS` new tokens. ``params`` with a leading seed axis (a vmapped run's
+    final policies) answer once per seed; without one (the SFT model) ``n_seeds`` times. Returns
+    arrays ``[Q, samples]`` (``gold``, ``right``, ``wrong``, ``none``, ``bytes``, ``texts``,
+    ...), one column per seed."""
+    model_config = world_task()[0]
+    kw = dict(temperature=1.0, max_new_tokens=MAX_NEW_TOKENS)
+    if params["tok_emb"].ndim == 2:  # [V, D]: one model
+        return eval_lib.answer_samples(params, questions, model_config,
+                                       jax.random.PRNGKey(seed), samples=n_seeds, **kw)
+    S = jax.tree.leaves(params)[0].shape[0]
+    cols = [eval_lib.answer_samples(_seed_params(params, i), questions, model_config,
+                                    jax.random.PRNGKey(seed + 1 + i), samples=1, **kw)
+            for i in range(S)]
+    return {k: np.concatenate([c[k] for c in cols], axis=1) for k in cols[0]}
+
+
+def summarize(a: dict, base: dict | None = None) -> dict[str, float]:
+    """The shares of right, wrong and no answers, the mean gold reward and answer bytes of
+    :func:`answers`'s arrays ``a``, with standard errors over questions (each question's mean
+    over its samples is one observation); with ``base`` (the SFT model's answers to the same
+    questions) the change of each, paired by question: ``d_gold`` and ``d_gold_se``,
+    ``d_right``, ... ."""
+    out = {}
+    for k in ("gold", "right", "wrong", "none", "bytes"):
+        per_q = np.asarray(a[k], np.float64).mean(axis=1)
+        out[k] = float(per_q.mean())
+        out[f"{k}_se"] = float(per_q.std(ddof=1) / np.sqrt(len(per_q)))
+        if base is not None:
+            d = per_q - np.asarray(base[k], np.float64).mean(axis=1)
+            out[f"d_{k}"] = float(d.mean())
+            out[f"d_{k}_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
+    out["samples"] = int(np.size(a["gold"]))
+    return out
+
+
+def gain_sources(a: dict, base: dict) -> dict[str, float]:
+    """Where a change of the mean gold reward comes from, from :func:`answers`'s arrays of a
+    policy ``a`` and of the SFT model ``base``: with ``s_k`` the share of answers of kind ``k``
+    (right, wrong, none) and ``g_k`` their mean gold reward, exactly
+    ``gold' - gold = sum_k (s'_k - s_k) g_k + sum_k s'_k (g'_k - g_k)``: ``"kinds"``, the part
+    from answering right / wrong / not at all in other proportions (valued at the SFT model's
+    mean reward of each kind), and ``"style"``, the part from better or worse answers within
+    each kind (length, hedging). Also ``"gold_<kind>"`` and ``"sft_gold_<kind>"``, the ``g_k``."""
+    out = {"kinds": 0.0, "style": 0.0}
+    for k in eval_lib.ANSWER_KINDS:
+        new, old = np.asarray(a[k], bool), np.asarray(base[k], bool)
+        g_new = float(np.asarray(a["gold"])[new].mean()) if new.any() else 0.0
+        g_old = float(np.asarray(base["gold"])[old].mean()) if old.any() else 0.0
+        out["kinds"] += (new.mean() - old.mean()) * g_old
+        out["style"] += new.mean() * (g_new - g_old)
+        out[f"gold_{k}"], out[f"sft_gold_{k}"] = g_new, g_old
+    out["kinds"], out["style"] = float(out["kinds"]), float(out["style"])
+    return out
 
 
 def evaluate_runs(runs: dict, sft_params, heldout_pairs=None) -> dict[str, dict]:
-    """What each run's final policies answer (chapter 6's measure,
-    :func:`rlhf_book.ch06_policy_gradients.experiments.answer_breakdown`: 128 rephrased and 32
-    unseen-fact questions, one sample per seed at temperature 1, 32 new tokens) and, for the DPO runs,
-    the implicit reward's accuracy on ``heldout_pairs`` (the first seed's policy); the SFT
-    model's answers (chapter 6's ``N_SEEDS`` samples per question) under ``"sft"``."""
-    model_config = ch06_experiments.rl_task()[0]
+    """What the SFT model (``"sft"``) and each run's final policies answer to
+    :func:`eval_questions` (:func:`answers`: ``"rephrased"`` and ``"unseen"``, the arrays, and
+    their :func:`summarize`, paired with the SFT model's, under ``"summary"``), and each run's
+    implicit reward accuracy on ``heldout_pairs`` (the first seed's policy) under
+    ``"heldout"``."""
+    model_config = world_task()[0]
     heldout_pairs = world_pairs()[1] if heldout_pairs is None else heldout_pairs
     ref_logps = loop.pair_log_probs(sft_params, loop.encode_preference_pairs(heldout_pairs),
                                     model_config)
-    out = {"sft": {"answers": ch06_experiments.answer_breakdown(sft_params)}}
+    sets = eval_questions()
+    out = {"sft": {rows: answers(sft_params, qs) for rows, qs in sets.items()}}
+    out["sft"]["summary"] = {rows: summarize(out["sft"][rows]) for rows in sets}
     for name, run in runs.items():
-        entry = {"answers": ch06_experiments.answer_breakdown(run["params"])}
-        if name != "grpo":
-            beta = ONLINE_CONFIG.beta if name == "online dpo" else OFFLINE_CONFIG.beta
-            entry["heldout"] = loop.implicit_reward_accuracy(
-                _seed_params(run["params"], 0), sft_params, heldout_pairs, model_config, beta,
-                ref_logps=ref_logps)
+        if name == "eval":
+            continue
+        entry = {rows: answers(run["params"], qs) for rows, qs in sets.items()}
+        entry["summary"] = {rows: {**summarize(entry[rows], out["sft"][rows]),
+                                   **gain_sources(entry[rows], out["sft"][rows])}
+                            for rows in sets}
+        entry["heldout"] = loop.implicit_reward_accuracy(
+            _seed_params(run["params"], 0), sft_params, heldout_pairs, model_config,
+            WORLD_BETA, ref_logps=ref_logps)
         out[name] = entry
     return out
 

@@ -4,8 +4,7 @@ finite response set (the Gibbs-tilted optimum of eq. 95 over beta, ``J = beta lo
 and the population DPO loss minimised back to ``pi*``); the KL that DPO, cDPO and IPO reach on
 a certain preference; preference displacement on a log-linear policy (Figure 27) and its NLL
 fix; and DPO on the synthetic world: offline on the simulated annotators' pairs with and
-without the NLL term, online on pairs the policy samples, next to GRPO with the same sampling
-budget.
+without the NLL term, and online on pairs the policy samples, on the same budget.
 
 The experiments live in :mod:`rlhf_book.ch08_direct_alignment.experiments`; these functions
 only draw. ``notebooks/ch08_direct_alignment.ipynb`` passes its own results; with no arguments
@@ -27,7 +26,7 @@ from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 
 COLOURS = {"dpo": "tab:blue", "cdpo": "tab:orange", "robust": "tab:brown", "ipo": "tab:green",
            "hinge": "tab:red", "simpo": "tab:purple", "dpo+nll": "tab:cyan",
-           "online dpo": "tab:pink", "grpo": "tab:olive", "sft": "0.4", "tabular": "tab:gray"}
+           "online dpo": "tab:pink", "online dpo+nll": "tab:olive", "sft": "0.4", "tabular": "tab:gray"}
 
 
 def smooth(x, window: int = 5) -> np.ndarray:
@@ -262,14 +261,14 @@ def displacement(runs: dict | None = None) -> FigureResult:
 
 @figure("ch08_dpo_world", "ch08",
         "DPO on the synthetic world, from chapter 4's SFT model of the small GPT (4 seeds, mean "
-        "+- standard error; curves averaged over 5 steps). Left: the batch's implicit-reward "
-        "accuracy during offline DPO on "
-        "the biased annotators' pairs (3 in 4 right-vs-wrong; beta = 0.1), with and without the chosen completions' NLL. "
-        "Middle: the chosen and rejected sequence log-probabilities of those batches: without "
-        "the NLL both fall (displacement), with it the chosen one rises. Right: what the "
-        "final policies answer to 128 rephrased questions at temperature 1 (right, wrong, no "
-        "answer; gold reward above the bars): the SFT model, offline DPO, DPO + NLL, online "
-        "DPO (best vs worst of 4 samples, gold-labelled) and GRPO on the same budget.")
+        "+- standard error; curves averaged over 5 steps; every run 32 steps of 8 pairs, lr 1e-4, "
+        "beta 0.1). Left: the batch's implicit-reward accuracy during offline DPO on the biased "
+        "annotators' pairs (3 in 4 right-vs-wrong) and online DPO on pairs of the policy's own "
+        "samples (best vs worst of 8 by the gold reward), each with and without the chosen "
+        "completions' NLL. Middle: the chosen and rejected sequence log-probabilities of the "
+        "offline batches. Right: what the final policies answer to the 520 rephrased questions "
+        "at temperature 1 (right, wrong, no answer; the gold reward's change from the SFT "
+        "model, paired by question, above the bars).")
 def dpo_world(runs: dict | None = None) -> FigureResult:
     """``runs``: :func:`rlhf_book.ch08_direct_alignment.experiments.world_runs`'s dict (the
     offline and online runs' metrics and an ``"eval"`` entry); by default computed."""
@@ -277,53 +276,56 @@ def dpo_world(runs: dict | None = None) -> FigureResult:
     fig = Figure(figsize=(14, 3.8))
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.2]})
     numbers = {}
-    for name in ex.OFFLINE_RUNS:
+    for name in (*ex.OFFLINE_RUNS, *ex.ONLINE_RUNS):
         m = runs[name]
         steps = np.arange(1, m["loss"].shape[1] + 1)
         colour = COLOURS[name]
         mean, se = mean_se(smooth(m["rewards/accuracies"]))
         axes[0].plot(steps, mean, color=colour, label=name)
         axes[0].fill_between(steps, mean - se, mean + se, color=colour, alpha=0.2, lw=0)
+        numbers[name] = {"accuracy": ex.first_last(m["rewards/accuracies"], 5),
+                         "logps/chosen": ex.first_last(m["logps/chosen"], 5),
+                         "logps/rejected": ex.first_last(m["logps/rejected"], 5),
+                         "loss": ex.first_last(m["loss/preference"], 5)}
+        if name not in ex.OFFLINE_RUNS:
+            continue
         for key, ls in (("logps/chosen", "-"), ("logps/rejected", "--")):
             mean, se = mean_se(smooth(m[key]))
             axes[1].plot(steps, mean, color=colour, ls=ls,
                          label=f"{name}: {key.split('/')[1]}")
             axes[1].fill_between(steps, mean - se, mean + se, color=colour, alpha=0.15, lw=0)
-        numbers[name] = {"accuracy": ex.first_last(m["rewards/accuracies"], 5),
-                         "logps/chosen": ex.first_last(m["logps/chosen"], 5),
-                         "logps/rejected": ex.first_last(m["logps/rejected"], 5),
-                         "loss": ex.first_last(m["loss/preference"], 5)}
     finish_axes(axes[0], xlabel="step", ylabel="fraction of pairs (mean of 5 steps)", ylim=(0, 1),
                 title="implicit reward ranks the batch's pairs right")
     axes[0].legend(fontsize=7)
     finish_axes(axes[1], xlabel="step", ylabel="sequence log-prob (nats, mean of 5 steps)",
-                title="log pi(y_c) (solid), log pi(y_r) (dashed)")
+                title="offline: log pi(y_c) (solid), log pi(y_r) (dashed)")
     axes[1].legend(fontsize=6.5)
     ev = runs["eval"]
-    names = [n for n in ("sft", *ex.OFFLINE_RUNS, "online dpo", "grpo") if n in ev]
+    names = [n for n in ("sft", *ex.OFFLINE_RUNS, *ex.ONLINE_RUNS) if n in ev]
     kinds = (("right", "tab:green"), ("wrong", "tab:red"), ("none", "0.7"))
     bottom = np.zeros(len(names))
     for kind, colour in kinds:
-        values = np.array([ev[n]["answers"]["rephrased"][kind] for n in names])
+        values = np.array([ev[n]["summary"]["rephrased"][kind] for n in names])
         axes[2].bar(names, values, bottom=bottom, color=colour, label=kind)
         bottom += values
     for k, n in enumerate(names):
-        axes[2].text(k, 1.01, f"{ev[n]['answers']['rephrased']['gold']:+.2f}", ha="center",
-                     fontsize=7)
-    finish_axes(axes[2], ylabel="fraction of answers", ylim=(0, 1.1),
-                title="answers to rephrased questions (gold above)")
-    axes[2].tick_params(axis="x", labelsize=7)
+        s = ev[n]["summary"]["rephrased"]
+        label = (f"{s['gold']:+.2f}" if n == "sft"
+                 else f"{s['d_gold']:+.2f}\n+-{s['d_gold_se']:.2f}")
+        axes[2].text(k, 1.01, label, ha="center", fontsize=6.5)
+    finish_axes(axes[2], ylabel="fraction of answers", ylim=(0, 1.15),
+                title="answers to 520 rephrased questions (gold; change vs SFT)")
+    axes[2].tick_params(axis="x", labelsize=6.5)
     axes[2].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     for n in names:
-        numbers.setdefault(n, {})["answers"] = {
-            rows: {k: v for k, v in a.items() if k not in ("texts", "gold_seeds")}
-            for rows, a in ev[n]["answers"].items()}
+        numbers.setdefault(n, {})["answers"] = {rows: dict(ev[n]["summary"][rows])
+                                                for rows in ev[n]["summary"]}
         if "heldout" in ev[n]:
             numbers[n]["heldout"] = {k: ev[n]["heldout"][k]
-                                     for k in ("accuracy", "gold_accuracy", "margin",
-                                               "logps/chosen", "logps/rejected")}
-    for n in ("online dpo", "grpo"):
+                                     for k in ("accuracy", "accuracy_se", "gold_accuracy",
+                                               "margin", "logps/chosen", "logps/rejected")}
+    for n in ex.ONLINE_RUNS:
         if n in runs and "score" in runs[n]:
-            numbers.setdefault(n, {})["score"] = ex.first_last(runs[n]["score"])
+            numbers.setdefault(n, {})["score"] = ex.first_last(runs[n]["score"], 8)
     return FigureResult(fig, numbers)
