@@ -835,3 +835,25 @@ BAD_CALLS = [
 def test_bad_arguments_raise_value_error_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------------------------
+# The notebook's experiments: the frontier's settings and its two proxies, without training
+
+
+def test_frontier_settings_and_the_annotators_proxy(monkeypatch):
+    from rlhf_book import data
+    from rlhf_book.ch15_regularization import experiments as ex
+
+    assert ex.FRONTIER_PROXY in ("reward_model", "annotators")
+    assert ex.FRONTIER_CONFIG.algorithm == "rloo" and ex.FRONTIER_CONFIG.steps == ex.FRONTIER_CHUNK
+    assert ex.FRONTIER_STEPS % ex.FRONTIER_CHUNK == 0 and 0.0 in ex.FRONTIER_BETAS
+    # the alternative proxy is what the biased annotators value, scored on text
+    monkeypatch.setattr(ex, "FRONTIER_PROXY", "annotators")
+    reward = ex.frontier_proxy(None)
+    assert reward.params is None
+    q = data.question_splits().rephrased[0]
+    for text in (f"It is definitely {q.answer}.", f"The answer is {q.answer}."):
+        assert ex.proxy_score(q, text) == data.annotator_utility(q, text, data.AnnotatorBias())
+    assert (ex.proxy_score(q, f"It is definitely {q.answer}.")
+            > ex.proxy_score(q, f"The answer is {q.answer}."))

@@ -3,8 +3,9 @@
 * The estimators' bias and spread against the exact KL (Schulman 2020's Gaussian example, and a
   categorical "vocabulary"), and the gradient each gives when used as a loss, by enumeration;
 * the reward-KL frontier of chapter 6's loop under a sweep of the KL coefficient, pushed on a
-  proxy (what biased annotators value) with the gold reward measured on rephrased questions as
-  the KL grows, and the per-token KL of one of its policies along sampled completions;
+  proxy (chapter 5's reward model, trained on biased annotators' pairs) with the gold reward
+  measured on rephrased questions as the KL grows, and the per-token KL of one of its policies
+  along sampled completions;
 * forgetting (§15.2): SFT against on-policy RL on a second task, measured on the first.
 
 The runs on the mini GPT take the starting policy as an argument (``sft_params``, chapter 4's
@@ -24,6 +25,7 @@ import numpy as np
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
+from rlhf_book.ch05_reward_models import experiments as ch05_experiments
 from rlhf_book.ch06_policy_gradients import experiments as ch06_experiments
 from rlhf_book.ch06_policy_gradients import loop as ch06_loop
 from rlhf_book.ch15_regularization import losses
@@ -46,25 +48,31 @@ CAT_SAMPLES = 200_000
 # The estimators as losses, by enumeration over a 6-token vocabulary.
 GRAD_VOCAB = 6
 
-# The reward-KL frontier and its gold peak: chapter 6's RL run (4 questions x 4 completions a
+# The reward-KL frontier and its gold peak: chapter 6's RL loop (4 questions x 4 completions a
 # step, learning rate 3e-4), RLOO with the KL as a k1 penalty in the reward (InstructGPT's place
-# for it), on a PROXY reward: what the biased annotators of the pipeline value
-# (data.annotator_utility: the gold reward + 0.015 per byte + 0.25 per confident phrase, the
-# optimum a reward model trained on their labels is pulled towards). At most 64 new tokens, so
-# that an answer can run past the gold reward's 48 free bytes. One vmapped sweep of
-# FRONTIER_BETAS x FRONTIER_SEEDS, FRONTIER_STEPS steps; every FRONTIER_CHUNK steps each policy
-# answers the first FRONTIER_QUESTIONS of chapter 6's rephrased evaluation questions (one
-# sample, T = 1), scored by the gold reward and by the proxy, with the exact KL to the SFT model
-# along the answers.
+# for it), on a PROXY reward: chapter 5's reward model (FRONTIER_PROXY = "reward_model": the
+# pipeline's recipe from the same SFT model, trained on the biased annotators' pairs; it ranks
+# style pairs as they do 0.81 of the time and right-vs-wrong pairs 0.55, and it prefers
+# confident and padded answers). FRONTIER_PROXY = "annotators" optimises what the annotators
+# value instead (data.annotator_utility); measured from chapter 4's 1,000-step SFT model, that
+# proxy's optimum is gold's plus "definitely" within the 48 free bytes, and 16 steps move
+# neither much (gold -0.47 -> -0.41 to -0.44 at every beta; 5e-4 or 1e-3 make the runs
+# degenerate at every beta). At most 64 new tokens, so that an answer can run past the gold
+# reward's 48 free bytes. One vmapped sweep of FRONTIER_BETAS x FRONTIER_SEEDS,
+# FRONTIER_STEPS steps (24 steps in chunks of 8 measured no clearer peak: gold -0.34 +- 0.06
+# at beta = 0.05); every FRONTIER_CHUNK steps each policy answers the first
+# FRONTIER_QUESTIONS of chapter 6's rephrased evaluation questions (one sample, T = 1), scored
+# by the gold reward and by the proxy, with the exact KL to the SFT model along the answers.
 FRONTIER_STEPS = 16
 FRONTIER_CHUNK = 4
-FRONTIER_CONFIG = dataclasses.replace(ch06_experiments.RL_CONFIG, algorithm="rloo",
-                                      steps=FRONTIER_CHUNK, max_new_tokens=64,
-                                      log_every=FRONTIER_CHUNK)
+FRONTIER_CONFIG = ch06_loop.RLConfig(algorithm="rloo", steps=FRONTIER_CHUNK, prompts_per_step=4,
+                                     group_size=4, max_new_tokens=64, learning_rate=3e-4,
+                                     log_every=FRONTIER_CHUNK)
 FRONTIER_BETAS = (0.0, 0.05, 0.5)
 FRONTIER_SEEDS = 4
 FRONTIER_QUESTIONS = 128
 PROXY_BIAS = data.AnnotatorBias()
+FRONTIER_PROXY = "reward_model"
 # Per-token KL along completions: the beta = 0 policy of the sweep (its first seed) against the
 # SFT model, TOKEN_PROMPTS training questions x TOKEN_SAMPLES completions.
 TOKEN_PROMPTS, TOKEN_SAMPLES = 32, 4
@@ -86,8 +94,9 @@ NEW_PREFIX = "The answer is"
 FORGET_STEPS = 24
 FORGET_SEEDS = 4
 FORGET_LR = 3e-4
-FORGET_RL_CONFIG = dataclasses.replace(ch06_experiments.RL_CONFIG, algorithm="grpo",
-                                       steps=FORGET_STEPS, beta=0.0, log_every=FORGET_STEPS)
+FORGET_RL_CONFIG = ch06_loop.RLConfig(algorithm="grpo", steps=FORGET_STEPS, prompts_per_step=4,
+                                      group_size=4, max_new_tokens=32, learning_rate=FORGET_LR,
+                                      beta=0.0, log_every=FORGET_STEPS)
 SFT_BATCH = FORGET_RL_CONFIG.prompts_per_step * FORGET_RL_CONFIG.group_size
 EVAL_QUESTIONS = 64
 EVAL_TOKENS = 20
@@ -96,7 +105,8 @@ __all__ = [
     "GAUSS_MUS", "GAUSS_CURVE_MUS", "GAUSS_SAMPLES", "GAUSS_CURVE_SAMPLES", "CAT_VOCAB",
     "CAT_SCALES", "CAT_SAMPLES", "GRAD_VOCAB", "FRONTIER_STEPS", "FRONTIER_CHUNK",
     "FRONTIER_CONFIG", "FRONTIER_BETAS", "FRONTIER_SEEDS", "FRONTIER_QUESTIONS", "PROXY_BIAS",
-    "proxy_score", "TOKEN_PROMPTS", "TOKEN_SAMPLES", "OLD_TOPICS", "NEW_TOPICS", "NEW_PREFIX",
+    "FRONTIER_PROXY", "proxy_score", "frontier_proxy", "TOKEN_PROMPTS", "TOKEN_SAMPLES",
+    "OLD_TOPICS", "NEW_TOPICS", "NEW_PREFIX",
     "FORGET_STEPS", "FORGET_SEEDS", "FORGET_LR", "FORGET_RL_CONFIG", "SFT_BATCH",
     "EVAL_QUESTIONS", "EVAL_TOKENS", "gaussian_estimates", "categorical_estimates",
     "estimator_gradients", "frontier_runs", "frontier_points", "per_token_kl",
@@ -180,9 +190,26 @@ def proxy_score(question, response: str) -> float:
     return data.annotator_utility(question, response, PROXY_BIAS)
 
 
-def _frontier_eval(lm_params, sft_params, questions, model_config, seed: int) -> dict:
-    """Each policy (leading axis) answers ``questions`` once at T = 1: ``gold``, ``proxy`` and
-    the exact sequence ``kl`` to ``sft_params`` along the answers, ``[policies, Q]`` each."""
+def frontier_proxy(sft_params, model_config=None) -> rollout.Reward:
+    """The frontier's proxy when ``FRONTIER_PROXY == "reward_model"``: chapter 5's reward model
+    (:func:`rlhf_book.ch05_reward_models.experiments.rm_run` on its training pairs, the
+    pipeline's recipe) from ``sft_params``, as a :class:`~rlhf_book.lm.rollout.Reward`; with
+    ``"annotators"``, :func:`proxy_score` on the text."""
+    model_config = model_config or gpt.get_config("small")
+    if FRONTIER_PROXY == "annotators":
+        return rollout.text_reward(proxy_score, ch06_experiments.rl_task()[1])
+    run = ch05_experiments.rm_run(sft_params,
+                                  {"train": ch05_experiments.rm_datasets()["train"]},
+                                  model_config)
+    return ch06_loop.reward_model_reward(run.params, model_config,
+                                         ch05_experiments.RM_CONFIG.pooling)
+
+
+def _frontier_eval(lm_params, sft_params, questions, model_config, seed: int,
+                   proxy: rollout.Reward | None = None) -> dict:
+    """Each policy (leading axis) answers ``questions`` once at T = 1: ``gold``, ``proxy`` (the
+    reward model ``proxy`` of the answers; :func:`proxy_score` without one) and the exact
+    sequence ``kl`` to ``sft_params`` along the answers, ``[policies, Q]`` each."""
     prompts = rollout.encode_prompts([q.prompt for q in questions])
     P, Q = jax.tree.leaves(lm_params)[0].shape[0], len(questions)
     gen = rollout.sample_policies(lm_params, prompts,
@@ -192,13 +219,19 @@ def _frontier_eval(lm_params, sft_params, questions, model_config, seed: int) ->
     texts = sampling.decode_masked(np.asarray(gen.tokens).reshape(P * Q, -1),
                                    np.asarray(gen.mask).reshape(P * Q, -1))
     gold = np.asarray([data.gold_reward(q, t) for q, t in zip(questions * P, texts)])
-    proxy = np.asarray([proxy_score(q, t) for q, t in zip(questions * P, texts)])
-    return {"gold": gold.reshape(P, Q), "proxy": proxy.reshape(P, Q), "kl": kl,
+    if proxy is None or proxy.params is None:
+        score = np.asarray([proxy_score(q, t) for q, t in zip(questions * P, texts)])
+    else:
+        T = gen.tokens.shape[-1]
+        score = np.asarray(jax.jit(proxy.fn)(proxy.params, gen.tokens.reshape(P * Q, T),
+                                             gen.mask.reshape(P * Q, T),
+                                             jnp.tile(jnp.arange(Q), P)))
+    return {"gold": gold.reshape(P, Q), "proxy": score.reshape(P, Q), "kl": kl,
             "bytes": np.asarray([len(t.encode()) for t in texts], float).reshape(P, Q),
             "texts": np.asarray(texts, dtype=object).reshape(P, Q)}
 
 
-def frontier_runs(sft_params) -> dict:
+def frontier_runs(sft_params, proxy: rollout.Reward | None = None) -> dict:
     """RLOO on :func:`proxy_score` from ``sft_params`` for each of ``FRONTIER_BETAS`` x
     ``FRONTIER_SEEDS`` (every run in one compiled ``vmap``, beta traced), ``FRONTIER_STEPS``
     steps in chunks of ``FRONTIER_CHUNK``; after each chunk (and at step 0) every policy is
@@ -207,7 +240,7 @@ def frontier_runs(sft_params) -> dict:
     [seeds, steps]}}, "params": final lm params [betas * seeds, ...], "texts": {beta: the
     last answers [seeds, Q]}}``."""
     model_config, questions, prompts = ch06_experiments.rl_task()
-    reward = rollout.text_reward(proxy_score, questions)
+    reward = frontier_proxy(sft_params, model_config) if proxy is None else proxy
     eval_qs = ch06_experiments.eval_questions()["rephrased"][:FRONTIER_QUESTIONS]
     betas, S = FRONTIER_BETAS, FRONTIER_SEEDS
     R = len(betas) * S
@@ -231,7 +264,7 @@ def frontier_runs(sft_params) -> dict:
             state, m = chunk(state, chunk_keys, swept)
             metrics.append({k: np.asarray(v) for k, v in m.items()})
         evals.append(_frontier_eval(state.params["lm"], sft_params, eval_qs, model_config,
-                                    seed=c))
+                                    seed=c, proxy=reward))
         steps.append(c * FRONTIER_CHUNK)
     out = {"steps": np.asarray(steps), "evals": {}, "metrics": {}, "texts": {},
            "params": state.params["lm"]}

@@ -245,7 +245,7 @@ def bon_world(runs: dict | None = None) -> FigureResult:
         "Best-of-N ranked by chapter 5's learned reward model, on the 128 rephrased questions "
         "(16 samples of the SFT model each). Left: the reward model's score and the gold reward "
         "of the sample it keeps, against N (mean +- standard error over prompts): the proxy "
-        "rises, the truth does not. Right: what is kept, right / wrong / no answer and mean "
+        "rises far more than the truth. Right: what is kept, right / wrong / no answer and mean "
         "length: one sample, the best of 16 by the reward model, the best of 16 by gold.")
 def bon_reward_model(runs: dict | None = None) -> FigureResult:
     runs = world_runs() if runs is None else runs

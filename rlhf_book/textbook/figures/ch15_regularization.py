@@ -124,9 +124,9 @@ def estimator_gradient_bars(grads: dict | None = None) -> FigureResult:
 
 @figure("ch15_frontier", "ch15",
         "The reward-KL frontier of chapter 6's loop, and the gold peak: RLOO from chapter 4's "
-        "SFT model on a proxy reward, what the biased annotators value (the gold reward + 0.015 "
-        "per byte + 0.25 per confident phrase), the KL to the SFT model as a k1 penalty in the "
-        "reward with beta = 0, 0.05, 0.5; 4 seeds each in one vmapped run, 16 steps. Every 4 "
+        "SFT model on a proxy reward, chapter 5's reward model (trained on the biased "
+        "annotators' pairs from the same SFT model), the KL to the SFT model as a k1 penalty in "
+        "the reward with beta = 0, 0.05, 0.5; 4 seeds each in one vmapped run, 16 steps. Every 4 "
         "steps each policy answers 128 rephrased questions (T = 1). Left: the gold reward "
         "against the exact KL to the SFT model along the answers (mean +- SE over seeds; each "
         "line a beta, from step 0 to step 16). Middle: the proxy the same way. Right: answer "
@@ -151,7 +151,7 @@ def frontier(runs: dict | None = None) -> FigureResult:
     finish_axes(axes[0], xlabel="KL(pi || pi_SFT) per answer (nats)",
                 ylabel="gold reward (rephrased questions)", title="gold reward against KL")
     finish_axes(axes[1], xlabel="KL(pi || pi_SFT) per answer (nats)",
-                ylabel="proxy (annotators' utility)", title="the proxy it optimises")
+                ylabel="proxy (reward-model score)", title="the proxy it optimises")
     axes[2].axhline(48, color="0.5", ls=":", lw=0.8)
     finish_axes(axes[2], xlabel="RL step", ylabel="bytes", title="answer length")
     axes[0].legend(fontsize=7)
@@ -160,7 +160,7 @@ def frontier(runs: dict | None = None) -> FigureResult:
 
 
 @figure("ch15_token_kl", "ch15",
-        "The per-token KL of an RL policy (chapter 6's loop on the proxy, beta = 0, 16 steps "
+        "The per-token KL of an RL policy (chapter 6's loop on the reward model, beta = 0, 16 steps "
         "from chapter 4's SFT model) against the SFT model along 128 sampled completions: at each completion "
         "position the mean exact KL over the vocabulary, and the mean k1 and k3 of the sampled "
         "token (+- 1 standard error over completions). Right: the same summed over positions, "
