@@ -43,6 +43,10 @@ def _chapters(names):
 def _grade(args) -> int:
     from rlhf_book.textbook import grading
 
+    timeout = grading.validate_timeout(args.timeout)  # a ValueError: one line, exit 2
+    memory = args.memory_limit
+    if not 0.25 <= memory < float("inf"):  # NaN fails too
+        raise ValueError(f"--memory-limit must be a finite number of GiB >= 0.25, got {memory}")
     chapters = [c for c in _chapters(args.chapters) if c.exercises]
     where = ("the library's reference solutions" if args.impl == "reference" else
              ", ".join(_relative(c.stub_file(args.exercises_dir)) for c in chapters))
@@ -53,7 +57,8 @@ def _grade(args) -> int:
     def show(result):
         print(grading.format_row(result, colour), flush=True)
 
-    results = grading.grade(chapters, args.impl, args.exercises_dir, args.timeout, on_result=show)
+    results = grading.grade(chapters, args.impl, args.exercises_dir, timeout, on_result=show,
+                            memory_limit=int(memory * 2**30))
     print("\n" + grading.format_summary(results))
     return 0 if all(r.status == grading.PASSED for r in results) else 1
 
@@ -199,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exercises-dir", type=pathlib.Path,
                    help="folder holding the chNN_*.py files to grade (default exercises/)")
     p.add_argument("--timeout", type=float, help="seconds per exercise (default 60)")
+    p.add_argument("--memory-limit", type=float, default=8.0, metavar="GIB",
+                   help="address space of the process that runs your code, in GiB (default 8)")
     p.add_argument("--no-color", action="store_true", help="no colours in the table")
     p.set_defaults(func=_grade)
 

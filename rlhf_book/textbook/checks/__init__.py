@@ -9,10 +9,18 @@ math (invariants, gradients, Monte-Carlo frequencies within a few standard error
 
 The helpers below turn the usual ways of being wrong (a wrong shape, a wrong dtype, a wrong
 number, NaN) into such one-line messages.
+
+A check calls the graded function plainly, ``fn(x)``, or through a *probe* for anything that
+transforms it (``jit(fn)(x)``, ``grad_of_sum(fn)(x)``, ``call(fn, a_probe, x)``): under
+``rlhf-book grade`` the function lives in another process, and only arguments and outputs
+cross (see "Probes" below). A check never wraps ``fn`` in ``jax.jit``, ``jax.grad`` or a
+lambda itself.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -86,3 +94,115 @@ def expect_close(actual, expected, what: str, *, atol: float = 1e-5, rtol: float
 def expect(condition: bool, message: str) -> None:
     if not condition:
         raise Mismatch(message)
+
+
+# ----------------------------------------------------------------------------------------------
+# Probes: every use of the graded function goes through one
+#
+# ``rlhf-book grade`` runs the learner's code in a process of its own and the checks in the
+# grader's process, which never imports the learner's file: there the ``fn`` a check receives is
+# a stand-in (a :class:`Remote`) that forwards each call. A plain call ``fn(x)`` is forwarded
+# as it is. A JAX transform of ``fn`` (``jit``, ``vmap``, ``grad``, a lambda around it) has to
+# run where the function is, so a check writes it as a *probe*: a module-level function of the
+# checks, ``probe(fn, *args, **kwargs)``, called as ``call(fn, probe, *args, **kwargs)``. In
+# place (a notebook's ``check()``, pytest) that simply runs ``probe(fn, *args, **kwargs)``;
+# through the grader the learner's process runs the probe, found by name in its own copy of
+# this package, and sends back only its outputs. :func:`jit`, :func:`vmap`, :func:`grad_of`,
+# :func:`grad_of_sum` and :func:`grad_of_mean` cover the common transforms with one probe.
+
+
+class Remote:
+    """The grader's stand-in for a function that lives in another process: calling it, or
+    :func:`call` with a probe, sends the arguments there and returns the outputs."""
+
+    def run_probe(self, probe, args: tuple, kwargs: dict):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+PROBES: dict = {}
+
+
+def probe(function):
+    """Register ``function(fn, *args, **kwargs)`` as a probe, found by ``"module:name"``."""
+    if "." in function.__qualname__:
+        raise ValueError(f"a probe must be a module-level function, got {function.__qualname__}")
+    PROBES[probe_key(function)] = function
+    return function
+
+
+def probe_key(function) -> str:
+    return f"{function.__module__}:{function.__qualname__}"
+
+
+def call(fn, probe_fn, *args, **kwargs):
+    """``probe_fn(fn, *args, **kwargs)``, run where ``fn`` lives."""
+    if probe_key(probe_fn) not in PROBES:
+        raise ValueError(f"{probe_key(probe_fn)} is not a registered probe (decorate it "
+                         "with @probe)")
+    if isinstance(fn, Remote):
+        return fn.run_probe(probe_fn, args, kwargs)
+    return probe_fn(fn, *args, **kwargs)
+
+
+def _sum_of(f):
+    return lambda *a, **k: jnp.sum(f(*a, **k))
+
+
+def _mean_of(f):
+    return lambda *a, **k: jnp.mean(f(*a, **k))
+
+
+_TRANSFORMS = {"jit": jax.jit, "vmap": jax.vmap, "grad": jax.grad,
+               "sum": _sum_of, "mean": _mean_of}
+
+
+@probe
+def transformed(fn, steps, *args, **kwargs):
+    """``fn`` wrapped by ``steps`` (``[(name, options), ...]``, innermost first, names from
+    jit, vmap, grad, sum, mean), then called on the arguments."""
+    f = fn
+    for name, options in steps:
+        f = _TRANSFORMS[name](f, **options)
+    return f(*args, **kwargs)
+
+
+class Transformed:
+    """``jit(fn)``, ``vmap(fn)``, ...: a callable that runs the transformed ``fn`` where ``fn``
+    lives. Compose them as the JAX transforms compose: ``jit(vmap(fn))``."""
+
+    def __init__(self, fn, steps):
+        self.fn, self.steps = fn, tuple(steps)
+
+    def __call__(self, *args, **kwargs):
+        return call(self.fn, transformed, self.steps, *args, **kwargs)
+
+
+def _wrap(fn, name, options) -> Transformed:
+    if isinstance(fn, Transformed):
+        return Transformed(fn.fn, fn.steps + ((name, options),))
+    return Transformed(fn, ((name, options),))
+
+
+def jit(fn, **options) -> Transformed:
+    """``jax.jit(fn, **options)``."""
+    return _wrap(fn, "jit", options)
+
+
+def vmap(fn, **options) -> Transformed:
+    """``jax.vmap(fn, **options)``."""
+    return _wrap(fn, "vmap", options)
+
+
+def grad_of(fn, **options) -> Transformed:
+    """``jax.grad(fn, **options)``."""
+    return _wrap(fn, "grad", options)
+
+
+def grad_of_sum(fn, **options) -> Transformed:
+    """``jax.grad(lambda *a, **k: jnp.sum(fn(*a, **k)), **options)``."""
+    return _wrap(_wrap(fn, "sum", {}), "grad", options)
+
+
+def grad_of_mean(fn, **options) -> Transformed:
+    """``jax.grad(lambda *a, **k: jnp.mean(fn(*a, **k)), **options)``."""
+    return _wrap(_wrap(fn, "mean", {}), "grad", options)

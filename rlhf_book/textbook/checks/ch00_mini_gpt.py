@@ -17,7 +17,7 @@ import optax
 
 from rlhf_book.data.toy import LESSON_TOKEN_POLICY
 from rlhf_book.textbook.checks import (expect, expect_close, expect_dtype, expect_finite,
-                                       expect_shape)
+                                       expect_shape, grad_of_sum, jit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ def causal_mask(fn):
         expect_dtype(out, "b", what)
         expected = np.array([[j <= i for j in range(t)] for i in range(t)])  # key j <= query i
         expect_close(out, expected, what)
-    out = jax.jit(fn, static_argnums=0)(6)
+    out = jit(fn, static_argnums=0)(6)
     expect_close(out, np.tril(np.ones((6, 6), bool)), "jax.jit(causal_mask, static_argnums=0)(6)")
 
 
@@ -95,7 +95,7 @@ def attend(fn):
     q, k, v = qkv(S, S, scale=30.0)
     expect_close(fn(q, k, v, causal), attention_loop(q, k, v, causal),
                  "attend(...) with large scores (|q.k| ~ 1e3)", atol=1e-3, rtol=1e-4)
-    expect_close(jax.jit(fn)(q, k, v, causal), fn(q, k, v, causal), "jax.jit(attend)(...)",
+    expect_close(jit(fn)(q, k, v, causal), fn(q, k, v, causal), "jax.jit(attend)(...)",
                  atol=1e-5)
 
 
@@ -131,13 +131,13 @@ def log_probs_from_logits(fn):
     expect_close(out, [0.0, -2e4, -1e4], "log_probs_from_logits([1e4, -1e4, 0], targets 0, 1, 2)",
                  atol=1e-3)
 
-    grad = jax.grad(lambda z: fn(z, targets).sum())(logits)
+    grad = grad_of_sum(fn)(logits, targets)
     z = np.asarray(logits, np.float64)
     softmax = np.exp(z - z.max(-1, keepdims=True))
     softmax /= softmax.sum(-1, keepdims=True)
     expect_close(grad, np.eye(7)[np.asarray(targets)] - softmax,
                  "gradient of sum(log_probs_from_logits) (expected onehot - softmax)", atol=1e-5)
-    expect_close(jax.jit(fn)(logits, targets), log_softmax_loop(logits, targets),
+    expect_close(jit(fn)(logits, targets), log_softmax_loop(logits, targets),
                  "jax.jit(log_probs_from_logits)(...)")
 
 
@@ -189,7 +189,7 @@ def sample_token(fn):
     expect_close(tokens, best, what + " (expected the argmax)")
     expect_close(logprobs, log_softmax_loop(random_logits, best), what + " logprobs (at tau = 1)")
 
-    jitted = jax.jit(fn, static_argnums=3)
+    jitted = jit(fn, static_argnums=3)
     for tau in (0.7, 0.0):
         what = f"jax.jit(sample_token)(key, logits, temperature={tau} as a traced array)"
         tokens, logprobs = jitted(key, random_logits, jnp.float32(tau), 3)

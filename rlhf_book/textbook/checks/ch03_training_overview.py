@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_dtype, expect_finite,
-                                       expect_shape)
+                                       expect_shape, grad_of, jit, vmap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,8 +89,8 @@ def discounted_returns(fn):
     expect_close(fn(batch, 0.9, jnp.zeros((3, 7), bool)), returns_loop(batch, 0.9),
                  "discounted_returns(..., dones all False) (expected the same as no dones)", atol=1e-5)
 
-    jitted = jax.jit(lambda r, d: fn(r, 0.9, d))
-    expect_close(jitted(batch, jnp.asarray(dones)), returns_loop(batch, 0.9, dones),
+    jitted = jit(fn, static_argnums=1)
+    expect_close(jitted(batch, 0.9, jnp.asarray(dones)), returns_loop(batch, 0.9, dones),
                  "jax.jit(discounted_returns)(rewards [3, 7], 0.9, dones)", atol=1e-5)
 
 
@@ -194,9 +193,9 @@ def cartpole_step(fn):
     states = jnp.asarray(rng.uniform(-limits, limits, (8, 4)), jnp.float32)
     actions = jnp.asarray(rng.integers(0, 2, 8), jnp.int32)
     eager = fn(states, actions)
-    for name, transformed in (("jax.jit(cartpole_step)", jax.jit(fn)),
-                              ("jax.vmap(cartpole_step)", jax.vmap(fn)),
-                              ("jax.jit(jax.vmap(cartpole_step))", jax.jit(jax.vmap(fn)))):
+    for name, transformed in (("jax.jit(cartpole_step)", jit(fn)),
+                              ("jax.vmap(cartpole_step)", vmap(fn)),
+                              ("jax.jit(jax.vmap(cartpole_step))", jit(vmap(fn)))):
         out = _unpack(transformed(states, actions), f"{name}(states [8, 4], actions [8])", (8,))
         for part, got, want in zip(("next_state", "reward", "done"), out, eager):
             expect_close(got, want, f"{name}(states [8, 4], actions [8]) {part} vs eager", atol=1e-6)
@@ -245,7 +244,7 @@ def reinforce_loss(fn):
                  what, atol=1e-5)
 
     baseline = jnp.asarray(rng.standard_normal(T), jnp.float32)
-    grads = jax.grad(fn, argnums=(0, 1, 3))(logp, returns, mask, baseline)
+    grads = grad_of(fn, argnums=(0, 1, 3))(logp, returns, mask, baseline)
     expected = -np.asarray(mask) * (np.asarray(returns) - np.asarray(baseline)) / E
     expect_close(grads[0], expected,
                  "gradient of reinforce_loss w.r.t. logp (expected -mask (G - b) / E)", atol=1e-6)
@@ -260,6 +259,6 @@ def reinforce_loss(fn):
                  reinforce_loop(logp, returns, mask, 0.0), what
                  + " (masked steps must not count, even as 0 * inf)", atol=1e-5)
 
-    expect_close(jax.jit(fn)(logp, returns, mask, baseline),
+    expect_close(jit(fn)(logp, returns, mask, baseline),
                  reinforce_loop(logp, returns, mask, baseline), "jax.jit(reinforce_loss)(...)",
                  atol=1e-5)

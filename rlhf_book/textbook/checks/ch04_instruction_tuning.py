@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from rlhf_book.lm import tokenizer
-from rlhf_book.textbook.checks import Mismatch, expect, expect_close, expect_finite, expect_shape
+from rlhf_book.textbook.checks import (Mismatch, expect, expect_close, expect_finite, expect_shape,
+                                       grad_of, jit)
 
 PIRATE = "You are a friendly chatbot who always responds in the style of a pirate"
 HELICOPTERS = "How many helicopters can a human eat in one sitting?"
@@ -157,11 +157,11 @@ def sft_loss(fn):
     expect_close(fn(perturbed, tokens, mask), out,
                  "sft_loss after changing the logits of unselected positions (should not change)",
                  atol=1e-5)
-    grad = np.asarray(jax.grad(lambda z: fn(z, tokens, mask))(logits))
+    grad = np.asarray(grad_of(fn)(logits, tokens, mask))
     expect_close(np.abs(grad[~used]).max(), 0.0,
                  "max |gradient| at logits of unselected positions (should be exactly 0)", atol=0)
     expect_close(fn(logits, tokens, jnp.zeros((N, T))), 0.0, "sft_loss with an all-zero mask")
-    expect_close(jax.jit(fn)(logits, tokens, mask), out, "jax.jit(sft_loss)(...)", atol=1e-6)
+    expect_close(jit(fn)(logits, tokens, mask), out, "jax.jit(sft_loss)(...)", atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

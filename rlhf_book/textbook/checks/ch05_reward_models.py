@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_dtype,
-                                       expect_finite, expect_shape)
+from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_dtype, expect_finite,
+                                       expect_shape, grad_of, jit)
 
 # §5.1's table: (r_c, r_r, P(c > r), loss); the last row is the first shifted by +7.
 BOOK_BT_TABLE = ((2.0, 0.5, 0.8175745, 0.2014133), (1.0, 1.0, 0.5, math.log(2.0)),
@@ -100,25 +100,25 @@ def bradley_terry_loss(fn):
                  what + " (use softplus(-d) or -log_sigmoid(d), not log(sigmoid(d)))", rtol=1e-6)
     what = "bradley_terry_loss([1e4], [-1e4])"
     expect_close(_scalar(fn, what, _f32([1e4]), _f32([-1e4])), 0.0, what, atol=1e-6)
-    grad = jax.grad(lambda c: fn(c, _f32([1e4])))(_f32([-1e4]))
+    grad = grad_of(fn)(_f32([-1e4]), _f32([1e4]))
     expect_close(expect_finite(grad, "gradient at Delta = -2e4"), [-1.0],
                  "d bradley_terry_loss / d r_c at Delta = -2e4 (-sigmoid(-Delta) = -1: the "
                  "gradient must not vanish when the model is confidently wrong)", atol=1e-6)
 
     # gradient: dL/dr_c = -sigmoid(-Delta) / N, dL/dr_r = +sigmoid(-Delta) / N
-    g_c, g_r = jax.grad(lambda c, r: fn(c, r), argnums=(0, 1))(_f32([2.0]), _f32([0.5]))
+    g_c, g_r = grad_of(fn, argnums=(0, 1))(_f32([2.0]), _f32([0.5]))
     expect_close(g_c, [BOOK_BT_GRAD], "d bradley_terry_loss / d r_c at Delta = 1.5 "
                  "(-sigmoid(-Delta) = -0.1824255)", atol=1e-6)
     expect_close(g_r, [-BOOK_BT_GRAD], "d bradley_terry_loss / d r_r at Delta = 1.5 "
                  "(+sigmoid(-Delta))", atol=1e-6)
-    g_c = jax.grad(lambda c: fn(c, _f32(r_r), _f32(margins)))(_f32(r_c))
+    g_c = grad_of(fn)(_f32(r_c), _f32(r_r), _f32(margins))
     delta = r_c - r_r - margins
     expect_close(g_c, -1.0 / (1.0 + np.exp(delta)) / N,
                  f"d bradley_terry_loss / d r_c on {N} pairs with margins "
                  "(-sigmoid(-(r_c - r_r - m)) / N)", atol=1e-6)
 
     what = "jax.jit(bradley_terry_loss)(r_c, r_r, margin)"
-    expect_close(jax.jit(fn)(_f32(r_c), _f32(r_r), _f32(margins)), bt_loop(r_c, r_r, margins),
+    expect_close(jit(fn)(_f32(r_c), _f32(r_r), _f32(margins)), bt_loop(r_c, r_r, margins),
                  what, atol=1e-5)
 
 
@@ -190,7 +190,7 @@ def balanced_pairwise_loss(fn):
     alone_big, alone_small = balanced_loop(big[None]), balanced_loop(small[None, :4])
     expect_close(out, (alone_big + alone_small) / 2, what + " (each prompt's pairs are averaged "
                  "first, then the prompts: weights 1/2 and 1/2, not 36/42 and 6/42)", atol=1e-5)
-    grad = as_array(jax.grad(lambda s: fn(s, jnp.asarray(valid2)))(_f32(both)), "gradient")
+    grad = as_array(grad_of(fn)(_f32(both), jnp.asarray(valid2)), "gradient")
     expected = balanced_grad_loop(both, valid2)
     expect_close(grad[1, 4:], np.zeros(5), "gradient of balanced_pairwise_loss w.r.t. invalid "
                  "completions (must be 0)", atol=0)
@@ -217,7 +217,7 @@ def balanced_pairwise_loss(fn):
                  what + " (no pair anywhere: 0, not NaN)", atol=0)
 
     what = "jax.jit(balanced_pairwise_loss)(scores, valid)"
-    expect_close(jax.jit(fn)(_f32(garbage), jnp.asarray(valid)), balanced_loop(scores, valid),
+    expect_close(jit(fn)(_f32(garbage), jnp.asarray(valid)), balanced_loop(scores, valid),
                  what, atol=1e-5)
 
 
@@ -281,10 +281,10 @@ def plackett_luce_loss(fn):
     out = expect_finite(fn(_f32(big)), what + " (use logsumexp, not log(sum(exp)))")
     expect_close(out, pl_nll_loop(np.asarray(_f32(big))).mean(), what, rtol=1e-5, atol=1e-2)
 
-    grad = jax.grad(fn)(_f32(scores))
+    grad = grad_of(fn)(_f32(scores))
     expect_close(grad, pl_grad_loop(scores), "gradient of plackett_luce_loss(scores [4, 5]) "
                  "(d/ds_k = -1 + sum_{i <= k} softmax(s[i:]) at k, over N)", atol=1e-6)
-    expect_close(jax.jit(fn)(_f32(scores)), pl_nll_loop(scores).mean(),
+    expect_close(jit(fn)(_f32(scores)), pl_nll_loop(scores).mean(),
                  "jax.jit(plackett_luce_loss)(scores [4, 5])", atol=1e-5)
 
 
@@ -338,9 +338,9 @@ def last_token_index(fn):
                  "for a row without a real token: T - 1)")
 
     _, left, holes = _random_masks(rng, 8, T)
-    expect_close(jax.jit(fn)(jnp.asarray(left)), last_index_loop(left),
+    expect_close(jit(fn)(jnp.asarray(left)), last_index_loop(left),
                  "jax.jit(last_token_index)(left-padded masks)")
-    expect_close(jax.jit(fn)(jnp.asarray(holes)), last_index_loop(holes),
+    expect_close(jit(fn)(jnp.asarray(holes)), last_index_loop(holes),
                  "jax.jit(last_token_index)(random 0/1 masks)")
 
 
@@ -390,7 +390,7 @@ def mean_pool(fn):
     expect_close(out[0], hidden[0].mean(axis=0), what + " (the full row)", atol=1e-5)
 
     mask = _random_masks(rng, N, T)[2]
-    expect_close(jax.jit(fn)(_f32(hidden), jnp.asarray(mask)), mean_pool_loop(hidden, mask),
+    expect_close(jit(fn)(_f32(hidden), jnp.asarray(mask)), mean_pool_loop(hidden, mask),
                  "jax.jit(mean_pool)(hidden, mask)", atol=1e-5)
 
 

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import as_array, expect, expect_close, expect_finite, expect_shape
+from rlhf_book.textbook.checks import (as_array, call, expect, expect_close, expect_finite,
+                                       expect_shape, grad_of, grad_of_sum, jit, probe, vmap)
 
 
 def _f32(x) -> jax.Array:
@@ -30,6 +31,24 @@ def _call(fn, what, shape, *args, **kwargs) -> np.ndarray:
     """``fn(*args, **kwargs)`` checked to be a finite array of ``shape``."""
     out = expect_shape(fn(*args, **kwargs), shape, what)
     return expect_finite(out, what)
+
+
+@probe
+def _grad_of_scaled(fn, r, advs, mask, mode, kwargs):
+    """``d fn(r * advs, mask, mode, **kwargs) / d r``: the book's gradient demo (6.6)."""
+    return jax.grad(lambda r: fn(r * advs, mask, mode, **kwargs))(r)
+
+
+@probe
+def _grad_of_first_advantage(fn, rewards, values, mask, gamma, lam):
+    """``d A_0 / d rewards`` of GAE for the first row (6.8)."""
+    return jax.grad(lambda r: fn(r, values, mask, gamma, lam)[0][0, 0])(rewards)
+
+
+@probe
+def _vmap_advantages(fn, rewards, values, mask):
+    """GAE's advantages, vmapped over a leading batch axis at gamma=1, lam=0.95 (6.8)."""
+    return jax.vmap(lambda r, v, m: fn(r, v, m, 1.0, 0.95)[0])(rewards, values, mask)
 
 
 def _random_mask(rng, N, T, empty_row=True):
@@ -99,10 +118,10 @@ def rloo_advantages(fn):
     expect_close(_call(fn, what, (1, 3), _f32([[0.7, 0.7, 0.7]])), np.zeros((1, 3)),
                  what + " (an all-equal group has zero advantage)", atol=1e-6)
 
-    expect_close(jax.jit(fn)(_f32(rewards)), rloo_loop(rewards),
+    expect_close(jit(fn)(_f32(rewards)), rloo_loop(rewards),
                  "jax.jit(rloo_advantages)(rewards)", atol=1e-5)
     stack = rng.standard_normal((4, 2, 3))
-    expect_close(jax.vmap(fn)(_f32(stack)), np.stack([rloo_loop(s) for s in stack]),
+    expect_close(vmap(fn)(_f32(stack)), np.stack([rloo_loop(s) for s in stack]),
                  "jax.vmap(rloo_advantages)(4 batches of [2, 3] rewards)", atol=1e-5)
 
 
@@ -143,7 +162,7 @@ def ppo_objective(fn):
     rho = _f32([row[1] for row in PPO_TABLE])
     adv = _f32([row[0] for row in PPO_TABLE])
     out = _call(fn, "ppo_objective(rho, A)", (len(PPO_TABLE),), rho, adv, 0.2, 0.2)
-    grad = as_array(jax.grad(lambda r: jnp.sum(fn(r, adv, 0.2, 0.2)))(rho), "dJ/drho")
+    grad = as_array(grad_of_sum(fn)(rho, adv, 0.2, 0.2), "dJ/drho")
     for k, (a, r, j, dj) in enumerate(PPO_TABLE):
         note = PPO_NOTES.get((a, r), "inside the trust region: J = rho A")
         expect_close(out[k], j, f"ppo_objective(rho={r}, A={a:+d}, eps=0.2) (book Figure 20's "
@@ -172,10 +191,10 @@ def ppo_objective(fn):
     what = f"ppo_objective(random rho [{shape[0]}, {shape[1]}], A, clip_low=0.1, clip_high=0.3)"
     expect_close(_call(fn, what, shape, _f32(ratio), _f32(adv), 0.1, 0.3),
                  ppo_loop(ratio, adv, 0.1, 0.3), what, atol=1e-5)
-    grad = jax.grad(lambda r: jnp.sum(fn(r, _f32(adv), 0.1, 0.3)))(_f32(ratio))
+    grad = grad_of_sum(fn)(_f32(ratio), _f32(adv), 0.1, 0.3)
     expect_close(grad, ppo_grad_loop(ratio, adv, 0.1, 0.3), "dJ/drho of " + what + " (A where "
                  "the unclipped branch is the min, 0 where the clipped one is)", atol=1e-5)
-    expect_close(jax.jit(fn)(_f32(ratio), _f32(adv), 0.1, 0.3), ppo_loop(ratio, adv, 0.1, 0.3),
+    expect_close(jit(fn)(_f32(ratio), _f32(adv), 0.1, 0.3), ppo_loop(ratio, adv, 0.1, 0.3),
                  "jax.jit(ppo_objective)(rho, A, 0.1, 0.3)", atol=1e-5)
 
 
@@ -248,11 +267,11 @@ def grpo_advantages(fn):
                  what + " (with eps = 0 the advantage ignores shift and scale of the rewards)",
                  atol=1e-4)
 
-    jitted = jax.jit(fn, static_argnames="scale")
+    jitted = jit(fn, static_argnames="scale")
     expect_close(jitted(_f32(rewards)), grpo_loop(rewards), "jax.jit(grpo_advantages)(rewards)",
                  atol=1e-5)
     stack = rng.standard_normal((3, 2, 4))
-    expect_close(jax.vmap(fn)(_f32(stack)), np.stack([grpo_loop(s) for s in stack]),
+    expect_close(vmap(fn)(_f32(stack)), np.stack([grpo_loop(s) for s in stack]),
                  "jax.vmap(grpo_advantages)(3 batches of [2, 4] rewards)", atol=1e-5)
 
 
@@ -301,7 +320,7 @@ def gspo_sequence_ratio(fn):
                        _f32(wide(mask, 0.0))), out, what, atol=1e-6)
 
     # d rho_i / d logp_it = rho_i / |a_i| on the completion, 0 elsewhere
-    grad = as_array(jax.grad(lambda lp: jnp.sum(fn(lp, _f32(old), _f32(mask))))(_f32(logp)),
+    grad = as_array(grad_of_sum(fn)(_f32(logp), _f32(old), _f32(mask)),
                     "gradient")
     lengths = np.maximum(mask.sum(axis=1, keepdims=True), 1)
     expected = np.where(mask > 0, gspo_ratio_loop(logp, old, mask)[:, None] / lengths, 0.0)
@@ -312,10 +331,10 @@ def gspo_sequence_ratio(fn):
     out = fn(_f32([[0.0, 0.0]]), _f32([[-1e4, 0.0]]), _f32([[1, 0]]))
     expect_finite(out, what + " (clamp the mean log-ratio to +-LOG_RATIO_CLAMP = 20 before exp, "
                   "as the module's ratios do, so that extreme log-probs give a finite ratio)")
-    expect_close(jax.jit(fn)(_f32(logp), _f32(old), _f32(mask)), gspo_ratio_loop(logp, old, mask),
+    expect_close(jit(fn)(_f32(logp), _f32(old), _f32(mask)), gspo_ratio_loop(logp, old, mask),
                  "jax.jit(gspo_sequence_ratio)", atol=1e-5)
     stack = lambda x: np.stack([x, x[::-1]])  # noqa: E731
-    expect_close(jax.vmap(fn)(_f32(stack(logp)), _f32(stack(old)), _f32(stack(mask))),
+    expect_close(vmap(fn)(_f32(stack(logp)), _f32(stack(old)), _f32(stack(mask))),
                  np.stack([gspo_ratio_loop(logp, old, mask),
                            gspo_ratio_loop(logp[::-1], old[::-1], mask[::-1])]),
                  "jax.vmap(gspo_sequence_ratio)", atol=1e-5)
@@ -363,7 +382,7 @@ def cispo_loss(fn):
             old = _f32([[-1.0]])
             logp = _f32([[-1.0 + math.log(rho)]])
             case = f"one token, rho={rho}, A={a:+g}, ratio_cap=1.2"
-            grad = jax.grad(lambda lp: fn(lp, old, _f32([a]), _f32([[1.0]]), ratio_cap=1.2))(logp)
+            grad = grad_of(fn)(logp, old, _f32([a]), _f32([[1.0]]), ratio_cap=1.2)
             expect_close(grad, [[-a * weight]], f"d cispo_loss / d logp for {case} "
                 f"(the book's example: "
                          "-min(rho, cap) A; the weight is held constant (stop_gradient), never "
@@ -388,12 +407,12 @@ def cispo_loss(fn):
                     aggregation=mode)
         expect_close(out, aggregate_loop(per_token, mask, mode), what + " (-min(rho, cap) A "
                      "log pi per token, then aggregate_loss)", atol=1e-5)
-    grad = jax.grad(lambda lp: fn(lp, _f32(old), _f32(adv), _f32(mask), 1.5))(_f32(logp))
+    grad = grad_of(fn)(_f32(logp), _f32(old), _f32(adv), _f32(mask), 1.5)
     expected = -w * adv[:, None] * aggregate_grad_loop(mask, "per_token")
     expect_close(grad, expected, f"d cispo_loss / d logp (random [{N}, {T}], per token: "
                  "-min(rho, cap) A / (number of completion tokens); stop_gradient on the weight)",
                  atol=1e-5)
-    grad_old = jax.grad(lambda o: fn(_f32(logp), o, _f32(adv), _f32(mask), 1.5))(_f32(old))
+    grad_old = grad_of(fn, argnums=1)(_f32(logp), _f32(old), _f32(adv), _f32(mask), 1.5)
     expect_close(grad_old, np.zeros((N, T)), "d cispo_loss / d old_logp (the weight is a "
                  "constant: no gradient flows into the old policy)", atol=0)
 
@@ -404,8 +423,8 @@ def cispo_loss(fn):
 
     # no token is dropped: far outside any trust region the gradient is still there
     rho = np.array([[0.05, 20.0]])
-    grad = jax.grad(lambda lp: fn(lp, _f32([[-3.0, -3.0]]), _f32([1.0]), _f32([[1, 1]]),
-                                  ratio_cap=5.0))(_f32(-3.0 + np.log(rho)))
+    grad = grad_of(fn)(_f32(-3.0 + np.log(rho)), _f32([[-3.0, -3.0]]), _f32([1.0]), _f32([[1, 1]]),
+                       ratio_cap=5.0)
     expect_close(grad, [[-0.05 / 2, -5.0 / 2]], "d cispo_loss / d logp at rho = 0.05 and 20, "
                  "A = 1, cap 5 (every token keeps a gradient; the cap bounds the big one)",
                  atol=1e-6)
@@ -413,7 +432,7 @@ def cispo_loss(fn):
     big = _f32(-1e4 * rng.uniform(0, 1, (N, T)))
     expect_finite(fn(big, _f32(old), _f32(adv), _f32(mask)), what + " (min(rho, cap) of a ratio "
                   "e^1e4: clamp the log-ratio (the module's _ratio does) before exp)")
-    jitted = jax.jit(fn, static_argnames="aggregation")
+    jitted = jit(fn, static_argnames="aggregation")
     expect_close(jitted(_f32(logp), _f32(old), _f32(adv), _f32(mask), 1.5),
                  aggregate_loop(per_token, mask, "per_token"), "jax.jit(cispo_loss)", atol=1e-5)
 
@@ -441,7 +460,7 @@ def aggregate_loss(fn):
         what = f"aggregate_loss(the book's [1, 1, 1, 1, 10] and [1] * 9 + [10], {mode!r})"
         out = _call(fn, what, (), _f32(garbage), _f32(mask), mode, **kwargs)
         expect_close(out, value, what + f" (book §6.2.2.1, {note})", atol=1e-5)
-        grad = jax.grad(lambda x: fn(x, _f32(mask), mode, **kwargs))(_f32(garbage))
+        grad = grad_of(fn)(_f32(garbage), _f32(mask), mode, **kwargs)
         expect_close(as_array(grad, "gradient")[:, 0], weights, f"d {what} / d loss_(i, 0) "
                      "(the book's per-token gradient weights: short sequence, long sequence)",
                      atol=1e-6)
@@ -457,11 +476,11 @@ def aggregate_loss(fn):
             ("per_token", {}, 2.0, [2 / 11, 2 / 11], "with the advantages; the book's printed "
              "0.0909 = 1/11 leaves them out, an erratum (see the chapter guide)"))
     for mode, kwargs, value, weights, note in demo:
-        loss = lambda r: fn(r * _f32(advs), _f32(mask), mode, **kwargs)  # noqa: E731
         what = f"aggregate_loss(ratio * advs, masks of 4 and 7 tokens, {mode!r})"
         expect_close(_call(fn, what, (), _f32(ones * advs), _f32(mask), mode, **kwargs), value,
                      what + f" (the book's example: {note})", atol=1e-5)
-        grad = as_array(jax.grad(loss)(_f32(ones)), "gradient")
+        grad = as_array(call(fn, _grad_of_scaled, _f32(ones), _f32(advs), _f32(mask), mode, kwargs),
+                        "gradient")
         expect_close(grad[:, 0], weights, f"d {what} / d ratio (the book's gradients: {note})",
                      atol=1e-5)
 
@@ -480,10 +499,10 @@ def aggregate_loss(fn):
                 "fixed_length": " (divide by N * max_length, max_length defaulting to T)"}[mode]
         expect_close(out, aggregate_loop(per_token, mask, mode, kwargs.get("max_length")),
                      what + hint, atol=1e-5)
-        grad = jax.grad(lambda x: fn(x, _f32(mask), mode, **kwargs))(_f32(garbage))
+        grad = grad_of(fn)(_f32(garbage), _f32(mask), mode, **kwargs)
         expect_close(grad, aggregate_grad_loop(mask, mode, kwargs.get("max_length")),
                      f"d {what} / d per_token_loss", atol=1e-6)
-        jitted = jax.jit(fn, static_argnums=(2, 3))
+        jitted = jit(fn, static_argnums=(2, 3))
         expect_close(jitted(_f32(garbage), _f32(mask), mode, kwargs.get("max_length")),
                      aggregate_loop(per_token, mask, mode, kwargs.get("max_length")),
                      f"jax.jit({what})", atol=1e-5)
@@ -528,13 +547,13 @@ def tis_weights(fn):
     what = f"tis_weights(random {list(shape)})"
     out = _call(fn, what, shape, _f32(learner), _f32(sampler))
     expect_close(out, tis_loop(learner, sampler), what + " (any shape, elementwise)", atol=1e-5)
-    grad = jax.grad(lambda x: jnp.sum(fn(x, _f32(sampler))))(_f32(learner))
+    grad = grad_of_sum(fn)(_f32(learner), _f32(sampler))
     expect_close(grad, np.zeros(shape), "d sum(tis_weights) / d learner_logp (the weights "
                  "are constants: stop_gradient, eq. 71's tilde rho is not differentiated)", atol=0)
     what = "tis_weights(learner log-probs of size 1e4)"
     expect_close(_call(fn, what, (2,), _f32([0.0, -1e4]), _f32([-1e4, 0.0])),
                  [2.0, math.exp(-10)], what, atol=1e-6, rtol=1e-4)
-    expect_close(jax.jit(fn)(_f32(learner), _f32(sampler)), tis_loop(learner, sampler),
+    expect_close(jit(fn)(_f32(learner), _f32(sampler)), tis_loop(learner, sampler),
                  "jax.jit(tis_weights)", atol=1e-5)
 
 
@@ -624,17 +643,17 @@ def compute_gae(fn):
     # linear in the rewards: d A_0 / d r_s = (gamma lam)^s
     gamma, lam = 0.9, 0.8
     full = _f32(np.ones((1, 6)))
-    grad = jax.grad(lambda r: fn(r, _f32(values[:1, :6]), full, gamma, lam)[0][0, 0])(
-        _f32(rewards[:1, :6]))
+    grad = call(fn, _grad_of_first_advantage, _f32(rewards[:1, :6]), _f32(values[:1, :6]), full,
+                gamma, lam)
     expect_close(grad, [(gamma * lam) ** np.arange(6)], "d A_0 / d r_s for one full row, "
                  "gamma=0.9, lam=0.8 (eq. 77: (gamma lam)^s)", atol=1e-5)
 
-    jitted = jax.jit(fn)
+    jitted = jit(fn)
     expect_close(jitted(_f32(rewards), _f32(values), _f32(mask), 0.9, 0.8)[0],
                  gae_loop(rewards, values, mask, 0.9, 0.8), "jax.jit(compute_gae)", atol=1e-5)
-    batched = jax.vmap(lambda r, v, m: fn(r, v, m, 1.0, 0.95)[0])
     stack = lambda x: np.stack([x, x[::-1]])  # noqa: E731
-    expect_close(batched(_f32(stack(rewards)), _f32(stack(values)), _f32(stack(mask))),
+    expect_close(call(fn, _vmap_advantages, _f32(stack(rewards)), _f32(stack(values)),
+                      _f32(stack(mask))),
                  np.stack([gae_loop(rewards, values, mask, 1.0, 0.95),
                            gae_loop(rewards[::-1], values[::-1], mask[::-1], 1.0, 0.95)]),
                  "jax.vmap(compute_gae)(2 batches)", atol=1e-5)

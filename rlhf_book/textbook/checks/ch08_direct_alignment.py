@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import as_array, expect, expect_close, expect_finite, expect_shape
+from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_finite, expect_shape,
+                                       grad_of, grad_of_mean, grad_of_sum, jit, vmap)
 
 
 def _f32(x) -> jax.Array:
@@ -63,11 +64,6 @@ def _random_pairs(rng, n: int, scale: float = 4.0):
     return [rng.normal(-20.0, scale, n) for _ in range(4)]
 
 
-def _sum_of(fn):
-    """``fn`` with its per-pair output summed: a scalar to differentiate."""
-    return lambda *a, **k: jnp.sum(fn(*a, **k))
-
-
 # A worked pair: h = (pc - pr) - (rc - rr) = 2.
 PAIR = dict(pc=-10.0, pr=-12.0, rc=-11.0, rr=-11.0)
 PAIR_ARGS = tuple(_f32([PAIR[k]]) for k in ("pc", "pr", "rc", "rr"))
@@ -102,7 +98,7 @@ def dpo_loss(fn):
     expect_close(_call(fn, what, (1,), *PAIR_ARGS, 0.1, label_smoothing=0.1), [0.618139],
                  what + " (cDPO: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h) = "
                  "0.9 * 0.598139 + 0.1 * 0.798139)", atol=1e-6)
-    grads = jax.grad(lambda *a: jnp.sum(fn(*a, 0.1)), argnums=(0, 1, 2, 3))(*PAIR_ARGS)
+    grads = grad_of_sum(fn, argnums=(0, 1, 2, 3))(*PAIR_ARGS, 0.1)
     expect_close(np.concatenate([as_array(g, "gradient") for g in grads]),
                  [-0.0450166, 0.0450166, 0.0, 0.0],
                  f"d dpo_loss / d (pc, pr, rc, rr) at {PAIR_TEXT} (eq. 108: -/+ beta "
@@ -122,10 +118,7 @@ def dpo_loss(fn):
         expected = dpo_loss_oracle(pc, pr, rc, rr, beta, eps)
         expect_close(_call(fn, what, (N,), *args, beta, label_smoothing=eps), expected,
                      what + " (eq. 79, cDPO when label_smoothing > 0)", atol=1e-5, rtol=1e-5)
-        grad = jax.grad(lambda a, b, be=beta, e=eps: jnp.mean(fn(a, b, args[2], args[3], be,
-                                                                 label_smoothing=e)),
-                        argnums=(0, 1))
-        g_pc, g_pr = grad(args[0], args[1])
+        g_pc, g_pr = grad_of_mean(fn, argnums=(0, 1))(*args, beta, label_smoothing=eps)
         loop = lambda *x, be=beta, e=eps: _dpo_loop(*x, be, e)  # noqa: E731
         expect_close(g_pc, _finite_difference(loop, (pc, pr, rc, rr), 0),
                      f"d mean {what} / d pc vs finite differences", atol=1e-6, rtol=1e-3)
@@ -155,7 +148,7 @@ def dpo_loss(fn):
                 _f32([0.0, 0.0]), 1.0)
     expect_close(out, [0.0, 1e4], what + " (h = +-1e4: the losses are 0 and 1e4; use "
                  "jax.nn.log_sigmoid, since log(sigmoid(-1e4)) is -inf)", atol=1e-3, rtol=1e-4)
-    expect_close(jax.jit(fn)(*args, 0.1), dpo_loss_oracle(pc, pr, rc, rr, 0.1),
+    expect_close(jit(fn)(*args, 0.1), dpo_loss_oracle(pc, pr, rc, rr, 0.1),
                  "jax.jit(dpo_loss)(random pairs, beta)", atol=1e-5)
 
 
@@ -201,7 +194,7 @@ def dpo_gradient_weight(fn):
     what = "dpo_gradient_weight(h = [1e4, -1e4], beta=1)"
     expect_close(_call(fn, what, (2,), _f32([1e4, -1e4]), _f32([0.0, 0.0]), _f32([0.0, 0.0]),
                        _f32([0.0, 0.0]), 1.0), [0.0, 1.0], what, atol=1e-7)
-    expect_close(jax.jit(fn)(*args, 0.5), [_sigmoid(-0.5 * x) for x in (pc - pr) - (rc - rr)],
+    expect_close(jit(fn)(*args, 0.5), [_sigmoid(-0.5 * x) for x in (pc - pr) - (rc - rr)],
                  "jax.jit(dpo_gradient_weight)(random pairs, beta)", atol=1e-6)
 
 
@@ -273,11 +266,11 @@ def optimal_policy(fn):
     expect_close(_call(fn, what, (3,), ref, rewards, 1e4), TOY_REF,
                  what + " (beta -> infinity: pi* -> pi_ref)", atol=1e-3)
     betas = np.array(sorted(TOY_TABLE), np.float32)
-    batched = jax.vmap(fn, in_axes=(None, None, 0))(ref, rewards, jnp.asarray(betas))
+    batched = vmap(fn, in_axes=(None, None, 0))(ref, rewards, jnp.asarray(betas))
     expect_close(batched, [tilt_oracle(TOY_REF, TOY_REWARDS, float(b)) for b in betas],
                  "jax.vmap(optimal_policy, in_axes=(None, None, 0))(pi_ref, r, the table's five "
                  "betas)", atol=1e-5)
-    expect_close(jax.jit(fn)(_f32(ref6), _f32(rewards6), beta), tilt_oracle(ref6, rewards6, beta),
+    expect_close(jit(fn)(_f32(ref6), _f32(rewards6), beta), tilt_oracle(ref6, rewards6, beta),
                  "jax.jit(optimal_policy)(pi_ref, r, beta)", atol=1e-6)
 
 
@@ -320,7 +313,7 @@ def population_dpo_loss(fn):
                      expected, what + " (every ordered pair i != j, labelled i > j with "
                      "probability sigmoid(r_i - r_j), averaged over the K (K - 1) pairs)",
                      atol=1e-5)
-        grad = jax.grad(fn)(_f32(logits), _f32(ref5), _f32(rewards5), beta)
+        grad = grad_of(fn)(_f32(logits), _f32(ref5), _f32(rewards5), beta)
         loop = lambda l, be=beta: population_dpo_oracle(l, ref5, rewards5, be)  # noqa: E731
         expect_close(grad, _finite_difference(loop, (logits,), 0), f"d {what} / d logits vs "
                      "finite differences", atol=1e-5, rtol=1e-3)
@@ -332,7 +325,7 @@ def population_dpo_loss(fn):
                      atol=1e-5)
         # eqs. 100, 104, 105: the minimiser is pi* = pi_ref exp(r / beta) / Z
         star = np.log(tilt_oracle(ref5, rewards5, beta))
-        grad = jax.grad(fn)(_f32(star), _f32(ref5), _f32(rewards5), beta)
+        grad = grad_of(fn)(_f32(star), _f32(ref5), _f32(rewards5), beta)
         expect_close(grad, np.zeros(K), f"d population_dpo_loss / d logits at logits = log pi* "
                      f"(beta={beta}; eqs. 100, 104, 105: beta log pi* / pi_ref = r - beta log Z makes "
                      "every pair's sigmoid exactly the Bradley-Terry probability, so pi* is the "
@@ -345,7 +338,7 @@ def population_dpo_loss(fn):
                    f"exceed its value at log pi*, {at_star:.6f}")
     what = f"jax.jit(population_dpo_loss)(random logits [{K}], pi_ref, r, beta=0.5)"
     logits = rng.normal(0.0, 1.0, K)
-    expect_close(jax.jit(fn)(_f32(logits), _f32(ref5), _f32(rewards5), 0.5),
+    expect_close(jit(fn)(_f32(logits), _f32(ref5), _f32(rewards5), 0.5),
                  population_dpo_oracle(logits, ref5, rewards5, 0.5), what, atol=1e-5)
 
 
@@ -376,7 +369,7 @@ def ipo_loss(fn):
         expect_close(_call(fn, what, (N,), *args, beta), ipo_loss_oracle(pc, pr, rc, rr, beta),
                      what + " ((h - 1 / (2 beta))^2 per pair; the log-probs as given, sums)",
                      atol=1e-4, rtol=1e-5)
-        grads = jax.grad(lambda *a, be=beta: jnp.mean(fn(*a, be)), argnums=(0, 1, 2, 3))(*args)
+        grads = grad_of_mean(fn, argnums=(0, 1, 2, 3))(*args, beta)
         loop = lambda *x, be=beta: _ipo_loop(*x, be)  # noqa: E731
         expect_close(grads[0], _finite_difference(loop, (pc, pr, rc, rr), 0),
                      f"d mean {what} / d pc vs finite differences (2 (h - 1 / (2 beta)) / N)",
@@ -391,13 +384,13 @@ def ipo_loss(fn):
     one = (_f32([target]), _f32([0.0]), _f32([0.0]), _f32([0.0]))
     expect_close(_call(fn, what, (1,), *one, beta), [0.0], what + " (the target margin)",
                  atol=1e-6)
-    grad = jax.grad(lambda pc_: jnp.sum(fn(pc_, *one[1:], beta)))(one[0])
+    grad = grad_of_sum(fn)(*one, beta)
     expect_close(grad, [0.0], f"d {what} / d pc (zero at the target)", atol=1e-6)
     beyond = (_f32([target + 3.0]), _f32([0.0]), _f32([0.0]), _f32([0.0]))
-    grad = jax.grad(lambda pc_: jnp.sum(fn(pc_, *beyond[1:], beta)))(beyond[0])
+    grad = grad_of_sum(fn)(*beyond, beta)
     expect_close(grad, [6.0], f"d ipo_loss / d pc at h = {target + 3.0} (past the target IPO "
                  "pulls h back down, where DPO would keep pushing it up)", atol=1e-5)
-    expect_close(jax.jit(fn)(*args, 0.5), ipo_loss_oracle(pc, pr, rc, rr, 0.5),
+    expect_close(jit(fn)(*args, 0.5), ipo_loss_oracle(pc, pr, rc, rr, 0.5),
                  "jax.jit(ipo_loss)(random pairs, beta)", atol=1e-4)
 
 
@@ -431,9 +424,7 @@ def simpo_loss(fn):
         expect_close(_call(fn, what, (N,), _f32(ac), _f32(ar), beta, gamma),
                      simpo_loss_oracle(ac, ar, beta, gamma), what + " (-log sigmoid(beta (ac - "
                      "ar) - gamma) per pair; no reference model)", atol=1e-5)
-        grads = jax.grad(lambda a, b, be=beta, g=gamma: jnp.mean(fn(a, b, be, g)),
-                         argnums=(0, 1))(
-            _f32(ac), _f32(ar))
+        grads = grad_of_mean(fn, argnums=(0, 1))(_f32(ac), _f32(ar), beta, gamma)
         loop = lambda a, b, be=beta, g=gamma: _simpo_loop(a, b, be, g)  # noqa: E731
         for k, name in ((0, "avg_chosen"), (1, "avg_rejected")):
             expect_close(grads[k], _finite_difference(loop, (ac, ar), k),
@@ -447,7 +438,7 @@ def simpo_loss(fn):
     expect_close(_call(fn, what, (2,), _f32([0.0, -1e4]), _f32([-1e4, 0.0]), 1.0, 0.0),
                  [0.0, 1e4], what + " (use jax.nn.log_sigmoid: finite for any margin)",
                  atol=1e-3, rtol=1e-4)
-    expect_close(jax.jit(fn)(_f32(ac), _f32(ar), 2.0, 1.0), simpo_loss_oracle(ac, ar, 2.0, 1.0),
+    expect_close(jit(fn)(_f32(ac), _f32(ar), 2.0, 1.0), simpo_loss_oracle(ac, ar, 2.0, 1.0),
                  "jax.jit(simpo_loss)(ac, ar, beta, gamma)", atol=1e-5)
 
 
@@ -485,7 +476,7 @@ def orpo_odds_ratio_loss(fn):
     expect_close(_call(fn, what, (N,), _f32(ac), _f32(ar)), orpo_loss_oracle(ac, ar),
                  what + " (-log sigmoid(log odds(y_c) - log odds(y_r)) per pair, odds = P / (1 - "
                  "P) with P = exp(average log-prob): the log-ODDS, not the log-probs)", atol=1e-5)
-    grads = jax.grad(lambda a, b: jnp.mean(fn(a, b)), argnums=(0, 1))(_f32(ac), _f32(ar))
+    grads = grad_of_mean(fn, argnums=(0, 1))(_f32(ac), _f32(ar))
     for k, name in ((0, "avg_chosen"), (1, "avg_rejected")):
         expect_close(grads[k], _finite_difference(_orpo_loop, (ac, ar), k, step=1e-5),
                      f"d mean {what} / d {name} vs finite differences", atol=1e-5, rtol=1e-3)
@@ -496,8 +487,8 @@ def orpo_odds_ratio_loss(fn):
                  what + " (P within 1e-6 of 1: odds ratio ~3, loss log(4/3) = 0.287682; in "
                  "float32, 1 - exp(a) keeps one digit, so compute log(1 - P) as log(-expm1(a)))",
                  atol=1e-4)
-    grads = jax.grad(_sum_of(fn), argnums=(0, 1))(_f32([-1e-6]), _f32([-3e-6]))
+    grads = grad_of_sum(fn, argnums=(0, 1))(_f32([-1e-6]), _f32([-3e-6]))
     expect_finite(np.concatenate([as_array(g, "gradient") for g in grads]),
                   "d orpo_odds_ratio_loss / d (avg_chosen, avg_rejected) at P near 1")
-    expect_close(jax.jit(fn)(_f32(ac), _f32(ar)), orpo_loss_oracle(ac, ar),
+    expect_close(jit(fn)(_f32(ac), _f32(ar)), orpo_loss_oracle(ac, ar),
                  "jax.jit(orpo_odds_ratio_loss)(ac, ar)", atol=1e-5)

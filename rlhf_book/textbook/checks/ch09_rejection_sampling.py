@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.textbook.checks import (Mismatch, as_array, expect, expect_close, expect_dtype,
-                                       expect_shape)
+                                       expect_shape, jit, vmap)
 
 # Book eq. 117: M = 5 prompts x N = 4 completions; eq. 123: the top 5, best first.
 BOOK_R = np.array([[0.7, 0.3, 0.5, 0.2],
@@ -127,7 +127,7 @@ def select_top_overall(fn):
 
     many = rng.normal(size=(6, 5))
     what = "jax.jit(select_top_overall, static_argnums=1)(R [6, 5], 7)"
-    out = jax.jit(fn, static_argnums=1)(_f32(many), 7)
+    out = jit(fn, static_argnums=1)(_f32(many), 7)
     got = list(zip(*(as_array(a, what).tolist() for a in out)))
     expect(got == top_k_oracle(many.astype(np.float32), 7),
            f"{what} returned {got}, expected {top_k_oracle(many.astype(np.float32), 7)}")
@@ -182,9 +182,9 @@ def inverse_permutation(fn):
 
     perms = np.stack([rng.permutation(12) for _ in range(5)]).astype(np.int32)
     expected = np.stack([inverse_permutation_oracle(p) for p in perms])
-    expect_close(jax.jit(fn)(jnp.asarray(perms[0])), expected[0],
+    expect_close(jit(fn)(jnp.asarray(perms[0])), expected[0],
                  "jax.jit(inverse_permutation)(perm)", atol=0)
-    expect_close(jax.vmap(fn)(jnp.asarray(perms)), expected,
+    expect_close(vmap(fn)(jnp.asarray(perms)), expected,
                  "jax.vmap(inverse_permutation)(5 permutations of 12)", atol=0)
 
 
@@ -252,5 +252,5 @@ def best_of_n_kl(fn):
 
     f = np.array([1.0, 2.0, 4.0, 16.0], np.float32)
     expected = [math.log(n) - (n - 1) / n for n in f]
-    expect_close(jax.jit(fn)(jnp.asarray(f)), expected, "jax.jit(best_of_n_kl)(n)", atol=1e-5)
-    expect_close(jax.vmap(fn)(jnp.asarray(f)), expected, "jax.vmap(best_of_n_kl)(n)", atol=1e-5)
+    expect_close(jit(fn)(jnp.asarray(f)), expected, "jax.jit(best_of_n_kl)(n)", atol=1e-5)
+    expect_close(vmap(fn)(jnp.asarray(f)), expected, "jax.vmap(best_of_n_kl)(n)", atol=1e-5)

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import as_array, expect, expect_close, expect_finite, expect_shape
+from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_finite, expect_shape,
+                                       grad_of_sum, jit)
 
 
 def _f32(x) -> jax.Array:
@@ -80,7 +81,7 @@ def kl_k3(fn):
                  "of the log-ratio is reference minus policy)", atol=1e-5, rtol=1e-5)
     expect(bool((out >= 0).all()), "kl_k3 must be >= 0 everywhere (e^x >= 1 + x); got "
            f"{out.min():.3g}")
-    jitted = as_array(jax.jit(fn)(_f32(logp), _f32(ref_logp)), "jax.jit(kl_k3)")
+    jitted = as_array(jit(fn)(_f32(logp), _f32(ref_logp)), "jax.jit(kl_k3)")
     expect_close(jitted, out, "jax.jit(kl_k3) against the eager result", atol=1e-6, rtol=1e-6)
 
     # Extreme logits: finite, and for a very negative log r, k3 = -1 - log r + e^{log r}.
@@ -139,7 +140,7 @@ def exact_kl(fn):
     out = _call(fn, what, (1,), _f32(big), _f32(ref))
     expect_close(out, [math.log(4)], what + " (p is one-hot on token 0, q uniform over 4: "
                  "KL = log 4; compute with log_softmax, and let p_v = 0 contribute 0)", atol=1e-4)
-    g = as_array(jax.grad(lambda z: jnp.sum(fn(z, _f32(ref))))(_f32(big)), "grad of exact_kl")
+    g = as_array(grad_of_sum(fn)(_f32(big), _f32(ref)), "grad of exact_kl")
     expect(bool(np.isfinite(g).all()), "the gradient of exact_kl at logits of +-1e4 is not "
            "finite (a 0 * log 0 or -inf - -inf reached the sum)")
 
@@ -183,6 +184,6 @@ def sequence_kl(fn):
                  _f32(np.ones((N, T))))
     expect_close(full, kl64(logits, ref_logits).sum(axis=1),
                  "sequence_kl with an all-ones mask (every position)", atol=1e-5, rtol=1e-5)
-    jitted = as_array(jax.jit(fn)(_f32(logits), _f32(ref_logits), _f32(mask)), "jit")
+    jitted = as_array(jit(fn)(_f32(logits), _f32(ref_logits), _f32(mask)), "jit")
     expect_close(jitted, out, "jax.jit(sequence_kl) against the eager result", atol=1e-6,
                  rtol=1e-6)
