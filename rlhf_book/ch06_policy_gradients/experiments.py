@@ -15,8 +15,8 @@ Two kinds:
   know where its models are cached; the notebook and the figures pass
   ``rlhf_book.textbook.substrate.sft_small()``.
 
-Change a constant below (say ``N_SEEDS`` or ``RL_CONFIG``) and rerun the notebook to see its
-effect.
+Change a constant below (say ``N_SEEDS`` or ``ALGORITHM_CONFIG``) and rerun the notebook to
+see its effect.
 """
 
 from __future__ import annotations
@@ -63,25 +63,40 @@ GSPO_SIGMA = 0.1
 GSPO_LENGTHS = (1, 3, 10, 30, 100, 300, 1000)
 GSPO_SEQUENCES = 1000
 
-# RL on chapter 4's SFT model (the small GPT). Every run: 12 steps of 4 training questions x 4
-# completions, at most 32 new tokens (room for a whole answer: the SFT model's answers are 38
-# tokens long on average, and cut at 20 most lose the answer they were about to state),
-# learning rate 3e-4 (the SFT rate; the library's default 2e-5 suits the larger pipeline model
-# and barely moves this one in 12 steps), the KL coefficient 0.02 (InstructGPT's), 8 seeds
-# vmapped. The sizes are what the notebook's time budget allows (see the notebook's run-time
-# note); the ranking of algorithms at this scale is not a benchmark.
+# RL on chapter 4's SFT model (the small GPT). RL_CONFIG is the base of section 10's KL sweep
+# (KL_SWEEP_CONFIG): 12 steps of 4 training questions x 4 completions, at most 32
+# new tokens (the SFT model's answers are 26 tokens long on average at this cap; 60% end
+# within it), learning rate 3e-4, the KL coefficient 0.02 (InstructGPT's).
 RL_CONFIG = loop.RLConfig(algorithm="grpo", steps=12, prompts_per_step=4, group_size=4,
                           max_new_tokens=32, learning_rate=3e-4, beta=0.02, log_every=12)
+# Section 9's comparison of the algorithms: 20 steps of 8 questions x 8 completions at
+# learning rate 1e-4 (32 tokens and beta as RL_CONFIG), N_SEEDS seeds vmapped. Measured on
+# chapter 4's SFT model, gains in gold reward on the rephrased questions against the SFT
+# model: RL_CONFIG itself (16 samples per step at 3e-4, all five algorithms, 8 seeds) drifts
+# 4-6 nats from the SFT model in 12 steps and LOWERS the gold reward (right answers 21% ->
+# 9-15%, non-answers 57% -> 68-76%): Adam moves every weight by about the learning rate per
+# step, and the gradient of 16 samples is mostly noise. With GRPO (paired by question, 4 seeds
+# x 4 samples per question): 16 samples at 1e-4, +0.02 to +0.04 (+- 0.02, noise); 64 samples
+# at 1e-4, +0.05 +- 0.01 at 0.4 nats after 12 steps and +0.09 +- 0.02 at 0.7 nats after 20
+# (PPO, whose critic starts from zero: +0.03 +- 0.015 after 12, +0.06 +- 0.02 after 20); at
+# 2e-4, +0.03 (1.6 nats); at 3e-4, -0.04 (7 nats). The sizes are what the notebook's time
+# budget allows (each algorithm is compiled once, about 10 s; its 20 steps of 3 seeds about
+# 7 s more); the ranking of algorithms at this scale is not a benchmark.
+ALGORITHM_CONFIG = dataclasses.replace(RL_CONFIG, steps=20, prompts_per_step=8, group_size=8,
+                                       learning_rate=1e-4, log_every=20)
 RL_ALGORITHMS = ("grpo", "dr_grpo", "rloo", "ppo", "cispo")
-N_SEEDS = 8
+N_SEEDS = 3
 # What the policies say at the end, on questions no RL prompt contains: N_EVAL_REPHRASED
 # rephrased questions about training facts (the main evaluation: the facts the model was
 # taught, in phrasings no training data has) and N_EVAL_UNSEEN questions about held-out facts
-# (a second row: facts stated only in pretraining), the four fact topics, one completion per
-# seed at temperature 1, chosen once with EVAL_SEED.
+# (a second row: facts stated only in pretraining), the four fact topics, chosen once with
+# EVAL_SEED; EVAL_SAMPLES completions per question and seed at temperature 1. The SFT model is
+# sampled with the same keys (N_SEEDS x EVAL_SAMPLES per question), so a policy and the SFT
+# model are compared question by question on coupled samples.
 N_EVAL_REPHRASED = 128
 N_EVAL_UNSEEN = 32
 EVAL_SEED = 0
+EVAL_SAMPLES = 5
 
 # Exercises 3 and 5 of the numpy lesson "RLHF: Reward Model + PPO" on its flawed
 # reward `len(response) / 100`: RLOO (the KL folded into the reward, as the lesson's
@@ -94,11 +109,13 @@ KL_SWEEP_SEEDS = 4
 __all__ = [
     "AGG_LOSSES", "AGG_MAX_LENGTH", "PPO_EPS", "RATIOS", "TABLE_RATIOS", "LECTURE_RATIOS",
     "GROUP_SIZE", "FIG21_REWARDS", "FIG21_VALUES", "GAE_LAMBDAS", "TIS_CAP", "TIS_LOG_RATIOS",
-    "GSPO_SIGMA", "GSPO_LENGTHS", "GSPO_SEQUENCES", "RL_CONFIG", "RL_ALGORITHMS", "N_SEEDS",
-    "N_EVAL_REPHRASED", "N_EVAL_UNSEEN", "EVAL_SEED", "KL_SWEEP_CONFIG", "KL_SWEEP_BETAS", "KL_SWEEP_SEEDS",
+    "GSPO_SIGMA", "GSPO_LENGTHS", "GSPO_SEQUENCES", "RL_CONFIG", "ALGORITHM_CONFIG",
+    "RL_ALGORITHMS", "N_SEEDS", "N_EVAL_REPHRASED", "N_EVAL_UNSEEN", "EVAL_SEED", "EVAL_SAMPLES",
+    "KL_SWEEP_CONFIG", "KL_SWEEP_BETAS", "KL_SWEEP_SEEDS",
     "ANSWER_KINDS", "length_score", "padded", "aggregation_weights", "ppo_curves", "tis_curve",
     "group_advantage_table", "gae_sweep", "gspo_spread", "rl_task", "run_seeds",
-    "eval_questions", "answer_breakdown", "algorithm_run", "algorithm_runs", "beta_sweep", "kl_sweep_runs",
+    "eval_questions", "answer_breakdown", "paired_change", "algorithm_run", "algorithm_runs",
+    "beta_sweep", "kl_sweep_runs",
     "first_last",
 ]
 
@@ -269,57 +286,76 @@ def eval_questions(seed: int = EVAL_SEED) -> dict[str, list]:
 
 
 def answer_breakdown(lm_params, seed: int = 0, n_seeds: int = N_SEEDS,
+                     samples: int = EVAL_SAMPLES,
                      max_new_tokens: int = RL_CONFIG.max_new_tokens) -> dict[str, dict]:
-    """What a policy answers to :func:`eval_questions`: one completion (temperature 1) to each
-    question per seed, classified by :func:`rlhf_book.lm.eval.answer_kind` as ``right``,
-    ``wrong`` or ``none`` (no answer to the question stated) and scored by the gold reward.
-    ``lm_params`` has a leading seed axis (the final states of a vmapped run) or none (one
-    model, e.g. the SFT policy, sampled ``n_seeds`` times). Returns, per question set
-    (``"rephrased"``, ``"unseen"``): the shares of the three kinds, the mean ``gold`` and
-    ``gold_se`` (over seeds: the standard error of the mean of the per-seed means),
-    ``gold_seeds`` ``[S]``, the number of ``samples`` and their ``texts`` ``[S, Q]``."""
+    """What a policy answers to :func:`eval_questions`: ``samples`` completions (temperature 1)
+    to each question per seed, classified by :func:`rlhf_book.lm.eval.answer_kind` as
+    ``right``, ``wrong`` or ``none`` (no answer to the question stated) and scored by the gold
+    reward. ``lm_params`` has a leading seed axis (the final states of a vmapped run) or none
+    (one model, e.g. the SFT policy, sampled with ``n_seeds`` keys); seed ``s`` samples with
+    the same key either way, so two policies evaluated with the same ``seed``, number of seeds
+    and ``samples`` draw coupled samples. Returns, per question set (``"rephrased"``,
+    ``"unseen"``): the shares of the three kinds, the mean ``gold`` and ``gold_se`` (over
+    seeds: the standard error of the mean of the per-seed means), ``gold_seeds`` ``[S]``,
+    ``per_question``: ``{"gold", "right", "wrong", "none"}`` each ``[Q]`` (means over seeds
+    and samples, for :func:`paired_change`), the number of ``samples`` and their ``texts``
+    ``[S * samples, Q]`` (seed-major)."""
     model_config = gpt.get_config("small")
     sets = eval_questions()
     questions = [q for qs in sets.values() for q in qs]
-    prompts = rollout.encode_prompts([q.prompt for q in questions])
+    prompts = rollout.encode_prompts([q.prompt for q in questions] * samples)
     if lm_params["tok_emb"].ndim == 2:  # [V, D]: one model, no seed axis
         lm_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_seeds, *x.shape)), lm_params)
     S, Q = jax.tree.leaves(lm_params)[0].shape[0], len(questions)
     gen = rollout.sample_policies(lm_params, prompts,
                                   jax.random.split(jax.random.PRNGKey(seed + 1), S), 1.0,
                                   model_config, max_new_tokens=max_new_tokens)
-    texts = sampling.decode_masked(np.asarray(gen.tokens).reshape(S * Q, -1),
-                                   np.asarray(gen.mask).reshape(S * Q, -1))
-    scored = score_answers(questions * S, texts)
-    kinds, gold = scored["kind"].reshape(S, Q), scored["score"].reshape(S, Q)
-    texts = np.asarray(texts, dtype=object).reshape(S, Q)
+    texts = sampling.decode_masked(np.asarray(gen.tokens).reshape(S * samples * Q, -1),
+                                   np.asarray(gen.mask).reshape(S * samples * Q, -1))
+    scored = score_answers(questions * (S * samples), texts)
+    kinds = scored["kind"].reshape(S, samples, Q)
+    gold = scored["score"].reshape(S, samples, Q)
+    texts = np.asarray(texts, dtype=object).reshape(S * samples, Q)
     out, start = {}, 0
     for name, qs in sets.items():
         cols = slice(start, start + len(qs))
         start += len(qs)
-        per_seed = gold[:, cols].mean(axis=1)
-        out[name] = {**{k: float(np.mean(kinds[:, cols] == k)) for k in ANSWER_KINDS},
+        per_seed = gold[..., cols].mean(axis=(1, 2))
+        per_question = {"gold": gold[..., cols].mean(axis=(0, 1)),
+                        **{k: (kinds[..., cols] == k).mean(axis=(0, 1)) for k in ANSWER_KINDS}}
+        out[name] = {**{k: float(np.mean(kinds[..., cols] == k)) for k in ANSWER_KINDS},
                      "gold": float(per_seed.mean()),
                      "gold_se": float(per_seed.std(ddof=1) / np.sqrt(S)),
-                     "gold_seeds": per_seed, "samples": S * len(qs), "texts": texts[:, cols]}
+                     "gold_seeds": per_seed, "per_question": per_question,
+                     "samples": S * samples * len(qs), "texts": texts[:, cols]}
     return out
 
 
+def paired_change(after: dict, before: dict, key: str = "gold") -> tuple[float, float]:
+    """``(mean, se)`` of ``after - before`` in ``key`` (``"gold"`` or an answer kind's share),
+    paired by question: the difference of the per-question means of two
+    :func:`answer_breakdown` entries (one question set), its mean over questions and the
+    standard error over questions."""
+    d = np.asarray(after["per_question"][key]) - np.asarray(before["per_question"][key])
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def algorithm_run(algorithm: str, sft_params) -> dict:
-    """``algorithm`` with ``RL_CONFIG`` on the gold reward of the training questions,
+    """``algorithm`` with ``ALGORITHM_CONFIG`` on the gold reward of the training questions,
     ``N_SEEDS`` seeds from ``sft_params``: the per-step metrics ``[seeds, steps]`` and
     ``"answers"``, the :func:`answer_breakdown` of the final policies (rephrased and unseen
-    questions, which no RL prompt contains)."""
+    questions, which no RL prompt contains; ``EVAL_SAMPLES`` per question and seed)."""
     _, questions, _ = rl_task()
     gold = rollout.text_reward(data.gold_reward, questions)
-    metrics, state = run_seeds(dataclasses.replace(RL_CONFIG, algorithm=algorithm), gold,
+    metrics, state = run_seeds(dataclasses.replace(ALGORITHM_CONFIG, algorithm=algorithm), gold,
                                sft_params, N_SEEDS)
     return {**metrics, "answers": answer_breakdown(state.params["lm"])}
 
 
 def algorithm_runs(sft_params) -> dict[str, dict]:
     """``{algorithm: metrics}``: :func:`algorithm_run` for each of ``RL_ALGORITHMS``, and the
-    entry ``"sft"``: the :func:`answer_breakdown` of the starting point."""
+    entry ``"sft"``: the :func:`answer_breakdown` of the starting point, sampled with the same
+    keys (``N_SEEDS`` x ``EVAL_SAMPLES`` per question)."""
     runs = {a: algorithm_run(a, sft_params) for a in RL_ALGORITHMS}
     runs["sft"] = {"answers": answer_breakdown(sft_params)}
     return runs

@@ -231,14 +231,14 @@ def tis_gspo(cap: float = TIS_CAP) -> FigureResult:
 
 @figure("ch06_rl_algorithms", "ch06",
         "RL with real gradients on chapter 4's SFT model (the small GPT), rewarded by the gold "
-        "reward: five algorithms with the same budget (12 steps of 4 training questions x 4 "
-        "completions of at most 32 tokens, learning rate 3e-4, beta 0.02), 8 seeds each, mean "
+        "reward: five algorithms with the same budget (20 steps of 8 training questions x 8 "
+        "completions of at most 32 tokens, learning rate 1e-4, beta 0.02), 3 seeds each, mean "
         "+- standard error. From the left: gold reward of the completions sampled at each "
         "step; KL to the SFT model (summed over a completion's tokens); completion length in "
         "tokens; and what the final policies answer to 128 rephrased questions (phrasings no "
-        "training data contains; right, wrong, or no answer stated; mean gold reward above), "
-        "next to the SFT model. On this small model the gold reward rises because wrong "
-        "answers (-1) give way to non-answers (-0.5).")
+        "training data contains; 5 samples per question and seed; right, wrong, or no answer "
+        "stated; mean gold reward above), next to the SFT model sampled with the same keys. "
+        "Every algorithm raises the gold reward; right answers rise and wrong ones fall.")
 def rl_algorithms(runs: dict | None = None) -> FigureResult:
     """``runs``: ``{algorithm: metrics [seeds, steps] (+ "answers")}``, optionally with
     ``"sft": {"answers": ...}``; by default :func:`algorithm_runs`."""
