@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install pipeline test clean
+.PHONY: install pipeline test test-fast clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ pipeline: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist loadgroup --timeout=900 $(PYTEST_ARGS)
+
+# Everything but the learning tests and the notebooks: the library's math, the checks, the
+# grader, the CLI (a few minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n auto --dist loadgroup --timeout=900 -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

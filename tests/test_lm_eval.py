@@ -16,7 +16,8 @@ import pytest
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling
 from rlhf_book.lm.eval import answer_samples, evaluate_policy, pass_at_k
-from rlhf_book.lm.rollout import Reward, encode_prompts
+from rlhf_book.lm.ops import masked_sum
+from rlhf_book.lm.rollout import Reward, encode_prompts, token_log_probs
 
 CONFIG = gpt.get_config("tiny")
 QUESTIONS = data.fact_questions(data.question_splits().rephrased)[::60]
@@ -54,6 +55,27 @@ def test_answer_samples_measure_exactly_the_sampled_texts(params):
     np.testing.assert_allclose(a["kl"], 0.0, atol=1e-5)  # a policy against itself
     # every answer is exactly one of right, wrong, none
     np.testing.assert_array_equal(a["right"] + a["wrong"] + a["none"], 1.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0, 0.5])
+def test_kl_is_the_log_ratio_of_the_sampled_tokens_under_both_models(params, temperature):
+    """The KL column is sum_t log pi(y_t) - log pi_ref(y_t) over the completion, both computed
+    here by a full forward pass of each model; at temperature 1 (and greedy) answer_samples
+    takes the policy's term from the sampler instead, which must agree."""
+    ref = gpt.init_params(jax.random.PRNGKey(1), CONFIG)
+    key = jax.random.PRNGKey(5)
+    a = answer_samples(params, QUESTIONS, CONFIG, key, samples=2, max_new_tokens=12,
+                       temperature=temperature, ref_params=ref)
+    prompts = encode_prompts([q.prompt for q in QUESTIONS])
+    ids = np.repeat(np.arange(len(QUESTIONS)), 2)
+    gen = sampling.generate(params, prompts.tokens[ids], key, CONFIG,
+                            prompt_lengths=prompts.lengths[ids], max_new_tokens=12,
+                            temperature=temperature)
+    log_ratio = (token_log_probs(params, gen.tokens, CONFIG)
+                 - token_log_probs(ref, gen.tokens, CONFIG))
+    expected = np.asarray(masked_sum(log_ratio, gen.mask, axis=1)).reshape(-1, 2)
+    assert np.abs(expected).max() > 0.1  # two different models: the check has teeth
+    np.testing.assert_allclose(a["kl"], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_evaluate_policy_averages_answer_samples(params):

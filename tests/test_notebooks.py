@@ -53,6 +53,7 @@ def test_notebook_is_committed_with_outputs(path):
         f"{path.name} was not saved by `rlhf-book notebooks` (no recorded run time)"
 
 
+@pytest.mark.slow  # each notebook trains its models: minutes, not seconds
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 @pytest.mark.xdist_group("notebooks")  # in file order on one worker: ch00 and ch04 store the models
 def test_notebook_executes(path, record_property):

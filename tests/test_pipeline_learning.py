@@ -45,7 +45,7 @@ def test_sft_raises_the_gold_reward_of_the_pretrained_model(run):
 
 def test_rl_against_the_reward_model_raises_the_gold_reward(run):
     gain, se = paired_gain(run, "rephrased", "rl", "sft")
-    # observed: +0.406 (SE 0.047), right answers 27% -> 45%. We require 0.25 and 4 SE.
+    # observed: +0.390 (SE 0.046), right answers 27% -> 44%. We require 0.25 and 4 SE.
     assert gain > 0.25 and gain > 4 * se, (gain, se)
 
 
@@ -56,16 +56,16 @@ def test_online_dpo_raises_the_gold_reward(run):
 
 
 def test_pushing_rl_further_raises_the_proxy_and_lowers_the_gold_reward(run):
-    """Book ch. 14: the pushed run (no KL penalty, more steps, from the default run's policy)
+    """Book ch. 14: the pushed run (no KL penalty, a larger step, from the default run's policy)
     scores higher under the reward model it optimises and lower under the gold reward."""
     answers = run[1]["answers"]["rephrased"]
     rm = {m: answers[m]["rm"].mean(1) for m in ("rl", "rl (pushed)")}
     rm_gain = rm["rl (pushed)"] - rm["rl"]
     assert rm_gain.mean() > 3 * rm_gain.std(ddof=1) / np.sqrt(len(rm_gain)), rm_gain.mean()
     loss, se = paired_gain(run, "rephrased", "rl", "rl (pushed)")
-    # observed: RM +1.21 -> +1.89, gold -0.024 -> -0.510, a fall of 0.49 (SE about 0.04):
-    # the pushed policy gives one answer the reward model overrates to every question. We
-    # require 0.2 and 3 SE.
+    # observed: RM +1.16 -> +1.52, gold -0.039 -> -0.458, a fall of 0.42 (SE about 0.04):
+    # the pushed policy states confident wrong answers ("It is definitely 7.") or none, which
+    # the reward model overrates. We require 0.2 and 3 SE.
     assert loss > 0.2 and loss > 3 * se, (loss, se)
     curve = run[1]["rl_pushed"].metrics["curve"]
     assert curve["kl"][-1] > curve["kl"][0]  # the pushed run moves further from SFT

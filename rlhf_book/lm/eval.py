@@ -55,11 +55,15 @@ def score_answers(questions: Sequence[data.Question], texts: Sequence[str],
 _token_log_probs = jax.jit(token_log_probs, static_argnums=(2,))
 
 
-def sampled_kl(params, ref_params, tokens, mask, model_config: gpt.GPTConfig) -> np.ndarray:
+def sampled_kl(params, ref_params, tokens, mask, model_config: gpt.GPTConfig,
+               logp=None) -> np.ndarray:
     """``sum_t log pi(y_t | .) - log pi_ref(y_t | .)`` over each completion's tokens ``[N]``:
     the k1 estimate of ``KL(pi || pi_ref)`` of whole completions, unbiased when the tokens were
-    sampled from ``pi`` at temperature 1 (book §15.1, eq. 129)."""
-    logp = _token_log_probs(params, tokens, model_config)
+    sampled from ``pi`` at temperature 1 (book §15.1, eq. 129). ``logp`` (``[N, T]``, aligned
+    with ``mask``): the policy's log-probabilities of the tokens when they are already known
+    (the sampler's own at temperature 1), which saves one forward pass of the policy."""
+    if logp is None:
+        logp = _token_log_probs(params, tokens, model_config)
     ref = _token_log_probs(ref_params, tokens, model_config)
     return np.asarray(masked_sum(logp - ref, mask, axis=1))
 
@@ -103,7 +107,11 @@ def answer_samples(params, questions: Sequence[data.Question], model_config: gpt
            "bytes": scored["bytes"], "length": np.asarray(gen.mask).sum(1),
            "stopped": np.asarray(gen.stopped)}
     if ref_params is not None:
-        out["kl"] = sampled_kl(params, ref_params, gen.tokens, gen.mask, model_config)
+        # The sampler's log-probabilities are the policy's own at temperature 1 (and, greedy,
+        # at 0): then only the reference needs a forward pass.
+        own = gen.logprobs if float(temperature) in (0.0, 1.0) else None
+        out["kl"] = (np.zeros(len(ids)) if ref_params is params else  # the model against itself
+                     sampled_kl(params, ref_params, gen.tokens, gen.mask, model_config, logp=own))
     if reward is not None:
         out["reward"] = np.asarray(_jitted(reward.fn)(reward.params, gen.tokens, gen.mask,
                                                       jnp.asarray(ids)))

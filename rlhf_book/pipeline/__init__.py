@@ -63,6 +63,7 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
         results["rl_pushed"] = rl_stage(config, sft, rm, pushed_from=results["rl"], **kw)
     results["dpo"] = dpo_stage(config, sft, rm, **kw)
 
+    t_eval = time.perf_counter()
     questions = {"rephrased": heldout_questions(config), "unseen": unseen_questions(config),
                  "arithmetic": arithmetic_questions(config)}
     reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
@@ -85,10 +86,12 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     figures = report.write_figures(out / "figures", pretrained, sft, rm, results["rl"],
                                    results["dpo"], config.rl_reward.replace("_", " "),
                                    rl_pushed=results.get("rl_pushed"))
+    t_eval = time.perf_counter() - t_eval
     report.print_results(config, results, answers, questions, log)
+    times = ", ".join(f"{r.name} {r.seconds:.0f}s" for r in results.values())
     log(f"\ncheckpoints: {', '.join(str(r.path) for r in results.values())}"
         f"\nfigures: {', '.join(map(str, figures.values()))}"
-        f"\ntotal: {time.perf_counter() - t0:.1f}s")
+        f"\ntime: {times}, evaluation and figures {t_eval:.0f}s; total {time.perf_counter() - t0:.1f}s")
     summary = {split: {name: report.summarise(a, by_model.get("sft") if name != "sft" else None)
                        for name, a in by_model.items()}
                for split, by_model in answers.items()}
