@@ -151,6 +151,19 @@ def test_train_rl_chunks_equal_one_scan(params, prompts):
     assert all(np.isfinite(history["loss"]))
 
 
+def test_one_nan_reward_stops_training_with_an_error(params, prompts):
+    """A reward that is NaN for one completion would turn every parameter into NaN through the
+    group statistics; the driver stops at that step with an error instead of finishing."""
+    def nan_for_one(p, tokens, mask, prompt_ids):
+        scores = letter_fraction(p, tokens, mask, prompt_ids)
+        return jnp.where(jnp.arange(scores.shape[0]) == 0, jnp.nan, scores)
+
+    config = small_config(algorithm="grpo", steps=2, log_every=1)
+    with pytest.raises(FloatingPointError, match="at step 1"):
+        ch06.train_rl(config, CONFIG, params, prompts, ch06.Reward(nan_for_one),
+                      progress=False)
+
+
 def test_text_reward_runs_the_python_function_on_the_completions(params):
     questions = data.split_questions()[0][:4]
     prompts = ch06.encode_prompts([q.prompt for q in questions])

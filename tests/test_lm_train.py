@@ -145,6 +145,51 @@ def test_unreadable_checkpoints_raise(tmp_path):
         train.load_checkpoint(bad)
 
 
+def test_a_corrupted_or_truncated_checkpoint_is_refused(tmp_path, tiny_params):
+    """Flipping bytes inside the stored arrays (a checkpoint that still parses) or cutting the
+    file short: both raise ValueError naming the file, instead of loading wrong numbers."""
+    path = train.save_checkpoint(tmp_path / "p.msgpack", tiny_params, {"stage": "sft"})
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    corrupt = tmp_path / "corrupt.msgpack"
+    corrupt.write_bytes(bytes(data[:middle]) + bytes(b ^ 0x55 for b in data[middle:middle + 64])
+                        + bytes(data[middle + 64:]))
+    with pytest.raises(ValueError, match="corrupt.msgpack.*(corrupt|readable)"):
+        train.load_checkpoint(corrupt)
+    truncated = tmp_path / "truncated.msgpack"
+    truncated.write_bytes(bytes(data[:middle]))
+    with pytest.raises(ValueError, match="truncated.msgpack"):
+        train.load_checkpoint(truncated)
+    train.load_checkpoint(path)  # the intact file still loads
+
+
+def test_temporary_files_of_killed_writes_are_removed(tmp_path):
+    path = tmp_path / "p.msgpack"
+    stale = tmp_path / ".p.msgpack.tmp999999999"  # no such process
+    stale.write_bytes(b"half a checkpoint")
+    train.save_checkpoint(path, {"a": jnp.arange(3)})
+    assert sorted(os.listdir(tmp_path)) == ["p.msgpack"]
+
+
+def test_a_non_finite_loss_stops_training_before_anything_is_saved():
+    """One NaN at step 3 of 8: the driver raises, naming the metric and the step."""
+    def step(state, key):
+        state = state + 1.0
+        loss = jnp.where(state == 3.0, jnp.nan, 1.0 / state)
+        return state, {"loss": loss}
+
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3"):
+        train.run_in_chunks(step, jnp.float32(0.0), steps=8, chunk_size=4,
+                            key=jax.random.PRNGKey(0), progress=False)
+
+    def bad_state(state, key):  # finite metrics, but the parameters blow up
+        return state * jnp.inf, {"loss": jnp.float32(1.0)}
+
+    with pytest.raises(FloatingPointError, match="parameters"):
+        train.run_in_chunks(bad_state, jnp.float32(1.0), steps=4, chunk_size=2,
+                            key=jax.random.PRNGKey(0), progress=False)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"steps": 0}, "steps"), ({"learning_rate": 0.0}, "learning_rate"), ({"grad_clip": 0}, "grad_clip"),
 ])

@@ -1,6 +1,7 @@
 """The ``rlhf-book`` command line, the quick pipeline end to end, and its stage cache."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -123,3 +124,29 @@ def test_a_source_change_retrains_a_cached_stage(tmp_path, monkeypatch):
     edited = pretrain_stage(config, **quiet)
     assert not edited.cached and edited.path != first.path
     assert edited.path.name.startswith("pretrain-tiny-")
+
+
+def test_an_unusable_cached_checkpoint_is_reported_and_trained_again(tmp_path):
+    """A corrupted, a truncated, and another stage's checkpoint in a stage's slot: each is
+    refused with a message naming the problem, and the stage trains again."""
+    config = dataclasses.replace(
+        PipelineConfig.quick(out_dir=str(tmp_path)),
+        pretrain=train.TrainConfig(steps=4, batch_size=2, seq_len=32, warmup_steps=1,
+                                   log_every=2))
+    quiet = dict(progress=False, log=lambda _: None)
+    first = pretrain_stage(config, **quiet)
+    good = first.path.read_bytes()
+    middle = len(good) // 2
+    other = train.save_checkpoint(tmp_path / "other.msgpack", first.params,
+                                  {"stage": "sft", "model": {"d_model": 1}, "metrics": {}})
+    for bad, why in ((good[:middle] + bytes(b ^ 1 for b in good[middle:middle + 32])
+                      + good[middle + 32:], "corrupt|readable"),
+                     (good[:middle], "readable"),
+                     (other.read_bytes(), "'sft' stage")):
+        first.path.write_bytes(bad)
+        lines = []
+        again = pretrain_stage(config, progress=False, log=lines.append)
+        assert not again.cached and again.path == first.path, why
+        message = next(line for line in lines if "cannot use the cached checkpoint" in line)
+        assert re.search(why, message), message
+        train.load_checkpoint(again.path)  # the retrained checkpoint is intact

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -149,6 +150,33 @@ def make_train(loss_fn: Callable, sample_batch: Callable, optimizer: optax.Gradi
 # [/guide]
 
 
+def check_finite(metrics: dict, state, *, first_step: int, desc: str) -> None:
+    """Stop training when a chunk's per-step metrics (``{name: [n, ...]}``: loss, reward, ...)
+    or the state it leaves (parameters, optimizer moments) are not finite: a
+    ``FloatingPointError`` naming the metric and the first bad step, raised before anything is
+    saved. (One NaN reward would otherwise turn every parameter into NaN, and the run would go
+    on as if nothing had happened.)"""
+    for name, values in metrics.items():
+        values = np.asarray(values)
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            rows = values.reshape(len(values), -1)
+            bad = int(np.flatnonzero(~np.isfinite(rows).all(1))[0])
+            raise FloatingPointError(f"{desc}: {name} is {rows[bad][~np.isfinite(rows[bad])][0]}"
+                                     f" at step {first_step + bad}; training stopped, nothing saved")
+    if not bool(_all_finite(state)):
+        raise FloatingPointError(f"{desc}: the parameters or optimizer state are not finite "
+                                 f"after the chunk from step {first_step}; training stopped, "
+                                 "nothing saved")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Whether every floating-point entry of ``tree`` is finite: one compiled reduction."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
 def run_in_chunks(step: Callable, state, *, steps: int, chunk_size: int, key,
                   chunk_key: Callable[[int], jax.Array] | None = None, desc: str = "train",
                   progress: bool = True, evaluate: Callable[[Any], dict] | None = None,
@@ -176,6 +204,7 @@ def run_in_chunks(step: Callable, state, *, steps: int, chunk_size: int, key,
             else:
                 sub = chunk_key(start)
             state, metrics = chunk(n)(state, sub)
+            check_finite(metrics, state, first_step=start + 1, desc=desc)
             for name, values in metrics.items():
                 history.setdefault(name, []).extend(np.asarray(values).tolist())
             if evaluate is not None:
@@ -270,22 +299,42 @@ def pretrain(
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 
-CHECKPOINT_FORMAT = "rlhf-book-checkpoint/1"
+CHECKPOINT_FORMAT = "rlhf-book-checkpoint/2"  # 2: the tree's bytes with their SHA-256
+
+
+def _stale_temp_files(path: pathlib.Path) -> list[pathlib.Path]:
+    """Temporary files of earlier writes of ``path`` whose writer is gone (killed mid-write)."""
+    stale = []
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[-1]
+        try:
+            os.kill(int(pid), 0)  # signal 0: is the writer still running?
+        except (ValueError, ProcessLookupError):
+            stale.append(tmp)
+        except PermissionError:  # running, as another user
+            pass
+    return stale
 
 
 def save_checkpoint(path, tree, metadata: dict | None = None) -> pathlib.Path:
     """Write a pytree of arrays (parameters, a ``TrainState``, ...) and JSON metadata.
 
-    The file is msgpack (no pickle). It is written to a temporary file in the same folder,
-    flushed to disk and renamed over ``path`` (atomic on POSIX), so readers see either the
-    old checkpoint or the new one, never a torn file.
+    The file is msgpack (no pickle): the tree's own msgpack bytes, their SHA-256 (checked by
+    :func:`load_checkpoint`, so a corrupted file is refused, not loaded) and the metadata. It
+    is written to a temporary file in the same folder, flushed to disk and renamed over
+    ``path`` (atomic on POSIX), so readers see either the old checkpoint or the new one, never
+    a torn file; temporary files left by killed writers are removed.
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for tmp in _stale_temp_files(path):
+        tmp.unlink(missing_ok=True)
+    tree_bytes = serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(tree)))
     payload = {
         "format": CHECKPOINT_FORMAT,
         "metadata": json.dumps(metadata or {}, sort_keys=True),
-        "tree": serialization.to_state_dict(jax.device_get(tree)),
+        "sha256": hashlib.sha256(tree_bytes).hexdigest(),
+        "tree": tree_bytes,
     }
     data = serialization.msgpack_serialize(payload)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -306,7 +355,8 @@ def load_checkpoint(path, target=None) -> tuple[Any, dict]:
 
     Without ``target`` the tree comes back as nested dicts of arrays (enough for parameters);
     with a ``target`` of the saved structure (e.g. a fresh ``TrainState``) it is restored into
-    that structure.
+    that structure. A file that is not such a checkpoint, or whose contents do not match the
+    hash written with them, raises ``ValueError`` naming the file.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -317,7 +367,10 @@ def load_checkpoint(path, target=None) -> tuple[Any, dict]:
         raise ValueError(f"{path} is not a readable checkpoint: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    tree = payload["tree"]
+    if hashlib.sha256(payload["tree"]).hexdigest() != payload["sha256"]:
+        raise ValueError(f"{path} is corrupt: its contents do not match the hash written "
+                         "with them")
+    tree = serialization.msgpack_restore(payload["tree"])
     if target is not None:
         tree = serialization.from_state_dict(target, tree)
     tree = jax.tree_util.tree_map(jnp.asarray, tree)

@@ -187,16 +187,27 @@ def cached_stage(config: PipelineConfig, stage: str, name: str, settings: tuple,
                  **upstream: StageResult) -> StageResult:
     """Load ``stage``'s checkpoint stored under :func:`stage_key` of ``settings``, or (when
     there is none, or ``fresh``) call ``run() -> (params, metrics)`` and store its result, with
-    the metrics and the names of the ``upstream`` checkpoints it started from."""
+    the metrics and the names of the ``upstream`` checkpoints it started from. A cached file
+    that cannot be used (corrupt, truncated: :func:`rlhf_book.lm.train.load_checkpoint` checks
+    its hash; or holding another stage or model size) is reported and trained again."""
     path = checkpoint_path(config, stage, stage_key(stage, *settings))
     start = time.perf_counter()
+    model = dataclasses.asdict(gpt.get_config(config.model))
     if path.exists() and not fresh:
-        params, meta = train.load_checkpoint(path)
-        log(f"[{name}] loaded cached checkpoint {path}")
-        return StageResult(name, params, meta["metrics"], path, True, time.perf_counter() - start)
+        try:
+            params, meta = train.load_checkpoint(path)
+            if meta.get("stage") != name or meta.get("model") != model:
+                raise ValueError(f"{path} holds the {meta.get('stage')!r} stage of a "
+                                 f"{meta.get('model')} model, not {name!r} of {model}")
+        except ValueError as err:  # corrupt, truncated, or another stage's checkpoint
+            log(f"[{name}] cannot use the cached checkpoint ({err}); training it again")
+        else:
+            log(f"[{name}] loaded cached checkpoint {path}")
+            return StageResult(name, params, meta["metrics"], path, True,
+                               time.perf_counter() - start)
     params, metrics = run()
     metrics["train_seconds"] = time.perf_counter() - start
-    meta = {"model": dataclasses.asdict(gpt.get_config(config.model)), "stage": name,
+    meta = {"model": model, "stage": name,
             "metrics": metrics, **{k: result.path.name for k, result in upstream.items()}}
     train.save_checkpoint(path, params, meta)
     return StageResult(name, params, metrics, path, False, time.perf_counter() - start)
