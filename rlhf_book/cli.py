@@ -261,6 +261,9 @@ def main(argv=None) -> int:
     except ValueError as err:  # bad arguments: one clear line, not a traceback
         print(f"rlhf-book {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a diverged run: what and where, not a traceback
+        print(f"rlhf-book {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

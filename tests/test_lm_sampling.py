@@ -149,10 +149,37 @@ def test_completions_decode_only_the_sampled_text(tiny_config, tiny_params, prom
     ({"prompt_lengths": np.array([0, 3, 3])}, "prompt_lengths must lie in"),
     ({"prompt_lengths": np.array([3, 3])}, r"prompt_lengths must have shape \(3,\)"),
     ({"eos_id": 999}, "eos_id"),
+    ({"temperature": float("nan")}, "temperature"),  # used to decode greedily
+    ({"temperature": 1e-30}, "temperature"),  # used to return log-probs of +inf
+    ({"temperature": float("inf")}, "temperature"),
+    ({"prompt_lengths": np.array([3.0, 3.0, 3.0])}, "prompt_lengths must hold integers"),
+    ({"key": 0}, "key must be a JAX PRNG key"),
 ])
 def test_bad_arguments_raise(tiny_config, tiny_params, prompts, kwargs, match):
     tokens, lengths = prompts
-    kw = {"prompt_lengths": lengths, "max_new_tokens": 8, **kwargs}
+    kw = {"prompt_lengths": lengths, "max_new_tokens": 8, "key": jax.random.PRNGKey(0), **kwargs}
+    key = kw.pop("key")
     with pytest.raises(ValueError, match=match):
-        sampling.generate(tiny_params, tokens, jax.random.PRNGKey(0), tiny_config, **kw)
+        sampling.generate(tiny_params, tokens, key, tiny_config, **kw)
+
+
+def test_numpy_integer_sizes_are_accepted(tiny_config, tiny_params, prompts):
+    tokens, lengths = prompts
+    gen = sampling.generate(tiny_params, tokens, jax.random.PRNGKey(0), tiny_config,
+                            prompt_lengths=lengths, max_new_tokens=np.int64(4), top_k=np.int64(3))
+    same = sampling.generate(tiny_params, tokens, jax.random.PRNGKey(0), tiny_config,
+                             prompt_lengths=lengths, max_new_tokens=4, top_k=3)
+    np.testing.assert_array_equal(gen.tokens, same.tokens)
+
+
+def test_cached_positions_past_the_context_window_raise(tiny_config, tiny_params):
+    """Feeding the cache at position max_seq_len would wrap around and attend to the future."""
+    cache = gpt.init_cache(tiny_config, 1)
+    token = jnp.zeros((1, 1), jnp.int32)
+    gpt.forward_cached(tiny_params, token, tiny_config.max_seq_len - 1, cache, tiny_config)
+    with pytest.raises(ValueError, match="start must keep positions"):
+        gpt.forward_cached(tiny_params, token, tiny_config.max_seq_len, cache, tiny_config)
+    with pytest.raises(ValueError, match="start must keep positions"):
+        gpt.forward_cached(tiny_params, jnp.zeros((1, 4), jnp.int32),
+                           tiny_config.max_seq_len - 2, cache, tiny_config)
 

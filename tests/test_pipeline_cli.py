@@ -69,6 +69,21 @@ def test_bad_arguments_give_one_clear_line(tmp_path, capsys):
     assert "error: TrainConfig.steps must be a positive int, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["pipeline", "--model", "huge"])
+    for seed in ("-1", str(2**64)):  # a huge seed used to crash inside JAX
+        assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(tmp_path),
+                         "--seed", seed]) == 2
+        assert "error: PipelineConfig.seed must be an int in [0, 2**32)" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_folder_stops_the_run_before_any_training(tmp_path, capsys):
+    """A folder that cannot be created (it would lie under a file; chmod does not stop root):
+    one line, exit 2, and no stage ran (there used to be a traceback after pretraining)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(blocker / "runs")]) == 2
+    captured = capsys.readouterr()
+    assert f"error: the output folder {blocker / 'runs'} is not writable" in captured.err
+    assert "[pretrain]" not in captured.out and "Traceback" not in captured.err
 
 
 def _edited(module: str):

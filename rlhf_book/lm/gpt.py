@@ -380,6 +380,11 @@ def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTC
     Returns ``(logits [N, S, V], new_cache)``.
     """
     check_tokens(tokens, config)
+    if not isinstance(start, jax.core.Tracer):  # past the window the cache would wrap around
+        last = int(np.max(np.asarray(start))) + tokens.shape[1]
+        if int(np.min(np.asarray(start))) < 0 or last > config.max_seq_len:
+            raise ValueError(f"start must keep positions within [0, {config.max_seq_len}), "
+                             f"got positions up to {last - 1}")
     x = embed(params, tokens, start)
     new_cache = []
     for layer, layer_cache in enumerate(cache):  # a Python loop: one buffer per layer

@@ -22,6 +22,7 @@ Log-probabilities are those of the temperature-scaled distribution ``softmax(log
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Callable, NamedTuple
 
 import jax
@@ -145,30 +146,49 @@ def _generate_uncached(params, prompts, prompt_lengths, key, temperature, *, con
                    max_new_tokens=max_new_tokens, top_k=top_k, eos_id=eos_id)
 
 
-def _validate(prompts, prompt_lengths, config, max_new_tokens, temperature, top_k):
+# The smallest temperature above 0: below it logits / tau overflow float32 (log-probs of +inf);
+# 0 itself means greedy.
+MIN_TEMPERATURE = 1e-3
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _validate(prompts, prompt_lengths, config, max_new_tokens, temperature, top_k, key):
     gpt.check_tokens(prompts, config, name="prompts")
     N, P = prompts.shape
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    key_shape = getattr(key, "shape", None)
+    if key_shape is None or not (key_shape == (2,) or jnp.issubdtype(key.dtype,
+                                                                   jax.dtypes.prng_key)):
+        raise ValueError(f"key must be a JAX PRNG key (jax.random.PRNGKey(seed)), got {key!r}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    max_new_tokens = int(max_new_tokens)
     if P + max_new_tokens > config.max_seq_len:
         raise ValueError(
             f"prompt width {P} + max_new_tokens {max_new_tokens} exceeds "
             f"max_seq_len={config.max_seq_len}"
         )
-    if not isinstance(top_k, int) or not 0 <= top_k <= config.vocab_size:
+    if not _is_int(top_k) or not 0 <= top_k <= config.vocab_size:
         raise ValueError(f"top_k must be an int in [0, {config.vocab_size}], got {top_k!r}")
-    if not isinstance(temperature, jax.core.Tracer) and float(temperature) < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not isinstance(temperature, jax.core.Tracer):
+        tau = float(temperature)
+        if not (tau == 0 or MIN_TEMPERATURE <= tau < float("inf")):  # NaN fails too
+            raise ValueError(f"temperature must be 0 (greedy) or a finite number >= "
+                             f"{MIN_TEMPERATURE:g}, got {temperature}")
     if prompt_lengths is None:
-        return jnp.full((N,), P, jnp.int32)
+        return jnp.full((N,), P, jnp.int32), max_new_tokens, int(top_k)
     prompt_lengths = jnp.asarray(prompt_lengths)
     if prompt_lengths.shape != (N,):
         raise ValueError(f"prompt_lengths must have shape ({N},), got {prompt_lengths.shape}")
+    if not jnp.issubdtype(prompt_lengths.dtype, jnp.integer):
+        raise ValueError(f"prompt_lengths must hold integers, got dtype {prompt_lengths.dtype}")
     if not isinstance(prompt_lengths, jax.core.Tracer):
         lo, hi = int(prompt_lengths.min()), int(prompt_lengths.max())
         if lo < 1 or hi > P:
             raise ValueError(f"prompt_lengths must lie in [1, {P}], got values in [{lo}, {hi}]")
-    return prompt_lengths
+    return prompt_lengths, max_new_tokens, int(top_k)
 
 
 def generate(params, prompts, key, config: gpt.GPTConfig, *, prompt_lengths=None,
@@ -194,7 +214,8 @@ def generate(params, prompts, key, config: gpt.GPTConfig, *, prompt_lengths=None
         :class:`Generation` with ``tokens``, ``logprobs`` and ``mask``, each
         ``[N, P + max_new_tokens]``.
     """
-    prompt_lengths = _validate(prompts, prompt_lengths, config, max_new_tokens, temperature, top_k)
+    prompt_lengths, max_new_tokens, top_k = _validate(prompts, prompt_lengths, config,
+                                                      max_new_tokens, temperature, top_k, key)
     if eos_id is None:
         eos_id = -1  # matches no token
     elif not 0 <= int(eos_id) < config.vocab_size:

@@ -47,7 +47,7 @@ __all__ = ["PipelineConfig", "StageResult", "run_pipeline", "pretrain_stage", "s
 def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool = True,
                  log=print) -> dict:
     """Run every stage in order and print the results. Returns the stages' results."""
-    t0, out = time.perf_counter(), pathlib.Path(config.out_dir)
+    t0, out = time.perf_counter(), stages.check_writable(config.out_dir)
     model_config = gpt.get_config(config.model)
     log(f"rlhf-book pipeline: model={config.model}, out_dir={out}, JAX devices={jax.devices()}")
     kw = dict(fresh=fresh, progress=progress, log=log)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -128,6 +129,9 @@ class PipelineConfig:
     def __post_init__(self):
         check_positive_ints(self, "best_of_n")
         check_choice(self.rl_reward, "PipelineConfig.rl_reward", ("reward_model", "gold"))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+                0 <= self.seed < 2**32):
+            raise ValueError(f"PipelineConfig.seed must be an int in [0, 2**32), got {self.seed!r}")
 
     @classmethod
     def quick(cls, out_dir: str = "runs/quick") -> "PipelineConfig":
@@ -176,6 +180,21 @@ def stage_key(stage: str, *settings) -> str:
     numbers, token arrays, upstream checkpoint names) and the source of the modules it depends
     on (:data:`STAGE_SOURCES`, this module, ``lm`` and ``data``)."""
     return substrate.fingerprint(stage, *settings, sources=(*STAGE_SOURCES[stage], THIS_MODULE))
+
+
+def check_writable(folder) -> pathlib.Path:
+    """Create ``folder`` and write a file in it, before any training starts: a run whose
+    results could not be saved stops now with a ``ValueError``, not after minutes of work."""
+    folder = pathlib.Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"the output folder {folder} is not writable "
+                         f"({err.strerror or err})") from None
+    return folder
 
 
 def checkpoint_path(config: PipelineConfig, stage: str, key: str) -> pathlib.Path:
