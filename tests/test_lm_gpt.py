@@ -192,3 +192,14 @@ def test_bad_configs_raise(kwargs, match):
 def test_unknown_config_name():
     with pytest.raises(ValueError, match="config name must be one of"):
         gpt.get_config("huge")
+
+
+def test_params_of_another_model_size_raise_naming_the_leaf(tiny_config):
+    """A checkpoint of another size used to crash inside a matmul, or silently run."""
+    mini = gpt.get_config("mini")
+    params = gpt.init_params(jax.random.PRNGKey(0), tiny_config)
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match=r"params do not match .*params\['.*'\] has shape"):
+        gpt.forward(params, tokens, mini)
+    with pytest.raises(ValueError, match="structure of a GPT"):
+        gpt.forward({"tok_emb": params["tok_emb"]}, tokens, tiny_config)

@@ -29,6 +29,7 @@ Shapes: ``N`` sequences, ``T`` tokens, ``D`` = ``d_model``, ``H`` heads, ``V`` v
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -317,6 +318,35 @@ def unembed(params: Params, x: jax.Array):
     return dense(h, params["tok_emb"].T), h
 
 
+def check_params(params: Params, config: GPTConfig) -> None:
+    """The parameters' shapes are those :func:`init_params` gives ``config`` (a checkpoint of
+    another model size would otherwise crash deep inside a matmul, or silently run). Shapes are
+    static, so this also works under ``jit``."""
+    expected = _param_shapes(config)
+    try:
+        got = jax.tree_util.tree_map(lambda e, p: p.shape == e.shape, expected, params)
+    except (ValueError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"params do not have the structure of a GPT ({first})") from None
+    if not all(jax.tree_util.tree_leaves(got)):
+        bad = next(jax.tree_util.keystr(path) for path, ok
+                   in jax.tree_util.tree_leaves_with_path(got) if not ok)
+        raise ValueError(f"params do not match {config}: params{bad} has shape "
+                         f"{_leaf(params, bad)}, expected {_leaf(expected, bad)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _param_shapes(config: GPTConfig):
+    return jax.eval_shape(functools.partial(init_params, config=config), jax.random.PRNGKey(0))
+
+
+def _leaf(tree, path: str):
+    """The shape of the leaf of ``tree`` at a ``keystr`` path such as ``['blocks']['ln1']``."""
+    for key in path.strip("[]'").split("']['"):
+        tree = tree[key]
+    return tuple(tree.shape)
+
+
 def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidden: bool = False,
             segment_ids: jax.Array | None = None):
     """Logits of the next token at every position.
@@ -336,6 +366,7 @@ def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidd
         ``(logits, hidden)`` with ``return_hidden=True``.
     """
     check_tokens(tokens, config)
+    check_params(params, config)
     mask = None
     if segment_ids is None:
         x = embed(params, tokens)
