@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import math
 import numpy as np
 
+from rlhf_book.lm.checks import as_float_array
+
 
 def causal_mask(t: int) -> jax.Array:
     """``[t, t]`` boolean mask, True where query ``i`` may attend to key ``j`` (``j <= i``).
@@ -50,8 +52,10 @@ def log_probs_from_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
     The negative of the softmax cross-entropy with integer labels (book Appendix A.1,
     eq. 142). Computed as ``logit[target] - logsumexp(logits)``, which stays finite for
-    logits of any size (no probability is ever formed and then logged).
+    logits of any size (no probability is ever formed and then logged). A logit of ``-inf`` is
+    a probability of 0; NaN and ``+inf`` raise (when called eagerly).
     """
+    logits = as_float_array(logits, "logits", values="logits")
     raise NotImplementedError('Exercise 0.3 (log-probs from logits (softmax cross-entropy); book App. A.1, eq. 142) is not started: replace this line with your solution.')
 
 
@@ -68,4 +72,4 @@ def sample_token(key, logits, temperature, top_k: int = 0):
     """
     raise NotImplementedError("Exercise 0.4 (temperature and top-k sampling; ch00 guide, 'Sampling') is not started: replace this line with your solution.")
 
-# stub fingerprint: 9d6c283e03361d56
+# stub fingerprint: 5c082bbfec53163d

@@ -24,7 +24,7 @@ import numpy as np
 from typing import Sequence
 
 from rlhf_book.lm.tokenizer import check_roles
-from rlhf_book.lm.checks import check_choice
+from rlhf_book.lm.checks import as_float_array, as_like, check_choice
 from rlhf_book.lm import tokenizer
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean
 from rlhf_book.ch04_instruction_tuning.losses import CHAT_STYLES, Message, SFTBatch
@@ -68,6 +68,8 @@ def sft_loss(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) -> jax.
     ``loss_mask[:, 0]`` is never used. The mean runs over every selected token of the batch
     (not per sequence first; chapter 6 compares the choices) and is 0 when nothing is selected.
     """
+    logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
+    loss_mask = as_like(loss_mask, "loss_mask", logits[..., 0], "tokens [N, T]")
     raise NotImplementedError('Exercise 4.3 (the SFT loss (masked next-token NLL); book §4.3, App. A.1 eq. 142) is not started: replace this line with your solution.')
 
 
@@ -82,4 +84,4 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], lengt
     """
     raise NotImplementedError('Exercise 4.4 (sequence packing; book §4.3) is not started: replace this line with your solution.')
 
-# stub fingerprint: dd01981850c3b07e
+# stub fingerprint: acc8c6e31bc4defc

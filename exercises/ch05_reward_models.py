@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_array, as_float_vectors
+from rlhf_book.lm.checks import as_float_array, as_float_vectors, as_like
 from rlhf_book.lm.ops import masked_mean
 
 
@@ -41,6 +41,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     """
     r_c, r_r = as_float_vectors((chosen_rewards, "chosen_rewards"),
                                 (rejected_rewards, "rejected_rewards"))
+    margin = None if margin is None else as_float_array(margin, "margin")
     raise NotImplementedError("Exercise 5.1 (the Bradley-Terry loss, with Llama 2's margin; book §5.1, eqs. 16, 17; §5.4.1, eq. 18) is not started: replace this line with your solution.")
 
 
@@ -59,7 +60,7 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     9 completions (36 correlated pairs) does not count 6 times as much as one with 4 (6 pairs).
     """
     s = as_float_array(scores, "scores", "[P, K]")
-    valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid) > 0
+    valid = jnp.ones(s.shape, bool) if valid is None else as_like(valid, "valid", s, "scores") > 0
     raise NotImplementedError('Exercise 5.2 (balancing the C(K, 2) comparisons of a prompt; book §5.4.2, eq. 19 (per prompt)) is not started: replace this line with your solution.')
 
 
@@ -95,6 +96,8 @@ def mean_pool(hidden, mask) -> jax.Array:
     """Mean of the hidden states of the real tokens: ``hidden [N, T, D]``, ``mask [N, T]`` ->
     ``[N, D]`` (zeros for a row with no real token). The alternative to last-token pooling in
     the exercise of the lecture notes' reward-model lesson."""
+    hidden = as_float_array(hidden, "hidden", "[N, T, D]")
+    mask = as_like(mask, "mask", hidden[..., 0], "hidden [N, T]")
     raise NotImplementedError("Exercise 5.5 (mean pooling (the lecture's exercise 1); ch05 guide, 'Pooling') is not started: replace this line with your solution.")
 
 
@@ -113,4 +116,4 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: 38c8599acd075ab1
+# stub fingerprint: 6be4b016ca5d21c9

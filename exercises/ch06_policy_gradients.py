@@ -24,7 +24,7 @@ import numpy as np
 
 from rlhf_book.lm.checks import as_float_array, as_groups, as_like, check_choice, check_range
 from rlhf_book.lm.ops import masked_mean, masked_sum
-from rlhf_book.ch06_policy_gradients.losses import AGGREGATIONS, LOG_RATIO_CLAMP, _ratio, token_advantages
+from rlhf_book.ch06_policy_gradients.losses import AGGREGATIONS, LOG_RATIO_CLAMP, _check_clips, _ratio, token_advantages
 
 
 def rloo_advantages(rewards) -> jax.Array:
@@ -51,6 +51,8 @@ def ppo_objective(ratio, advantages, clip_low=0.2, clip_high=0.2) -> jax.Array:
     once ``rho < 1 - clip_low``. On the other side of 1 the unclipped branch is chosen and the
     gradient is not zero (the book's §6.1.7 says otherwise: see the guide's errata).
     """
+    advantages = as_like(advantages, "advantages", ratio := as_float_array(ratio, "ratio"), "ratio")
+    _check_clips(clip_low, clip_high)
     raise NotImplementedError("Exercise 6.2 (PPO's clipped surrogate objective; book §6.1.5.1, eq. 52 and Figure 20) is not started: replace this line with your solution.")
 
 
@@ -65,6 +67,7 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
     2025): ``A_i = r_i - mean``, which is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
     """
     rewards = as_groups(rewards)
+    check_range(eps, "eps", 0.0, strict=True)
     raise NotImplementedError("Exercise 6.3 (GRPO's group advantage (and Dr. GRPO's); book §6.1.6, eqs. 57, 58, 59, 60) is not started: replace this line with your solution.")
 
 
@@ -77,6 +80,7 @@ def gspo_sequence_ratio(logp, old_logp, mask) -> jax.Array:
     ``[N, T]`` inputs -> ``[N]``; 1 for an empty row. The geometric mean keeps the ratio of a
     long sequence near 1 (a product of hundreds of token ratios would not be)."""
     old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
+    mask = as_like(mask, "mask", logp, "logp")
     raise NotImplementedError("Exercise 6.4 (GSPO's sequence-level importance ratio; book §6.1.7, eq. 63) is not started: replace this line with your solution.")
 
 
@@ -95,6 +99,7 @@ def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str
     """
     old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
+    check_range(ratio_cap, "ratio_cap", 0.0, strict=True)
     raise NotImplementedError('Exercise 6.5 (CISPO: clip the weight, not the objective; book §6.1.8, eqs. 65, 66) is not started: replace this line with your solution.')
     return aggregate_loss(per_token, mask, aggregation, max_length)
 
@@ -135,6 +140,8 @@ def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float =
     """
     learner_logp = as_float_array(learner_logp, "learner_logp")
     sampler_logp = as_like(sampler_logp, "sampler_logp", learner_logp, "learner_logp")
+    check_range(cap, "cap", 0.0, strict=True)
+    check_range(log_clamp, "log_clamp", 0.0, strict=True)
     raise NotImplementedError('Exercise 6.7 (truncated importance-sampling weights; book §6.2.4, eq. 70 and its TIS code) is not started: replace this line with your solution.')
 
 
@@ -156,6 +163,8 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     """
     values = as_like(values, "values", rewards := as_float_array(rewards, "rewards"), "rewards")
     mask = as_like(mask, "mask", rewards, "rewards [N, T]")
+    check_range(gamma, "gamma", 0.0, 1.0)
+    check_range(lam, "lam", 0.0, 1.0)
     dtype = jnp.result_type(rewards, values)  # one dtype for the scan's carry
     rewards, values = rewards.astype(dtype), values.astype(dtype)
     gamma, lam = jnp.asarray(gamma, dtype), jnp.asarray(lam, dtype)
@@ -163,4 +172,4 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     returns = jnp.where(mask > 0, advantages + values, 0.0)
     return advantages, returns
 
-# stub fingerprint: f1e480cb1dafe636
+# stub fingerprint: 1dd86c841659d5ad

@@ -50,6 +50,7 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     108): ``grad L = -beta E[w (grad log pi(y_c) - grad log pi(y_r))]``. ``w`` is near 1 when the
     implicit reward ranks the pair the wrong way round and near 0 when it already ranks it
     right by a wide margin; ``1/2`` at ``pi = pi_ref``."""
+    check_range(beta, "beta", 0, strict=True)
     raise NotImplementedError("Exercise 8.2 (DPO's gradient weight; book §8.1.1, eq. 81; §8.1.2.3, eqs. 106, 107, 108) is not started: replace this line with your solution.")
 
 
@@ -66,7 +67,9 @@ def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
     r_j)`` (book eq. 96): the loss of infinite, fully covering preference data (eq. 105).
     ``policy_logits [K]`` define ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of
     eq. 95, which is what DPO claims; a scalar."""
-    ref_probs, rewards = jnp.asarray(ref_probs), jnp.asarray(rewards)
+    policy_logits, ref_probs, rewards = as_float_vectors(
+        (policy_logits, "policy_logits"), (ref_probs, "ref_probs"), (rewards, "rewards"))
+    check_range(beta, "beta", 0, strict=True)
     raise NotImplementedError('Exercise 8.4 (the population DPO loss on exact preferences; book §8.1.2.2, eqs. 96, 100, 104, 105) is not started: replace this line with your solution.')
 
 
@@ -87,6 +90,7 @@ def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax
     average=True)``). No reference model, and a target margin ``gamma`` (the book mentions only
     the length normalisation, §8.2)."""
     ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
+    check_range(beta, "beta", 0, strict=True), check_range(gamma, "gamma")
     raise NotImplementedError('Exercise 8.6 (SimPO: length-normalised, with a margin; book §8.2; Meng et al. 2024) is not started: replace this line with your solution.')
 
 
@@ -101,4 +105,4 @@ def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2; Hong et al. 2024) is not started: replace this line with your solution.")
 
-# stub fingerprint: fa4568d662f20425
+# stub fingerprint: 397463e868290a16

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_array, as_like, check_rank
+from rlhf_book.lm.checks import as_float_array, as_like
 from rlhf_book.lm.ops import masked_sum
 from rlhf_book.lm.kl import LOG_RATIO_CLAMP, log_ratio
 
@@ -50,7 +50,8 @@ def exact_kl(logits_p, logits_q) -> jax.Array:
     p(v)`` the result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and
     its gradient are finite, and two equal rows give exactly 0.
     """
-    logits_q = as_like(logits_q, "logits_q", as_float_array(logits_p, "logits_p"), "logits_p")
+    logits_p = as_float_array(logits_p, "logits_p", values="logits")
+    logits_q = as_like(logits_q, "logits_q", logits_p, "logits_p", values="logits")
     raise NotImplementedError('Exercise 15.2 (the exact KL over the vocabulary; book §15.1, eq. 128) is not started: replace this line with your solution.')
 
 
@@ -73,8 +74,9 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     vocabulary and random only through the prefixes. If generation used a temperature, divide
     both models' logits by it first: the KL is then that of the distributions sampled from.
     """
-    check_rank(logits := jnp.asarray(logits), 3, "logits", "[N, T, V]")
+    logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
+    ref_logits = as_like(ref_logits, "ref_logits", logits, "logits", values="logits")
     mask = as_like(mask, "mask", logits[..., 0], "[N, T]")
     raise NotImplementedError('Exercise 15.3 (the sequence KL of a generation, masked; book §15.1.2, the implementation example (its kl_full, fixed)) is not started: replace this line with your solution.')
 
-# stub fingerprint: 05ef30a4cf578b2b
+# stub fingerprint: 5effc4c6ae2f5501

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import pathlib
 import sys
 
@@ -66,14 +67,37 @@ def _grade(args) -> int:
 def _exercises(args) -> int:
     from rlhf_book.textbook import stubs
 
-    chapters = _chapters(args.chapters)
+    chapters = [c for c in _chapters(args.chapters) if c.exercises]
+    folder = args.exercises_dir
+    where = f" --exercises-dir {_relative(folder)}" if folder else ""  # in the advice we print
+    if args.diff:
+        for chapter in chapters:
+            path = chapter.stub_file(folder)
+            old = path.read_text().splitlines(keepends=True) if path.exists() else []
+            sys.stdout.writelines(difflib.unified_diff(
+                old, stubs.stub_source(chapter).splitlines(keepends=True),
+                f"{_relative(path)} (yours)", f"{_relative(path)} (the new stub)"))
+        return 0
     if args.check:
-        stale = [_relative(c.stub_file()) for c in chapters if c.exercises
-                 and (not c.stub_file().exists() or c.stub_file().read_text() != stubs.stub_source(c))]
-        for path in stale:
-            print(f"stale: {path} (run `rlhf-book exercises --force`)")
+        stale = 0
+        for chapter in chapters:
+            path, new = chapter.stub_file(folder), stubs.stub_source(chapter)
+            if path.exists() and path.read_text() == new:
+                continue
+            stale += 1
+            name = _relative(path)
+            if not path.exists():
+                print(f"missing: {name} (`rlhf-book exercises {chapter.short}{where}` creates it)")
+            elif not stubs.is_edited(path.read_text()):
+                print(f"stale: {name}, untouched since it was generated: `rlhf-book exercises "
+                      f"{chapter.short}{where}` regenerates it (it never overwrites a file you "
+                      "edited)")
+            else:
+                print(f"stale: {name} has your edits and the library's stub changed; it is kept "
+                      f"as it is. `rlhf-book exercises {chapter.short}{where} --diff` shows what the "
+                      "new stub changes, to copy into your file by hand")
         return 1 if stale else 0
-    for path, what in stubs.write_stubs(chapters, force=args.force).items():
+    for path, what in stubs.write_stubs(chapters, folder, force=args.force).items():
         print(f"{_relative(path)}: {what}")
     return 0
 
@@ -212,8 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exercises", help="regenerate the exercise stubs in exercises/ from the "
                                          "library (never overwrites a stub you edited)")
     p.add_argument("chapters", nargs="*", help=chapter_help)
-    p.add_argument("--force", action="store_true", help="overwrite stubs even if edited")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite stubs even if edited (your solutions are lost)")
     p.add_argument("--check", action="store_true", help="only report stale stubs (exit 1)")
+    p.add_argument("--diff", action="store_true",
+                   help="show how the new stubs differ from your files; change nothing")
+    p.add_argument("--exercises-dir", type=pathlib.Path,
+                   help="folder of the chNN_*.py files (default exercises/)")
     p.set_defaults(func=_exercises)
 
     p = sub.add_parser("chapters", help="list the chapters; check or --sync the code excerpts "

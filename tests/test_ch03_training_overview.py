@@ -356,10 +356,13 @@ def test_rlhf_objective_matches_loop():
     assert got[3] == rewards[3]
     np.testing.assert_allclose(ch3.rlhf_objective(rewards, lp, lr, 0.0, mask), rewards)
     np.testing.assert_allclose(ch3.rlhf_objective(rewards, lp, lp, 5.0, mask), rewards)
-    # padding that holds -inf log-probs does not leak
+    # padding that holds -inf log-probs does not leak under jit; eagerly it is refused (the
+    # convention of rlhf_book.lm.checks: pad with 0)
     lp_inf = np.where(mask, lp, -np.inf).astype(np.float32)
-    np.testing.assert_allclose(ch3.rlhf_objective(rewards, lp_inf, lr, beta, mask), expected,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(ch3.rlhf_objective)(rewards, lp_inf, lr, beta, mask),
+                               expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="logp_policy must hold finite numbers"):
+        ch3.rlhf_objective(rewards, lp_inf, lr, beta, mask)
     np.testing.assert_allclose(jax.jit(ch3.rlhf_objective)(rewards, lp, lr, beta, mask), expected,
                                rtol=1e-5, atol=1e-6)
 

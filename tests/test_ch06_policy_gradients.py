@@ -269,10 +269,13 @@ def test_grpo_std_is_bessel_corrected_and_eps_sits_outside_the_root():
     assert float(L.grpo_advantages(f32(rewards))[0, 0]) != pytest.approx(1.7317, abs=1e-3)  # ddof=0
     got = float(L.grpo_advantages(f32([[1.0, 0.0]]), eps=1.0)[0, 0])
     assert got == pytest.approx(0.5 / (math.sqrt(0.5) + 1.0), abs=1e-6)
-    # eps = 0: invariant to shift and positive scale of the rewards
+    # eps -> 0: invariant to shift and positive scale of the rewards (eps = 0 itself raises: an
+    # all-equal group would give 0 / 0)
     r = np.random.default_rng(1).standard_normal((3, 5))
-    np.testing.assert_allclose(L.grpo_advantages(f32(3 * r + 7), eps=0.0),
+    np.testing.assert_allclose(L.grpo_advantages(f32(3 * r + 7), eps=1e-9),
                                grpo_loop(r, eps=0.0), atol=1e-4)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        L.grpo_advantages(f32(r), eps=0.0)
 
 
 def test_all_equal_rewards_give_zero_advantages_and_no_nan():
@@ -1028,7 +1031,7 @@ BAD_CALLS = [  # shapes, checked by each function; hyperparameter ranges: RLConf
     (lambda: L.overlong_penalty(jnp.ones(3), 10, 0), r"cache_length must be > 0"),
     (lambda: L.overlong_penalty(jnp.ones(3), 10, 11), r"cache_length must be <= 10"),
     (lambda: L.token_advantages(jnp.ones((3, 3)), _M), r"advantages must have the shape of mask"),
-    (lambda: L.policy_gradient_loss(_M, jnp.ones(2), _M[None]), r"shape of mask \[N, T\].* \(1, 2, 3\)"),
+    (lambda: L.policy_gradient_loss(_M, jnp.ones(2), _M[None]), r"mask must have shape \[N, T\], got shape \(1, 2, 3\)"),
     (lambda: kl.kl_k3(jnp.ones(3), jnp.ones(2)), r"ref_logp must have the shape of logp"),
     (lambda: kl.kl_estimate(jnp.ones(3), jnp.ones(3), "k0"), r"estimator must be one of"),
     (lambda: L.approx_kl(_M, _M, jnp.ones((2, 3, 1))), r"mask must have the shape"),

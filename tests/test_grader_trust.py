@@ -200,6 +200,80 @@ def test_the_reference_is_graded_normally_with_impl_reference():
 
 
 # ----------------------------------------------------------------------------------------------
+# Dependent exercises and printed output
+
+
+def _callers_and_callees():
+    """(caller, callee) exercise pairs of chapter 6 where the caller's stub calls the callee."""
+    return [(e, callee) for e in CH06.exercises for callee in grading.callees(e)
+            if callee.chapter == CH06]
+
+
+def test_a_dependent_exercise_is_graded_with_the_reference_of_the_one_it_calls(tmp_path):
+    pairs = _callers_and_callees()
+    assert [(a.id, b.id) for a, b in pairs] == [("6.5", "6.6")]  # CISPO's loss aggregates
+    caller, callee = pairs[0]
+    stubs.write_stubs([CH06], tmp_path)
+    # the caller solved from its contract (weight = min(rho, cap), held constant), its
+    # callee wrong in a way that prints: a sum where a mean is asked for
+    _solve(tmp_path, caller.id, "weight = jax.lax.stop_gradient(jnp.minimum("
+                                "jnp.exp(logp - old_logp), ratio_cap))\n"
+                                "per_token = -weight * adv * logp", chapter=CH06)
+    _solve(tmp_path, callee.id, "print('summing', per_token_loss.shape)\n"
+                                "return jnp.sum(per_token_loss * mask)", chapter=CH06)
+    results = _by_id(grading.grade([CH06], "exercises", tmp_path))
+    assert results[caller.id].status == grading.PASSED, str(results[caller.id])
+    assert f"graded with the reference {callee.id} ({callee.function})" in results[caller.id].note
+    assert "summing" not in results[caller.id].output  # the wrong callee never ran for it
+    assert results[callee.id].status == grading.FAILING
+    assert "summing" in results[callee.id].output
+    row = grading.format_row(results[caller.id])
+    assert f"note: graded with the reference {callee.id}" in row
+    # in place (pytest --impl=exercises) the same, and with the callee not started at all
+    stubs.write_stubs([CH06], tmp_path, force=True)
+    _solve(tmp_path, caller.id, "weight = jax.lax.stop_gradient(jnp.minimum("
+                                "jnp.exp(logp - old_logp), ratio_cap))\n"
+                                "per_token = -weight * adv * logp", chapter=CH06)
+    functions, _ = grading.load_functions(CH06, "exercises", tmp_path)
+    local = grading.run_check(caller, functions[caller.id])
+    assert local.status == grading.PASSED and callee.id in local.note
+
+
+def test_a_wrong_caller_gets_the_same_hint_whatever_state_its_callee_is_in(tmp_path):
+    caller, callee = _callers_and_callees()[0]
+    hints = []
+    for callee_body in (None, "return jnp.sum(per_token_loss * mask)"):
+        stubs.write_stubs([CH06], tmp_path, force=True)
+        # no cap on the weight: wrong where rho > ratio_cap
+        _solve(tmp_path, caller.id, "weight = jax.lax.stop_gradient(jnp.exp(logp - old_logp))\n"
+                                    "per_token = -weight * adv * logp", chapter=CH06)
+        if callee_body:
+            _solve(tmp_path, callee.id, callee_body, chapter=CH06)
+        functions, _ = grading.load_functions(CH06, "exercises", tmp_path)
+        result = grading.run_check(caller, functions[caller.id])
+        assert result.status == grading.FAILING
+        assert "NotImplementedError" not in result.message and callee.function not in result.message
+        hints.append(result.message)
+    assert hints[0] == hints[1]
+
+
+def test_what_the_learners_code_prints_is_shown_truncated(stub_dir):
+    _solve(stub_dir, "0.1", "print('\\x1b[31mred\\x1b[0m', t)\n"
+                            "return jnp.tril(jnp.ones((t, t), dtype=bool))")
+    _solve(stub_dir, "0.3", "for i in range(5000):\n    print('line', i)\n"
+                            "return jnp.zeros(targets.shape)")
+    results = _by_id(grading.grade([CH00], "exercises", stub_dir))
+    first = results["0.1"]
+    assert first.status == grading.PASSED
+    assert "?[31mred?[0m 1" in first.output and "\x1b" not in first.output  # no terminal codes
+    assert "your code printed:" in grading.format_row(first)
+    many = results["0.3"].output
+    assert many.startswith("... (earlier output left out)") and many.endswith("line 4999")
+    assert len(many) <= grading.OUTPUT_LIMIT + 40
+    assert results["0.2"].output == results["0.4"].output == ""  # nothing printed, nothing shown
+
+
+# ----------------------------------------------------------------------------------------------
 # Hygiene: children, hangs on import, memory, arguments
 
 

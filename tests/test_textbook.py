@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import time
 
 import numpy as np
 import pytest
@@ -56,8 +57,16 @@ def test_stub_keeps_signature_and_docstring_and_runs():
         stub_fn = next(n for n in ast.parse(source).body if getattr(n, "name", None) == exercise.function)
         assert ast.dump(stub_fn.args) == ast.dump(fn.args)
         assert ast.dump(stub_fn.returns) == ast.dump(fn.returns) if fn.returns else True
-        with pytest.raises(NotImplementedError, match=f"Exercise {re.escape(exercise.id)} "):
-            stub(*[None] * len(fn.args.args))
+        # the body ends by raising NotImplementedError, after the argument checks the stub keeps
+        # (they are not the exercise); a stub with no checks raises it whatever it is given
+        last = stub_fn.body[-1]
+        assert isinstance(last, ast.Raise) and last.exc.func.id == "NotImplementedError"
+        assert re.match(f"Exercise {re.escape(exercise.id)} ", ast.literal_eval(last.exc.args[0]))
+        code = [n for n in stub_fn.body if not (isinstance(n, ast.Expr)
+                                                and isinstance(n.value, ast.Constant))]
+        if len(code) == 1:
+            with pytest.raises(NotImplementedError, match=f"Exercise {re.escape(exercise.id)} "):
+                stub(*[None] * len(fn.args.args))
 
 
 def test_solution_markers_must_pair():
@@ -143,7 +152,8 @@ def test_check_in_place_and_its_hint(capsys):
     assert grading.check("0.1", lambda t: jnp.tril(jnp.ones((t, t), bool))).status == grading.PASSED
     result = grading.check("0.1", lambda t: jnp.triu(jnp.ones((t, t), bool)))
     assert result.status == grading.FAILING
-    assert "causal_mask(2): first mismatch at [0, 1]" in result.message
+    # triu instead of tril: at t = 2 the entries [0, 1] and [1, 0] are wrong, 2 of 4
+    assert "causal_mask(2): 2 entries differ (of 4), the first at [0, 1]" in result.message
     assert "got True, expected False" in result.message
     assert "failing" in capsys.readouterr().out
     result = grading.check("0.1", lambda t: 1 / 0, quiet=True)
@@ -152,12 +162,13 @@ def test_check_in_place_and_its_hint(capsys):
         grading.check("99.9", print)
 
 
-def test_check_times_out_in_process():
+@pytest.mark.parametrize("in_process", [False, True], ids=["worker", "in process"])
+def test_check_times_out(in_process):
     def forever(t):
         while True:
             pass
 
-    result = grading.check("0.1", forever, timeout=0.5, quiet=True)
+    result = grading.check("0.1", forever, timeout=0.5, quiet=True, in_process=in_process)
     assert result.status == grading.TIMED_OUT
 
 
@@ -169,9 +180,13 @@ def test_calling_another_unfinished_exercise_is_failing_not_not_started():
     assert result.status == grading.FAILING and "0.3" in result.message
 
 
-def test_expect_close_reports_the_first_mismatch():
-    with pytest.raises(Mismatch, match=r"f\(x\): first mismatch at \[1\] \(of 2\): got 5, expected 2"):
+def test_expect_close_reports_how_many_entries_differ_and_the_first():
+    # 5 vs 2 and 7 vs 3 differ, 1 vs 1 does not: 2 of the 3 entries
+    with pytest.raises(Mismatch, match=r"f\(x\): 2 entries differ \(of 3\), the first at \[1\]: "
+                                       r"got 5, expected 2$"):
         expect_close(np.array([1.0, 5.0, 7.0]), np.array([1.0, 2.0, 3.0]), "f(x)")
+    with pytest.raises(Mismatch, match=r"^s: got 4, expected 3$"):  # one value: no count
+        expect_close(np.float32(4.0), 3.0, "s")
     with pytest.raises(Mismatch, match=r"shape \(3,\), expected \(2,\)"):
         expect_close(np.zeros(3), np.zeros(2), "g")
     with pytest.raises(Mismatch, match="got nan"):
@@ -188,6 +203,172 @@ def test_cli_grade_reference_and_stubs(capsys, stub_dir):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if re.match(r"  \d+\.\d+ ", line)]
     assert len(rows) == len(CH00.exercises) and all("not started" in row for row in rows)
+
+
+def test_check_stops_a_compiled_infinite_loop_and_the_caller_goes_on():
+    """A loop inside jit never returns to Python, so no alarm can stop it in process; check()
+    runs the function in a worker process and kills it."""
+    import jax
+    import jax.numpy as jnp
+
+    def spins(t):  # x falls forever and stays below 1: the loop never ends
+        x = jax.lax.while_loop(lambda c: c < 1.0, lambda c: c - 1.0, 0.0)
+        return jnp.tril(jnp.ones((t, t), bool)) & (x < 1.0)
+
+    start = time.monotonic()
+    result = grading.check("0.1", jax.jit(spins, static_argnums=0), timeout=2, quiet=True)
+    elapsed = time.monotonic() - start
+    assert result.status == grading.TIMED_OUT and "timed out after 2s" in result.message
+    # 2 s of grading plus starting a Python with JAX (about 1 s alone, more on a busy machine)
+    assert elapsed < 2 + 20, elapsed
+    # this process is fine: the next check runs and passes
+    assert grading.check("0.1", lambda t: jnp.tril(jnp.ones((t, t), bool)),
+                         quiet=True).status == grading.PASSED
+
+
+def test_check_shows_what_the_function_prints(capsys):
+    import jax.numpy as jnp
+
+    def loud(t):
+        print("mask of size", t)
+        return jnp.tril(jnp.ones((t, t), bool))
+
+    result = grading.check("0.1", loud)
+    assert result.status == grading.PASSED
+    assert "mask of size 2" in result.output  # printed in the worker, shown here
+    shown = capsys.readouterr().out
+    assert "your code printed:" in shown and "| mask of size 2" in shown
+
+
+def test_check_grades_in_process_what_cannot_be_sent_and_says_so():
+    import threading
+
+    import jax.numpy as jnp
+
+    lock = threading.Lock()  # a lock cannot be pickled
+
+    def with_a_lock(t):
+        with lock:
+            return jnp.tril(jnp.ones((t, t), bool))
+
+    result = grading.check("0.1", with_a_lock, quiet=True)
+    assert result.status == grading.PASSED
+    assert "graded in this process" in result.note and "lock" in result.note
+
+
+def _sft_picked(logits, tokens):
+    import jax
+    import jax.numpy as jnp
+
+    logp = jax.nn.log_softmax(logits[:, :-1])
+    return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+def _sft_without_mask(logits, tokens, loss_mask):
+    import jax.numpy as jnp
+
+    return -jnp.mean(_sft_picked(logits, tokens))
+
+
+def _sft_with_unshifted_mask(logits, tokens, loss_mask):
+    import jax.numpy as jnp
+
+    m = loss_mask[:, :-1]  # should be loss_mask[:, 1:]: logits[:, t] predicts tokens[:, t + 1]
+    return -jnp.sum(_sft_picked(logits, tokens) * m) / jnp.sum(m)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_sft_without_mask, "looks like no mask"),
+    (_sft_with_unshifted_mask, "looks like the mask is not shifted"),
+], ids=["no mask", "unshifted mask"])
+def test_the_sft_loss_hint_names_a_missing_or_unshifted_mask(wrong, hint):
+    result = grading.check("4.3", wrong, quiet=True, in_process=True)
+    assert result.status == grading.FAILING and hint in result.message, result.message
+
+
+def test_the_k3_hint_explains_the_clamp():
+    import jax.numpy as jnp
+
+    def unclamped(logp, ref_logp):  # right everywhere but at log r = +100, where e^100 = inf
+        log_r = ref_logp - logp
+        return jnp.expm1(log_r) - log_r
+
+    result = grading.check("15.1", unclamped, quiet=True, in_process=True)
+    assert result.status == grading.FAILING
+    assert "returned inf" in result.message and "clamp the log-ratio" in result.message
+    assert "not finite" not in result.message  # the generic message no longer pre-empts it
+
+
+def test_a_numpy_solution_under_jit_gets_the_jax_numpy_hint():
+    def numpy_k3(logp, ref_logp):  # right when called eagerly; jit passes tracers to NumPy
+        log_r = np.minimum(np.asarray(ref_logp) - np.asarray(logp), 20.0)
+        return np.expm1(log_r) - log_r
+
+    for in_process in (True, False):
+        result = grading.check("15.1", numpy_k3, quiet=True, in_process=in_process)
+        assert result.status == grading.FAILING
+        assert result.message.startswith("your function is traced by jit: use jax.numpy, not "
+                                          "NumPy"), result.message
+        assert "TracerArrayConversionError" in result.message
+
+
+def test_a_failing_check_says_how_many_of_its_sub_checks_fail():
+    import jax.numpy as jnp
+
+    def upper(t):  # wrong for every t >= 2, right for t = 1
+        return jnp.triu(jnp.ones((t, t), bool))
+
+    exercise = catalog.get_exercise("0.1")
+    with pytest.raises(Mismatch) as first:  # called plainly, a check stops at the first failure
+        exercise.checker()(upper)
+    result = grading.run_check(exercise, upper)
+    assert result.status == grading.FAILING
+    counted = re.search(r"\[(\d+) of the (\d+) sub-checks fail\]$", result.message)
+    assert counted, result.message
+    failing, run = int(counted[1]), int(counted[2])
+    assert 2 <= failing < run  # several sizes fail; t = 1 passes
+    assert result.message.startswith(str(first.value))  # the first failure comes first
+
+
+def _stub_with_fingerprint(text: str) -> str:
+    """A stub file's text made "untouched" again: its fingerprint line recomputed."""
+    body = text.rpartition(stubs.FINGERPRINT)[0]
+    return body + stubs.FINGERPRINT + stubs._digest(body) + "\n"
+
+
+def test_exercises_check_never_suggests_overwriting_edited_stubs(tmp_path, capsys):
+    ch15 = catalog.get_chapter("ch15")
+    stubs.write_stubs([CH00, catalog.get_chapter("ch06"), ch15], tmp_path)
+    # ch00: edited by the reader, and the library's stub has since changed (an old docstring)
+    ch00 = tmp_path / f"{CH00.key}.py"
+    edited = ch00.read_text().replace("NotImplementedError('Exercise 0.1", "ValueError('mine", 1)
+    edited = edited.replace("Exercises of chapter 0", "Old exercises of chapter 0", 1)
+    ch00.write_text(edited)
+    # ch06: never edited, generated from an older library
+    ch06 = tmp_path / f"{catalog.get_chapter('ch06').key}.py"
+    old = ch06.read_text().replace("Exercises of chapter 6", "Old exercises of chapter 6", 1)
+    ch06.write_text(_stub_with_fingerprint(old))
+    # ch15: missing
+    (tmp_path / f"{ch15.key}.py").unlink()
+    chapters = ["ch00", "ch06", "ch15"]
+    assert cli.main(["exercises", *chapters, "--check", "--exercises-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "--force" not in out
+    lines = {pathlib.Path(line.split()[1].rstrip(",")).name: line for line in out.splitlines()}
+    assert "has your edits" in lines[ch00.name] and "--diff" in lines[ch00.name]
+    assert "untouched" in lines[ch06.name] and "rlhf-book exercises ch06" in lines[ch06.name]
+    assert lines[f"{ch15.key}.py"].startswith("missing:")
+    # --diff shows the change and touches nothing
+    assert cli.main(["exercises", "ch00", "--diff", "--exercises-dir", str(tmp_path)]) == 0
+    diff = capsys.readouterr().out
+    assert '-"""Old exercises of chapter 0' in diff and '+"""Exercises of chapter 0' in diff
+    assert ch00.read_text() == edited
+    # regenerating keeps the edited file, rewrites the untouched one, creates the missing one
+    assert cli.main(["exercises", *chapters, "--exercises-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ch00.read_text() == edited and "--force" not in out
+    assert ch06.read_text() == stubs.stub_source(catalog.get_chapter("ch06"))
+    assert (tmp_path / f"{ch15.key}.py").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def threshold_policy(temperature: jax.Array, low: float, high: float) -> jax.Arr
     Shapes: ``temperature [...] -> [...]``.
     """
     if not is_traced(high):
-        check_range(low, "low", high=float(high))
+        check_range(low, "low", high=float(high), finite=False)
     temperature = jnp.asarray(temperature, jnp.float32)
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
     width = high - low
@@ -317,7 +317,7 @@ def reinforce_loss(logp: jax.Array, returns: jax.Array, mask: jax.Array,
     expectation). ``G_t - b`` is held constant (``stop_gradient``): only ``logp`` carries a
     gradient, ``d loss / d logp = -mask * (G - b) / E``. Returns a scalar.
     """
-    logp = jnp.asarray(logp)
+    logp, baseline = as_float_array(logp, "logp"), as_float_array(baseline, "baseline")
     returns, mask = as_like(returns, "returns", logp, "logp"), as_like(mask, "mask", logp, "logp")
     bs = jnp.shape(baseline)
     if len(bs) > logp.ndim or any(b not in (1, n) for b, n in zip(bs[::-1], logp.shape[::-1])):
@@ -333,7 +333,8 @@ def batch_baseline(returns: jax.Array, mask: jax.Array) -> jax.Array:
     """``[E, T] -> [T]``: the mean return-to-go at each step over the episodes still running
     (0 where none is), the time-dependent baseline ``b(t)`` of REINFORCE (book §6.1.3, eq. 45).
     It includes each episode's own return, as the batch-mean baselines of §6.1.2 do."""
-    return masked_mean(returns, mask, axis=0)
+    returns = as_float_array(returns, "returns", "[E, T]")
+    return masked_mean(returns, as_like(mask, "mask", returns, "returns"), axis=0)
 
 
 # ----------------------------------------------------------------------------------------------

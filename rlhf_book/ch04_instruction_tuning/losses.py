@@ -25,7 +25,7 @@ import numpy as np
 from rlhf_book.lm import tokenizer
 # The role rule of book §4.1 lives with the token-level chat template, which enforces it too.
 from rlhf_book.lm.tokenizer import check_roles
-from rlhf_book.lm.checks import check_choice
+from rlhf_book.lm.checks import as_float_array, as_like, check_choice
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean
 
 __all__ = ["Message", "PIRATE_SYSTEM", "HELICOPTER_QUESTION", "BOOK_CONVERSATION", "check_roles",
@@ -134,6 +134,8 @@ def sft_loss(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) -> jax.
     ``loss_mask[:, 0]`` is never used. The mean runs over every selected token of the batch
     (not per sequence first; chapter 6 compares the choices) and is 0 when nothing is selected.
     """
+    logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
+    loss_mask = as_like(loss_mask, "loss_mask", logits[..., 0], "tokens [N, T]")
     # BEGIN SOLUTION
     logp = log_probs_from_logits(logits[:, :-1], tokens[:, 1:])  # [N, T-1]: scores token t+1
     return -masked_mean(logp, loss_mask[:, 1:])

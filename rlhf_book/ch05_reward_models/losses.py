@@ -75,6 +75,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     """
     r_c, r_r = as_float_vectors((chosen_rewards, "chosen_rewards"),
                                 (rejected_rewards, "rejected_rewards"))
+    margin = None if margin is None else as_float_array(margin, "margin")
     # BEGIN SOLUTION
     delta = r_c - r_r
     if margin is not None:
@@ -104,7 +105,7 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     9 completions (36 correlated pairs) does not count 6 times as much as one with 4 (6 pairs).
     """
     s = as_float_array(scores, "scores", "[P, K]")
-    valid = jnp.ones(s.shape, bool) if valid is None else jnp.asarray(valid) > 0
+    valid = jnp.ones(s.shape, bool) if valid is None else as_like(valid, "valid", s, "scores") > 0
     # BEGIN SOLUTION
     K = s.shape[1]
     upper = jnp.triu(jnp.ones((K, K), bool), k=1)  # pairs (i, j) with i ranked above j
@@ -175,6 +176,7 @@ def orm_loss(logits, labels, mask) -> jax.Array:
     y = jnp.asarray(labels, z.dtype)
     y = y[:, None] + jnp.zeros_like(z) if y.shape == z.shape[:1] else y  # a label per row
     y, mask = as_like(y, "labels", z, "logits"), as_like(mask, "mask", z, "logits")
+    check_values(y, "labels", (0, 1), where=mask)
     return masked_mean(_binary_cross_entropy(z, y), mask)
 
 
@@ -192,7 +194,7 @@ def prm_loss(logits, step_labels, mask) -> jax.Array:
     """
     z = as_like(logits, "logits", jnp.zeros((*jnp.shape(mask), 3)), "[N, T, 3] (mask [N, T])")
     labels = as_like(step_labels, "step_labels", z[..., 0], "mask")
-    mask = jnp.asarray(mask) > 0
+    mask = as_like(mask, "mask", labels, "step_labels") > 0
     check_values(labels, "step_labels", PRM_CLASSES, where=mask)
     classes = jnp.clip(labels + 1, 0, 2).astype(jnp.int32)  # -1, 0, 1 -> 0, 1, 2
     nll = -jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), classes[..., None], axis=-1)[..., 0]
@@ -224,7 +226,7 @@ def aggregate_token_scores(probs, mask, how: str = "mean") -> jax.Array:
     """
     check_choice(how, "how", AGGREGATIONS)
     p = as_float_array(probs, "probs", "[N, T]")
-    m = jnp.asarray(mask) > 0
+    m = as_like(mask, "mask", p, "probs") > 0
     if how == "mean":
         return masked_mean(p, m, axis=1)
     if how == "min":
@@ -279,6 +281,8 @@ def mean_pool(hidden, mask) -> jax.Array:
     """Mean of the hidden states of the real tokens: ``hidden [N, T, D]``, ``mask [N, T]`` ->
     ``[N, D]`` (zeros for a row with no real token). The alternative to last-token pooling in
     the exercise of the lecture notes' reward-model lesson."""
+    hidden = as_float_array(hidden, "hidden", "[N, T, D]")
+    mask = as_like(mask, "mask", hidden[..., 0], "hidden [N, T]")
     # BEGIN SOLUTION
     m = jnp.asarray(mask).astype(hidden.dtype)[..., None]
     return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)

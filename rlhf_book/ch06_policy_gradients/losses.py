@@ -56,8 +56,15 @@ LOG_RATIO_CLAMP = 20.0
 
 
 # ----------------------------------------------------------------------------------------------
-# Shapes are checked once per function (one line each); hyperparameter ranges (clip ranges, caps,
-# gamma and lambda, G >= 2) are checked where a run is configured, in ``RLConfig``.
+# Every function checks its arguments in a line or two (rlhf_book.lm.checks): shapes, finite
+# values and a non-empty batch when called eagerly, and the range of each hyperparameter it uses;
+# a run's configuration checks the same ranges once more, in ``RLConfig``.
+
+
+def _check_clips(clip_low, clip_high) -> None:
+    """PPO's clip range ``[1 - clip_low, 1 + clip_high]`` must contain 1 and stay >= 0."""
+    check_range(clip_low, "clip_low", 0.0, 1.0)
+    check_range(clip_high, "clip_high", 0.0)
 
 
 def _ratio(logp: jax.Array, old_logp: jax.Array) -> jax.Array:
@@ -110,8 +117,8 @@ def rloo_advantages(rewards) -> jax.Array:
 def token_advantages(advantages, mask) -> jax.Array:
     """Advantages per token ``[N, T]``: ``[N]`` (one per sequence, the bandit view of
     §6.2.2.2) broadcast over the sequence's tokens, ``[N, T]`` (the MDP view) as given."""
-    mask, advantages = jnp.asarray(mask), jnp.asarray(advantages)
-    if advantages.shape == mask.shape[:1]:
+    mask = as_float_array(mask, "mask", "[N, T]")
+    if (advantages := as_float_array(advantages, "advantages")).shape == mask.shape[:1]:
         return jnp.broadcast_to(advantages[:, None], mask.shape)
     return as_like(advantages, "advantages", mask, "mask [N, T] (or [N], one per sequence)")
 
@@ -128,6 +135,7 @@ def policy_gradient_loss(logp, advantages, mask, aggregation: str = "per_sequenc
     "per_sequence"`` and one token per sequence this is ``-mean(A * log pi)``, rlax's
     ``policy_gradient_loss``.
     """
+    logp = as_float_array(logp, "logp")
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
     per_token = -adv * logp
     if tis is not None:
@@ -152,6 +160,8 @@ def ppo_objective(ratio, advantages, clip_low=0.2, clip_high=0.2) -> jax.Array:
     once ``rho < 1 - clip_low``. On the other side of 1 the unclipped branch is chosen and the
     gradient is not zero (the book's §6.1.7 says otherwise: see the guide's errata).
     """
+    advantages = as_like(advantages, "advantages", ratio := as_float_array(ratio, "ratio"), "ratio")
+    _check_clips(clip_low, clip_high)
     # BEGIN SOLUTION
     clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
     return jnp.minimum(ratio * advantages, clipped * advantages)
@@ -190,7 +200,8 @@ def value_loss(values, old_values, returns, mask, clip: float | None = None,
     critic moving more than ``clip`` away from its rollout-time prediction in one batch.
     """
     returns = as_like(returns, "returns", values := as_float_array(values, "values"), "values")
-    old_values = jax.lax.stop_gradient(old_values)
+    old_values = jax.lax.stop_gradient(as_like(old_values, "old_values", values, "values"))
+    check_range(clip, "clip", 0.0, strict=True)
     returns = jax.lax.stop_gradient(returns)
     per_token = 0.5 * jnp.square(values - returns)
     if clip is not None:
@@ -216,6 +227,7 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
     2025): ``A_i = r_i - mean``, which is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
     """
     rewards = as_groups(rewards)
+    check_range(eps, "eps", 0.0, strict=True)
     # BEGIN SOLUTION
     centred = rewards - jnp.mean(rewards, axis=1, keepdims=True)
     if not scale:
@@ -241,6 +253,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta=0.0, clip_low=0.2
     (:func:`kl_penalized_token_rewards`). ``ref_logp`` is a constant.
     """
     ref_logp = as_like(ref_logp, "ref_logp", logp := as_float_array(logp, "logp"), "logp")
+    check_range(beta, "beta", 0.0)
     policy = ppo_clip_loss(logp, old_logp, advantages, mask, clip_low, clip_high, aggregation,
                            max_length, tis)
     # Aggregation is linear, so the KL term can be aggregated on its own with the same rule.
@@ -263,6 +276,7 @@ def gspo_sequence_ratio(logp, old_logp, mask) -> jax.Array:
     ``[N, T]`` inputs -> ``[N]``; 1 for an empty row. The geometric mean keeps the ratio of a
     long sequence near 1 (a product of hundreds of token ratios would not be)."""
     old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
+    mask = as_like(mask, "mask", logp, "logp")
     # BEGIN SOLUTION
     mean_log_ratio = masked_mean(logp - old_logp, mask, axis=1)
     return jnp.exp(jnp.clip(mean_log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
@@ -299,6 +313,7 @@ def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str
     """
     old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
+    check_range(ratio_cap, "ratio_cap", 0.0, strict=True)
     # BEGIN SOLUTION
     weight = jax.lax.stop_gradient(jnp.minimum(_ratio(logp, old_logp), ratio_cap))
     per_token = -weight * adv * logp
@@ -362,6 +377,8 @@ def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float =
     """
     learner_logp = as_float_array(learner_logp, "learner_logp")
     sampler_logp = as_like(sampler_logp, "sampler_logp", learner_logp, "learner_logp")
+    check_range(cap, "cap", 0.0, strict=True)
+    check_range(log_clamp, "log_clamp", 0.0, strict=True)
     # BEGIN SOLUTION
     log_ratio = jnp.clip(learner_logp - sampler_logp, -log_clamp, log_clamp)
     return jax.lax.stop_gradient(jnp.minimum(jnp.exp(log_ratio), cap))
@@ -387,7 +404,8 @@ def kl_penalized_token_rewards(scores, logp, ref_logp, mask, beta: float,
     """
     kl = jax.lax.stop_gradient(kl_estimate(logp, ref_logp, estimator))
     scores = as_like(scores, "scores", kl[:, 0], "[N] (one per completion)")
-    mask = jnp.asarray(mask)
+    mask = as_like(mask, "mask", kl, "logp [N, T]")
+    check_range(beta, "beta", 0.0)
     T = mask.shape[1]
     last = T - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)  # index of each row's last token
     at_end = (jnp.arange(T)[None, :] == last[:, None]) & (mask > 0)
@@ -402,6 +420,8 @@ def kl_penalized_sequence_rewards(scores, logp, ref_logp, mask, beta: float,
     (a constant, as above)."""
     kl = jax.lax.stop_gradient(kl_estimate(logp, ref_logp, estimator))
     scores = as_like(scores, "scores", kl[:, 0], "[N] (one per completion)")
+    mask = as_like(mask, "mask", kl, "logp [N, T]")
+    check_range(beta, "beta", 0.0)
     return scores - beta * masked_sum(kl, mask, axis=1)
 # [/guide]
 
@@ -429,6 +449,8 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     """
     values = as_like(values, "values", rewards := as_float_array(rewards, "rewards"), "rewards")
     mask = as_like(mask, "mask", rewards, "rewards [N, T]")
+    check_range(gamma, "gamma", 0.0, 1.0)
+    check_range(lam, "lam", 0.0, 1.0)
     dtype = jnp.result_type(rewards, values)  # one dtype for the scan's carry
     rewards, values = rewards.astype(dtype), values.astype(dtype)
     gamma, lam = jnp.asarray(gamma, dtype), jnp.asarray(lam, dtype)
@@ -472,7 +494,7 @@ def overlong_penalty(lengths, max_length: int, cache_length: int) -> jax.Array:
     ``lengths [N]`` -> ``[N]``, added to the task reward."""
     check_range(cache_length, "cache_length", 0, max_length, strict=True)
     start = max_length - cache_length
-    return -jnp.clip((jnp.asarray(lengths) - start) / cache_length, 0.0, 1.0)
+    return -jnp.clip((as_float_array(lengths, "lengths") - start) / cache_length, 0.0, 1.0)
 
 
 def clip_fraction(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2) -> jax.Array:
@@ -483,6 +505,7 @@ def clip_fraction(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2)
     guide's errata)."""
     old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = token_advantages(advantages, mask)
+    _check_clips(clip_low, clip_high)
     ratio = _ratio(logp, old_logp)
     flat = ((adv > 0) & (ratio > 1 + clip_high)) | ((adv < 0) & (ratio < 1 - clip_low))
     return masked_mean(flat.astype(jnp.float32), mask)
@@ -492,5 +515,5 @@ def approx_kl(logp, old_logp, mask) -> jax.Array:
     """How far the policy moved from the one that sampled the batch: the mean k3 estimate of
     ``KL(pi_old || pi_theta)`` over completion tokens (CleanRL's ``approx_kl``; the book's code
     logs k2). Not the KL to the reference model."""
-    kl = kl_k3(old_logp, logp)
-    return masked_mean(kl, as_like(mask, "mask", kl, "logp [N, T]"))
+    old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
+    return masked_mean(kl_k3(old_logp, logp), as_like(mask, "mask", logp, "logp [N, T]"))

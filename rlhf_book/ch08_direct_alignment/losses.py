@@ -68,6 +68,7 @@ def log_partition(ref_probs, rewards, beta) -> jax.Array:
     """``log Z = log sum_y pi_ref(y) exp(r(y) / beta)`` (book eq. 87), by ``logsumexp``. A
     scalar; ``ref_probs [K]`` and ``rewards [K]``."""
     ref_probs, rewards = as_float_vectors((ref_probs, "ref_probs"), (rewards, "rewards"))
+    check_range(beta, "beta", 0, strict=True)
     return jax.nn.logsumexp(jnp.log(ref_probs) + rewards / beta)
 
 
@@ -86,7 +87,9 @@ def regularized_objective(probs, ref_probs, rewards, beta) -> jax.Array:
     82) for a distribution ``probs [K]``. Its maximum is ``beta log Z``, reached only at
     :func:`optimal_policy`: ``J(pi) = beta log Z - beta KL(pi || pi*)`` (eq. 94, the end of
     the derivation of eqs. 88, 89, 90, 91, 92, 93)."""
-    probs, ref_probs, rewards = jnp.asarray(probs), jnp.asarray(ref_probs), jnp.asarray(rewards)
+    probs, ref_probs, rewards = as_float_vectors((probs, "probs"), (ref_probs, "ref_probs"),
+                                                 (rewards, "rewards"))
+    check_range(beta, "beta", 0)
     # 0 log 0 = 0: a response the policy never gives contributes nothing to the KL.
     safe = jnp.where(probs > 0, probs, 1.0)
     log_ratio = jnp.where(probs > 0, jnp.log(safe) - jnp.log(ref_probs), 0.0)
@@ -97,7 +100,9 @@ def reward_from_policy(policy_probs, ref_probs, beta, log_z=0.0) -> jax.Array:
     """Invert eq. 95: ``r(y) = beta log pi*(y) / pi_ref(y) + beta log Z`` (book eq. 100),
     ``[K]``. Without ``log_z`` this is DPO's implicit reward (eq. 80): the true reward shifted
     by ``-beta log Z``, the same for every response of the prompt."""
-    log_ratio = jnp.log(jnp.asarray(policy_probs)) - jnp.log(jnp.asarray(ref_probs))
+    policy_probs, ref_probs = as_float_vectors((policy_probs, "policy_probs"), (ref_probs, "ref_probs"))
+    check_range(beta, "beta", 0), check_range(log_z, "log_z")
+    log_ratio = jnp.log(policy_probs) - jnp.log(ref_probs)
     return beta * log_ratio + beta * log_z
 # [/guide]
 
@@ -109,7 +114,9 @@ def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
     r_j)`` (book eq. 96): the loss of infinite, fully covering preference data (eq. 105).
     ``policy_logits [K]`` define ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of
     eq. 95, which is what DPO claims; a scalar."""
-    ref_probs, rewards = jnp.asarray(ref_probs), jnp.asarray(rewards)
+    policy_logits, ref_probs, rewards = as_float_vectors(
+        (policy_logits, "policy_logits"), (ref_probs, "ref_probs"), (rewards, "rewards"))
+    check_range(beta, "beta", 0, strict=True)
     # BEGIN SOLUTION
     log_pi = jax.nn.log_softmax(policy_logits)
     implicit = beta * (log_pi - jnp.log(ref_probs))  # [K]
@@ -143,6 +150,8 @@ def implicit_reward(policy_logps, ref_logps, beta=0.1) -> jax.Array:
     """DPO's implicit reward ``beta log pi(y|x) / pi_ref(y|x)`` ``[N]`` (book eq. 80). It equals
     the reward of eq. 100 up to ``beta log Z(x)``, a shift per prompt that no pairwise comparison
     can see; logged as ``chosen_rewards`` and ``rejected_rewards`` (book §8.3)."""
+    policy_logps, ref_logps = as_float_vectors((policy_logps, "policy_logps"), (ref_logps, "ref_logps"))
+    check_range(beta, "beta", 0, strict=True)
     return beta * (policy_logps - jax.lax.stop_gradient(ref_logps))
 
 
@@ -177,6 +186,7 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     108): ``grad L = -beta E[w (grad log pi(y_c) - grad log pi(y_r))]``. ``w`` is near 1 when the
     implicit reward ranks the pair the wrong way round and near 0 when it already ranks it
     right by a wide margin; ``1/2`` at ``pi = pi_ref``."""
+    check_range(beta, "beta", 0, strict=True)
     # BEGIN SOLUTION
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
@@ -197,6 +207,7 @@ def robust_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
     unbiased under labels flipped with probability ``eps < 1/2``. Unlike cDPO
     (:func:`dpo_loss` with ``label_smoothing``) its expectation over the noisy labels equals the
     clean DPO loss. Four ``[N]`` log-probs; returns ``[N]``."""
+    check_range(beta, "beta", 0, strict=True)
     check_range(label_smoothing, "label_smoothing", 0, 0.5 - 1e-6)
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
@@ -223,6 +234,7 @@ def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
                beta=0.1) -> jax.Array:
     """SLiC's hinge (Zhao et al. 2023; TRL's ``hinge``): ``relu(1 - beta h)`` per pair ``[N]``,
     zero once the margin ``beta h`` reaches 1."""
+    check_range(beta, "beta", 0, strict=True)
     h = dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                    ref_rejected_logps)
     return jax.nn.relu(1.0 - beta * h)
@@ -236,6 +248,7 @@ def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax
     average=True)``). No reference model, and a target margin ``gamma`` (the book mentions only
     the length normalisation, §8.2)."""
     ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
+    check_range(beta, "beta", 0, strict=True), check_range(gamma, "gamma")
     # BEGIN SOLUTION
     return -jax.nn.log_sigmoid(beta * (ac - ar) - gamma)
     # END SOLUTION
@@ -277,8 +290,10 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     ``[N_D + N_U]``, the desirable ones first."""
     pc, rc = as_float_vectors(*zip((policy_chosen_logps, ref_chosen_logps), _PAIR_NAMES[::2]))
     pr, rr = as_float_vectors(*zip((policy_rejected_logps, ref_rejected_logps), _PAIR_NAMES[1::2]))
-    z0 = jnp.maximum(jax.lax.stop_gradient(jnp.asarray(kl_reference_point, jnp.float32)), 0.0)
-    check_rank(z0, 0, "kl_reference_point", "[] (a scalar)")
+    z0 = as_float_array(kl_reference_point, "kl_reference_point", "[]")
+    z0 = jnp.maximum(jax.lax.stop_gradient(z0), 0.0)
+    check_range(beta, "beta", 0, strict=True)
+    check_range(desirable_weight, "desirable_weight", 0), check_range(undesirable_weight, "undesirable_weight", 0)
     chosen_ratio = pc - jax.lax.stop_gradient(rc)
     rejected_ratio = pr - jax.lax.stop_gradient(rr)
     chosen = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (chosen_ratio - z0)))

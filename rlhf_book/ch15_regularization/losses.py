@@ -88,7 +88,8 @@ def exact_kl(logits_p, logits_q) -> jax.Array:
     p(v)`` the result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and
     its gradient are finite, and two equal rows give exactly 0.
     """
-    logits_q = as_like(logits_q, "logits_q", as_float_array(logits_p, "logits_p"), "logits_p")
+    logits_p = as_float_array(logits_p, "logits_p", values="logits")
+    logits_q = as_like(logits_q, "logits_q", logits_p, "logits_p", values="logits")
     # BEGIN SOLUTION
     logp = jax.nn.log_softmax(logits_p, axis=-1)
     logq = jax.nn.log_softmax(logits_q, axis=-1)
@@ -118,7 +119,8 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     vocabulary and random only through the prefixes. If generation used a temperature, divide
     both models' logits by it first: the KL is then that of the distributions sampled from.
     """
-    check_rank(logits := jnp.asarray(logits), 3, "logits", "[N, T, V]")
+    logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
+    ref_logits = as_like(ref_logits, "ref_logits", logits, "logits", values="logits")
     mask = as_like(mask, "mask", logits[..., 0], "[N, T]")
     # BEGIN SOLUTION
     return masked_sum(exact_kl(logits, ref_logits), mask, axis=1)
@@ -183,9 +185,11 @@ def generation_kl(logits, ref_logits, tokens, mask, estimator: str = "k1") -> Ge
     ``kl_approx`` gives ``[N]``: see :func:`torch_kl_div` and the errata of the chapter guide
     (book §15.1.2).
     """
-    ref_logits = jax.lax.stop_gradient(as_like(ref_logits, "ref_logits", logits, "logits"))
+    logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
+    ref_logits = as_like(ref_logits, "ref_logits", logits, "logits", values="logits")
     check_rank(tokens := jnp.asarray(tokens), 2, "tokens", "[N, T] (integer ids)")
-    targets = jnp.asarray(mask, jnp.float32)[:, 1:]
+    ref_logits = jax.lax.stop_gradient(ref_logits)
+    targets = as_like(mask, "mask", tokens, "tokens")[:, 1:]
     logp = next_token_log_probs(logits, tokens)
     ref_logp = next_token_log_probs(ref_logits, tokens)
     return GenerationKL(sampled=sequence_kl_estimate(logp, ref_logp, targets, estimator),
@@ -250,6 +254,7 @@ def kl_gradient(logits, ref_logits, direction: str = "reverse") -> jax.Array:
     both KLs have the Fisher information as their Hessian there -- and differ at second order.
     """
     check_choice(direction, "direction", ("reverse", "forward"))
+    ref_logits = as_like(ref_logits, "ref_logits", logits := as_float_array(logits, "logits"), "logits")
     ref_logits = jax.lax.stop_gradient(ref_logits)
     if direction == "reverse":
         return jax.grad(lambda z: jnp.sum(exact_kl(z, ref_logits)))(logits)
@@ -283,6 +288,7 @@ def estimator_loss_gradient(logits, ref_logits, estimator: str = "k3") -> jax.Ar
     | y_<t))]`` with the prefixes' distribution frozen, which is not the gradient of the
     sequence KL (the tests show both on a two-token example).
     """
+    ref_logits = as_like(ref_logits, "ref_logits", logits := as_float_array(logits, "logits"), "logits")
     ref_logp = jax.lax.stop_gradient(jax.nn.log_softmax(ref_logits, axis=-1))
 
     def expected_estimate(z):
@@ -315,6 +321,7 @@ def estimator_reward_gradient(logits, ref_logits, estimator: str = "k1") -> jax.
     A baseline subtracted from the reward changes the variance of a sampled gradient, not
     these means.
     """
+    ref_logits = as_like(ref_logits, "ref_logits", logits := as_float_array(logits, "logits"), "logits")
     ref_logp = jax.lax.stop_gradient(jax.nn.log_softmax(ref_logits, axis=-1))
 
     def surrogate(z):
@@ -348,8 +355,8 @@ def ppo_ptx_objective(rl_objective, pretrain_logp, gamma) -> jax.Array:
     (per document or per token) and on the scale of the reward, so a ``gamma`` carries over
     between codebases only together with both.
     """
-    check_rank(pretrain_logp := jnp.asarray(pretrain_logp), 1, "pretrain_logp", "[M]")
-    return -ptx_loss(-jnp.asarray(rl_objective), -jnp.mean(pretrain_logp), gamma)
+    pretrain_logp = as_float_array(pretrain_logp, "pretrain_logp", "[M]")
+    return -ptx_loss(-as_float_array(rl_objective, "rl_objective", "[]"), -jnp.mean(pretrain_logp), gamma)
 
 
 def ptx_loss(rl_loss, pretrain_nll, gamma) -> jax.Array:
@@ -362,8 +369,8 @@ def ptx_loss(rl_loss, pretrain_nll, gamma) -> jax.Array:
     -mean(pretrain_logp), gamma) = -ppo_ptx_objective(J_RL, pretrain_logp, gamma)``.
     """
     check_range(gamma, "gamma", 0)
-    check_rank(pretrain_nll := jnp.asarray(pretrain_nll), 0, "pretrain_nll", "() (a scalar)")
-    return rl_loss + gamma * pretrain_nll
+    rl_loss = as_float_array(rl_loss, "rl_loss", "[]")
+    return rl_loss + gamma * as_float_array(pretrain_nll, "pretrain_nll", "[]")
 # [/guide]
 
 
@@ -407,7 +414,7 @@ better / unsure" (not in the book, which gives the rating-gap example 5 - 2 = 3 
 def margin_like(margin, rewards: jax.Array) -> jax.Array:
     """A margin as a float array: a scalar (one margin for every pair) or one per pair,
     ``[N]`` like ``rewards``."""
-    margin = jnp.asarray(margin)
+    margin = as_float_array(margin, "margin")
     return margin if margin.ndim == 0 else as_like(margin, "margin", rewards, "the pairs [N]")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rlhf_book.lm.checks import as_float_array
+
 
 # [guide:masked-mean]
 def masked_sum(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
@@ -35,8 +37,10 @@ def log_probs_from_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
     The negative of the softmax cross-entropy with integer labels (book Appendix A.1,
     eq. 142). Computed as ``logit[target] - logsumexp(logits)``, which stays finite for
-    logits of any size (no probability is ever formed and then logged).
+    logits of any size (no probability is ever formed and then logged). A logit of ``-inf`` is
+    a probability of 0; NaN and ``+inf`` raise (when called eagerly).
     """
+    logits = as_float_array(logits, "logits", values="logits")
     # BEGIN SOLUTION
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
@@ -49,6 +53,7 @@ def next_token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     ``logits[:, t]`` predicts ``tokens[:, t + 1]`` (the one-token shift), so entry ``t`` of the
     result is ``log p(tokens[:, t + 1] | tokens[:, :t + 1])``.
     """
+    logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
     return log_probs_from_logits(logits[:, :-1], tokens[:, 1:])
 
 
@@ -57,5 +62,6 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> ja
 
     ``mask [N, T]`` marks tokens that count *as targets*; position 0 is never a target.
     """
+    mask = as_float_array(mask, "mask", "[N, T]")
     return -masked_mean(next_token_log_probs(logits, tokens), mask[:, 1:])
 # [/guide]

@@ -20,8 +20,16 @@ Three entry points share one function, :func:`run_check`:
 * ``pytest tests/test_grading.py --impl=exercises`` turns each result into a test outcome
   ("not started" is an expected failure, not a traceback); it runs the reader's code in the
   pytest process, as the reader's own tool.
-* :func:`check` grades one function in place, from a notebook (also in-process: a reader
-  checking their own notebook is not the threat the grader guards against).
+* :func:`check` grades one function from a notebook. The function runs in a learner process
+  of its own (sent there with cloudpickle: see :func:`check` for why that is sound), so that a
+  hang inside compiled JAX is stopped like any other and the kernel goes on; the checks run in
+  the notebook's process, as under ``rlhf-book grade``.
+
+In every route an exercise that calls another exercise's function (6.5 ends with 6.6's
+``aggregate_loss``) is graded with the library's version of the callee, and the row says so
+(:func:`with_references`); what the graded code prints is shown under its row (the last
+:data:`OUTPUT_LIMIT` characters); a failing check runs all its value sub-checks and says how
+many fail; JAX's tracer errors come with the hint to use ``jax.numpy``.
 
 A result's status is one of ``passed``, ``failing``, ``not started`` (the stub still raises
 its ``NotImplementedError``), ``timed out`` or ``uses the reference``.
@@ -45,6 +53,7 @@ import base64
 import builtins
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import importlib
 import importlib.util
@@ -52,6 +61,7 @@ import json
 import math
 import os
 import pathlib
+import pickle
 import re
 import resource
 import secrets
@@ -59,6 +69,8 @@ import select
 import signal
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
 import traceback
@@ -67,9 +79,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from rlhf_book.textbook.catalog import (CHAPTERS, PACKAGE_DIR, Chapter, Exercise, get_chapter,
-                                        get_exercise)
-from rlhf_book.textbook.checks import PROBES, Remote, probe_key
+from rlhf_book.textbook.catalog import (CHAPTERS, PACKAGE_DIR, Chapter, Exercise, all_exercises,
+                                        get_chapter, get_exercise)
+from rlhf_book.textbook.checks import PROBES, Remote, collecting, probe_key
 
 PASSED, FAILING, NOT_STARTED, TIMED_OUT = "passed", "failing", "not started", "timed out"
 USES_REFERENCE = "uses the reference"
@@ -78,6 +90,9 @@ DEFAULT_MEMORY_LIMIT = 8 * 2**30  # bytes of address space for the learner proce
 DEFAULT_IMPORT_TIMEOUT = 60.0     # seconds to import the reader's file, shared by a chapter
 STARTUP_TIMEOUT = 120.0           # seconds for a learner process to start Python and JAX
 MAX_LINE = 64 * 2**20             # the longest reply the judge reads
+OUTPUT_LIMIT = 2000               # characters of the graded code's printed output shown per row
+OUTPUT_LINES = 20                 # ... and lines
+OUTPUT_FILE_LIMIT = 256 * 2**20   # bytes the learner may print per exercise (RLIMIT_FSIZE)
 
 
 @dataclasses.dataclass
@@ -90,6 +105,8 @@ class GradeResult:
     seconds: float = 0.0
     message: str = ""
     section: str = ""
+    note: str = ""    # how it was graded, e.g. "graded with the reference 6.6 (aggregate_loss)"
+    output: str = ""  # what the graded code printed (its last OUTPUT_LIMIT characters)
 
     @property
     def hint(self) -> str:
@@ -98,9 +115,20 @@ class GradeResult:
             return ""
         return f"hint ({self.section}): {self.message}" if self.message else f"see {self.section}"
 
+    def details(self, indent: str = "    ", hint: bool = True) -> list[str]:
+        """The lines shown under the row: the hint (unless passed, or not ``hint``), the note,
+        what the code printed."""
+        lines = [self.hint] if hint and self.status != PASSED else []
+        if self.note:
+            lines.append(f"note: {self.note}")
+        if self.output:
+            lines.append("your code printed:")
+            lines += ["| " + line for line in self.output.splitlines()]
+        return [indent + line for line in lines]
+
     def __str__(self) -> str:
         line = f"{self.id} {self.title}: {self.status} ({self.seconds:.1f}s)"
-        return line + (f"\n    {self.hint}" if self.status != PASSED else "")
+        return "\n".join([line, *self.details()])
 
 
 class GradingTimeout(BaseException):
@@ -193,7 +221,11 @@ def run_check(exercise: Exercise, fn: Callable | None, timeout: float | None = N
               load_error: str = "") -> GradeResult:
     """Grade ``fn`` against the exercise's check; never raises (except KeyboardInterrupt).
 
-    ``fn`` is the function itself (in place) or a :class:`LearnerFunction` (the grader)."""
+    ``fn`` is the function itself (in place) or a :class:`LearnerFunction` (the grader). In
+    place, another exercise's function that ``fn`` calls is replaced by the library's for the
+    check (:func:`with_references`; the learner process does the same for the grader). The
+    check's value sub-checks are all run (:func:`rlhf_book.textbook.checks.collecting`): the
+    message is the first failure and says how many of the sub-checks fail."""
     result = GradeResult(exercise.id, exercise.title, FAILING, section=exercise.section)
     if fn is None:
         result.message = load_error or f"no function named {exercise.function!r} to grade"
@@ -202,29 +234,77 @@ def run_check(exercise: Exercise, fn: Callable | None, timeout: float | None = N
         result.message = f"{exercise.function} is a {type(fn).__name__}, not a function"
         return result
     start = time.perf_counter()
-    try:
-        with time_limit(timeout if timeout is not None else exercise.timeout):
-            exercise.checker()(fn)
-        result.status = PASSED
-    except KeyboardInterrupt:
-        raise
-    except GradingTimeout as err:
-        result.status, result.message = TIMED_OUT, f"{exercise.function}: {err}"
-    except LearnerFailure as err:
-        result.message = str(err)
-    except LearnerError as err:  # rebuilt from the learner process: never the check's verdict
-        if isinstance(err, NotImplementedError) and getattr(err, "not_started", False):
-            result.status, result.message = _not_started(exercise, err)
-        else:
-            result.message = f"{exercise.function} raised {_one_line(err)}{_where_raised(err)}"
-    except NotImplementedError as err:
-        result.status, result.message = _not_started(exercise, err)
-    except AssertionError as err:  # the check's one-line verdict
-        result.message = _one_line(err).removeprefix("Mismatch: ")
-    except BaseException as err:  # anything the student's code raised, SystemExit included
-        result.message = f"{exercise.function} raised {_one_line(err)}{_where_raised(err)}"
+    stopped = None  # the exception that ended the check, if one did
+    in_place = not isinstance(fn, Remote)
+    with collecting() as record, (with_references(exercise, fn) if in_place
+                                  else contextlib.nullcontext([])) as substituted:
+        try:
+            with time_limit(timeout if timeout is not None else exercise.timeout):
+                exercise.checker()(fn)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # noqa: B036 -- classified below
+            stopped = err
     result.seconds = time.perf_counter() - start
+    if substituted:
+        result.note = reference_note(substituted)
+    if stopped is None and not record.failures:
+        result.status = PASSED
+        return result
+    if stopped is not None:
+        result.status, result.message = _classify(exercise, stopped)
+    failures = record.failures
+    if failures:
+        first = failures[0].removeprefix("Mismatch: ")
+        if stopped is None:
+            result.message = first + _count(len(failures), record.run)
+        elif isinstance(stopped, AssertionError) and not isinstance(stopped, LearnerError):
+            result.message = (first + _count(len(failures) + 1, record.run, "run ")
+                              + " (the last stopped the check)")
+        else:
+            result.message = f"{first}{_count(len(failures), record.run, 'run ')}; then {result.message}"
+            if result.status == NOT_STARTED:
+                result.status = FAILING
     return result
+
+
+def _count(failing: int, run: int, run_word: str = "") -> str:
+    """' [2 of 9 sub-checks fail]' (nothing when the check has a single sub-check)."""
+    if run <= 1:
+        return ""
+    verb = "fails" if failing == 1 else "fail"
+    return f" [{failing} of the {run} sub-checks {run_word}{verb}]"
+
+
+# Errors JAX raises when a traced value meets NumPy, float(), int() or a Python `if`.
+TRACER_ERRORS = ("TracerArrayConversionError", "ConcretizationTypeError",
+                 "TracerBoolConversionError", "TracerIntegerConversionError")
+
+
+def _classify(exercise: Exercise, err: BaseException) -> tuple[str, str]:
+    """``(status, message)`` of a check that ``err`` stopped."""
+    if isinstance(err, GradingTimeout):
+        return TIMED_OUT, f"{exercise.function}: {err}"
+    if isinstance(err, LearnerFailure):
+        return FAILING, str(err)
+    if isinstance(err, LearnerError):  # rebuilt from the learner process: never the verdict
+        if isinstance(err, NotImplementedError) and getattr(err, "not_started", False):
+            return _not_started(exercise, err)
+        return FAILING, _raised(exercise, err)
+    if isinstance(err, NotImplementedError):
+        return _not_started(exercise, err)
+    if isinstance(err, AssertionError):  # the check's one-line verdict
+        return FAILING, _one_line(err).removeprefix("Mismatch: ")
+    return FAILING, _raised(exercise, err)  # anything the code raised, SystemExit included
+
+
+def _raised(exercise: Exercise, err: BaseException) -> str:
+    """'fn raised X: ...' -- with what to do about it for JAX's tracer errors."""
+    text = f"{exercise.function} raised {_one_line(err)}{_where_raised(err)}"
+    if type(err).__name__ in TRACER_ERRORS:
+        return (f"your function is traced by jit: use jax.numpy, not NumPy, and no float(), "
+                f"int() or Python `if` on array values (jnp.where instead); {text}")
+    return text
 
 
 def _is_own_stub_error(exercise_id: str, err: BaseException) -> bool:
@@ -235,7 +315,99 @@ def _not_started(exercise: Exercise, err: BaseException) -> tuple[str, str]:
     if _is_own_stub_error(exercise.id, err):
         return NOT_STARTED, ""
     # the function calls another unfinished exercise, or raises it itself
-    return FAILING, f"{exercise.function} raised {_one_line(err)}{_where_raised(err)}"
+    return FAILING, _raised(exercise, err)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dependent exercises: an exercise is graded with the library's version of the others it calls
+#
+# CISPO's loss (6.5) ends with ``aggregate_loss`` (6.6); the SFT loss (4.3) and sampling (0.4)
+# use ``log_probs_from_logits`` (0.3); the sequence KL (15.3) uses ``exact_kl`` (15.2). In an
+# exercise file those names are the reader's own functions, so an unfinished or wrong 6.6 made a
+# correct 6.5 fail, with a hint about 6.5. While an exercise is graded, every other exercise's
+# function its code names (as a global of its module) is replaced by the library's, and the
+# row says so; each exercise is judged on its own code.
+
+
+def _unwrap(fn):
+    """The Python function under ``jax.jit``, ``functools.wraps`` and ``functools.partial``."""
+    for _ in range(16):
+        inner = getattr(fn, "__wrapped__", None) or (
+            fn.func if isinstance(fn, functools.partial) else None)
+        if inner is None:
+            break
+        fn = inner
+    return fn
+
+
+def _names_in_code(code: types.CodeType) -> set[str]:
+    """The global and attribute names ``code`` and the functions nested in it use."""
+    names, stack = set(), [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return names
+
+
+def callees(exercise: Exercise) -> list[Exercise]:
+    """The other exercises whose functions the library's solution of ``exercise`` calls."""
+    names = _names_in_code(_unwrap(exercise.reference()).__code__)
+    return [e for e in all_exercises().values() if e.id != exercise.id and e.function in names]
+
+
+def dependencies(exercise: Exercise, fn) -> list[tuple[Exercise, str, Callable]]:
+    """``(callee, name, reference)`` for each other exercise's function that ``fn`` calls by a
+    global name bound, in ``fn``'s module, to something other than the library's function."""
+    inner = _unwrap(fn)
+    code, globs = getattr(inner, "__code__", None), getattr(inner, "__globals__", None)
+    if not isinstance(code, types.CodeType) or not isinstance(globs, dict):
+        return []
+    others = {e.function: e for e in all_exercises().values() if e.id != exercise.id}
+    found = []
+    for name in sorted(_names_in_code(code) & others.keys()):
+        current = globs.get(name)
+        if current is None or not callable(current):
+            continue
+        callee = others[name]
+        reference = callee.reference()
+        if current is not reference:
+            found.append((callee, name, reference))
+    return found
+
+
+def _clear_jit_cache(fn) -> None:
+    clear = getattr(fn, "clear_cache", None)  # a jitted function keeps traces of the old callee
+    if callable(clear):
+        with contextlib.suppress(Exception):
+            clear()
+
+
+@contextlib.contextmanager
+def with_references(exercise: Exercise, fn):
+    """Within the block, the other exercises' functions that ``fn`` calls are the library's;
+    yields the callees' :class:`Exercise` objects (restored afterwards)."""
+    found = dependencies(exercise, fn)
+    if not found:
+        yield []
+        return
+    globs = _unwrap(fn).__globals__
+    saved = {name: globs[name] for _, name, _ in found}
+    try:
+        for _, name, reference in found:
+            globs[name] = reference
+        _clear_jit_cache(fn)
+        yield [callee for callee, _, _ in found]
+    finally:
+        globs.update(saved)
+        _clear_jit_cache(fn)
+
+
+def reference_note(callees) -> str:
+    """'graded with the reference 6.6 (aggregate_loss), not yours: ...' for a result's note."""
+    names = ", ".join(f"{e.id} ({e.function})" for e in callees)
+    return (f"graded with the reference {names}, not yours: each exercise is judged on its own "
+            "code")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,16 +445,98 @@ def load_functions(chapter: Chapter, impl: str, exercises_dir=None) -> tuple[dic
 
 
 def check(exercise_id: str, fn: Callable, *, timeout: float | None = None,
-          quiet: bool = False) -> GradeResult:
-    """Grade one function in place, e.g. ``check("0.1", my_causal_mask)`` in a notebook.
+          quiet: bool = False, in_process: bool = False) -> GradeResult:
+    """Grade one function, e.g. ``check("0.1", my_causal_mask)`` in a notebook.
 
-    Prints one line (and the hint when it fails) and returns the :class:`GradeResult`.
+    The function runs in a worker process, as under ``rlhf-book grade`` (the checks stay
+    here), so that a hang is stopped whatever it is: the worker is killed after ``timeout``
+    seconds (default: the exercise's own), a ``jax.lax.while_loop`` that never ends inside
+    ``jit`` included, and the notebook's kernel goes on. What the function prints is shown
+    under the result. ``in_process=True`` grades it here instead (no process to start; a hang
+    in compiled code then cannot be stopped). Prints one line, and the hint when it fails,
+    unless ``quiet``; returns the :class:`GradeResult`.
+
+    How the function reaches the worker: a function defined in a notebook cell cannot be
+    imported by name, and a fork of a process that has started JAX deadlocks (its thread pools
+    do not survive the fork: measured, every forked child hung or aborted). So the function is
+    serialised with ``cloudpickle`` (by value: its code, its closure and the globals it uses,
+    the reader's exercise module included), sent through a pipe to a fresh Python that we
+    start, and unpickled there. The project refuses pickle for checkpoints because loading one
+    runs code chosen by whoever wrote the file; here the code is the reader's own, pickled by
+    this process and read only by our child, and it runs there because the reader asked to run
+    it. Nothing comes back as pickle: the worker answers in the grader's JSON format, so it can
+    run no code in the kernel. A function that cannot be pickled is graded in process, and the
+    result's note says so.
     """
+    exercise = get_exercise(exercise_id)
     timeout = validate_timeout(timeout)
-    result = run_check(get_exercise(exercise_id), fn, timeout)
+    result = None
+    if not in_process:
+        payload, why = _pickled(exercise, fn)
+        if payload is not None:
+            result = _check_in_worker(exercise, payload, timeout)
+    if result is None:
+        result = run_check(exercise, fn, timeout)
+        if not in_process:
+            result.note = "; ".join(filter(None, [result.note, (
+                f"graded in this process: your function could not be sent to a worker ({why}), "
+                "so a hang inside compiled code cannot be stopped")]))
     if not quiet:
         print(result)
     return result
+
+
+def _pickled(exercise: Exercise, fn) -> tuple[str | None, str]:
+    """``(base64 cloudpickle of (exercise id, fn), '')``, or ``(None, why not)``."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return None, "cloudpickle is not installed"
+    # the reader's own modules (an exercise file, a notebook's helpers) go by value: the worker
+    # may not be able to import them by name; installed packages and rlhf_book by reference
+    registered = []
+    installed = {pathlib.Path(p).resolve() for p in
+                 (sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib"))}
+    for module in _modules_of(fn):
+        file = getattr(module, "__file__", None)
+        if not file or module.__name__ == "__main__":
+            continue
+        path = pathlib.Path(file).resolve()
+        if path.is_relative_to(PACKAGE_DIR) or any(path.is_relative_to(p) for p in installed):
+            continue
+        with contextlib.suppress(Exception):
+            cloudpickle.register_pickle_by_value(module)
+            registered.append(module)
+    try:
+        return base64.b64encode(cloudpickle.dumps((exercise.id, fn))).decode("ascii"), ""
+    except Exception as err:  # noqa: BLE001 -- a lock, a generator, an open file: say which
+        return None, _one_line(err)
+    finally:
+        for module in registered:
+            with contextlib.suppress(Exception):
+                cloudpickle.unregister_pickle_by_value(module)
+
+
+def _modules_of(fn) -> list[types.ModuleType]:
+    """The module that defines ``fn`` (under any jit or partial)."""
+    name = getattr(_unwrap(fn), "__module__", None)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    return [module] if module is not None else []
+
+
+def _check_in_worker(exercise: Exercise, payload: str, timeout: float | None) -> GradeResult:
+    """Run ``check`` with the function in a learner process of its own (killed at the end)."""
+    chapter = exercise.chapter
+    learner = _Learner(chapter, "function", None, DEFAULT_MEMORY_LIMIT)
+    try:
+        failure = _start_and_load(learner, "your function", STARTUP_TIMEOUT, STARTUP_TIMEOUT,
+                                  function=payload, path=[str(p) for p in sys.path])
+        if failure:
+            return GradeResult(exercise.id, exercise.title, FAILING, message=failure,
+                               section=exercise.section, output=learner.take_output())
+        return _grade_exercise(learner, exercise, "function", timeout)
+    finally:
+        learner.kill()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,11 +728,36 @@ class _Learner:
         # grading runs on the CPU: small arrays, and GPU runtimes reserve more address space
         # than the memory limit allows
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        # what the learner's code prints: an unnamed file, appended to by the learner and
+        # read and emptied here after each exercise (O_APPEND: writes follow the truncation)
+        self.output = tempfile.TemporaryFile()
+        fd = self.output.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, start_new_session=True,
+                                     stderr=self.output, start_new_session=True,
                                      close_fds=True, env=env)
         os.set_blocking(self.proc.stdin.fileno(), False)
         self.functions: dict = {}
+
+    def take_output(self, limit: int = OUTPUT_LIMIT) -> str:
+        """The last ``limit`` characters (and :data:`OUTPUT_LINES` lines) printed since the last
+        call (printable text only:
+        other control characters, ANSI colours included, become '?'); empties the file."""
+        fd = self.output.fileno()
+        try:
+            size = os.fstat(fd).st_size
+            raw = os.pread(fd, 4 * limit, max(size - 4 * limit, 0))
+            os.ftruncate(fd, 0)
+        except OSError:
+            return ""
+        text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+        text = re.sub(r"[^\x20-\x7e\n\t\u00a0-\uffff]", "?", text).rstrip()
+        cut = len(text) > limit or size > len(raw)
+        text = text[-limit:]
+        lines = text.splitlines()
+        if len(lines) > OUTPUT_LINES:
+            lines, cut = lines[-OUTPUT_LINES:], True
+        return "\n".join((["... (earlier output left out)"] if cut else []) + lines)
 
     # -- lifecycle
 
@@ -494,14 +773,17 @@ class _Learner:
             self.proc.stdout.close()
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=10)
+        with contextlib.suppress(Exception):
+            self.output.close()
 
     def start(self, deadline: float) -> None:
         """Send the nonce and wait until the learner has started Python, JAX and the checks."""
         self._request({"op": "hello"}, "", deadline)
 
-    def load(self, deadline: float) -> dict:
-        """Import the implementation in the learner: ``{exercise id: info}``."""
-        infos = self._request({"op": "load"}, "", deadline)
+    def load(self, deadline: float, **extra) -> dict:
+        """Import the implementation in the learner: ``{exercise id: info}``. ``extra`` goes
+        with the request (the function and ``sys.path`` of :func:`check`)."""
+        infos = self._request({"op": "load", **extra}, "", deadline)
         ids = {e.id for e in self.chapter.exercises}
         if not isinstance(infos, dict) or set(infos) != ids or not all(
                 isinstance(v, dict) and v.get("state") in ("ok", "missing", "not callable")
@@ -641,9 +923,9 @@ def _grade_chapter(chapter: Chapter, impl: str, exercises_dir, timeout: float | 
                 load_failure = _start_and_load(learner, file, import_timeout, import_budget)
                 import_budget = max(import_budget - getattr(learner, "load_seconds", 0.0), 0.0)
                 if load_failure:
+                    row.message, row.output = load_failure, learner.take_output()
                     learner.kill()
                     learner = None
-                    row.message = load_failure
                     yield row
                     continue
             row = _grade_exercise(learner, exercise, impl, timeout)
@@ -657,8 +939,9 @@ def _grade_chapter(chapter: Chapter, impl: str, exercises_dir, timeout: float | 
 
 
 def _start_and_load(learner: _Learner, file: str, import_timeout: float,
-                    import_budget: float) -> str:
-    """'' when the learner started and imported ``file``; else the message for every row."""
+                    import_budget: float, **load_extra) -> str:
+    """'' when the learner started and imported ``file``; else the message for every row.
+    What the learner printed while starting and importing is shown only if that failed."""
     try:
         learner.start(time.monotonic() + STARTUP_TIMEOUT)
     except GradingTimeout:
@@ -669,7 +952,7 @@ def _start_and_load(learner: _Learner, file: str, import_timeout: float,
         return f"the grading process could not start: {_one_line(err)}"
     start = time.monotonic()
     try:
-        learner.load(start + import_budget)
+        learner.load(start + import_budget, **load_extra)
     except GradingTimeout:
         return (f"importing {file} did not finish within {import_timeout:g}s (one import time "
                 "limit for the chapter)")
@@ -681,6 +964,7 @@ def _start_and_load(learner: _Learner, file: str, import_timeout: float,
         return f"could not import {file}: {_one_line(err)}{_where_raised(err)}"
     finally:
         learner.load_seconds = time.monotonic() - start
+    learner.take_output()
     return ""
 
 
@@ -710,8 +994,15 @@ def _grade_exercise(learner: _Learner, exercise: Exercise, impl: str,
     fn = LearnerFunction(learner, exercise, time.monotonic() + limit + 1.0)
     result = run_check(exercise, fn, limit)
     if result.status == TIMED_OUT:
-        result.message = f"{exercise.function}: timed out after {limit:g}s (the grader stopped it)"
+        stop = f"{exercise.function}: timed out after {limit:g}s (the grader stopped it)"
+        before, then, _ = result.message.partition("; then ")  # failures before the hang
+        result.message = f"{before}; then {stop}" if then else stop
         result.seconds = limit
+    callees = [all_exercises()[i] for i in str(info.get("uses") or "").split(",")
+               if i in all_exercises() and i != exercise.id]
+    if callees and result.status != NOT_STARTED:
+        result.note = reference_note(callees)
+    result.output = learner.take_output()
     return result
 
 
@@ -755,8 +1046,8 @@ def format_row(result: GradeResult, colour: bool = False) -> str:
     if colour:
         status = f"\033[{_COLOURS[result.status]}m{status}\033[0m"
     row = f"  {result.id:<6}{result.title[:46]:<48}{status}{result.seconds:>6.1f}s"
-    shown = (FAILING, TIMED_OUT, USES_REFERENCE)
-    return row + (f"\n        {result.hint}" if result.status in shown else "")
+    hint = result.status in (FAILING, TIMED_OUT, USES_REFERENCE)
+    return "\n".join([row, *result.details("        ", hint)])
 
 
 def format_summary(results: list[GradeResult]) -> str:
@@ -782,13 +1073,7 @@ def _describe(err: BaseException, exercise_id: str) -> dict:
 
 def _origin(fn) -> dict:
     """Where a function's code lives: its module, qualified name and source file."""
-    seen = 0
-    while seen < 16:
-        inner = getattr(fn, "__wrapped__", None) or (
-            fn.func if isinstance(fn, functools.partial) else None)
-        if inner is None:
-            break
-        fn, seen = inner, seen + 1
+    fn = _unwrap(fn)
     code = getattr(fn, "__code__", None)
     module = getattr(fn, "__module__", None)
     return {"module": module if isinstance(module, str) else None,
@@ -800,12 +1085,15 @@ def _learner_main(chapter_key: str, impl: str, exercises_dir: str, memory_limit:
     requests = os.fdopen(os.dup(0), "rb")
     replies = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)  # the reader's code can neither read requests nor print into replies
-    os.dup2(devnull, 1)
+    os.dup2(devnull, 0)  # the reader's code can neither read requests nor print into replies:
+    os.dup2(2, 1)        # what it prints goes to the judge's output file (standard error)
     sys.stdout = sys.stderr
     limit = int(memory_limit)
     if limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # printing in a loop fills the output file only so far: a write past the limit fails
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_FILE_LIMIT, OUTPUT_FILE_LIMIT))
     chapter = get_chapter(chapter_key)
     importlib.import_module(f"rlhf_book.textbook.checks.{chapter.key}")  # its probes, and JAX
     functions: dict = {}
@@ -820,26 +1108,36 @@ def _learner_main(chapter_key: str, impl: str, exercises_dir: str, memory_limit:
             if request["op"] == "hello":
                 reply["ok"] = "ready"
             elif request["op"] == "load":
-                functions, infos = _learner_load(chapter, impl, exercises_dir)
+                functions, infos = _learner_load(chapter, impl, exercises_dir, request)
                 reply["ok"] = encode(infos)
             else:
                 args, kwargs = decode(request["args"]), decode(request["kwargs"])
                 fn = functions[exercise_id]
                 name = request["probe"]
-                out = fn(*args, **kwargs) if name is None else PROBES[name](fn, *args, **kwargs)
+                with with_references(get_exercise(exercise_id), fn):
+                    out = fn(*args, **kwargs) if name is None else PROBES[name](fn, *args,
+                                                                              **kwargs)
                 reply["ok"] = encode(out)
         except BaseException as err:  # noqa: B036 -- the reader's code raised: describe it
             reply.pop("ok", None)
             if isinstance(err, TypeError) and "cannot be sent" in str(err):
                 err = TypeError(f"returned {err}")
             reply["error"] = _describe(err, exercise_id)
+        for stream in (sys.stdout, sys.stderr):  # what it printed is in the file before the reply
+            with contextlib.suppress(Exception):
+                stream.flush()
         replies.write(json.dumps(reply).encode() + b"\n")
         replies.flush()
 
 
-def _learner_load(chapter: Chapter, impl: str, exercises_dir: str) -> tuple[dict, dict]:
+def _learner_load(chapter: Chapter, impl: str, exercises_dir: str,
+                  request: dict) -> tuple[dict, dict]:
     if impl == "reference":
         functions = {e.id: e.reference() for e in chapter.exercises}
+    elif impl == "function":  # check(): one function, sent by the notebook that holds it
+        sys.path[:0] = [p for p in request["path"] if isinstance(p, str) and p not in sys.path]
+        exercise_id, fn = pickle.loads(base64.b64decode(request["function"]))
+        functions = {e.id: fn if e.id == exercise_id else None for e in chapter.exercises}
     else:
         module = load_exercises_module(chapter, pathlib.Path(exercises_dir) if exercises_dir
                                        else None)
@@ -851,7 +1149,8 @@ def _learner_load(chapter: Chapter, impl: str, exercises_dir: str) -> tuple[dict
         elif not callable(fn):
             infos[exercise_id] = {"state": "not callable", "type": type(fn).__name__}
         else:
-            infos[exercise_id] = {"state": "ok", **_origin(fn)}
+            uses = ",".join(e.id for e, _, _ in dependencies(get_exercise(exercise_id), fn))
+            infos[exercise_id] = {"state": "ok", "uses": uses, **_origin(fn)}
     return functions, infos
 
 

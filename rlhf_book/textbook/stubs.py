@@ -233,7 +233,8 @@ def write_stubs(chapters=CHAPTERS, exercises_dir: pathlib.Path | None = None, *,
                 report[str(path)] = "up to date"
                 continue
             if is_edited(old) and not force:
-                report[str(path)] = "kept: edited by you (use --force to overwrite)"
+                report[str(path)] = ("kept: edited by you (`rlhf-book exercises --diff` shows what "
+                                     "the new stub changes)")
                 continue
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".py.tmp")

@@ -10,6 +10,13 @@ math (invariants, gradients, Monte-Carlo frequencies within a few standard error
 The helpers below turn the usual ways of being wrong (a wrong shape, a wrong dtype, a wrong
 number, NaN) into such one-line messages.
 
+Sub-checks. Each :func:`expect_close` and :func:`expect` is one sub-check. Called plainly (the
+chapter tests, ``pytest --impl=reference``) the first failing one raises. Under
+:func:`collecting` (the grader) a failing value sub-check is recorded and the check goes on, so
+that the verdict can say how many of its sub-checks fail, not only the first; a sub-check that
+later code relies on (a shape, a dtype, a tuple to unpack: :func:`expect_shape`,
+:func:`expect_dtype`, :func:`expect_finite`, :func:`require`) still stops the check at once.
+
 A check calls the graded function plainly, ``fn(x)``, or through a *probe* for anything that
 transforms it (``jit(fn)(x)``, ``grad_of_sum(fn)(x)``, ``call(fn, a_probe, x)``): under
 ``rlhf-book grade`` the function lives in another process, and only arguments and outputs
@@ -18,6 +25,9 @@ lambda itself.
 """
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -74,8 +84,59 @@ def expect_finite(x, what: str) -> np.ndarray:
     return arr
 
 
+@dataclasses.dataclass
+class SubChecks:
+    """What :func:`collecting` recorded: how many sub-checks ran, and the failures' messages."""
+
+    run: int = 0
+    failures: list = dataclasses.field(default_factory=list)
+
+
+_collector: SubChecks | None = None  # set by collecting(); the grader runs one check at a time
+
+
+@contextlib.contextmanager
+def collecting():
+    """Record failing value sub-checks instead of raising at the first (see the module
+    docstring); yields the :class:`SubChecks`. Nested use keeps the outer record."""
+    global _collector
+    outer = _collector
+    _collector = record = SubChecks() if outer is None else outer
+    try:
+        yield record
+    finally:
+        _collector = outer
+
+
+def _sub_check(ok: bool, message) -> bool:
+    """Count one sub-check; on failure raise, or record when collecting. ``message`` may be a
+    callable, so that an expensive message is built only for a failure."""
+    if _collector is not None:
+        _collector.run += 1
+    if ok:
+        return True
+    text = message() if callable(message) else message
+    if _collector is None:
+        raise Mismatch(text)
+    _collector.failures.append(text)
+    return False
+
+
+def _differ_message(what: str, arr: np.ndarray, expected: np.ndarray, wrong: np.ndarray) -> str:
+    """``what: got 5, expected 2`` for one value; ``what: 2 entries differ (of 3), the first at
+    [1]: got 5, expected 2`` for an array."""
+    index = tuple(int(i) for i in np.argwhere(wrong)[0])
+    values = f"got {_fmt(arr[index])}, expected {_fmt(expected[index])}"
+    if wrong.size == 1:
+        return f"{what}: {values}"
+    n = int(wrong.sum())
+    entries = "entry differs" if n == 1 else "entries differ"
+    return f"{what}: {n} {entries} (of {wrong.size}), the first at {list(index)}: {values}"
+
+
 def expect_close(actual, expected, what: str, *, atol: float = 1e-5, rtol: float = 1e-5):
-    """Same shape, and equal within ``atol + rtol * |expected|`` everywhere (NaN never is)."""
+    """Same shape, and equal within ``atol + rtol * |expected|`` everywhere (NaN never is).
+    A wrong shape stops the check; wrong values are one sub-check."""
     expected = np.asarray(expected)
     arr = expect_shape(actual, expected.shape, what)
     if expected.dtype.kind == "b" or arr.dtype.kind == "b":
@@ -83,15 +144,21 @@ def expect_close(actual, expected, what: str, *, atol: float = 1e-5, rtol: float
     else:
         a, e = arr.astype(np.float64), expected.astype(np.float64)
         wrong = ~(np.abs(a - e) <= atol + rtol * np.abs(e))  # NaN compares False: wrong
-    if wrong.any():
-        index = tuple(int(i) for i in np.argwhere(wrong)[0])
-        where = f" at {list(index)}" if index else ""
-        raise Mismatch(f"{what}: first mismatch{where} (of {int(wrong.sum())}): "
-                       f"got {_fmt(arr[index])}, expected {_fmt(expected[index])}")
+    _sub_check(not wrong.any(), lambda: _differ_message(what, arr, expected, wrong))
     return arr
 
 
 def expect(condition: bool, message: str) -> None:
+    """One sub-check: ``condition`` must hold (recorded, not raised, under :func:`collecting`).
+    Use :func:`require` when the code after it relies on the condition."""
+    _sub_check(bool(condition), message)
+
+
+def require(condition: bool, message: str) -> None:
+    """Like :func:`expect`, but always stops the check: for what later code relies on (a
+    tuple to unpack, a key to read)."""
+    if _collector is not None:
+        _collector.run += 1
     if not condition:
         raise Mismatch(message)
 

@@ -17,7 +17,7 @@ import optax
 
 from rlhf_book.data.toy import LESSON_TOKEN_POLICY
 from rlhf_book.textbook.checks import (expect, expect_close, expect_dtype, expect_finite,
-                                       expect_shape, grad_of_sum, jit)
+                                       expect_shape, grad_of_sum, jit, require)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,8 +164,8 @@ def sample_token(fn):
     for tau in (1.0, 0.5, 2.0):
         what = f"sample_token(key, logits [{n}, 3], temperature={tau})"
         out = fn(key, logits, tau)
-        expect(isinstance(out, tuple) and len(out) == 2,
-               f"{what} must return a pair (tokens, logprobs), got {type(out).__name__}")
+        require(isinstance(out, tuple) and len(out) == 2,
+                f"{what} must return a pair (tokens, logprobs), got {type(out).__name__}")
         tokens, logprobs = out
         tokens = expect_dtype(expect_shape(tokens, (n,), what + " tokens"), "i", what + " tokens")
         logprobs = expect_shape(logprobs, (n,), what + " logprobs")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_dtype, expect_finite,
-                                       expect_shape, grad_of, jit, vmap)
+                                       expect_shape, grad_of, jit, require, vmap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,8 +132,8 @@ def gym_steps(states, actions):
 
 
 def _unpack(out, what, lead):
-    expect(isinstance(out, tuple) and len(out) == 3,
-           f"{what} must return a triple (next_state, reward, done), got {type(out).__name__}")
+    require(isinstance(out, tuple) and len(out) == 3,
+            f"{what} must return a triple (next_state, reward, done), got {type(out).__name__}")
     next_state, reward, done = out
     expect_shape(next_state, (*lead, 4), what + " next_state")
     expect_shape(reward, lead, what + " reward")
@@ -169,7 +169,7 @@ def cartpole_step(fn):
     clear = (np.abs(np.abs(x_next) - X_LIMIT) > 1e-5) & (np.abs(np.abs(theta_next) - THETA_LIMIT) > 1e-5)
     expect_close(as_array(done, what)[clear], exp_done[clear],
                  what + " done (|x| > 2.4 or |theta| > 12 deg, tested on the next state)")
-    expect(exp_done.any() and not exp_done.all(), "internal: the random states must test both outcomes")
+    require(exp_done.any() and not exp_done.all(), "internal: the random states must test both outcomes")
 
     # the thresholds, on the next state and strict: on the limit is not yet out
     cases = [((2.4, 0.0, 0.0, 0.0), False), ((2.39, 1.0, 0.0, 0.0), True),
@@ -254,8 +254,8 @@ def reinforce_loss(fn):
                  "gradient of reinforce_loss w.r.t. baseline (G - b is a constant: stop_gradient)")
 
     padded = logp.at[2, 1:].set(-jnp.inf)  # past the end of episode 2 (length 1)
-    what = "reinforce_loss with logp = -inf on masked steps"
-    expect_close(expect_finite(fn(padded, returns, mask, 0.0), what),
+    what = "reinforce_loss with logp = -inf on masked steps (under jit)"
+    expect_close(expect_finite(jit(fn)(padded, returns, mask, 0.0), what),
                  reinforce_loop(logp, returns, mask, 0.0), what
                  + " (masked steps must not count, even as 0 * inf)", atol=1e-5)
 

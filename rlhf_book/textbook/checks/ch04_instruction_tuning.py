@@ -16,7 +16,7 @@ import optax
 
 from rlhf_book.lm import tokenizer
 from rlhf_book.textbook.checks import (Mismatch, expect, expect_close, expect_finite, expect_shape,
-                                       grad_of, jit)
+                                       grad_of, jit, require)
 
 PIRATE = "You are a friendly chatbot who always responds in the style of a pirate"
 HELICOPTERS = "How many helicopters can a human eat in one sitting?"
@@ -41,7 +41,7 @@ def _first_difference(got: str, expected: str) -> str:
 
 
 def _expect_text(got, expected: str, what: str) -> None:
-    expect(isinstance(got, str), f"{what} returned {type(got).__name__}, not a str")
+    require(isinstance(got, str), f"{what} returned {type(got).__name__}, not a str")
     if got != expected:
         raise Mismatch(f"{what}: {_first_difference(got, expected)}")
 
@@ -102,8 +102,8 @@ def loss_mask_for(fn):
     for mode, last in (("all_assistant", False), ("last_turn", True)):
         what = f"loss_mask_for(two-turn conversation, mode={mode!r})"
         out = fn(conversation, mode)
-        expect(isinstance(out, tuple) and len(out) == 2,
-               f"{what} must return a pair (ids, mask), got {type(out).__name__}")
+        require(isinstance(out, tuple) and len(out) == 2,
+                f"{what} must return a pair (ids, mask), got {type(out).__name__}")
         ids, mask = out
         expect_close(np.asarray(ids), np.asarray(expected_ids), what + " ids (the chat template)")
         expected = loss_mask_loop(expected_ids, last)
@@ -132,6 +132,39 @@ def masked_nll_loop(logits, tokens, mask):
     return total / count if count else 0.0
 
 
+def _nll64(logits, targets) -> np.ndarray:
+    """``-log softmax(logits)[targets]`` per position, in float64."""
+    z = np.asarray(logits, np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    logz = m[..., 0] + np.log(np.exp(z - m).sum(axis=-1))
+    return logz - np.take_along_axis(z, np.asarray(targets)[..., None], axis=-1)[..., 0]
+
+
+def _sft_diagnosis(out, logits, tokens, mask) -> str:
+    """A hint naming the common bug that ``out`` reproduces, or '' (each alternative computed
+    here in float64 from its own description, never from the library)."""
+    mask = np.asarray(mask, np.float64)
+    nll = _nll64(np.asarray(logits)[:, :-1], np.asarray(tokens)[:, 1:])  # [N, T-1], shifted
+    shifted, unshifted = mask[:, 1:], mask[:, :-1]
+    no_shift = _nll64(logits, tokens)  # logits[:, t] scoring tokens[:, t]: [N, T]
+    wrong = {
+        "no mask: the mean runs over every position, prompt and padding included; average "
+        "only the tokens whose loss_mask is 1": nll.mean(),
+        "the mask is not shifted: logits[:, t] predicts tokens[:, t + 1], so it pairs with "
+        "loss_mask[:, t + 1], i.e. loss_mask[:, 1:], not loss_mask[:, :-1]":
+            (nll * unshifted).sum() / unshifted.sum(),
+        "nothing is shifted: logits[:, t] predicts tokens[:, t + 1], so score logits[:, :-1] "
+        "against tokens[:, 1:] and mask with loss_mask[:, 1:]":
+            (no_shift * mask).sum() / mask.sum(),
+        "a sum, not a mean: divide by the number of selected tokens": (nll * shifted).sum(),
+    }
+    value = float(np.asarray(out, np.float64))
+    for hint, candidate in wrong.items():
+        if abs(value - float(candidate)) <= 1e-4 * max(1.0, abs(float(candidate))):
+            return f" (looks like {hint})"
+    return ""
+
+
 def sft_loss(fn):
     rng = np.random.default_rng(0)
     N, T, V = 3, 7, 11
@@ -144,7 +177,9 @@ def sft_loss(fn):
     mask = jnp.asarray(mask)
     what = "sft_loss(logits [3,7,11], tokens, loss_mask)"
     out = expect_finite(expect_shape(fn(logits, tokens, mask), (), what), what)
-    expect_close(out, masked_nll_loop(logits, tokens, np.asarray(mask)), what, atol=1e-5)
+    expected = masked_nll_loop(logits, tokens, np.asarray(mask))
+    hint = "" if abs(float(out) - expected) <= 1e-5 else _sft_diagnosis(out, logits, tokens, mask)
+    expect_close(out, expected, what + hint, atol=1e-5)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
     expect_close(out, float((ce * mask[:, 1:]).sum() / mask[:, 1:].sum()),
                  what + " vs optax.softmax_cross_entropy_with_integer_labels", atol=1e-5)
@@ -178,14 +213,14 @@ def pack_examples(fn):
         examples.append((ids, mask))
     length = 20
     out = fn(examples, length)
-    expect(hasattr(out, "tokens") and hasattr(out, "loss_mask") and hasattr(out, "segment_ids"),
-           "pack_examples must return an SFTBatch(tokens, loss_mask, segment_ids)")
+    require(hasattr(out, "tokens") and hasattr(out, "loss_mask") and hasattr(out, "segment_ids"),
+            "pack_examples must return an SFTBatch(tokens, loss_mask, segment_ids)")
     tokens, mask, seg = (np.asarray(a) for a in (out.tokens, out.loss_mask, out.segment_ids))
     R = tokens.shape[0]
     what = f"pack_examples(9 examples of 3-11 tokens, length={length})"
     expect_shape(mask, (R, length), what + " loss_mask")
     expect_shape(seg, (R, length), what + " segment_ids")
-    expect(tokens.shape == (R, length), f"{what} tokens have shape {tokens.shape}, expected (R, {length})")
+    require(tokens.shape == (R, length), f"{what} tokens have shape {tokens.shape}, expected (R, {length})")
 
     # read the examples back: row by row, segment by segment, in order
     recovered = []

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_dtype, expect_finite,
-                                       expect_shape, grad_of, jit)
+from rlhf_book.textbook.checks import (as_array, expect_close, expect_dtype, expect_finite,
+                                       expect_shape, grad_of, jit, require)
 
 # §5.1's table: (r_c, r_r, P(c > r), loss); the last row is the first shifted by +7.
 BOOK_BT_TABLE = ((2.0, 0.5, 0.8175745, 0.2014133), (1.0, 1.0, 0.5, math.log(2.0)),
@@ -414,9 +414,9 @@ def margins_loop(r_c, r_r) -> dict:
 
 
 def _expect_margins(out, expected, what, atol=1e-6):
-    expect(isinstance(out, dict), f"{what} must return a dict, got {type(out).__name__}")
+    require(isinstance(out, dict), f"{what} must return a dict, got {type(out).__name__}")
     missing = [k for k in KEYS if k not in out]
-    expect(not missing, f"{what} lacks the keys {missing} (expected {list(KEYS)})")
+    require(not missing, f"{what} lacks the keys {missing} (expected {list(KEYS)})")
     for key in KEYS:
         value = expect_shape(out[key], (), f"{what}[{key!r}]")
         expect_close(value, expected[key], f"{what}[{key!r}]{NOTES[key]}", atol=atol)

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import (as_array, call, expect, expect_close, expect_finite,
-                                       expect_shape, grad_of, grad_of_sum, jit, probe, vmap)
+from rlhf_book.textbook.checks import (as_array, call, expect_close, expect_finite, expect_shape,
+                                       grad_of, grad_of_sum, jit, probe, require, vmap)
 
 
 def _f32(x) -> jax.Array:
@@ -262,9 +262,10 @@ def grpo_advantages(fn):
     expect_close(G / (G - 1) * out, rloo_loop(rewards), "G/(G-1) * grpo_advantages(r, "
                  "scale=False) vs RLOO (eq. 60: Dr. GRPO is RLOO up to the factor G/(G-1))",
                  atol=1e-5)
-    what = "grpo_advantages(3 * rewards + 5, eps=0)"
-    expect_close(fn(_f32(3 * rewards + 5), eps=0.0), grpo_loop(rewards, eps=0.0),
-                 what + " (with eps = 0 the advantage ignores shift and scale of the rewards)",
+    # eps -> 0 (1e-12: an eps of exactly 0 is refused, it divides by zero on a constant group)
+    what = "grpo_advantages(3 * rewards + 5, eps=1e-12)"
+    expect_close(fn(_f32(3 * rewards + 5), eps=1e-12), grpo_loop(rewards, eps=0.0),
+                 what + " (with eps -> 0 the advantage ignores shift and scale of the rewards)",
                  atol=1e-4)
 
     jitted = jit(fn, static_argnames="scale")
@@ -586,8 +587,8 @@ def compute_gae(fn):
     for lam, expected in sweep.items():
         what = f"compute_gae(Figure 21's rewards and values, gamma=1, lam={lam})"
         out = fn(rewards, values, ones, gamma=1.0, lam=lam)
-        expect(isinstance(out, tuple) and len(out) == 2,
-               f"{what} must return a pair (advantages, returns), got {type(out).__name__}")
+        require(isinstance(out, tuple) and len(out) == 2,
+                f"{what} must return a pair (advantages, returns), got {type(out).__name__}")
         adv = _call(lambda: out[0], what + " advantages", (1, 6))
         ret = _call(lambda: out[1], what + " returns", (1, 6))
         note = {0.0: "lam = 0 is one-step TD: delta_t", 1.0: "lam = 1 is the Monte-Carlo return "

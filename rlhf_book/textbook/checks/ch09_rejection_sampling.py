@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.textbook.checks import (Mismatch, as_array, expect, expect_close, expect_dtype,
-                                       expect_shape, jit, vmap)
+                                       expect_shape, jit, require, vmap)
 
 # Book eq. 117: M = 5 prompts x N = 4 completions; eq. 123: the top 5, best first.
 BOOK_R = np.array([[0.7, 0.3, 0.5, 0.2],
@@ -159,8 +159,8 @@ def inverse_permutation(fn):
         x_sorted = x[sorted_indices]
         what = f"inverse_permutation(np.argsort(x)) for x = {x.tolist()}"
         inv = _call_inverse(fn, sorted_indices.astype(np.int32), what)
-        expect(bool(np.all((0 <= inv) & (inv < 10))), f"{what} = {inv.tolist()}: entries must be "
-               f"positions 0..9")
+        require(bool(np.all((0 <= inv) & (inv < 10))), f"{what} = {inv.tolist()}: entries must be "
+                f"positions 0..9")
         expect(x_sorted[inv].tolist() == x.tolist(),
                f"{what} = {inv.tolist()}: x_sorted[inv] = {x_sorted[inv].tolist()} is not x (the "
                f"book's check np.allclose(x, x_sorted[i_rev])). inv[perm[i]] = i, the scatter "
