@@ -37,12 +37,14 @@ def causal_mask(t: int) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Scaled dot-product attention, ``softmax(q k^T / sqrt(d), masked) v``.
+    """Scaled dot-product attention, ``softmax(q k^T / sqrt(d), masked) v`` (Vaswani et al. 2017;
+    the attention of the mini GPT of book Appendix A.1).
 
     Shapes: ``q [N, H, S, d]``, ``k, v [N, H, K, d]``, ``mask`` broadcastable to
-    ``[N, H, S, K]`` (True = may attend); returns ``[N, H, S, d]``. Masked scores get the most
-    negative finite float rather than ``-inf``, so a row with no visible key yields a uniform
-    average of the values, not NaN.
+    ``[N, H, S, K]`` (True = may attend); returns ``[N, H, S, d]``. The softmax runs over the
+    keys a query may see; a masked key gets weight 0. A query row with no visible key yields the
+    uniform average of all ``K`` values, not NaN, and scores of any size (``|q.k| ~ 1e3``) give
+    finite results.
     """
     raise NotImplementedError("Exercise 0.2 (scaled dot-product attention; ch00 guide, 'Attention') is not started: replace this line with your solution.")
 
@@ -51,9 +53,10 @@ def log_probs_from_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """``log softmax(logits)[target]`` for every position: ``[..., V], [...] -> [...]``.
 
     The negative of the softmax cross-entropy with integer labels (book Appendix A.1,
-    eq. 142). Computed as ``logit[target] - logsumexp(logits)``, which stays finite for
-    logits of any size (no probability is ever formed and then logged). A logit of ``-inf`` is
-    a probability of 0; NaN and ``+inf`` raise (when called eagerly).
+    eq. 142); ``targets`` are integers in ``[0, V)``. Finite for logits of any size (logits
+    ``[1e4, -1e4, 0]`` give ``[0, -2e4, -1e4]``), with the gradient ``onehot(target) -
+    softmax(logits)``. A logit of ``-inf`` is a probability of 0; NaN and ``+inf`` raise (when
+    called eagerly).
     """
     logits = as_float_array(logits, "logits", values="logits")
     raise NotImplementedError('Exercise 0.3 (log-probs from logits (softmax cross-entropy); book App. A.1, eq. 142) is not started: replace this line with your solution.')
@@ -63,13 +66,14 @@ def sample_token(key, logits, temperature, top_k: int = 0):
     """Sample one token per row from ``logits [N, V]``; return ``(tokens [N], logprobs [N])``.
 
     Temperature sampling draws from ``softmax(logits / temperature)``: below 1 it sharpens the
-    distribution, above 1 it flattens it. ``top_k > 0`` (a Python int) keeps only the ``k``
-    largest logits; ``temperature == 0`` picks the argmax. ``temperature`` may be a traced
-    scalar under ``jit``, so branch with ``jnp.where``, not ``if``. The returned
-    log-probability is under ``softmax(logits / temperature)`` without the top-k cut
-    (``temperature = 1`` when greedy): exactly what a trainer recomputes from the finished
-    sequence, so PPO's ratio is 1 on-policy.
+    distribution, above 1 it flattens it (Holtzman et al. 2020). ``top_k > 0`` (a Python int)
+    keeps only the ``k`` largest logits, renormalised (Fan et al. 2018); ``temperature == 0``
+    picks the argmax. ``key`` is a PRNG key; ``tokens`` are integers. ``temperature`` may be a
+    traced scalar under ``jit``, with the same results as eagerly. The returned log-probability
+    is under ``softmax(logits / temperature)`` without the top-k cut (``temperature = 1`` when
+    greedy): exactly what a trainer recomputes from the finished sequence, so PPO's ratio is 1
+    on-policy.
     """
     raise NotImplementedError("Exercise 0.4 (temperature and top-k sampling; ch00 guide, 'Sampling') is not started: replace this line with your solution.")
 
-# stub fingerprint: 5c082bbfec53163d
+# stub fingerprint: a813a3375261c808

@@ -34,9 +34,14 @@ def apply_chat_template(messages: Sequence[Message], style: str = "chatml", *,
                         add_generation_prompt: bool = False, bos_token: str = "") -> str:
     """Render ``messages`` as a string in one of the book's chat formats (book §4.1).
 
-    ``bos_token`` is emitted first, as the book's Jinja template does; its printed output shows
-    no BOS, which matches only ``bos_token=""`` (the default here; an erratum in the guide).
-    Contents are stripped, as the template's ``| trim`` does.
+    ``messages`` is a list ``[M]`` of ``{"role", "content"}`` dicts; returns one ``str``. Each
+    turn is the style's opening (``fmt["open"]`` with the role filled in), the content, and the
+    style's closing (``fmt["close_<role>"]`` where the role has its own, else ``fmt["close"]``),
+    with ``fmt = CHAT_STYLES[style]``; ``add_generation_prompt`` appends ``fmt["generation"]``,
+    the header that opens the assistant's reply. ``bos_token`` is emitted first, as the book's
+    Jinja template does; its printed output shows no BOS, which matches only ``bos_token=""``
+    (the default here; an erratum in the guide). Contents are stripped, as the template's
+    ``| trim`` does.
     """
     check_choice(style, "style", CHAT_STYLES)
     check_roles(messages)
@@ -48,11 +53,13 @@ def loss_mask_for(messages: Sequence[Message],
                   mode: str = "all_assistant") -> tuple[list[int], list[int]]:
     """Token ids of a conversation and the loss mask SFT trains with (book §4.3).
 
-    ``mode="all_assistant"`` trains every assistant turn (the book's option 2, "mask the user
-    turns"); ``mode="last_turn"`` only the final one (option 1: earlier assistant turns are
-    context). Either way the mask covers the assistant's content and its closing ``<|end|>``,
-    so the model learns to stop, and never the ``<|assistant|>`` header, which the prompt
-    supplies at generation time.
+    Returns ``(ids, mask)``, two lists ``[L]`` of ints: ``ids`` the conversation as the
+    project's chat tokenizer renders it (:func:`rlhf_book.lm.tokenizer.render_chat`), ``mask``
+    1 on the tokens to train on. ``mode="all_assistant"`` trains every assistant turn (the
+    book's option 2, "mask the user turns"); ``mode="last_turn"`` only the final one (option 1:
+    earlier assistant turns are context). Either way the mask covers the assistant's content
+    and its closing ``<|end|>``, so the model learns to stop, and never the ``<|assistant|>``
+    header, which the prompt supplies at generation time.
     """
     check_choice(mode, "mode", ("all_assistant", "last_turn"))
     check_roles(messages)
@@ -67,6 +74,7 @@ def sft_loss(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) -> jax.
     predict, aligned with ``tokens``). ``logits[:, t]`` predicts ``tokens[:, t + 1]``, so
     ``loss_mask[:, 0]`` is never used. The mean runs over every selected token of the batch
     (not per sequence first; chapter 6 compares the choices) and is 0 when nothing is selected.
+    Returns a scalar.
     """
     logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
     loss_mask = as_like(loss_mask, "loss_mask", logits[..., 0], "tokens [N, T]")
@@ -77,11 +85,15 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], lengt
     """Pack examples into rows of ``length`` tokens, in order, starting a new row when the next
     example does not fit (book §4.3: packing fills the context with useful tokens).
 
-    Each example keeps its own segment id, so with ``gpt.forward(..., segment_ids=...)`` it
-    attends only to itself and its positions restart at 0: its logits, and so the loss, are
-    those of the example alone. The first token of an example is never a target (its mask is
-    forced to 0), so no example is trained to predict the start of the next.
+    ``examples`` is a list of ``(ids, mask)`` pairs of equal lengths ``[L_k]``; one longer than
+    ``length`` raises ``ValueError`` (it is never cut). Returns ``SFTBatch(tokens, loss_mask,
+    segment_ids)``, each ``[R, length]``: every example whole and contiguous, in order, with
+    its own segment id (1, 2, ... within a row); the rest of a row is padding, ``<|pad|>`` with
+    loss mask 0 and segment id 0. With ``gpt.forward(..., segment_ids=...)`` an example attends
+    only to itself and its positions restart at 0: its logits, and so the loss, are those of the
+    example alone. The first token of an example is never a target (its mask is forced to 0),
+    so no example is trained to predict the start of the next.
     """
     raise NotImplementedError('Exercise 4.4 (sequence packing; book §4.3) is not started: replace this line with your solution.')
 
-# stub fingerprint: acc8c6e31bc4defc
+# stub fingerprint: 0cfaacee5fa38c39

@@ -33,11 +33,8 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     Shapes: ``chosen_rewards [N]``, ``rejected_rewards [N]``, ``margin`` ``None`` (no margin,
     eq. 16 of InstructGPT), a scalar or ``[N]`` (Llama 2: the rating gap, e.g. 5 - 2 = 3 for
     ratings 5 and 2; :func:`~rlhf_book.ch05_reward_models.encode_pairs` checks its shape).
-    Returns a scalar.
-
-    ``-log sigmoid(d) = softplus(-d) = log(1 + exp(-d))`` (eq. 17, Askell et al. 2021) is
-    computed by ``jax.nn.softplus``, finite with a gradient for any ``d``: at ``d = -1e4`` the
-    loss is ``1e4``.
+    Returns a scalar: the mean over pairs, not the sum. Finite, with a finite gradient, for any
+    reward difference: at ``r_c - r_r = -1e4`` the loss is ``1e4``.
     """
     r_c, r_r = as_float_vectors((chosen_rewards, "chosen_rewards"),
                                 (rejected_rewards, "rejected_rewards"))
@@ -50,14 +47,16 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     (book §5.4.2, eq. 19; Ouyang et al. 2022, InstructGPT).
 
     Shapes: ``scores [P, K]``, the rewards of each prompt's ``K`` completions **ordered
-    best-first** (column 0 was ranked highest); ``valid [P, K]`` (optional) marks the
-    completions that exist when prompts have different ``K``. Returns a scalar:
+    best-first** (column 0 was ranked highest); ``valid [P, K]`` (optional, boolean or 0/1)
+    marks the completions that exist when prompts have different ``K``; an invalid completion's
+    score, whatever it holds, never counts. Returns a scalar:
 
         L = mean over prompts x of  1 / C(K_x, 2) * sum_{i < j valid} -log sigmoid(s_i - s_j),
 
-    over the prompts with at least two valid completions (0 when there are none). Averaging each
-    prompt's pairs first gives every prompt the same weight whatever its ``K``, so a prompt with
-    9 completions (36 correlated pairs) does not count 6 times as much as one with 4 (6 pairs).
+    over the prompts with at least two valid completions (0, not NaN, when there are none).
+    Averaging each prompt's pairs first gives every prompt the same weight whatever its ``K``,
+    so a prompt with 9 completions (36 correlated pairs) does not count 6 times as much as one
+    with 4 (6 pairs).
     """
     s = as_float_array(scores, "scores", "[P, K]")
     valid = jnp.ones(s.shape, bool) if valid is None else as_like(valid, "valid", s, "scores") > 0
@@ -74,9 +73,9 @@ def plackett_luce_loss(scores) -> jax.Array:
         P = prod_k exp(s_k) / sum_{j >= k} exp(s_j),
 
     a sequence of softmax choices: the best item among all, then the best among the rest, and so
-    on. Returns ``mean_n -log P_n = mean_n sum_k (logsumexp_{j >= k} s_j - s_k)``. With ``K = 2``
-    this is :func:`bradley_terry_loss`. The reversed cumulative ``logsumexp`` keeps it finite
-    for scores of any size.
+    on. Returns the scalar ``mean_n -log P_n`` over the ``N`` rankings. With ``K = 2`` this is
+    :func:`bradley_terry_loss`. A shift of every score changes nothing, and scores of any size
+    (``1e4``) give a finite loss.
     """
     s = as_float_array(scores, "scores", "[N, K]")
     raise NotImplementedError('Exercise 5.3 (the Plackett-Luce ranking loss; book §5.4.3, eq. 20) is not started: replace this line with your solution.')
@@ -94,20 +93,24 @@ def last_token_index(mask) -> jax.Array:
 
 def mean_pool(hidden, mask) -> jax.Array:
     """Mean of the hidden states of the real tokens: ``hidden [N, T, D]``, ``mask [N, T]`` ->
-    ``[N, D]`` (zeros for a row with no real token). The alternative to last-token pooling in
-    the exercise of the lecture notes' reward-model lesson."""
+    ``[N, D]`` (zeros for a row with no real token, not NaN). The alternative to the last-token
+    pooling of book §5.3, from the exercise of the lecture notes' reward-model lesson.
+    """
     hidden = as_float_array(hidden, "hidden", "[N, T, D]")
     mask = as_like(mask, "mask", hidden[..., 0], "hidden [N, T]")
     raise NotImplementedError("Exercise 5.5 (mean pooling (the lecture's exercise 1); ch05 guide, 'Pooling') is not started: replace this line with your solution.")
 
 
 def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
-    """Calibration (the exercise of the lecture notes' reward-model lesson): mean reward of the
-    chosen and of the rejected responses, their gap (the margin) and the fraction of pairs ranked the right way round.
+    """Calibration (the exercise of the lecture notes' reward-model lesson; the Bradley-Terry model
+    of book §5.1): mean reward of the chosen and of the rejected responses, their gap (the
+    margin) and the fraction of pairs ranked the right way round.
 
-    ``chosen_rewards [N]``, ``rejected_rewards [N]``. The margin is a difference of rewards, so
-    it is unchanged when every reward shifts by a constant (the only thing a Bradley-Terry model
-    identifies); the two means are not.
+    ``chosen_rewards [N]``, ``rejected_rewards [N]``; returns a dict of Python floats with keys
+    ``"mean_chosen"``, ``"mean_rejected"``, ``"margin"`` (the mean of ``r_c - r_r``) and
+    ``"accuracy"`` (the fraction of strict wins ``r_c > r_r``: a tie is not a win). The margin
+    is a difference of rewards, so it is unchanged when every reward shifts by a constant (the
+    only thing a Bradley-Terry model identifies); the two means are not.
     """
     r_c = np.asarray(chosen_rewards, dtype=np.float64)
     r_r = np.asarray(rejected_rewards, dtype=np.float64)
@@ -116,4 +119,4 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: 6be4b016ca5d21c9
+# stub fingerprint: f6ca9dde083d96cb

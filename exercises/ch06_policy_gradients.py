@@ -31,10 +31,10 @@ def rloo_advantages(rewards) -> jax.Array:
     """REINFORCE leave-one-out (book §6.1.4, eqs. 47, 48; Kool et al. 2019, Ahmadian et al.
     2024): ``A_i = r_i - mean_{j != i} r_j`` within each prompt's group.
 
-    ``rewards [B, G]`` (``G >= 2``) -> ``[B, G]``. Computed as ``r_i - (sum_j r_j - r_i) /
-    (G - 1)``, which equals eq. 49's ``G / (G - 1) * (r_i - mean_j r_j)``. The baseline leaves
-    the sample's own reward out, so it is independent of the sampled action and the gradient
-    stays exactly unbiased.
+    ``rewards [B, G]`` (``G >= 2``; one prompt's group per row) -> ``[B, G]``. Adding a
+    constant to every reward changes nothing, and an all-equal group has zero advantage. The
+    baseline leaves the sample's own reward out, so it is independent of the sampled action and
+    the gradient stays exactly unbiased.
     """
     rewards = as_groups(rewards)
     raise NotImplementedError('Exercise 6.1 (the RLOO leave-one-out advantage; book §6.1.4, eqs. 47, 48, 49) is not started: replace this line with your solution.')
@@ -46,6 +46,7 @@ def ppo_objective(ratio, advantages, clip_low=0.2, clip_high=0.2) -> jax.Array:
 
         J = min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A)
 
+    ``ratio`` (``rho``) and ``advantages`` (``A``) of one shape ``[...]``; returns that shape.
     ``clip_high > clip_low`` is DAPO's clip-higher. The ``min`` makes ``J`` a pessimistic
     bound: for ``A > 0`` it is flat (zero gradient) once ``rho > 1 + clip_high``; for ``A < 0``
     once ``rho < 1 - clip_low``. On the other side of 1 the unclipped branch is chosen and the
@@ -61,10 +62,11 @@ def grpo_advantages(rewards, scale: bool = True, eps: float = 1e-4) -> jax.Array
 
         A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps)
 
-    ``rewards [B, G]`` (``G >= 2``) -> ``[B, G]``. ``std`` is Bessel-corrected (``ddof=1``),
-    as ``torch.std`` in the book's code and TRL; ``eps = 1e-4`` as there, added to the std so an
-    all-equal group gets ``A = 0``, not NaN. ``scale=False`` is Dr. GRPO (eq. 58; Liu et al.
-    2025): ``A_i = r_i - mean``, which is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
+    ``rewards [B, G]`` (``G >= 2``; one group per row) -> ``[B, G]``. ``std`` is
+    Bessel-corrected (``ddof=1``), as ``torch.std`` in the book's code and TRL; ``eps = 1e-4``
+    as there, added to the std (outside the square root) so an all-equal group gets ``A = 0``,
+    not NaN. ``scale=False`` is Dr. GRPO (eq. 58; Liu et al. 2025): ``A_i = r_i - mean``, which
+    is ``(G - 1) / G`` times RLOO's advantage (eq. 60).
     """
     rewards = as_groups(rewards)
     check_range(eps, "eps", 0.0, strict=True)
@@ -75,10 +77,15 @@ def gspo_sequence_ratio(logp, old_logp, mask) -> jax.Array:
     """GSPO's sequence-level ratio (book §6.1.7, eq. 63; Zheng et al. 2025):
 
         rho_i = (pi_theta(a_i | s) / pi_old(a_i | s))^(1 / |a_i|)
-              = exp(mean over a_i's tokens of (log pi_theta - log pi_old))
 
-    ``[N, T]`` inputs -> ``[N]``; 1 for an empty row. The geometric mean keeps the ratio of a
-    long sequence near 1 (a product of hundreds of token ratios would not be)."""
+    the geometric mean of the token ratios over the completion's tokens (where ``mask`` is 1).
+    ``logp``, ``old_logp``, ``mask`` ``[N, T]`` -> ``[N]``; 1 for an empty row. Positions off
+    the mask never count, wherever the completion starts in its row (called eagerly, the inputs
+    must be finite everywhere; under ``jit`` even a NaN off the mask does not reach the result). The
+    mean log-ratio is clamped to ``+-LOG_RATIO_CLAMP`` (20), as the module's other ratios are,
+    so that extreme log-probs give a finite ratio. The geometric mean keeps the ratio of a long
+    sequence near 1 (a product of hundreds of token ratios would not be).
+    """
     old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     mask = as_like(mask, "mask", logp, "logp")
     raise NotImplementedError("Exercise 6.4 (GSPO's sequence-level importance ratio; book §6.1.7, eq. 63) is not started: replace this line with your solution.")
@@ -91,11 +98,15 @@ def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str
 
         loss_t = -stop_gradient(min(rho_t, ratio_cap)) * A_t * log pi_theta(a_t | s_t)
 
-    Every token keeps a gradient ``-w A grad log pi``; the cap only bounds how much one token
-    can be amplified. ``ratio_cap`` is TRL's absolute cap on ``rho`` (``epsilon_high``, 5.0
+    The exercise is the per-token loss ``per_token [N, T]`` (``logp``, ``old_logp``, ``mask``
+    ``[N, T]``; ``adv``, the advantages ``[N]`` or ``[N, T]`` already spread over the tokens
+    as ``[N, T]``), which the last line aggregates into a scalar with :func:`aggregate_loss`
+    (per token by default, eq. 65's ``1 / sum_i |a_i|``). Every token keeps a gradient ``-w A
+    grad log pi``; the cap only bounds how much one token can be amplified, and no gradient
+    reaches ``old_logp``. ``ratio_cap`` is TRL's absolute cap on ``rho`` (``epsilon_high``, 5.0
     recommended), not eq. 66's ``1 + eps_high``; there is no lower clip, as in MiniMax-M1 (the
     book's two-sided ``clip(rho, 1 - eps_low, 1 + eps_high)`` would *raise* the weight of a
-    token whose probability fell). Aggregated per token (eq. 65's ``1 / sum_i |a_i|``).
+    token whose probability fell). Log-probs of any size give a finite loss.
     """
     old_logp = as_like(old_logp, "old_logp", logp := as_float_array(logp, "logp"), "logp")
     adv = jax.lax.stop_gradient(token_advantages(advantages, mask))
@@ -106,7 +117,8 @@ def cispo_loss(logp, old_logp, advantages, mask, ratio_cap=5.0, aggregation: str
 
 def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
                    max_length: int | None = None) -> jax.Array:
-    """Reduce a per-token loss ``[N, T]`` to a scalar (book §6.2.2, eqs. 67, 68, 69):
+    """Reduce a per-token loss ``[N, T]`` to a scalar (book §6.2.2, eqs. 67, 68, 69), counting
+    only the completion tokens, where ``mask [N, T]`` is 1 (``|a_i|`` tokens in row ``i``):
 
     * ``"per_sequence"`` (eq. 67, the original GRPO): ``mean_i (sum_t l_it / |a_i|)`` -- every
       sequence weighs the same, so a token of a short sequence weighs more. Rows with no
@@ -117,8 +129,9 @@ def aggregate_loss(per_token_loss, mask, mode: str = "per_sequence",
       normaliser (``max_length`` defaults to the padded width ``T``; TRL uses the configured
       maximum completion length).
 
-    The book's example: token losses ``[1, 1, 1, 1, 10]`` and ``[1] * 9 + [10]`` give 2.35,
-    2.2 and (with ``max_length = 10``) 1.65, the mean of 1.4 and 1.9.
+    An all-zero mask gives 0, not NaN, in every mode. The book's example: token losses
+    ``[1, 1, 1, 1, 10]`` and ``[1] * 9 + [10]`` give 2.35, 2.2 and (with ``max_length = 10``)
+    1.65, the mean of 1.4 and 1.9.
     """
     per_token_loss = as_float_array(per_token_loss, "per_token_loss")
     mask = as_like(mask, "mask", per_token_loss, "per_token_loss [N, T]")
@@ -132,11 +145,11 @@ def tis_weights(learner_logp, sampler_logp, cap: float = 2.0, log_clamp: float =
 
         w_t = min(pi_learner(a_t) / pi_sampler(a_t), cap)
 
-    per token, held constant (``stop_gradient``), to multiply each token's policy loss. The
-    cap is one-sided: a ratio below 1 passes unchanged. The log-ratio is clamped to
-    ``+-log_clamp`` before ``exp`` for safety. Any matching shapes; returns that shape. The
-    book's example: log-ratios ``[-12, -0.5, 0, 0.5, 1, 12]`` give ``[e^-10, 0.607, 1, 1.649,
-    2, 2]``.
+    per token, held constant (no gradient reaches either argument), to multiply each token's
+    policy loss. The cap is one-sided: a ratio below 1 passes unchanged. The log-ratio is
+    clamped to ``+-log_clamp`` before it is exponentiated, for safety. ``learner_logp`` and
+    ``sampler_logp`` of any matching shape ``[...]``; returns that shape. The book's example:
+    log-ratios ``[-12, -0.5, 0, 0.5, 1, 12]`` give ``[e^-10, 0.607, 1, 1.649, 2, 2]``.
     """
     learner_logp = as_float_array(learner_logp, "learner_logp")
     sampler_logp = as_like(sampler_logp, "sampler_logp", learner_logp, "learner_logp")
@@ -150,16 +163,17 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     eqs. 75, 76, 77 and its GAE code; Schulman et al. 2016):
 
         delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)
-        A_t     = delta_t + gamma * lam * A_{t+1}        = sum_l (gamma lam)^l delta_{t+l}
+        A_t     = sum_l (gamma lam)^l delta_{t+l}
 
-    ``rewards``, ``values``, ``mask``: ``[N, T]``; returns ``(advantages, returns)``, both
-    ``[N, T]`` and 0 off the completion, with ``returns = advantages + values`` (the critic's
-    targets). The episode ends after the last masked-in token: ``V`` after it is 0 (no
-    bootstrap), and positions off the mask (prompt, padding) are skipped, so a completion that
-    starts at any offset gives the same numbers as when it is left-aligned. On a fully masked-in
-    row this is ``rlax.truncated_generalized_advantage_estimation`` with ``discount = gamma`` and
-    a final value of 0. ``lam = 1`` gives Monte-Carlo returns minus ``V``; ``lam = 0`` one-step
-    TD. Computed backwards with one ``lax.scan`` over ``T``.
+    ``rewards``, ``values``, ``mask``: ``[N, T]``; the exercise computes ``advantages
+    [N, T]``, 0 off the completion, and the last lines add ``returns = advantages + values``
+    (the critic's targets) and return both. The episode ends after the last masked-in token:
+    ``V`` after it is 0 (no bootstrap), and positions off the mask (prompt, padding, a hole)
+    are skipped, so ``s_{t+1}`` is the next completion token and a completion that starts at
+    any offset gives the same numbers as when it is left-aligned. On a fully masked-in row this
+    is ``rlax.truncated_generalized_advantage_estimation`` with ``discount = gamma`` and a final
+    value of 0. ``lam = 1`` gives Monte-Carlo returns minus ``V``; ``lam = 0`` one-step TD.
+    Works under ``jit`` and ``vmap``.
     """
     values = as_like(values, "values", rewards := as_float_array(rewards, "rewards"), "rewards")
     mask = as_like(mask, "mask", rewards, "rewards [N, T]")
@@ -172,4 +186,4 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     returns = jnp.where(mask > 0, advantages + values, 0.0)
     return advantages, returns
 
-# stub fingerprint: 1dd86c841659d5ad
+# stub fingerprint: a8196fedcc5c17f9

@@ -31,13 +31,16 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     """The DPO loss of each pair, ``-log sigmoid(beta h)`` ``[N]`` (book eq. 79, the same as eq.
     105; Rafailov et al. 2023); the loss of a batch is their mean.
 
-    ``label_smoothing = eps > 0`` is conservative DPO (cDPO; TRL's ``sigmoid`` loss): each label
-    is taken to be flipped with probability ``eps``, so the loss is the cross-entropy against
-    a soft target, ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``, whose optimum
-    is a finite ``h* = log((1 - eps) / eps) / beta`` instead of ``h -> infinity``.
+    ``h = (log pi(y_c) - log pi_ref(y_c)) - (log pi(y_r) - log pi_ref(y_r))`` is the implicit
+    reward margin of the pair (the module's ``dpo_logits``). ``label_smoothing = eps > 0`` is
+    conservative DPO (cDPO; TRL's ``sigmoid`` loss): each label is taken to be flipped with
+    probability ``eps``, so the loss is the cross-entropy against a soft target, ``-(1 - eps) log
+    sigmoid(beta h) - eps log sigmoid(-beta h)``, whose optimum is a finite ``h* = log((1 -
+    eps) / eps) / beta`` instead of ``h -> infinity``.
 
     Shapes: four ``[N]`` sequence log-probs; returns ``[N]``. At ``pi = pi_ref`` every ``h`` is
-    0 and every loss is ``log 2``.
+    0 and every loss is ``log 2``; finite for any ``h`` (``h = +-1e4`` gives losses 0 and
+    ``1e4`` at ``beta = 1``).
     """
     check_range(beta, "beta", 0, strict=True)
     check_range(label_smoothing, "label_smoothing", 0, 0.5)
@@ -47,9 +50,11 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
                         ref_rejected_logps, beta=0.1) -> jax.Array:
     """The weight ``w = sigmoid(-beta h)`` ``[N]`` of each pair in DPO's gradient (book eqs. 81,
-    108): ``grad L = -beta E[w (grad log pi(y_c) - grad log pi(y_r))]``. ``w`` is near 1 when the
-    implicit reward ranks the pair the wrong way round and near 0 when it already ranks it
-    right by a wide margin; ``1/2`` at ``pi = pi_ref``."""
+    108): ``grad L = -beta E[w (grad log pi(y_c) - grad log pi(y_r))]``, with ``h`` the implicit
+    reward margin of :func:`dpo_loss` and four ``[N]`` sequence log-probs as its inputs. ``w``
+    is near 1 when the implicit reward ranks the pair the wrong way round and near 0 when it
+    already ranks it right by a wide margin; ``1/2`` at ``pi = pi_ref``.
+    """
     check_range(beta, "beta", 0, strict=True)
     raise NotImplementedError("Exercise 8.2 (DPO's gradient weight; book §8.1.1, eq. 81; §8.1.2.3, eqs. 106, 107, 108) is not started: replace this line with your solution.")
 
@@ -57,7 +62,11 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
 def optimal_policy(ref_probs, rewards, beta) -> jax.Array:
     """The maximiser of the KL-regularised objective, ``pi*(y) = pi_ref(y) exp(r(y) / beta) /
     Z`` (book eq. 95), ``[K]``: the reference tilted towards reward, more sharply the smaller
-    ``beta``. Computed in log space, so a small ``beta`` does not overflow."""
+    ``beta``. ``ref_probs [K]`` (a distribution), ``rewards [K]``, ``beta > 0``. A reward
+    shift is absorbed by ``Z``. The result stays exact for a tiny ``beta`` (0.005 with rewards
+    of order 1, where ``exp(r / beta)`` overflows float32: all the mass on the best response)
+    and tends to ``pi_ref`` as ``beta`` grows.
+    """
     raise NotImplementedError('Exercise 8.3 (the KL-regularised optimum pi* (eq. 95); book §8.1.2.1, eqs. 82, 87, 94, 95) is not started: replace this line with your solution.')
 
 
@@ -65,8 +74,12 @@ def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
     """The DPO loss averaged over **every** ordered pair of a finite response set, each
     labelled by the Bradley-Terry probability of the true reward, ``p(i > j) = sigmoid(r_i -
     r_j)`` (book eq. 96): the loss of infinite, fully covering preference data (eq. 105).
-    ``policy_logits [K]`` define ``pi = softmax(policy_logits)``. Its minimiser is ``pi*`` of
-    eq. 95, which is what DPO claims; a scalar."""
+    ``policy_logits [K]`` define ``pi = softmax(policy_logits)``; ``ref_probs [K]``,
+    ``rewards [K]``, ``beta > 0``. Returns a scalar: the mean over the ``K (K - 1)`` ordered
+    pairs ``(i, j)``, ``i != j``, of ``-p(i > j) log sigmoid(beta h_ij)``, with ``h_ij`` the
+    implicit reward margin of ``i`` over ``j``. Its minimiser is ``pi*`` of eq. 95, which is
+    what DPO claims.
+    """
     policy_logits, ref_probs, rewards = as_float_vectors(
         (policy_logits, "policy_logits"), (ref_probs, "ref_probs"), (rewards, "rewards"))
     check_range(beta, "beta", 0, strict=True)
@@ -75,11 +88,13 @@ def population_dpo_loss(policy_logits, ref_probs, rewards, beta) -> jax.Array:
 
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              beta=0.1) -> jax.Array:
-    """IPO (Azar et al. 2023): ``(h - 1 / (2 beta))^2`` per pair ``[N]``, on the log-probs as
-    given (sums, as in the paper; TRL length-averages them first). A squared loss pulls ``h`` to
-    the finite target ``1 / (2 beta)`` even when every label agrees, where DPO's ``h`` grows
-    without bound. IPO is the PsiPO family's choice ``Psi = identity`` (the book's ``Psi(q) =
-    log(q / (1 - q))`` is the choice that gives back DPO; see the guide's errata)."""
+    """IPO (Azar et al. 2023): ``(h - 1 / (2 beta))^2`` per pair ``[N]``, with ``h`` the implicit
+    reward margin of :func:`dpo_loss` on four ``[N]`` sequence log-probs, taken as given (sums,
+    as in the paper; TRL length-averages them first). A squared loss pulls ``h`` to the finite
+    target ``1 / (2 beta)`` even when every label agrees, where DPO's ``h`` grows without
+    bound. IPO is the PsiPO family's choice ``Psi = identity`` (the book's §8.2 ``Psi(q) =
+    log(q / (1 - q))`` is the choice that gives back DPO; see the guide's errata).
+    """
     check_range(beta, "beta", 0, strict=True)
     raise NotImplementedError("Exercise 8.5 (IPO's squared loss; book §8.2; Azar et al. 2023 (IPO is Psi = identity; ch08 guide, errata)) is not started: replace this line with your solution.")
 
@@ -88,21 +103,25 @@ def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta=2.0, gamma=1.0) -> jax
     """SimPO (Meng et al. 2024): ``-log sigmoid(beta (ac - ar) - gamma)`` per pair ``[N]``, on
     the **per-token average** log-probs ``ac, ar`` ``[N]`` (``sequence_log_probs(...,
     average=True)``). No reference model, and a target margin ``gamma`` (the book mentions only
-    the length normalisation, §8.2)."""
+    the length normalisation, §8.2). Finite for any margin.
+    """
     ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
     check_range(beta, "beta", 0, strict=True), check_range(gamma, "gamma")
     raise NotImplementedError('Exercise 8.6 (SimPO: length-normalised, with a margin; book §8.2; Meng et al. 2024) is not started: replace this line with your solution.')
 
 
 def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
-    """ORPO's odds-ratio term (Hong et al. 2024): ``-log sigmoid(log odds(y_c) - log
+    """ORPO's odds-ratio term (Hong et al. 2024; book §8.2): ``-log sigmoid(log odds(y_c) - log
     odds(y_r))`` per pair ``[N]``, with ``odds(y) = P / (1 - P)`` and ``P = exp(average token
-    log-prob)`` ``[N]``. ORPO adds ``lambda`` times its mean to the chosen completion's NLL,
-    with no reference model. ``log(1 - P)`` is computed as ``log1mexp`` so that ``P`` near 1
-    stays finite; the averages must be < 0 (``P < 1``)."""
+    log-prob)`` from ``avg_chosen_logps, avg_rejected_logps [N]``. ORPO adds ``lambda`` times
+    its mean to the chosen completion's NLL, with no reference model. The averages must be
+    ``< 0`` (``P < 1``; the lines above keep them at most ``-1e-6``). Accurate, with a finite
+    gradient, for ``P`` within ``1e-6`` of 1: averages ``-1e-6`` and ``-3e-6`` (odds ratio about
+    3) give ``log(4/3)``.
+    """
     ac, ar = as_float_vectors(*zip((avg_chosen_logps, avg_rejected_logps), _AVERAGE_NAMES))
     # P = 1 exactly has infinite odds: keep the log-prob a hair below 0.
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2; Hong et al. 2024) is not started: replace this line with your solution.")
 
-# stub fingerprint: 397463e868290a16
+# stub fingerprint: d134a1a84a1d63e7

@@ -30,8 +30,11 @@ from rlhf_book.lm.kl import LOG_RATIO_CLAMP, log_ratio
 def kl_k3(logp, ref_logp) -> jax.Array:
     """``k3 = (r - 1) - log r`` with ``log r = log pi_ref - log pi`` per sample (Schulman 2020):
     unbiased and never negative (``e^x >= 1 + x``). GRPO's KL term (book §6.2.6; DeepSeekMath;
-    TRL's ``per_token_kl``). ``expm1`` avoids cancellation for nearby models; the log-ratio is
-    clamped above at 20 so that extreme logits give a large finite value, never inf."""
+    TRL's ``per_token_kl``; book §15.1's estimators). ``logp``, ``ref_logp`` of any matching
+    shape ``[...]``; returns that shape. Accurate (positive, about ``log(r)^2 / 2``) for nearby
+    models, where ``log r`` is 1e-6 in float32; the log-ratio is clamped above at 20
+    (``LOG_RATIO_CLAMP``) so that extreme logits give a large finite value, never inf.
+    """
     raise NotImplementedError("Exercise 15.1 (Schulman's k3 estimator, stable for nearby models; book §15.1, eq. 129; Schulman 2020; ch15 guide, 'Estimating the KL') is not started: replace this line with your solution.")
 
 
@@ -44,11 +47,10 @@ def exact_kl(logits_p, logits_q) -> jax.Array:
     the policy first: ``exact_kl(logits, ref_logits)`` is ``KL(pi || pi_ref)``; the other way
     round it is the forward KL ``KL(pi_ref || pi)``.
 
-    Stable for logits of any size: the log-probabilities come from ``log_softmax``, never from
-    ``log(softmax)``, and a category with ``p(v) = 0`` (``exp`` underflows, or a logit of
-    ``-inf``) contributes exactly 0, as ``xlogy`` does (``0 log 0 = 0``). Where ``q(v) = 0 <
-    p(v)`` the result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and
-    its gradient are finite, and two equal rows give exactly 0.
+    Stable for logits of any size: a category with ``p(v) = 0`` (``exp`` underflows, or a
+    logit of ``-inf``) contributes exactly 0 (``0 log 0 = 0``). Where ``q(v) = 0 < p(v)`` the
+    result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and its gradient
+    are finite, and two equal rows give exactly 0.
     """
     logits_p = as_float_array(logits_p, "logits_p", values="logits")
     logits_q = as_like(logits_q, "logits_q", logits_p, "logits_p", values="logits")
@@ -66,7 +68,7 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     where position ``t`` holds the distribution the token at position ``t`` was drawn from (a
     causal LM's output shifted by one: pass ``logits[:, :-1]`` with ``mask[:, 1:]``, or call
     :func:`generation_kl`). Returns ``[N]``; a row with no completion token gives 0, and
-    positions off the mask never reach the result.
+    positions off the mask never reach the result, whatever they hold.
 
     By the chain rule of the KL, ``KL(pi(y|x) || pi_ref(y|x)) = E_{y ~ pi}[sum_t
     KL(pi(. | y_<t) || pi_ref(. | y_<t))]`` over whole completions, so on a sampled completion
@@ -79,4 +81,4 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     mask = as_like(mask, "mask", logits[..., 0], "[N, T]")
     raise NotImplementedError('Exercise 15.3 (the sequence KL of a generation, masked; book §15.1.2, the implementation example (its kl_full, fixed)) is not started: replace this line with your solution.')
 
-# stub fingerprint: 5effc4c6ae2f5501
+# stub fingerprint: 772ef3e73c90b2c6

@@ -52,7 +52,7 @@ def _grade(args) -> int:
     where = ("the library's reference solutions" if args.impl == "reference" else
              ", ".join(_relative(c.stub_file(args.exercises_dir)) for c in chapters))
     print(f"grading {where}\n")
-    print(f"  {'id':<6}{'exercise':<48}{'status':<12}{'time':>7}")
+    print(f"  {'id':<6}{'':<5}{'exercise':<48}{'status':<12}{'time':>7}")
     colour = sys.stdout.isatty() and not args.no_color
 
     def show(result):
@@ -122,7 +122,7 @@ def _chapter_table(args) -> int:
               f"{f'{seconds:.0f} s' if seconds else '-':>8}")
     problems = guides.stale()
     for line in problems:
-        print(f"stale excerpts in {line} (run `rlhf-book chapters --sync`)")
+        print(f"stale excerpts or solutions in {line} (run `rlhf-book chapters --sync`)")
     if not equations.index_is_current():
         problems.append(str(equations.INDEX_PATH))
         print(f"stale {equations.INDEX_PATH} (run `rlhf-book chapters --sync`)")
@@ -246,10 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_exercises)
 
     p = sub.add_parser("chapters", help="list the chapters; check or --sync the code excerpts "
-                                        "of the chapter guides and chapters/EQUATIONS.md")
+                                        "and folded solutions of the chapter guides and "
+                                        "chapters/EQUATIONS.md")
     p.add_argument("chapters", nargs="*", help=chapter_help)
     p.add_argument("--sync", action="store_true",
-                   help="rewrite the guides' excerpts and the equation index from the source")
+                   help="rewrite the guides' excerpts, their folded solutions and the equation "
+                        "index from the source")
     p.set_defaults(func=_chapter_table)
 
     p = sub.add_parser("figures", help="regenerate figures/*.png and figures/manifest.json")

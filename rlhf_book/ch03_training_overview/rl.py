@@ -68,16 +68,17 @@ def discounted_return(rewards: jax.Array, gamma: float) -> jax.Array:
 # [guide:discounted-returns]
 def discounted_returns(rewards: jax.Array, gamma: float, dones: jax.Array | None = None) -> jax.Array:
     """The return-to-go at every step, ``G_t = sum_{k >= 0} gamma^k r_{t+k}`` (book §6.1,
-    eqs. 24, 25, with the reward index of eq. 2; ``G_0`` is the return inside §3.1's eq. 2).
+    eqs. 24, 25, with the reward index of eq. 2; ``G_0`` is the return inside §3.1's eq. 2):
+    the reward of step ``t`` counts undiscounted.
 
-    Shapes: ``rewards [T]`` or ``[B, T]`` (time last); ``dones`` (optional) the same shape,
-    1/True on the *last* step of an episode, so that several episodes laid end to end in one
-    row do not leak into each other's returns; returns the same shape as ``rewards``.
+    Shapes: ``rewards [T]`` or ``[B, T]`` (time last, each row its own trajectory); ``dones``
+    (optional) the same shape, 1/True on the *last* step of an episode: the sum stops after
+    that step's reward, so several episodes laid end to end in one row do not leak into each
+    other's returns; returns the same shape as ``rewards``. ``gamma`` in [0, 1]. ``G_t`` is the
+    weight REINFORCE puts on ``log pi(a_t | s_t)`` (book §6.1.3, eq. 45).
 
-    Computed backwards with one ``lax.scan`` over time, from the exact recursion
-    ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` with ``G_T = 0``: the reward of step ``t``
-    counts undiscounted. ``G_t`` is the weight REINFORCE puts on ``log pi(a_t | s_t)`` (book
-    §6.1.3, eq. 45). ``gamma`` in [0, 1].
+    How: backwards with one ``lax.scan`` over time (``reverse=True``, time moved to the front),
+    from the exact recursion ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` with ``G_T = 0``.
     """
     check_range(gamma, "gamma", 0.0, 1.0)
     rewards = as_float_array(rewards, "rewards")
@@ -264,16 +265,21 @@ def cartpole_step(state: jax.Array, action: jax.Array,
     computes it.
 
     Shapes: ``state [..., 4]`` = ``(x, x_dot, theta, theta_dot)`` (eq. 4), ``action [...]``
-    integer, 0 pushes left (force ``-F``), 1 pushes right (``+F``). Returns
-    ``(next_state [..., 4], reward [...], done [...])``: the reward is 1.0 on every step,
-    including the one that ends the episode (Gym's convention), and ``done`` is True when the
+    integer, 0 pushes left (force ``-F``), 1 pushes right (``+F``); the constants (``F``, the
+    masses, the pole's half-length ``l``, ``g``, the time step ``tau``, the limits) are the
+    fields of ``config``. Returns ``(next_state [..., 4], reward [...], done [...])``: the
+    accelerations of eqs. 5, 6, 7 at the current state, then explicit Euler (eqs. 8, 9), in
+    which positions move with the *old* velocities. The reward is 1.0 on every step, including
+    the one that ends the episode (Gym's convention), and ``done`` (bool) is True when the
     *next* state leaves ``|x| <= 2.4`` or ``|theta| <= 12°`` (strict ``>`` fails, as in Gym).
-    Truncation at ``max_steps`` is the caller's business (the rollout's length).
+    Works under ``jit`` and ``vmap``. Truncation at ``max_steps`` is the caller's business (the
+    rollout's length).
 
-    With ``alpha = (F + m_p l theta_dot^2 sin theta) / (m_c + m_p)`` (eq. 5):
+    How: with ``alpha = (F + m_p l theta_dot^2 sin theta) / (m_c + m_p)`` (eq. 5):
     ``theta_acc = (g sin theta - cos theta alpha) / (l (4/3 - m_p cos^2 theta / (m_c + m_p)))``
-    (eq. 6), ``x_acc = alpha - m_p l theta_acc cos theta / (m_c + m_p)`` (eq. 7), and explicit
-    Euler (eqs. 8, 9): positions move with the *old* velocities.
+    (eq. 6), ``x_acc = alpha - m_p l theta_acc cos theta / (m_c + m_p)`` (eq. 7); then ``x +=
+    tau x_dot``, ``x_dot += tau x_acc`` and the same for ``theta``. The force is
+    ``jnp.where(action == 1, F, -F)``, so the step has no Python branch.
     """
     state, action = jnp.asarray(state), jnp.asarray(action)
     if state.shape[-1:] != (4,) or action.shape != state.shape[:-1]:
@@ -313,9 +319,15 @@ def reinforce_loss(logp: jax.Array, returns: jax.Array, mask: jax.Array,
     minimising this loss ascends that estimate of the gradient. Shapes: ``logp``, ``returns``
     and ``mask`` are ``[E, T]`` (episodes x steps; ``[T]`` for one episode), ``baseline``
     broadcastable to them (a scalar, ``[T]`` or ``[E, T]``). The sum runs over the steps of
-    each episode where ``mask`` is 1, the mean over episodes (the Monte-Carlo estimate of the
-    expectation). ``G_t - b`` is held constant (``stop_gradient``): only ``logp`` carries a
-    gradient, ``d loss / d logp = -mask * (G - b) / E``. Returns a scalar.
+    each episode where ``mask`` is 1 (0/1 or boolean), the mean over episodes (the Monte-Carlo
+    estimate of the expectation); a step off the mask never counts: under ``jit`` even a
+    ``logp`` of ``-inf`` there does not reach the result (called eagerly, the inputs must be
+    finite: the module's argument checks refuse it). ``G_t - b`` is a constant: only ``logp`` carries a gradient, ``d loss / d logp =
+    -mask * (G - b) / E``, and none reaches ``returns`` or ``baseline``. Returns a scalar.
+
+    How: ``stop_gradient(G - b)``; the masked sum over the last axis selects with ``jnp.where``
+    (``masked_sum``) rather than multiplying by the mask, since ``0 * -inf`` is NaN; then the
+    mean over episodes.
     """
     logp, baseline = as_float_array(logp, "logp"), as_float_array(baseline, "baseline")
     returns, mask = as_like(returns, "returns", logp, "logp"), as_like(mask, "mask", logp, "logp")

@@ -251,12 +251,15 @@ def lesson_batch(pairs: Sequence[dict[str, str]], length: int = LESSON_CONFIG.ma
 
 # [guide:margins]
 def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
-    """Calibration (the exercise of the lecture notes' reward-model lesson): mean reward of the
-    chosen and of the rejected responses, their gap (the margin) and the fraction of pairs ranked the right way round.
+    """Calibration (the exercise of the lecture notes' reward-model lesson; the Bradley-Terry model
+    of book §5.1): mean reward of the chosen and of the rejected responses, their gap (the
+    margin) and the fraction of pairs ranked the right way round.
 
-    ``chosen_rewards [N]``, ``rejected_rewards [N]``. The margin is a difference of rewards, so
-    it is unchanged when every reward shifts by a constant (the only thing a Bradley-Terry model
-    identifies); the two means are not.
+    ``chosen_rewards [N]``, ``rejected_rewards [N]``; returns a dict of Python floats with keys
+    ``"mean_chosen"``, ``"mean_rejected"``, ``"margin"`` (the mean of ``r_c - r_r``) and
+    ``"accuracy"`` (the fraction of strict wins ``r_c > r_r``: a tie is not a win). The margin
+    is a difference of rewards, so it is unchanged when every reward shifts by a constant (the
+    only thing a Bradley-Terry model identifies); the two means are not.
     """
     r_c = np.asarray(chosen_rewards, dtype=np.float64)
     r_r = np.asarray(rejected_rewards, dtype=np.float64)

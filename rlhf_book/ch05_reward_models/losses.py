@@ -67,11 +67,11 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Arr
     Shapes: ``chosen_rewards [N]``, ``rejected_rewards [N]``, ``margin`` ``None`` (no margin,
     eq. 16 of InstructGPT), a scalar or ``[N]`` (Llama 2: the rating gap, e.g. 5 - 2 = 3 for
     ratings 5 and 2; :func:`~rlhf_book.ch05_reward_models.encode_pairs` checks its shape).
-    Returns a scalar.
+    Returns a scalar: the mean over pairs, not the sum. Finite, with a finite gradient, for any
+    reward difference: at ``r_c - r_r = -1e4`` the loss is ``1e4``.
 
-    ``-log sigmoid(d) = softplus(-d) = log(1 + exp(-d))`` (eq. 17, Askell et al. 2021) is
-    computed by ``jax.nn.softplus``, finite with a gradient for any ``d``: at ``d = -1e4`` the
-    loss is ``1e4``.
+    How: ``-log sigmoid(d) = softplus(-d) = log(1 + exp(-d))`` (eq. 17, Askell et al. 2021) is
+    computed by ``jax.nn.softplus``, never as ``log(sigmoid(d))``, which is ``log 0`` there.
     """
     r_c, r_r = as_float_vectors((chosen_rewards, "chosen_rewards"),
                                 (rejected_rewards, "rejected_rewards"))
@@ -95,14 +95,20 @@ def balanced_pairwise_loss(scores, valid=None) -> jax.Array:
     (book §5.4.2, eq. 19; Ouyang et al. 2022, InstructGPT).
 
     Shapes: ``scores [P, K]``, the rewards of each prompt's ``K`` completions **ordered
-    best-first** (column 0 was ranked highest); ``valid [P, K]`` (optional) marks the
-    completions that exist when prompts have different ``K``. Returns a scalar:
+    best-first** (column 0 was ranked highest); ``valid [P, K]`` (optional, boolean or 0/1)
+    marks the completions that exist when prompts have different ``K``; an invalid completion's
+    score, whatever it holds, never counts. Returns a scalar:
 
         L = mean over prompts x of  1 / C(K_x, 2) * sum_{i < j valid} -log sigmoid(s_i - s_j),
 
-    over the prompts with at least two valid completions (0 when there are none). Averaging each
-    prompt's pairs first gives every prompt the same weight whatever its ``K``, so a prompt with
-    9 completions (36 correlated pairs) does not count 6 times as much as one with 4 (6 pairs).
+    over the prompts with at least two valid completions (0, not NaN, when there are none).
+    Averaging each prompt's pairs first gives every prompt the same weight whatever its ``K``,
+    so a prompt with 9 completions (36 correlated pairs) does not count 6 times as much as one
+    with 4 (6 pairs).
+
+    How: all pairs at once as ``[P, K, K]`` arrays: the differences ``s_i - s_j``, a pair mask
+    (upper triangle ``i < j``, both valid), ``softplus(-d)``, a masked mean per prompt, then a
+    masked mean over the prompts that have a pair.
     """
     s = as_float_array(scores, "scores", "[P, K]")
     valid = jnp.ones(s.shape, bool) if valid is None else as_like(valid, "valid", s, "scores") > 0
@@ -129,9 +135,13 @@ def plackett_luce_loss(scores) -> jax.Array:
         P = prod_k exp(s_k) / sum_{j >= k} exp(s_j),
 
     a sequence of softmax choices: the best item among all, then the best among the rest, and so
-    on. Returns ``mean_n -log P_n = mean_n sum_k (logsumexp_{j >= k} s_j - s_k)``. With ``K = 2``
-    this is :func:`bradley_terry_loss`. The reversed cumulative ``logsumexp`` keeps it finite
-    for scores of any size.
+    on. Returns the scalar ``mean_n -log P_n`` over the ``N`` rankings. With ``K = 2`` this is
+    :func:`bradley_terry_loss`. A shift of every score changes nothing, and scores of any size
+    (``1e4``) give a finite loss.
+
+    How: ``-log P_n = sum_k (logsumexp_{j >= k} s_j - s_k)``; the reversed cumulative
+    ``logsumexp`` (``jax.lax.cumlogsumexp(..., reverse=True)``) gives every tail at once and
+    keeps it finite for scores of any size.
     """
     s = as_float_array(scores, "scores", "[N, K]")
     # BEGIN SOLUTION
@@ -269,6 +279,9 @@ def last_token_index(mask) -> jax.Array:
     Searching for the last 1 finds the last real token under left *and* right padding (the
     book's ``mask.sum(1) - 1`` is right only under right padding). A row with no 1 gives
     ``T - 1``; callers that can meet empty rows must mask them out.
+
+    How: the first 1 of the reversed row (``argmax`` of the row read backwards), counted from
+    the end: ``T - 1 - argmax(mask[..., ::-1])``.
     """
     # BEGIN SOLUTION
     m = jnp.asarray(mask).astype(bool)
@@ -279,8 +292,12 @@ def last_token_index(mask) -> jax.Array:
 
 def mean_pool(hidden, mask) -> jax.Array:
     """Mean of the hidden states of the real tokens: ``hidden [N, T, D]``, ``mask [N, T]`` ->
-    ``[N, D]`` (zeros for a row with no real token). The alternative to last-token pooling in
-    the exercise of the lecture notes' reward-model lesson."""
+    ``[N, D]`` (zeros for a row with no real token, not NaN). The alternative to the last-token
+    pooling of book §5.3, from the exercise of the lecture notes' reward-model lesson.
+
+    How: the masked sum over ``T`` divided by the number of real tokens, floored at 1 so that
+    an empty row gives ``0 / 1``.
+    """
     hidden = as_float_array(hidden, "hidden", "[N, T, D]")
     mask = as_like(mask, "mask", hidden[..., 0], "hidden [N, T]")
     # BEGIN SOLUTION

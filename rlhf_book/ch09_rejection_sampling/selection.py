@@ -65,11 +65,16 @@ def unflatten_index(flat, n_completions: int):
 # [guide:rs-select-top-k]
 def select_top_overall(rewards, k: int):
     """The ``k`` best ``(prompt, completion)`` pairs of the whole matrix (book §9.1, eqs. 115,
-    116): flatten ``rewards [B, N]`` row-major, take the ``k`` largest, map each flat index
-    back with :func:`unflatten_index`. Returns ``(prompt_idx [k], completion_idx [k])``, best
-    first (the order eq. 123 prints; the guide's errata explain eq. 116's ascending argsort),
-    ties to the lower flat index (``jax.lax.top_k``'s order). Unlike the per-prompt rule a
-    prompt may contribute several completions or none."""
+    116): ``rewards [B, N]`` (``B`` prompts, ``N`` completions each), ``k`` a Python int in
+    ``[1, B * N]``. Returns ``(prompt_idx [k], completion_idx [k])``, 0-based, best first (the
+    order eq. 123 prints; the guide's errata explain eq. 116's ascending argsort), ties to the
+    lower row-major flat index. Unlike the per-prompt rule a prompt may contribute several
+    completions or none.
+
+    How: flatten ``rewards`` row-major, take the ``k`` largest with ``jax.lax.top_k`` (which
+    breaks ties towards the lower index), map each flat index back with
+    :func:`unflatten_index`.
+    """
     rewards = _reward_matrix(rewards)
     B, N = rewards.shape
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= B * N:
@@ -84,9 +89,13 @@ def select_top_overall(rewards, k: int):
 # [guide:inverse-permutation]
 def inverse_permutation(perm) -> jax.Array:
     """``inv`` with ``inv[perm] = arange(n)``, so that ``x[perm][inv] == x``: how to undo a sort
-    (book §9.1's code snippet, scatter form; ``argsort(perm)`` is its second form). ``perm``
-    is a permutation of ``0 .. n-1``, ``[n]`` integers. The snippet is titled as an
-    implementation of the selection methods but only undoes a sort (see the guide)."""
+    (book §9.1's code snippet). ``perm`` is a permutation of ``0 .. n-1``, ``[n]`` integers;
+    returns ``[n]`` integers. The snippet is titled as an implementation of the selection
+    methods but only undoes a sort (see the guide).
+
+    How: the snippet's scatter form, ``zeros_like(perm).at[perm].set(arange(n))``;
+    ``argsort(perm)`` is its second form.
+    """
     perm = jnp.asarray(perm)
     check_rank(perm, 1, "perm", "[n]")
     n = perm.shape[0]
@@ -106,7 +115,9 @@ def best_of_n_kl(n) -> jax.Array:
     (book §9.3, where it makes BoN comparable with RL; Stiennon et al. 2020; Gao et al. 2022;
     Beirami et al. 2024, who prove it an upper bound). Exact when rewards are
     continuous (no ties); for a discrete distribution :func:`best_of_n_exact_kl` is smaller.
-    ``n`` a number or array, every entry ``>= 1``; 0 at ``n = 1``, growing like ``log n``."""
+    ``n`` a number or an array ``[...]`` (elementwise, same shape), every entry ``>= 1``, not
+    necessarily an integer; 0 at ``n = 1``, growing like ``log n``.
+    """
     check_range(jnp.min(jnp.asarray(n)), "n", 1)
     n = jnp.asarray(n, jnp.result_type(float))
     # BEGIN SOLUTION

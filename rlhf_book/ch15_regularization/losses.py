@@ -82,11 +82,14 @@ def exact_kl(logits_p, logits_q) -> jax.Array:
     the policy first: ``exact_kl(logits, ref_logits)`` is ``KL(pi || pi_ref)``; the other way
     round it is the forward KL ``KL(pi_ref || pi)``.
 
-    Stable for logits of any size: the log-probabilities come from ``log_softmax``, never from
-    ``log(softmax)``, and a category with ``p(v) = 0`` (``exp`` underflows, or a logit of
-    ``-inf``) contributes exactly 0, as ``xlogy`` does (``0 log 0 = 0``). Where ``q(v) = 0 <
-    p(v)`` the result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and
-    its gradient are finite, and two equal rows give exactly 0.
+    Stable for logits of any size: a category with ``p(v) = 0`` (``exp`` underflows, or a
+    logit of ``-inf``) contributes exactly 0 (``0 log 0 = 0``). Where ``q(v) = 0 < p(v)`` the
+    result is ``+inf``, which is the KL's value. At logits of +-1e4 the result and its gradient
+    are finite, and two equal rows give exactly 0.
+
+    How: the log-probabilities come from ``log_softmax``, never from ``log(softmax)``; the
+    log-ratio is selected with ``jnp.where(p > 0, ...)`` before the product, as ``xlogy`` does,
+    so that a ``-inf - -inf = NaN`` never reaches the sum or its gradient.
     """
     logits_p = as_float_array(logits_p, "logits_p", values="logits")
     logits_q = as_like(logits_q, "logits_q", logits_p, "logits_p", values="logits")
@@ -111,13 +114,16 @@ def sequence_kl(logits, ref_logits, mask) -> jax.Array:
     where position ``t`` holds the distribution the token at position ``t`` was drawn from (a
     causal LM's output shifted by one: pass ``logits[:, :-1]`` with ``mask[:, 1:]``, or call
     :func:`generation_kl`). Returns ``[N]``; a row with no completion token gives 0, and
-    positions off the mask never reach the result.
+    positions off the mask never reach the result, whatever they hold.
 
     By the chain rule of the KL, ``KL(pi(y|x) || pi_ref(y|x)) = E_{y ~ pi}[sum_t
     KL(pi(. | y_<t) || pi_ref(. | y_<t))]`` over whole completions, so on a sampled completion
     this is an unbiased estimate of the sequence KL that is exact over each position's
     vocabulary and random only through the prefixes. If generation used a temperature, divide
     both models' logits by it first: the KL is then that of the distributions sampled from.
+
+    How: :func:`exact_kl` at every position, then a ``masked_sum`` over ``T`` (a select, not a
+    product, so garbage off the mask cannot turn into NaN).
     """
     logits = as_float_array(logits, "logits", "[N, T, V]", values="logits")
     ref_logits = as_like(ref_logits, "ref_logits", logits, "logits", values="logits")

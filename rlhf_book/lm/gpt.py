@@ -170,12 +170,19 @@ def causal_mask(t: int) -> jax.Array:
 
 # [guide:attention]
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Scaled dot-product attention, ``softmax(q k^T / sqrt(d), masked) v``.
+    """Scaled dot-product attention, ``softmax(q k^T / sqrt(d), masked) v`` (Vaswani et al. 2017;
+    the attention of the mini GPT of book Appendix A.1).
 
     Shapes: ``q [N, H, S, d]``, ``k, v [N, H, K, d]``, ``mask`` broadcastable to
-    ``[N, H, S, K]`` (True = may attend); returns ``[N, H, S, d]``. Masked scores get the most
-    negative finite float rather than ``-inf``, so a row with no visible key yields a uniform
-    average of the values, not NaN.
+    ``[N, H, S, K]`` (True = may attend); returns ``[N, H, S, d]``. The softmax runs over the
+    keys a query may see; a masked key gets weight 0. A query row with no visible key yields the
+    uniform average of all ``K`` values, not NaN, and scores of any size (``|q.k| ~ 1e3``) give
+    finite results.
+
+    How: masked scores get the most negative finite float (``jnp.finfo(dtype).min``) rather than
+    ``-inf``, so a fully masked row softmaxes to equal weights; ``jax.nn.softmax`` subtracts each
+    row's maximum, so large scores do not overflow. Two ``einsum`` calls form the scores and the
+    weighted values.
     """
     # BEGIN SOLUTION
     scores = jnp.einsum("nhsd,nhkd->nhsk", q, k) / math.sqrt(q.shape[-1])

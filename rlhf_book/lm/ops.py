@@ -36,9 +36,13 @@ def log_probs_from_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """``log softmax(logits)[target]`` for every position: ``[..., V], [...] -> [...]``.
 
     The negative of the softmax cross-entropy with integer labels (book Appendix A.1,
-    eq. 142). Computed as ``logit[target] - logsumexp(logits)``, which stays finite for
-    logits of any size (no probability is ever formed and then logged). A logit of ``-inf`` is
-    a probability of 0; NaN and ``+inf`` raise (when called eagerly).
+    eq. 142); ``targets`` are integers in ``[0, V)``. Finite for logits of any size (logits
+    ``[1e4, -1e4, 0]`` give ``[0, -2e4, -1e4]``), with the gradient ``onehot(target) -
+    softmax(logits)``. A logit of ``-inf`` is a probability of 0; NaN and ``+inf`` raise (when
+    called eagerly).
+
+    How: ``logit[target] - logsumexp(logits)`` (``take_along_axis`` picks the target's logit),
+    which stays finite for logits of any size: no probability is ever formed and then logged.
     """
     logits = as_float_array(logits, "logits", values="logits")
     # BEGIN SOLUTION

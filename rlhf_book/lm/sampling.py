@@ -57,12 +57,19 @@ def sample_token(key, logits, temperature, top_k: int = 0):
     """Sample one token per row from ``logits [N, V]``; return ``(tokens [N], logprobs [N])``.
 
     Temperature sampling draws from ``softmax(logits / temperature)``: below 1 it sharpens the
-    distribution, above 1 it flattens it. ``top_k > 0`` (a Python int) keeps only the ``k``
-    largest logits; ``temperature == 0`` picks the argmax. ``temperature`` may be a traced
-    scalar under ``jit``, so branch with ``jnp.where``, not ``if``. The returned
-    log-probability is under ``softmax(logits / temperature)`` without the top-k cut
-    (``temperature = 1`` when greedy): exactly what a trainer recomputes from the finished
-    sequence, so PPO's ratio is 1 on-policy.
+    distribution, above 1 it flattens it (Holtzman et al. 2020). ``top_k > 0`` (a Python int)
+    keeps only the ``k`` largest logits, renormalised (Fan et al. 2018); ``temperature == 0``
+    picks the argmax. ``key`` is a PRNG key; ``tokens`` are integers. ``temperature`` may be a
+    traced scalar under ``jit``, with the same results as eagerly. The returned log-probability
+    is under ``softmax(logits / temperature)`` without the top-k cut (``temperature = 1`` when
+    greedy): exactly what a trainer recomputes from the finished sequence, so PPO's ratio is 1
+    on-policy.
+
+    How: a traced temperature cannot drive a Python ``if``, so branch with ``jnp.where``: divide
+    by the temperature where it is positive (by 1 where it is 0), set the scaled logits below
+    the ``k``-th largest (``jax.lax.top_k``) to ``-inf``, draw with
+    ``jax.random.categorical``, and take the argmax where the temperature is 0; the
+    log-probabilities are :func:`~rlhf_book.lm.ops.log_probs_from_logits` of the scaled logits.
     """
     # BEGIN SOLUTION
     tau = jnp.where(temperature > 0, temperature, 1.0)

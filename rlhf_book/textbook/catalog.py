@@ -21,6 +21,14 @@ import rlhf_book
 
 PACKAGE_DIR = pathlib.Path(rlhf_book.__file__).resolve().parent
 
+STAR = "\u2605"  # ★
+# What each number of stars means, as the guides' exercise sections explain it.
+DIFFICULTIES = {
+    1: "a formula in a line or two",
+    2: "a mask, an index or numerical care",
+    3: "a scan, a loop or a gradient to get right",
+}
+
 
 def project_root() -> pathlib.Path:
     """The repository checkout: the folder above the package, where ``notebooks/``,
@@ -35,6 +43,11 @@ class Exercise:
     ``id`` is ``"<chapter number>.<k>"`` (e.g. ``"0.1"``, ``"6.3"``); ``target`` names the
     reference implementation as ``"module:function"``; ``section`` is where the book (or a
     lecture) explains it, quoted in every hint; ``timeout`` bounds one grading run in seconds.
+
+    ``difficulty`` is one to three stars, judged from the reference solution: 1 for a formula in
+    a line or two, 2 for one that needs a mask or numerical care, 3 for a scan, a loop or a
+    gradient to get right. Every exercise of the catalogue has one; ``None`` (unrated) is left
+    for exercises built elsewhere, in tests.
     """
 
     id: str
@@ -42,6 +55,18 @@ class Exercise:
     target: str
     section: str
     timeout: float = 60.0
+    difficulty: int | None = None
+
+    def __post_init__(self):
+        if self.difficulty is not None and (isinstance(self.difficulty, bool)
+                                            or self.difficulty not in DIFFICULTIES):
+            raise ValueError(f"difficulty of exercise {self.id} must be one of "
+                             f"{sorted(DIFFICULTIES)} (stars) or None, got {self.difficulty!r}")
+
+    @property
+    def stars(self) -> str:
+        """The difficulty as stars (``"★★"``), or ``""`` for an unrated exercise."""
+        return STAR * (self.difficulty or 0)
 
     @property
     def module(self) -> str:
@@ -102,13 +127,14 @@ CHAPTERS: tuple[Chapter, ...] = (
         "and their next-token policy {0.6, 0.3, 0.1}",
         exercises=(
             Exercise("0.1", "the causal mask", "rlhf_book.lm.gpt:causal_mask",
-                     "book App. A.1, eq. 141"),
+                     "book App. A.1, eq. 141", difficulty=1),
             Exercise("0.2", "scaled dot-product attention", "rlhf_book.lm.gpt:attend",
-                     "ch00 guide, 'Attention'"),
+                     "ch00 guide, 'Attention'", difficulty=2),
             Exercise("0.3", "log-probs from logits (softmax cross-entropy)",
-                     "rlhf_book.lm.ops:log_probs_from_logits", "book App. A.1, eq. 142"),
+                     "rlhf_book.lm.ops:log_probs_from_logits", "book App. A.1, eq. 142",
+                     difficulty=2),
             Exercise("0.4", "temperature and top-k sampling",
-                     "rlhf_book.lm.sampling:sample_token", "ch00 guide, 'Sampling'"),
+                     "rlhf_book.lm.sampling:sample_token", "ch00 guide, 'Sampling'", difficulty=3),
         ),
     ),
     Chapter(
@@ -119,12 +145,13 @@ CHAPTERS: tuple[Chapter, ...] = (
         exercises=(
             Exercise("3.1", "discounted returns-to-go",
                      "rlhf_book.ch03_training_overview.rl:discounted_returns",
-                     "book §3.1, eq. 2; §6.1, eqs. 24, 25 (corrected)"),
+                     "book §3.1, eq. 2; §6.1, eqs. 24, 25 (corrected)", difficulty=3),
             Exercise("3.2", "one CartPole step (Euler, Gym CartPole-v1)",
                      "rlhf_book.ch03_training_overview.rl:cartpole_step",
-                     "book §3.1.2, eqs. 5, 6, 7, 8, 9"),
+                     "book §3.1.2, eqs. 5, 6, 7, 8, 9", difficulty=2),
             Exercise("3.3", "the REINFORCE loss",
-                     "rlhf_book.ch03_training_overview.rl:reinforce_loss", "book §6.1.3, eq. 45"),
+                     "rlhf_book.ch03_training_overview.rl:reinforce_loss", "book §6.1.3, eq. 45",
+                     difficulty=2),
         ),
     ),
     Chapter(
@@ -133,14 +160,17 @@ CHAPTERS: tuple[Chapter, ...] = (
         "the lecture notes' SFT loss masking",
         exercises=(
             Exercise("4.1", "the book's chat templates (ChatML, Zephyr, Tulu)",
-                     "rlhf_book.ch04_instruction_tuning.losses:apply_chat_template", "book §4.1"),
+                     "rlhf_book.ch04_instruction_tuning.losses:apply_chat_template", "book §4.1",
+                     difficulty=2),
             Exercise("4.2", "the loss mask: all assistant turns or the last",
-                     "rlhf_book.ch04_instruction_tuning.losses:loss_mask_for", "book §4.3"),
+                     "rlhf_book.ch04_instruction_tuning.losses:loss_mask_for", "book §4.3",
+                     difficulty=2),
             Exercise("4.3", "the SFT loss (masked next-token NLL)",
                      "rlhf_book.ch04_instruction_tuning.losses:sft_loss",
-                     "book §4.3, App. A.1 eq. 142"),
+                     "book §4.3, App. A.1 eq. 142", difficulty=2),
             Exercise("4.4", "sequence packing",
-                     "rlhf_book.ch04_instruction_tuning.losses:pack_examples", "book §4.3"),
+                     "rlhf_book.ch04_instruction_tuning.losses:pack_examples", "book §4.3",
+                     difficulty=3),
         ),
     ),
     Chapter(
@@ -151,19 +181,22 @@ CHAPTERS: tuple[Chapter, ...] = (
         exercises=(
             Exercise("5.1", "the Bradley-Terry loss, with Llama 2's margin",
                      "rlhf_book.ch05_reward_models.losses:bradley_terry_loss",
-                     "book §5.1, eqs. 16, 17; §5.4.1, eq. 18"),
+                     "book §5.1, eqs. 16, 17; §5.4.1, eq. 18", difficulty=1),
             Exercise("5.2", "balancing the C(K, 2) comparisons of a prompt",
                      "rlhf_book.ch05_reward_models.losses:balanced_pairwise_loss",
-                     "book §5.4.2, eq. 19 (per prompt)"),
+                     "book §5.4.2, eq. 19 (per prompt)", difficulty=3),
             Exercise("5.3", "the Plackett-Luce ranking loss",
                      "rlhf_book.ch05_reward_models.losses:plackett_luce_loss",
-                     "book §5.4.3, eq. 20"),
+                     "book §5.4.3, eq. 20", difficulty=2),
             Exercise("5.4", "the last real token under left or right padding",
-                     "rlhf_book.ch05_reward_models.losses:last_token_index", "book §5.3"),
+                     "rlhf_book.ch05_reward_models.losses:last_token_index", "book §5.3",
+                     difficulty=2),
             Exercise("5.5", "mean pooling (the lecture's exercise 1)",
-                     "rlhf_book.ch05_reward_models.losses:mean_pool", "ch05 guide, 'Pooling'"),
+                     "rlhf_book.ch05_reward_models.losses:mean_pool", "ch05 guide, 'Pooling'",
+                     difficulty=2),
             Exercise("5.6", "reward margins on seen and unseen pairs (the lecture's exercise 2)",
-                     "rlhf_book.ch05_reward_models.loop:reward_margins", "ch05 guide, 'Calibration'"),
+                     "rlhf_book.ch05_reward_models.loop:reward_margins", "ch05 guide, 'Calibration'",
+                     difficulty=1),
         ),
     ),
     Chapter(
@@ -178,28 +211,28 @@ CHAPTERS: tuple[Chapter, ...] = (
         exercises=(
             Exercise("6.1", "the RLOO leave-one-out advantage",
                      "rlhf_book.ch06_policy_gradients.losses:rloo_advantages",
-                     "book §6.1.4, eqs. 47, 48, 49"),
+                     "book §6.1.4, eqs. 47, 48, 49", difficulty=1),
             Exercise("6.2", "PPO's clipped surrogate objective",
                      "rlhf_book.ch06_policy_gradients.losses:ppo_objective",
-                     "book §6.1.5.1, eq. 52 and Figure 20"),
+                     "book §6.1.5.1, eq. 52 and Figure 20", difficulty=1),
             Exercise("6.3", "GRPO's group advantage (and Dr. GRPO's)",
                      "rlhf_book.ch06_policy_gradients.losses:grpo_advantages",
-                     "book §6.1.6, eqs. 57, 58, 59, 60"),
+                     "book §6.1.6, eqs. 57, 58, 59, 60", difficulty=2),
             Exercise("6.4", "GSPO's sequence-level importance ratio",
                      "rlhf_book.ch06_policy_gradients.losses:gspo_sequence_ratio",
-                     "book §6.1.7, eq. 63"),
+                     "book §6.1.7, eq. 63", difficulty=2),
             Exercise("6.5", "CISPO: clip the weight, not the objective",
                      "rlhf_book.ch06_policy_gradients.losses:cispo_loss",
-                     "book §6.1.8, eqs. 65, 66"),
+                     "book §6.1.8, eqs. 65, 66", difficulty=3),
             Exercise("6.6", "the three loss aggregations",
                      "rlhf_book.ch06_policy_gradients.losses:aggregate_loss",
-                     "book §6.2.2, eqs. 67, 68, 69"),
+                     "book §6.2.2, eqs. 67, 68, 69", difficulty=2),
             Exercise("6.7", "truncated importance-sampling weights",
                      "rlhf_book.ch06_policy_gradients.losses:tis_weights",
-                     "book §6.2.4, eq. 70 and its TIS code"),
+                     "book §6.2.4, eq. 70 and its TIS code", difficulty=2),
             Exercise("6.8", "generalised advantage estimation (GAE)",
                      "rlhf_book.ch06_policy_gradients.losses:compute_gae",
-                     "book §6.3.2, eqs. 75, 76, 77 and its GAE code"),
+                     "book §6.3.2, eqs. 75, 76, 77 and its GAE code", difficulty=3),
         ),
     ),
     Chapter(
@@ -211,25 +244,26 @@ CHAPTERS: tuple[Chapter, ...] = (
         exercises=(
             Exercise("8.1", "the DPO loss (and cDPO's label smoothing)",
                      "rlhf_book.ch08_direct_alignment.losses:dpo_loss",
-                     "book §8.1.1, eq. 79; §8.2 (cDPO)"),
+                     "book §8.1.1, eq. 79; §8.2 (cDPO)", difficulty=1),
             Exercise("8.2", "DPO's gradient weight",
                      "rlhf_book.ch08_direct_alignment.losses:dpo_gradient_weight",
-                     "book §8.1.1, eq. 81; §8.1.2.3, eqs. 106, 107, 108"),
+                     "book §8.1.1, eq. 81; §8.1.2.3, eqs. 106, 107, 108", difficulty=1),
             Exercise("8.3", "the KL-regularised optimum pi* (eq. 95)",
                      "rlhf_book.ch08_direct_alignment.losses:optimal_policy",
-                     "book §8.1.2.1, eqs. 82, 87, 94, 95"),
+                     "book §8.1.2.1, eqs. 82, 87, 94, 95", difficulty=2),
             Exercise("8.4", "the population DPO loss on exact preferences",
                      "rlhf_book.ch08_direct_alignment.losses:population_dpo_loss",
-                     "book §8.1.2.2, eqs. 96, 100, 104, 105"),
+                     "book §8.1.2.2, eqs. 96, 100, 104, 105", difficulty=3),
             Exercise("8.5", "IPO's squared loss",
                      "rlhf_book.ch08_direct_alignment.losses:ipo_loss",
-                     "book §8.2; Azar et al. 2023 (IPO is Psi = identity; ch08 guide, errata)"),
+                     "book §8.2; Azar et al. 2023 (IPO is Psi = identity; ch08 guide, errata)",
+                     difficulty=1),
             Exercise("8.6", "SimPO: length-normalised, with a margin",
                      "rlhf_book.ch08_direct_alignment.losses:simpo_loss",
-                     "book §8.2; Meng et al. 2024"),
+                     "book §8.2; Meng et al. 2024", difficulty=1),
             Exercise("8.7", "ORPO's odds-ratio term",
                      "rlhf_book.ch08_direct_alignment.losses:orpo_odds_ratio_loss",
-                     "book §8.2; Hong et al. 2024"),
+                     "book §8.2; Hong et al. 2024", difficulty=2),
         ),
     ),
     Chapter(
@@ -241,13 +275,14 @@ CHAPTERS: tuple[Chapter, ...] = (
         exercises=(
             Exercise("9.1", "the top K (prompt, completion) pairs of the reward matrix",
                      "rlhf_book.ch09_rejection_sampling.selection:select_top_overall",
-                     "book §9.1, eqs. 115, 116 and the worked example, eqs. 121, 122, 123"),
+                     "book §9.1, eqs. 115, 116 and the worked example, eqs. 121, 122, 123",
+                     difficulty=2),
             Exercise("9.2", "undoing a sort: the inverse permutation of the book's snippet",
                      "rlhf_book.ch09_rejection_sampling.selection:inverse_permutation",
-                     "book §9.1, the code snippet"),
+                     "book §9.1, the code snippet", difficulty=2),
             Exercise("9.3", "the KL of best-of-N from the base policy",
                      "rlhf_book.ch09_rejection_sampling.selection:best_of_n_kl",
-                     "book §9.3; Stiennon et al. 2020, Beirami et al. 2024"),
+                     "book §9.3; Stiennon et al. 2020, Beirami et al. 2024", difficulty=1),
         ),
     ),
     Chapter(
@@ -260,12 +295,14 @@ CHAPTERS: tuple[Chapter, ...] = (
         exercises=(
             Exercise("15.1", "Schulman's k3 estimator, stable for nearby models",
                      "rlhf_book.lm.kl:kl_k3",
-                     "book §15.1, eq. 129; Schulman 2020; ch15 guide, 'Estimating the KL'"),
+                     "book §15.1, eq. 129; Schulman 2020; ch15 guide, 'Estimating the KL'",
+                     difficulty=2),
             Exercise("15.2", "the exact KL over the vocabulary",
-                     "rlhf_book.ch15_regularization.losses:exact_kl", "book §15.1, eq. 128"),
+                     "rlhf_book.ch15_regularization.losses:exact_kl", "book §15.1, eq. 128",
+                     difficulty=2),
             Exercise("15.3", "the sequence KL of a generation, masked",
                      "rlhf_book.ch15_regularization.losses:sequence_kl",
-                     "book §15.1.2, the implementation example (its kl_full, fixed)"),
+                     "book §15.1.2, the implementation example (its kl_full, fixed)", difficulty=1),
         ),
     ),
 )

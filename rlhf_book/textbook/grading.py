@@ -1045,7 +1045,8 @@ def format_row(result: GradeResult, colour: bool = False) -> str:
     status = f"{result.status:<12}"
     if colour:
         status = f"\033[{_COLOURS[result.status]}m{status}\033[0m"
-    row = f"  {result.id:<6}{result.title[:46]:<48}{status}{result.seconds:>6.1f}s"
+    stars = all_exercises()[result.id].stars if result.id in all_exercises() else ""
+    row = f"  {result.id:<6}{stars:<5}{result.title[:46]:<48}{status}{result.seconds:>6.1f}s"
     hint = result.status in (FAILING, TIMED_OUT, USES_REFERENCE)
     return "\n".join([row, *result.details("        ", hint)])
 

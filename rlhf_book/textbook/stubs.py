@@ -9,8 +9,30 @@ In library code an exercise's solution sits between two comment lines::
         # END SOLUTION
 
 :func:`stub_source` turns every exercise of a chapter into a function with the same signature
-and docstring whose solution region is replaced by ``raise NotImplementedError(...)`` naming
-the exercise and the book section. Code outside the region (input checks, say) is kept.
+whose solution region is replaced by ``raise NotImplementedError(...)`` naming the exercise and
+the book section. Code outside the region (input checks, say) is kept.
+
+The docstring of an exercise function has two parts, split by the first paragraph that starts
+with ``How:`` (:data:`HOW`)::
+
+    \"\"\"Group-relative advantages (book §6.1.6, eq. 57): ...         <- the contract
+
+    ``rewards [B, G]`` (``G >= 2``) -> ``[B, G]``. ``std`` is Bessel-corrected, ...
+
+    How: the mean and std over the last axis with ``keepdims``, ...    <- the implementation
+    \"\"\"
+
+* the **contract**, before the marker: what is computed, the book section and equation number
+  (or the paper), the shapes of the inputs and of the output, and every convention and edge
+  case the grading check tests (an all-equal group gives 0, not NaN; which standard deviation;
+  where ``eps`` goes). It says *what*, never *how*;
+* the **implementation**, from the marker on: the formula spelled out step by step, the
+  numerically careful trick, the library's conventions; what a reader of the library wants and
+  a learner should discover.
+
+The library keeps both parts (they are its API documentation and appear in the chapter guides);
+a stub keeps only the contract (:func:`split_docstring`), so an exercise is a specification to
+meet, not a recipe to transcribe. A docstring without the marker is all contract.
 
 Each generated file ends with a fingerprint line, the SHA-256 of everything above it. A file
 whose fingerprint still matches is untouched and can be regenerated safely; a file that no
@@ -32,6 +54,27 @@ from rlhf_book.textbook.catalog import CHAPTERS, PACKAGE_DIR, Chapter, Exercise
 BEGIN = "# BEGIN SOLUTION"
 END = "# END SOLUTION"
 FINGERPRINT = "# stub fingerprint: "
+HOW = "How:"
+# The blank line, then the indented line that opens the implementation paragraph.
+_HOW_PARAGRAPH = re.compile(r"\n[ \t]*\n(?P<indent>[ \t]*)" + re.escape(HOW) + r"(?=\s)")
+
+
+def split_docstring(doc: str) -> tuple[str, str]:
+    """``(contract, implementation)``: a docstring cut before its first paragraph that starts
+    with ``How:``.
+
+    The contract keeps the docstring's text up to the end of the paragraph before the marker,
+    then a newline and the indentation of the closing quotes, exactly the docstring that a stub
+    holding only those lines has; the implementation is the rest, from ``How:`` on, or ``""``
+    when there is no marker. Raises ``ValueError`` if ``doc`` is not a string.
+    """
+    if not isinstance(doc, str):
+        raise ValueError(f"doc must be a docstring (str), got {type(doc).__name__}")
+    match = _HOW_PARAGRAPH.search(doc)
+    if match is None:
+        return doc, ""
+    contract = doc[:match.start()] + "\n" + match.group("indent")
+    return contract, doc[match.end("indent"):]
 
 
 def solution_regions(source: str, filename: str = "<source>") -> list[tuple[int, int]]:
@@ -75,8 +118,27 @@ def _not_implemented(exercise: Exercise, indent: str) -> str:
     return f"{indent}raise NotImplementedError({message!r})"
 
 
+def _contract_lines(node: ast.FunctionDef, lines: list[str], where: str) -> dict[int, str | None]:
+    """Line edits that cut a function's docstring to its contract: ``{line: new text}`` where
+    ``None`` deletes the line. Empty when the docstring has no ``How:`` paragraph."""
+    first_stmt = node.body[0]
+    if not (isinstance(first_stmt, ast.Expr) and isinstance(first_stmt.value, ast.Constant)
+            and isinstance(first_stmt.value.value, str)):
+        return {}
+    start, stop = first_stmt.lineno - 1, first_stmt.end_lineno - 1  # 0-based, inclusive
+    for n in range(start + 1, stop + 1):
+        text = lines[n].strip()
+        if lines[n - 1].strip() == "" and (text == HOW or text.startswith(HOW + " ")):
+            indent = re.match(r"\s*", lines[n]).group(0)
+            edits: dict[int, str | None] = {m: None for m in range(n - 1, stop + 1)}
+            edits[n - 1] = indent + '"""'
+            return edits
+    return {}
+
+
 def stub_function(exercise: Exercise) -> str:
-    """The stub of one exercise: the library function with its solution region replaced."""
+    """The stub of one exercise: the library function with its docstring cut to the contract
+    (:func:`split_docstring`) and its solution region replaced."""
     source, tree, where = _module_source(exercise.module)
     node = _function_node(tree, exercise.function, where)
     first = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
@@ -90,8 +152,17 @@ def stub_function(exercise: Exercise) -> str:
     (begin, end), = inside
     last = max(last, end + 1)
     indent = re.match(r"\s*", lines[begin]).group(0)
-    body = lines[first:begin] + [_not_implemented(exercise, indent)] + lines[end + 1:last]
-    return "\n".join(body)
+    edits = _contract_lines(node, lines, where)
+    head = [edits.get(n, line) for n, line in enumerate(lines[:begin]) if n >= first]
+    body = [line for line in head if line is not None]
+    body += [_not_implemented(exercise, indent)] + lines[end + 1:last]
+    stub = "\n".join(body)
+    contract = split_docstring(ast.get_docstring(node, clean=False) or "")[0]
+    stub_node = ast.parse(textwrap.dedent(stub)).body[0]
+    if (ast.get_docstring(stub_node, clean=False) or "") != contract:
+        raise ValueError(f"{where}: {exercise.function}'s stub docstring is not the contract part "
+                         f"of its docstring (is '{HOW}' on a line of its own?)")
+    return stub
 
 
 def _names_used(node: ast.AST) -> set[str]:
