@@ -81,6 +81,7 @@ import numpy as np
 
 from rlhf_book.textbook.catalog import (CHAPTERS, PACKAGE_DIR, Chapter, Exercise, all_exercises,
                                         get_chapter, get_exercise)
+from rlhf_book.textbook.learner import my_exercises
 from rlhf_book.textbook.checks import PROBES, Remote, collecting, probe_key
 
 PASSED, FAILING, NOT_STARTED, TIMED_OUT = "passed", "failing", "not started", "timed out"
@@ -415,16 +416,10 @@ def reference_note(callees) -> str:
 
 
 def load_exercises_module(chapter: Chapter, exercises_dir: pathlib.Path | None = None):
-    """Import ``exercises/<chapter>.py`` fresh. Raises whatever importing it raises."""
-    path = chapter.stub_file(exercises_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (run `rlhf-book exercises` to create it)")
-    name = f"rlhf_book_exercises_{chapter.key}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up by name
-    spec.loader.exec_module(module)
-    return module
+    """Import ``exercises/<chapter>.py`` fresh, compiled from its source (never from a cached
+    ``.pyc``, which an edit saved within the same second could leave stale): the learner's
+    :func:`~rlhf_book.textbook.learner.my_exercises`. Raises whatever importing it raises."""
+    return my_exercises(chapter.key, exercises_dir)
 
 
 def load_functions(chapter: Chapter, impl: str, exercises_dir=None) -> tuple[dict, str]:

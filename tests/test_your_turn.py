@@ -1,0 +1,149 @@
+"""The learner's own exercise file from a notebook: ``my_exercises`` and the "your turn" cells."""
+
+import ast
+import os
+import pathlib
+import re
+import sys
+
+import nbformat
+import pytest
+
+from rlhf_book.textbook import catalog, check, my_exercises
+from rlhf_book.textbook.grading import NOT_STARTED, PASSED
+
+CH06 = catalog.get_chapter("ch06")
+
+
+def write(path: pathlib.Path, text: str) -> None:
+    path.write_text(text)
+
+
+def test_imports_the_file_from_a_given_folder_by_number_short_name_or_key(tmp_path):
+    write(tmp_path / f"{CH06.key}.py", "ANSWER = 42\n")
+    for name in (6, "6", "ch06", CH06.key):
+        assert my_exercises(name, exercises_dir=tmp_path).ANSWER == 42
+    assert my_exercises("ch06", exercises_dir=str(tmp_path)).__file__ == str(tmp_path / f"{CH06.key}.py")
+
+
+def test_an_edit_is_picked_up_by_the_next_call_even_in_the_same_second(tmp_path, monkeypatch):
+    # same size, same modification time: a cached .pyc would pass for fresh (Python compares
+    # the two), so this also tests that the file is compiled from its source every time
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as on a learner's machine
+    path = tmp_path / f"{CH06.key}.py"
+    write(path, "def f():\n    return 0.5\n")
+    first = my_exercises("ch06", exercises_dir=tmp_path)
+    assert first.f() == 0.5
+    stat = path.stat()
+    write(path, "def f():\n    return 0.7\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same modification time
+    second = my_exercises("ch06", exercises_dir=tmp_path)
+    assert second.f() == 0.7
+    assert first.f() == 0.5  # the old module object is left as it was
+
+
+def test_works_from_any_working_folder(tmp_path, monkeypatch):
+    write(tmp_path / f"{CH06.key}.py", "X = 'mine'\n")
+    elsewhere = tmp_path / "notebooks"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert my_exercises("ch06", exercises_dir=tmp_path).X == "mine"
+
+
+def test_default_folder_is_the_repository_exercises():
+    module = my_exercises("ch00")
+    assert pathlib.Path(module.__file__) == catalog.project_root() / "exercises" / "ch00_mini_gpt.py"
+    assert callable(module.causal_mask)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / f"{CH06.key}.py").replace("\\", "\\\\")):
+        my_exercises("ch06", exercises_dir=tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["ch07", 99, "policy_gradients", ""])
+def test_unknown_chapter_is_a_value_error_naming_it(bad, tmp_path):
+    with pytest.raises(ValueError, match="chapter must be one of"):
+        my_exercises(bad, exercises_dir=tmp_path)
+
+
+def test_bad_exercises_dir_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="exercises_dir"):
+        my_exercises("ch06", exercises_dir=3)
+
+
+def test_a_broken_file_raises_its_error_and_leaves_no_half_module(tmp_path):
+    path = tmp_path / f"{CH06.key}.py"
+    write(path, "def f(:\n")
+    with pytest.raises(SyntaxError):
+        my_exercises("ch06", exercises_dir=tmp_path)
+    write(path, "raise RuntimeError('boom')\n")
+    with pytest.raises(RuntimeError, match="boom"):
+        my_exercises("ch06", exercises_dir=tmp_path)
+    assert f"rlhf_book_exercises_{CH06.key}" not in sys.modules or \
+        getattr(sys.modules[f"rlhf_book_exercises_{CH06.key}"], "__file__", None) != str(path)
+
+
+def test_check_grades_a_function_of_the_loaded_file_in_its_worker(tmp_path):
+    # 6.1, the RLOO advantage, written here from eq. 48: the mean reward of the other K - 1
+    write(tmp_path / f"{CH06.key}.py", (
+        "import jax.numpy as jnp\n\n"
+        "def rloo_advantages(rewards):\n"
+        "    rewards = jnp.asarray(rewards)\n"
+        "    k = rewards.shape[-1]\n"
+        "    others = (rewards.sum(-1, keepdims=True) - rewards) / (k - 1)\n"
+        "    return rewards - others\n\n"
+        "def grpo_advantages(*args, **kwargs):\n"
+        "    raise NotImplementedError('Exercise 6.3 is not done yet')\n"))
+    mine = my_exercises("ch06", exercises_dir=tmp_path)
+    result = check("6.1", mine.rloo_advantages, quiet=True)
+    assert result.status == PASSED, str(result)
+    assert "could not be sent to a worker" not in (result.note or "")
+
+
+def test_the_committed_stub_reports_not_started():
+    result = check("0.1", my_exercises("ch00").causal_mask, quiet=True)
+    assert result.status == NOT_STARTED, str(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# The "your turn" section that ends every notebook
+
+def your_turn(path: pathlib.Path):
+    nb = nbformat.read(path, as_version=4)
+    index = next((i for i, c in enumerate(nb.cells)
+                  if c.cell_type == "markdown" and "Your turn" in c.source.splitlines()[0]), None)
+    assert index is not None, f"{path.name} has no 'Your turn' heading"
+    return nb, index
+
+
+@pytest.mark.parametrize("chapter", catalog.CHAPTERS, ids=lambda c: c.short)
+def test_every_notebook_ends_with_a_your_turn_section(chapter):
+    nb, index = your_turn(chapter.notebook())
+    markdown, code = nb.cells[index], nb.cells[index + 1]
+    # numbered headings run 1, 2, ..., N with no gap, and "Your turn" is the last
+    headings = [int(n) for c in nb.cells if c.cell_type == "markdown"
+                for n in re.findall(r"^## (\d+)\. ", c.source, re.M)]
+    assert headings == list(range(1, len(headings) + 1)), f"{chapter.notebook().name}: headings {headings}"
+    assert markdown.source.startswith(f"## {headings[-1]}. Your turn")
+    # it says where the exercises are, how to grade them all, and names every exercise
+    assert f"exercises/{chapter.key}.py" in markdown.source
+    assert f"rlhf-book grade {chapter.short}" in markdown.source
+    for exercise in chapter.exercises:
+        assert exercise.id in markdown.source and f"`{exercise.function}`" in markdown.source, exercise.id
+    # the code cell imports the learner's file with my_exercises and grades a function of it
+    assert code.cell_type == "code"
+    tree = ast.parse(code.source)
+    calls = {ast.unparse(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert ast.literal_eval(calls["my_exercises"].args[0]) == chapter.short
+    exercise_id = ast.literal_eval(calls["check"].args[0])
+    graded = ast.unparse(calls["check"].args[1])
+    assert graded == f"mine.{catalog.get_exercise(exercise_id).function}"
+    assert catalog.get_exercise(exercise_id).chapter == chapter
+    # committed with its output: the stubs are not started
+    text = "".join(o.get("text", "") for o in code.get("outputs", []))
+    assert code.get("execution_count") and f"{exercise_id} " in text and "not started" in text, text
+    # and nothing but "What's next" (if any) and the final timing cell after it
+    for cell in nb.cells[index + 2:]:
+        assert cell.cell_type == "code" or cell.source.startswith("## What's next"), cell.source[:60]
