@@ -555,7 +555,8 @@ def test_exercise_regions_and_guide_markers():
                   "cartpole_step": (jnp.zeros(4), jnp.int32(1)),
                   "reinforce_loss": (jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones((2, 3)))}
     for function in functions:
-        assert namespace[function].__doc__ == getattr(ch3, function).__doc__
+        # the stub keeps the contract part of the docstring (stubs.split_docstring)
+        assert namespace[function].__doc__ == stubs.split_docstring(getattr(ch3, function).__doc__)[0]
         with pytest.raises(NotImplementedError):
             namespace[function](*valid_args[function])
     everything = "".join(path.read_text() for path in sorted(package.glob("*.py")))
