@@ -1,7 +1,7 @@
 """Exercises of chapter 0: The mini GPT: the substrate every chapter trains.
 
 Book: Appendix A.1 (language modelling, eqs. 141, 142); the lecture notes' numpy mini GPT and their next-token policy {0.6, 0.3, 0.1}.
-Exercises: 0.1 the causal mask, 0.2 scaled dot-product attention, 0.3 log-probs from logits (softmax cross-entropy), 0.4 temperature and top-k sampling.
+Exercises: 0.1 the causal mask, 0.2 scaled dot-product attention, 0.3 log-probs from logits (softmax cross-entropy), 0.4 temperature and top-k sampling, 0.5 the KV cache: write new keys and values, mask what is not yet written, 0.6 the decode step: a forward pass against the KV cache, 0.7 per-example gradients: vmap of grad, 0.8 an SGD step on a pytree of parameters, 0.9 an exponential moving average: a loop with a carry.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -21,9 +21,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import math
+import numbers
 import numpy as np
 
 from rlhf_book.lm.checks import as_float_array
+from rlhf_book.lm.gpt import GPTConfig, Params, block, check_tokens, embed, unembed
+from rlhf_book.jax_primer import example_loss
 
 
 def causal_mask(t: int) -> jax.Array:
@@ -76,4 +79,99 @@ def sample_token(key, logits, temperature, top_k: int = 0):
     """
     raise NotImplementedError("Exercise 0.4 (temperature and top-k sampling; ch00 guide, 'Sampling') is not started: replace this line with your solution.")
 
-# stub fingerprint: a813a3375261c808
+
+def write_kv_cache(cache, k: jax.Array, v: jax.Array, start):
+    """Write the keys and values of new tokens into a KV cache; say what each new query may read.
+
+    ``cache = (keys, values)``, each ``[N, H, T, d]`` with ``T = max_seq_len``; ``k, v``
+    ``[N, H, S, d]`` are the new tokens', which sit at positions ``start .. start+S-1``
+    (``start`` a scalar), or, with ``S = 1``, at ``start [N]``, one position per row (rows whose
+    prompts differ in length decode in step). Returns ``((keys, values), mask)``: the cache with
+    the new entries written at those positions (every other entry unchanged), and the boolean
+    ``mask``, broadcastable to ``[N, H, S, T]``, True where new query ``s`` may attend to cached
+    position ``j``: ``j <= `` its own position (causal, eq. 141 of book Appendix A.1, over the
+    cache). Positions past the query's are stale or empty and must not be read.
+    """
+    raise NotImplementedError("Exercise 0.5 (the KV cache: write new keys and values, mask what is not yet written; book App. A.1, eq. 141; ch00 guide, 'The KV cache') is not started: replace this line with your solution.")
+
+
+def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTConfig):
+    """The decode step: run ``tokens [N, S]`` sitting at positions ``start .. start+S-1``
+    against a KV cache.
+
+    ``cache`` is a tuple with one ``(keys, values)`` pair per layer, each ``[N, H, T, d]``
+    (:func:`init_cache`), holding the keys and values of every earlier position;
+    ``params["blocks"]`` holds every layer's parameters stacked on a leading ``[L]`` axis;
+    ``start`` is a scalar, or ``[N]`` positions (one per row) when ``S = 1``. Returns ``(logits [N, S, V],
+    new_cache)``, the cache with the new tokens' keys and values written in every layer.
+    Feeding a sequence in pieces (a prompt, then one token at a time) gives the same logits as
+    :func:`forward` on the whole sequence (book Appendix A.1, eq. 141: position ``t`` reads
+    positions ``<= t`` only), at a cost per new token that does not grow with the prefix.
+    """
+    check_tokens(tokens, config)
+    if not isinstance(start, jax.core.Tracer):  # past the window the cache would wrap around
+        last = int(np.max(np.asarray(start))) + tokens.shape[1]
+        if int(np.min(np.asarray(start))) < 0 or last > config.max_seq_len:
+            raise ValueError(f"start must keep positions within [0, {config.max_seq_len}), "
+                             f"got positions up to {last - 1}")
+    raise NotImplementedError("Exercise 0.6 (the decode step: a forward pass against the KV cache; book App. A.1, eq. 141; ch00 guide, 'The KV cache') is not started: replace this line with your solution.")
+
+
+def per_example_grads(params, xs, ys):
+    """The gradient of :func:`example_loss` for each example of a batch, as a pytree
+    (Bradbury et al. 2018, JAX's ``grad`` and ``vmap``).
+
+    ``params = {"w": [D], "b": []}``, ``xs [B, D]``, ``ys [B]`` -> ``{"w": [B, D], "b": [B]}``:
+    entry ``i`` of each leaf is the gradient of the loss of example ``i`` alone with respect to
+    that parameter, so the mean over the batch axis is the gradient of the batch's mean loss.
+    PyTorch has no direct way to get these (``loss.backward()`` accumulates one sum); here the
+    per-example gradient is one function, and must also run under ``jax.jit``.
+    """
+    xs, ys = jnp.asarray(xs), jnp.asarray(ys)
+    if xs.ndim != 2:
+        raise ValueError(f"xs must be [B, D], got shape {xs.shape}")
+    if ys.shape != xs.shape[:1]:
+        raise ValueError(f"ys must be [B] = [{xs.shape[0]}], got shape {ys.shape}")
+    if jnp.shape(params["w"]) != xs.shape[1:]:
+        raise ValueError(f"params['w'] must be [D] = [{xs.shape[1]}], got shape "
+                         f"{jnp.shape(params['w'])}")
+    raise NotImplementedError('Exercise 0.7 (per-example gradients: vmap of grad; ch00 JAX primer, sections 4 (grad) and 5 (vmap)) is not started: replace this line with your solution.')
+
+
+def sgd_step(params, grads, learning_rate):
+    """One step of plain stochastic gradient descent, ``p - learning_rate * g`` for every array
+    of a pytree (Robbins and Monro 1951).
+
+    ``params`` and ``grads`` are pytrees of the same structure (dicts, lists and tuples nested
+    in any way, arrays as leaves, e.g. ``{"layer": {"w": [D, H], "b": [H]}, "head": (w, b)}``);
+    returns a new pytree of that same structure (a tuple stays a tuple), each leaf
+    ``p - learning_rate * g``. ``learning_rate`` is a number or a scalar array (traced under
+    ``jax.jit``). The inputs are not modified: JAX arrays cannot be.
+    """
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(grads):
+        raise ValueError("grads must have the structure of params, got "
+                         f"{jax.tree_util.tree_structure(grads)} for "
+                         f"{jax.tree_util.tree_structure(params)}")
+    raise NotImplementedError('Exercise 0.8 (an SGD step on a pytree of parameters; ch00 JAX primer, section 6 (pytrees)) is not started: replace this line with your solution.')
+
+
+def exponential_moving_average(xs, decay):
+    """The exponential moving average of a sequence ``xs [T, ...]`` along its first axis
+    (the running average of Adam's moment estimates, Kingma and Ba 2015, without their bias
+    correction).
+
+    ``m_0 = x_0`` and ``m_t = decay * m_(t-1) + (1 - decay) * x_t`` for ``t >= 1``; returns
+    every ``m_t``, shape ``[T, ...]`` like ``xs`` (``T >= 1``; each trailing entry is averaged
+    on its own). ``decay`` in ``[0, 1]``: 0 returns ``xs``, 1 repeats ``x_0``. It must run
+    under ``jax.jit`` with ``decay`` traced, and compile to one loop whatever ``T``.
+    """
+    xs = jnp.asarray(xs)
+    if not jnp.issubdtype(xs.dtype, jnp.floating):
+        xs = xs.astype(jnp.float32)  # integers are averaged as floats
+    if xs.ndim < 1 or xs.shape[0] < 1:
+        raise ValueError(f"xs must be [T, ...] with T >= 1, got shape {xs.shape}")
+    if isinstance(decay, numbers.Real) and not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must be in [0, 1], got {decay!r}")
+    raise NotImplementedError('Exercise 0.9 (an exponential moving average: a loop with a carry; ch00 JAX primer, section 7 (lax.scan)) is not started: replace this line with your solution.')
+
+# stub fingerprint: 0fa41744bc6adce1

@@ -1,7 +1,7 @@
 """Exercises of chapter 4: Instruction tuning (SFT).
 
 Book: book ch. 4 (§4.1 chat templates, §4.3 implementation details; App. A.1 eq. 142); the lecture notes' SFT loss masking.
-Exercises: 4.1 the book's chat templates (ChatML, Zephyr, Tulu), 4.2 the loss mask: all assistant turns or the last, 4.3 the SFT loss (masked next-token NLL), 4.4 sequence packing.
+Exercises: 4.1 the book's chat templates (ChatML, Zephyr, Tulu), 4.2 the loss mask: all assistant turns or the last, 4.3 the SFT loss (masked next-token NLL), 4.4 sequence packing, 4.5 a packed SFT step: the loss and its gradient through the model.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -25,7 +25,7 @@ from typing import Sequence
 
 from rlhf_book.lm.tokenizer import check_roles
 from rlhf_book.lm.checks import as_float_array, as_like, check_choice
-from rlhf_book.lm import tokenizer
+from rlhf_book.lm import gpt, tokenizer
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean
 from rlhf_book.ch04_instruction_tuning.losses import CHAT_STYLES, Message, SFTBatch
 
@@ -96,4 +96,25 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], lengt
     """
     raise NotImplementedError('Exercise 4.4 (sequence packing; book §4.3) is not started: replace this line with your solution.')
 
-# stub fingerprint: 0cfaacee5fa38c39
+
+def sft_step(params, batch: SFTBatch, config: gpt.GPTConfig):
+    """The loss of one batch of SFT rows and its gradient: the step the SFT loop takes
+    (book §4.3; App. A.1, eq. 142).
+
+    ``params`` is the mini GPT's parameter tree; ``batch`` an :class:`SFTBatch` of rows
+    ``[R, T]``: ``tokens``, ``loss_mask`` (1 on the tokens to predict) and ``segment_ids``
+    (1, 2, ... for the examples packed in a row by :func:`pack_examples`, 0 on padding; one
+    example per row from :func:`pad_examples`); ``config`` the model's
+    :class:`~rlhf_book.lm.gpt.GPTConfig`. Returns ``(loss, grads)``: the SFT loss of exercise
+    4.3 (the mean negative log-likelihood over every token the loss mask selects in the whole
+    batch, a scalar) of the model's logits, and its gradient with respect to every parameter,
+    a tree shaped like ``params``.
+
+    Every packed example is scored as if it were alone: it attends only to its own tokens and
+    its positions restart at 0. So the loss of a packed batch equals the loss of the same
+    examples padded one per row (the mean runs over tokens, not rows or examples), and changing
+    one example's tokens never changes another example's loss.
+    """
+    raise NotImplementedError('Exercise 4.5 (a packed SFT step: the loss and its gradient through the model; book §4.3, App. A.1 eq. 142) is not started: replace this line with your solution.')
+
+# stub fingerprint: bad40370d05ea720

@@ -1,7 +1,7 @@
 """Exercises of chapter 5: Reward models: Bradley-Terry and its family.
 
 Book: book ch. 5 (§5.1 eqs. 12, 13, 14, 15, 16, 17; §5.2, §5.3; §5.4 eqs. 18, 19, 20; §5.5 eq. 21; §5.6 eq. 22; §5.7 types of reward model); the lecture notes' reward-model material (their lesson's six pairs and its two exercises).
-Exercises: 5.1 the Bradley-Terry loss, with Llama 2's margin, 5.2 balancing the C(K, 2) comparisons of a prompt, 5.3 the Plackett-Luce ranking loss, 5.4 the last real token under left or right padding, 5.5 mean pooling (the lecture's exercise 1), 5.6 reward margins on seen and unseen pairs (the lecture's exercise 2).
+Exercises: 5.1 the Bradley-Terry loss, with Llama 2's margin, 5.2 balancing the C(K, 2) comparisons of a prompt, 5.3 the Plackett-Luce ranking loss, 5.4 the last real token under left or right padding, 5.5 mean pooling (the lecture's exercise 1), 5.6 reward margins on seen and unseen pairs (the lecture's exercise 2), 5.7 a reward-model training step: scores, loss and gradient.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -24,6 +24,9 @@ import numpy as np
 
 from rlhf_book.lm.checks import as_float_array, as_float_vectors, as_like
 from rlhf_book.lm.ops import masked_mean
+from rlhf_book.ch05_reward_models.losses import preference_accuracy
+from rlhf_book.lm import gpt
+from rlhf_book.ch05_reward_models.loop import PairBatch, pair_rewards
 
 
 def bradley_terry_loss(chosen_rewards, rejected_rewards, margin=None) -> jax.Array:
@@ -119,4 +122,29 @@ def reward_margins(chosen_rewards, rejected_rewards) -> dict[str, float]:
                          f"N >= 1, got {r_c.shape} and {r_r.shape}")
     raise NotImplementedError("Exercise 5.6 (reward margins on seen and unseen pairs (the lecture's exercise 2); ch05 guide, 'Calibration') is not started: replace this line with your solution.")
 
-# stub fingerprint: f6ca9dde083d96cb
+
+def reward_model_step(params, batch: PairBatch, config: gpt.GPTConfig, pooling: str = "last",
+                      use_margin: bool = False):
+    """One training step of a reward model on a batch of preference pairs: the Bradley-Terry
+    loss and its gradient through the whole network (book §5.1, eqs. 16, 17; §5.4.1, eq. 18;
+    §5.3). The optimizer (AdamW in :func:`rm_train_step`) then applies the gradient.
+
+    ``params`` is the reward model's tree ``{"lm": <the mini GPT's parameters>, "head": {"w"
+    [D], "b" []}}`` (:func:`init_reward_model`); ``batch`` a :class:`PairBatch` of ``N``
+    pairs: ``chosen``, ``rejected`` ``[N, T]`` token ids with ``chosen_mask``,
+    ``rejected_mask`` ``[N, T]`` (1 on real tokens; the padding may sit on either side) and
+    ``margin [N]``; ``config`` the backbone's :class:`~rlhf_book.lm.gpt.GPTConfig`;
+    ``pooling`` ``"last"`` or ``"mean"`` and the reward of a sequence as :func:`reward_scores`
+    defines it (the head ``w . h + b`` on the backbone's final hidden state at the last real
+    token, or on the mean over real tokens); ``use_margin`` subtracts the batch's margins
+    (Llama 2, eq. 18), which are ignored otherwise.
+
+    Returns ``(loss, accuracy, grads)``: the scalar Bradley-Terry loss, the mean over pairs of
+    ``-log sigmoid(r_c - r_r [- m])`` (exercise 5.1); the batch's :func:`preference_accuracy`
+    (a tie counts 1/2); and the gradient of the loss with respect to every parameter,
+    backbone and head, a tree shaped like ``params``. Swapping chosen and rejected turns each
+    pair's probability ``p`` into ``1 - p``.
+    """
+    raise NotImplementedError('Exercise 5.7 (a reward-model training step: scores, loss and gradient; book §5.1, eqs. 16, 17; §5.3) is not started: replace this line with your solution.')
+
+# stub fingerprint: a05ff6f4a24151ec

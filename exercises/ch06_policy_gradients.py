@@ -1,7 +1,7 @@
 """Exercises of chapter 6: Policy gradients: REINFORCE, RLOO, PPO, GRPO, GSPO, CISPO.
 
 Book: book ch. 6 (§6.1.1 to §6.1.4 REINFORCE and RLOO, eqs. 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49; §6.1.5 PPO, eqs. 50, 51, 52, 53, 54; §6.1.6 GRPO and Dr. GRPO, eqs. 55, 56, 57, 58, 59, 60; §6.1.7 GSPO, eqs. 61, 62, 63, 64; §6.1.8 CISPO, eqs. 65, 66; §6.2.2 loss aggregation, eqs. 67, 68, 69; §6.2.4 truncated importance sampling, eqs. 70, 71, 72; §6.2.5, §6.2.6 where the KL goes, eq. 74; §6.3.2 GAE, eqs. 75, 76, 77; §6.3.3, §6.3.4 clip fraction and DAPO); the KL estimators of §15 (Schulman 2020).
-Exercises: 6.1 the RLOO leave-one-out advantage, 6.2 PPO's clipped surrogate objective, 6.3 GRPO's group advantage (and Dr. GRPO's), 6.4 GSPO's sequence-level importance ratio, 6.5 CISPO: clip the weight, not the objective, 6.6 the three loss aggregations, 6.7 truncated importance-sampling weights, 6.8 generalised advantage estimation (GAE).
+Exercises: 6.1 the RLOO leave-one-out advantage, 6.2 PPO's clipped surrogate objective, 6.3 GRPO's group advantage (and Dr. GRPO's), 6.4 GSPO's sequence-level importance ratio, 6.5 CISPO: clip the weight, not the objective, 6.6 the three loss aggregations, 6.7 truncated importance-sampling weights, 6.8 generalised advantage estimation (GAE), 6.9 the GRPO step: advantages, loss, gradient.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.lm.checks import as_float_array, as_groups, as_like, check_choice, check_range
-from rlhf_book.lm.ops import masked_mean, masked_sum
+from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 from rlhf_book.ch06_policy_gradients.losses import AGGREGATIONS, LOG_RATIO_CLAMP, _check_clips, _ratio, token_advantages
+from rlhf_book.lm.kl import kl_k3
+from rlhf_book.lm import gpt
 
 
 def rloo_advantages(rewards) -> jax.Array:
@@ -186,4 +188,47 @@ def compute_gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
     returns = jnp.where(mask > 0, advantages + values, 0.0)
     return advantages, returns
 
-# stub fingerprint: a8196fedcc5c17f9
+
+def grpo_step(params, tokens, mask, rewards, old_logp, ref_logp, model_config, beta=0.0,
+              clip_low=0.2, clip_high=0.2, aggregation="per_sequence", scale=True,
+              temperature=1.0):
+    """The loss and gradient of one GRPO update on a fixed rollout (book §6.1.6, eqs. 55, 56,
+    57; PPO's clipped surrogate, eq. 52; the aggregations of §6.2.2, eqs. 67, 68, 69).
+
+    The rollout: ``B`` prompts with ``G`` completions each, ``N = B * G`` rows in prompt-major
+    order (row ``b * G + g`` is completion ``g`` of prompt ``b``). ``tokens [N, T]`` (prompt,
+    completion, padding), ``mask [N, T]`` (1 on completion tokens; position 0 is never one),
+    ``rewards [B, G]`` (one per completion), ``old_logp`` and ``ref_logp [N, T]``: the
+    log-probs of the sampled tokens under the policy that sampled them and under the reference
+    model (0 off the mask). ``params`` are the policy's (the mini GPT's), ``model_config`` its
+    configuration.
+
+    Computed, in order:
+
+    1. ``A`` [B, G], the group advantage of eq. 57 (Bessel-corrected std, ``eps = 1e-4``;
+       ``scale=False``: Dr. GRPO's ``r - mean``, eq. 58), one per completion, shared by its
+       tokens;
+    2. ``logp [N, T]``: ``log pi_theta(tokens[:, t] | tokens[:, :t])`` under
+       ``softmax(logits / temperature)`` of ``gpt.forward``, 0 where ``mask`` is 0;
+    3. per completion token, ``-min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A) + beta *
+       k3`` with ``rho = exp(logp - old_logp)`` (log-ratio clamped to +-20) and ``k3 =
+       exp(ref_logp - logp) - (ref_logp - logp) - 1``, the KL estimate of eq. 56;
+    4. ``loss``: the policy term and the KL term each reduced by ``aggregation``
+       (``"per_sequence"``, eq. 67, rows without a completion token left out;
+       ``"per_token"``, eq. 68; ``"fixed_length"``, eq. 69, with ``max_length = T``) and added.
+
+    Returns ``(loss, grads, logp)``: the scalar loss, its gradient with respect to ``params``
+    (a pytree shaped like ``params``; the advantages, ``old_logp`` and ``ref_logp`` are
+    constants) and the ``logp [N, T]`` of step 2. A group whose rewards all tie has ``A = 0``
+    and adds nothing to the policy's gradient. At the old policy (``rho = 1``) the gradient is
+    REINFORCE's with advantage ``A``, plus ``beta`` times that of the KL.
+    """
+    rewards = as_groups(rewards)
+    tokens = jnp.asarray(tokens)
+    if rewards.size != tokens.shape[0]:
+        raise ValueError(f"rewards must have shape [B, G] with B * G = N = {tokens.shape[0]} "
+                         f"rows of tokens, got {rewards.shape}")
+    mask = as_float_array(mask, "mask", "[N, T]")
+    raise NotImplementedError('Exercise 6.9 (the GRPO step: advantages, loss, gradient; book §6.1.6, eqs. 55, 56, 57, 58 with eq. 52; §6.2.2, eqs. 67, 68, 69) is not started: replace this line with your solution.')
+
+# stub fingerprint: 23bae1d971ff46e2

@@ -1,7 +1,7 @@
 """Exercises of chapter 8: Direct alignment: DPO and its family.
 
 Book: book ch. 8 (§8.1.1 the DPO loss, eqs. 79, 80, 81; §8.1.2.1 the optimal policy, eqs. 82, 87, 94, 95; §8.1.2.2 the Bradley-Terry objective, eqs. 96, 100, 104, 105; §8.1.2.3 the gradient, eqs. 106, 107, 108; §8.2 cDPO, robust DPO, IPO, SLiC, SimPO, ORPO, preference displacement, online DPO; §8.3 the original implementation; §8.5 online vs offline); KTO (not in the book).
-Exercises: 8.1 the DPO loss (and cDPO's label smoothing), 8.2 DPO's gradient weight, 8.3 the KL-regularised optimum pi* (eq. 95), 8.4 the population DPO loss on exact preferences, 8.5 IPO's squared loss, 8.6 SimPO: length-normalised, with a margin, 8.7 ORPO's odds-ratio term.
+Exercises: 8.1 the DPO loss (and cDPO's label smoothing), 8.2 DPO's gradient weight, 8.3 the KL-regularised optimum pi* (eq. 95), 8.4 the population DPO loss on exact preferences, 8.5 IPO's squared loss, 8.6 SimPO: length-normalised, with a margin, 8.7 ORPO's odds-ratio term, 8.8 the DPO step: log-probs, loss, gradient.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -23,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.lm.checks import as_float_vectors, check_range
+from rlhf_book.lm import gpt
+from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 from rlhf_book.ch08_direct_alignment.losses import _AVERAGE_NAMES, _log1mexp, dpo_logits, log_partition
+from rlhf_book.ch08_direct_alignment.loop import PreferenceBatch, RefLogProbs
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
@@ -124,4 +127,36 @@ def orpo_odds_ratio_loss(avg_chosen_logps, avg_rejected_logps) -> jax.Array:
     ac, ar = jnp.minimum(ac, -1e-6), jnp.minimum(ar, -1e-6)
     raise NotImplementedError("Exercise 8.7 (ORPO's odds-ratio term; book §8.2; Hong et al. 2024) is not started: replace this line with your solution.")
 
-# stub fingerprint: d134a1a84a1d63e7
+
+def dpo_step(params, batch: PreferenceBatch, ref_logps: RefLogProbs,
+             model_config: gpt.GPTConfig, beta=0.1, label_smoothing=0.0, nll_coef=0.0):
+    """The loss and gradient of one DPO update on a batch of pairs (book §8.1.1, eq. 79; the
+    implementation of §8.3; Rafailov et al. 2023).
+
+    ``batch``: a :class:`PreferenceBatch` of ``N`` pairs, read through its fields ``chosen``,
+    ``rejected`` ``[N, T]`` (tokens: prompt, completion, padding; the two halves of a pair share
+    the prompt), ``chosen_mask``, ``rejected_mask`` ``[N, T]`` (1 on the completion's tokens,
+    its closing ``<|end|>`` included; 0 on the prompt and the padding) and ``weight [N]`` (1 for
+    a pair, 0 for a row that carries no preference). ``ref_logps``: a :class:`RefLogProbs` of the
+    reference model's sequence log-probs ``chosen``, ``rejected`` ``[N]``, fixed (precomputed).
+    ``params`` are the policy's (the mini GPT's), ``model_config`` its configuration.
+
+    Computed:
+
+    1. the policy's sequence log-probs ``log pi(y|x) = sum_t log pi(y_t | x, y_<t)`` of each
+       chosen and rejected completion ``[N]``, over the completion tokens only (mask 1), each
+       token scored by ``gpt.forward``'s logits at the position before it;
+    2. the DPO loss of each pair, eq. 79 (``label_smoothing > 0``: cDPO), and their mean over
+       the pairs of weight 1;
+    3. plus ``nll_coef`` times the negative log-likelihood of the chosen completions, averaged
+       over their tokens (the chosen tokens of every pair of weight 1: RPO, Pang et al. 2024).
+
+    Returns ``(loss, grads, (chosen_logps, rejected_logps))``: the scalar loss, its gradient
+    with respect to ``params`` (a pytree shaped like ``params``; the reference log-probs are
+    constants) and the policy's sequence log-probs of step 1. At ``pi = pi_ref`` the loss is
+    ``log 2`` and, with ``nll_coef = 0``, the gradient is ``-beta / 2`` times that of the mean
+    over pairs of ``log pi(y_c|x) - log pi(y_r|x)`` (eq. 81's weight is ``sigmoid(0) = 1/2``).
+    """
+    raise NotImplementedError('Exercise 8.8 (the DPO step: log-probs, loss, gradient; book §8.1.1, eqs. 79, 81; §8.3) is not started: replace this line with your solution.')
+
+# stub fingerprint: b9b64be1b9c0f2c1

@@ -1,7 +1,7 @@
 """Exercises of chapter 9: Rejection sampling and best-of-N.
 
 Book: book ch. 9 (§9.1 the training process: eqs. 109, 110, 111, 112, 113, 114, 115, 116, the worked example eqs. 117, 118, 119, 120, 121, 122, 123, the code snippet, Figure 28; §9.2 implementation details; §9.3 best-of-N, eqs. 124, 125, with the KL of best-of-N from Stiennon et al. 2020 and Beirami et al. 2024).
-Exercises: 9.1 the top K (prompt, completion) pairs of the reward matrix, 9.2 undoing a sort: the inverse permutation of the book's snippet, 9.3 the KL of best-of-N from the base policy.
+Exercises: 9.1 the top K (prompt, completion) pairs of the reward matrix, 9.2 undoing a sort: the inverse permutation of the book's snippet, 9.3 the KL of best-of-N from the base policy, 9.4 rejection sampling into an SFT batch.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import check_range, check_rank
-from rlhf_book.ch09_rejection_sampling.selection import _reward_matrix, unflatten_index
+from rlhf_book.lm.checks import check_choice, check_range, check_rank
+from rlhf_book.ch09_rejection_sampling.selection import _reward_matrix, select_top_per_prompt, unflatten_index
 
 
 def select_top_overall(rewards, k: int):
@@ -65,4 +65,34 @@ def best_of_n_kl(n) -> jax.Array:
     n = jnp.asarray(n, jnp.result_type(float))
     raise NotImplementedError('Exercise 9.3 (the KL of best-of-N from the base policy; book §9.3; Stiennon et al. 2020, Beirami et al. 2024) is not started: replace this line with your solution.')
 
-# stub fingerprint: 0adfedd1f582b8d4
+
+def rejection_sampling_batch(rewards, tokens, mask, selection: str = "per_prompt",
+                             k: int | None = None):
+    """What one round of rejection sampling fine-tunes on (book §9.1, Figure 28): the selected
+    completions of a reward matrix as an SFT batch.
+
+    ``rewards [B, N]``: the reward of completion ``j`` of prompt ``i``; ``tokens [B, N, T]``:
+    the sampled sequences (the prompt, then the completion, then padding); ``mask [B, N, T]``:
+    1 on each completion's tokens (its closing ``<|end|>`` included), 0 on its prompt and
+    padding. ``selection`` is ``"per_prompt"``: the best completion of every prompt (eqs. 113,
+    114; ``K = B`` rows in prompt order, ties to the first completion), or ``"top_k"``: the
+    ``k`` best ``(prompt, completion)`` pairs of the whole matrix (eqs. 115, 116; ``k`` None:
+    ``B``; best first, ties to the lower row-major flat index ``i * N + j``), so that a prompt
+    may give several rows or none. Indices are 0-based (the book's are 1-based).
+
+    Returns ``(prompt_idx [K], completion_idx [K], batch_tokens [K, T], loss_mask [K, T])``:
+    the selected pairs, and the SFT batch, row ``r`` holding the sequence ``tokens[prompt_idx[r],
+    completion_idx[r]]`` with its loss mask: 1 exactly on that completion's tokens, so that the
+    model is trained on the kept completions and never on the prompts or the padding. On the
+    book's worked example (eq. 117) the per-prompt rule keeps completions ``[0, 1, 0, 2, 3]``
+    (eq. 120) and the top 5 the pairs of flat indices ``[8, 5, 14, 0, 11]`` (eq. 123).
+    """
+    check_choice(selection, "selection", ("per_prompt", "top_k"))
+    rewards, tokens, mask = jnp.asarray(rewards), jnp.asarray(tokens), jnp.asarray(mask)
+    if (rewards.ndim != 2 or tokens.ndim != 3 or tokens.shape[:2] != rewards.shape
+            or mask.shape != tokens.shape):
+        raise ValueError(f"rewards must be [B, N], tokens and mask [B, N, T] of the same B, N, "
+                         f"got {rewards.shape}, {tokens.shape}, {mask.shape}")
+    raise NotImplementedError('Exercise 9.4 (rejection sampling into an SFT batch; book §9.1, eqs. 113, 114, 115, 116, the worked example (eqs. 117-123) and Figure 28) is not started: replace this line with your solution.')
+
+# stub fingerprint: 08340bb6399161af

@@ -110,6 +110,8 @@ def _chapter_table(args) -> int:
         for path in changed:
             print(f"synced {_relative(path)}")
         print(f"{len(changed)} guide(s) changed")
+        for path in notebooks.sync_all_your_turn():
+            print(f"synced the 'Your turn' table of {_relative(path)}")
         if equations.write_index():
             print(f"synced {equations.INDEX_PATH}")
         return 0
@@ -123,6 +125,9 @@ def _chapter_table(args) -> int:
     problems = guides.stale()
     for line in problems:
         print(f"stale excerpts or solutions in {line} (run `rlhf-book chapters --sync`)")
+    for path in notebooks.sync_all_your_turn(write=False):
+        problems.append(str(path))
+        print(f"stale 'Your turn' table in {_relative(path)} (run `rlhf-book chapters --sync`)")
     if not equations.index_is_current():
         problems.append(str(equations.INDEX_PATH))
         print(f"stale {equations.INDEX_PATH} (run `rlhf-book chapters --sync`)")
@@ -149,7 +154,7 @@ def _figures(args) -> int:
 def _notebooks(args) -> int:
     from rlhf_book.textbook import notebooks
 
-    paths = ([c.notebook() for c in _chapters(args.chapters)] if args.chapters
+    paths = ([path for c in _chapters(args.chapters) for path in c.notebooks()] if args.chapters
              else notebooks.notebook_paths())
     failed = 0
     for path in paths:

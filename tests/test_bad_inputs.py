@@ -26,6 +26,7 @@ from rlhf_book.ch03_training_overview import rl as ch03
 from rlhf_book.ch04_instruction_tuning import losses as ch04
 from rlhf_book.ch05_reward_models import losses as ch05
 from rlhf_book.ch06_policy_gradients import losses as ch06
+from rlhf_book.ch07_reasoning import rlvr as ch07
 from rlhf_book.ch08_direct_alignment import losses as ch08
 from rlhf_book.ch09_rejection_sampling import selection as ch09
 from rlhf_book.ch15_regularization import losses as ch15
@@ -51,6 +52,11 @@ def mask(n=N, t=T):
     m[:, 0] = 0.0  # a prompt position
     m[1, -1] = 0.0  # a padded row end
     return m
+
+
+def unit(*shape):
+    """Rewards or rates in [0, 1]."""
+    return rng.uniform(0.0, 1.0, shape).astype(np.float32)
 
 
 def probs(k=K):
@@ -105,6 +111,23 @@ CASES = [
               mask=mask()),
          ("rewards", "logp_policy", "logp_ref", "mask"),
          batch=("rewards", "logp_policy", "logp_ref", "mask"), ranges=BETA_PENALTY),
+    # chapter 7
+    Case("pass_rates", ch07.pass_rates, dict(rewards=unit(B, G)), ("rewards",), batch=("rewards",)),
+    Case("difficulty_filter", ch07.difficulty_filter, dict(pass_rates=unit(B), low=0.2, high=0.8),
+         ("pass_rates",), batch=("pass_rates",),
+         ranges={"low": (0.0, 0.8, False), "high": (0.2, 1.0, False)}),
+    Case("zero_variance_groups", ch07.zero_variance_groups, dict(rewards=normal(B, G)),
+         ("rewards",), batch=("rewards",)),
+    Case("zero_signal_probability", ch07.zero_signal_probability, dict(p=unit(B), G=8), ("p",),
+         batch=("p",)),
+    Case("maxrl_advantages", ch07.maxrl_advantages, dict(rewards=unit(B, G)), ("rewards",),
+         batch=("rewards",)),
+    Case("sum_then_normalize", ch07.sum_then_normalize,
+         dict(rewards=normal(B, G, 2), weights=np.array([1.0, 0.5], np.float32), eps=1e-4),
+         ("rewards", "weights"), batch=("rewards",), ranges={"eps": (0.0, None, True)}),
+    Case("normalize_then_sum", ch07.normalize_then_sum,
+         dict(rewards=normal(B, G, 2), weights=np.array([1.0, 0.5], np.float32), eps=1e-4),
+         ("rewards", "weights"), batch=("rewards",), ranges={"eps": (0.0, None, True)}),
     # chapter 4
     Case("sft_loss", ch04.sft_loss,
          dict(logits=normal(N, T, V), tokens=rng.integers(0, V, (N, T)), loss_mask=mask()),
@@ -350,11 +373,14 @@ def test_the_registry_covers_every_public_loss_and_advantage():
         # simulated environments of chapter 3 (values are states, not data)
         "thermostat_reward", "thermostat_step", "threshold_policy", "rollout_thermostat",
         "cartpole_reset", "cartpole_step", "recipe_table",
+        # chapter 7: votes over answers (integers or Python objects), an exact enumeration in
+        # Python floats, and pass@k over integer counts
+        "majority_vote", "majority_vote_index", "majority_vote_accuracy", "pass_at_k",
         # masked reductions: documented to tolerate anything at masked positions
         "masked_mean", "masked_sum",
     }
     covered = {case.fn.__name__ for case in CASES}
-    for module in (ch03, ch04, ch05, ch06, ch08, ch09, ch15, lmkl, lmops):
+    for module in (ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch15, lmkl, lmops):
         names = getattr(module, "__all__", [n for n in dir(module) if not n.startswith("_")])
         for name in names:
             fn = getattr(module, name)

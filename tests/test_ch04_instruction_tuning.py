@@ -1,8 +1,10 @@
 """Chapter 4: chat templates, loss masks, the SFT loss, packing, the experiments' evaluation
 (answer styles read back from text, means with standard errors), and SFT as a learning test.
 
-The exercises' own checks (the book's template strings, NumPy-loop losses, packing read-back)
-run in tests/test_grading.py; this file tests the rest of the chapter."""
+The exercises' own checks (the book's template strings, NumPy-loop losses, packing read-back,
+the packed SFT step against each example run alone) run in tests/test_grading.py; this file
+tests the rest of the chapter, that the training loop takes the step of exercise 4.5, and that
+the check of 4.5 rejects the common wrong steps with a hint that names the bug."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,11 @@ from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import data
 from rlhf_book.ch04_instruction_tuning import experiments
 from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.ch04_instruction_tuning import loop as sft_loop
+from rlhf_book.lm import ops
 from rlhf_book.lm.eval import answer_samples
+from rlhf_book.textbook.checks import Mismatch
+from rlhf_book.textbook.checks import ch04_instruction_tuning as checks
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731
 A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
@@ -179,6 +185,102 @@ def test_make_sft_train_vmapped_seeds_equal_separate_runs(tiny_config, tiny_para
                                    rtol=2e-4, atol=2e-5)
     # different seeds draw different rows, so the runs differ
     assert not np.allclose(metrics["loss"][0], metrics["loss"][1])
+
+
+def test_the_training_loop_takes_the_step_of_exercise_4_5(tiny_config, tiny_params, monkeypatch):
+    # one AdamW step of sft_train_step (the gradient of sft_step) equals the library's generic
+    # step on the gradient of sft_loss_fn: the same loss, gradient norm and update
+    examples = _random_examples(np.random.default_rng(4), [12, 30, 7, 25, 18, 9])
+    rows = jax.tree.map(jnp.asarray, ch04.pack_examples(examples, tiny_config.max_seq_len))
+    tc = ch04.SFTConfig(steps=1, batch_size=2, learning_rate=1e-3, warmup_steps=1,
+                        log_every=1).train_config()
+    state = train.create_train_state(tiny_params, train.make_optimizer(tc))
+    key = jax.random.PRNGKey(0)
+    new_state, metrics = jax.jit(ch04.sft_train_step(tiny_config, lambda k: rows))(state, key)
+    old_state, old_metrics = jax.jit(train.make_train_step(ch04.sft_loss_fn(tiny_config)))(
+        state, rows)
+    assert set(metrics) == set(old_metrics) == {"loss", "grad_norm"}
+    for name in metrics:
+        assert float(metrics[name]) == pytest.approx(float(old_metrics[name]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(old_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    # make_sft_train runs the exercise's function (found at call time in the loop module)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].tokens.shape)
+        return real(*args, **kwargs)
+
+    real = sft_loop.sft_step
+    monkeypatch.setattr(sft_loop, "sft_step", spy)
+    sc = ch04.SFTConfig(steps=2, batch_size=2, log_every=1)
+    jax.eval_shape(ch04.make_sft_train(tiny_config, sc, rows, tiny_params), key)
+    assert calls == [(2, tiny_config.max_seq_len)]  # traced once, for the scan's body
+
+
+# ----------------------------------------------------------------------------------------------
+# The check of exercise 4.5 rejects the common wrong steps, with a hint that names the bug
+
+
+def _step_without_segments(params, batch, config):
+    def loss(p):  # the packed rows run as plain sequences: examples see each other
+        logits = gpt.forward(p, batch.tokens, config)
+        return ch04.sft_loss(logits, batch.tokens, batch.loss_mask)
+
+    return jax.value_and_grad(loss)(params)
+
+
+def _masked_nll_step(params, batch, config, mean_per_row=False, shift_mask=True):
+    def loss(p):
+        logits = gpt.forward(p, batch.tokens, config, segment_ids=batch.segment_ids)
+        logp = ops.log_probs_from_logits(logits[:, :-1], batch.tokens[:, 1:])
+        mask = batch.loss_mask[:, 1:] if shift_mask else batch.loss_mask[:, :-1]
+        if mean_per_row:
+            return -jnp.mean(jnp.sum(logp * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1.0))
+        return -jnp.sum(logp * mask) / jnp.sum(mask)
+
+    return jax.value_and_grad(loss)(params)
+
+
+def _step_mean_per_row(params, batch, config):
+    return _masked_nll_step(params, batch, config, mean_per_row=True)
+
+
+def _step_mask_not_shifted(params, batch, config):
+    return _masked_nll_step(params, batch, config, shift_mask=False)
+
+
+def _step_gradient_of_the_sum(params, batch, config):
+    loss, grads = _masked_nll_step(params, batch, config)
+    n = jnp.sum(batch.loss_mask[:, 1:])
+    return loss, jax.tree.map(lambda g: n * g, grads)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_step_without_segments, "pass the batch's segment_ids to gpt.forward"),
+    (_step_mean_per_row, "a mean per row first"),
+    (_step_mask_not_shifted, "the mask is not shifted"),
+    (_step_gradient_of_the_sum, "the gradient of the sum over the 13 selected tokens"),
+], ids=lambda x: getattr(x, "__name__", None))
+def test_the_check_of_4_5_rejects_wrong_steps_with_a_useful_hint(wrong, hint):
+    with pytest.raises(Mismatch) as caught:
+        checks.sft_step(wrong)
+    assert hint in str(caught.value), str(caught.value)
+
+
+def test_the_check_of_4_5_passes_the_reference_and_counts_its_sub_checks():
+    from rlhf_book.textbook.checks import collecting
+
+    with collecting() as record:
+        checks.sft_step(ch04.sft_step)
+    assert record.failures == [] and record.run >= 5
+    # a step that lets examples see each other fails the loss and the invariance to the
+    # tokens of an example that trains on nothing, and its gradient
+    with collecting() as record:
+        checks.sft_step(_step_without_segments)
+    assert len(record.failures) == 3, record.failures
+    assert any("example 1, after it in row 0, must not see it" in f for f in record.failures)
 
 
 # ----------------------------------------------------------------------------------------------

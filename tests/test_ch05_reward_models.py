@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from rlhf_book import ch05_reward_models as ch5
 from rlhf_book import data
-from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.ch05_reward_models import loop as rm_loop
+from rlhf_book.lm import gpt, tokenizer, train
 from rlhf_book.textbook import catalog, stubs
 from rlhf_book.textbook.checks import Mismatch
 from rlhf_book.textbook.checks import ch05_reward_models as checks
@@ -756,6 +757,39 @@ def test_make_rm_train_vmapped_seeds_equal_separate_runs(tiny_config, rm_params)
     assert not np.allclose(metrics["loss"][0], metrics["loss"][1])
 
 
+def test_the_training_loop_takes_the_step_of_exercise_5_7(tiny_config, rm_params, monkeypatch):
+    # one AdamW step of rm_train_step (the gradient of reward_model_step) equals the library's
+    # generic step on the gradient of reward_model_loss: the same loss, metrics and update
+    batch = jax.tree.map(jnp.asarray, ch5.encode_pairs(_short_pairs(4, 64), 64,
+                                                       margins=[0.0, 1.0, 2.0, 0.5]))
+    rm_config = ch5.RMConfig(steps=1, batch_size=4, seq_len=64, learning_rate=1e-3,
+                             warmup_steps=1, log_every=1, use_margin=True)
+    tc = rm_config.train_config()
+    state = train.create_train_state(rm_params, train.make_optimizer(tc))
+    key = jax.random.PRNGKey(0)
+    new_state, metrics = jax.jit(ch5.rm_train_step(tiny_config, rm_config, lambda k: batch))(
+        state, key)
+    old_state, old_metrics = jax.jit(train.make_train_step(
+        lambda p, b: ch5.reward_model_loss(p, b, tiny_config, "last", True)))(state, batch)
+    assert set(metrics) == set(old_metrics) == {"loss", "grad_norm", "accuracy"}
+    for name in metrics:
+        assert float(metrics[name]) == pytest.approx(float(old_metrics[name]), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(old_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    # make_rm_train runs the exercise's function (found at call time in the loop module)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[2])  # the backbone's config
+        return real(*args, **kwargs)
+
+    real = rm_loop.reward_model_step
+    monkeypatch.setattr(rm_loop, "reward_model_step", spy)
+    jax.eval_shape(ch5.make_rm_train(tiny_config, rm_config, batch, rm_params), key)
+    assert calls == [tiny_config]
+
+
 # ----------------------------------------------------------------------------------------------
 # bad inputs, configs, jit and vmap
 
@@ -862,7 +896,7 @@ def test_losses_jit_and_vmap():
 # check on the reference)
 
 FUNCTIONS = ("bradley_terry_loss", "balanced_pairwise_loss", "plackett_luce_loss",
-             "last_token_index", "mean_pool", "reward_margins")
+             "last_token_index", "mean_pool", "reward_margins", "reward_model_step")
 
 
 def _bt_without_margin(chosen_rewards, rejected_rewards, margin=None):
@@ -980,6 +1014,45 @@ def _margins_missing_key(chosen_rewards, rejected_rewards):
     return out
 
 
+def _rm_step(params, batch, config, pooling, use_margin, *, total=False, head_only=False):
+    """The reward-model step with one of the common bugs switched on."""
+    def pair_loss(p):
+        r_c, r_r = ch5.pair_rewards(p, batch, config, pooling)
+        loss = ch5.bradley_terry_loss(r_c, r_r, batch.margin if use_margin else None)
+        return (len(r_c) * loss if total else loss), ch5.preference_accuracy(r_c, r_r)
+
+    (loss, accuracy), grads = jax.value_and_grad(pair_loss, has_aux=True)(params)
+    if head_only:  # the backbone frozen by mistake
+        grads = {**grads, "lm": jax.tree.map(jnp.zeros_like, grads["lm"])}
+    return loss, accuracy, grads
+
+
+def _rm_step_sum_over_pairs(params, batch, config, pooling="last",
+                            use_margin=False):
+    return _rm_step(params, batch, config, pooling, use_margin, total=True)
+
+
+def _rm_step_head_only(params, batch, config, pooling="last", use_margin=False):
+    return _rm_step(params, batch, config, pooling, use_margin, head_only=True)
+
+
+def _rm_step_sum_minus_one(params, batch, config, pooling="last",
+                           use_margin=False):  # the book's index of the last token
+    def scores(p, tokens, mask):
+        _, hidden = gpt.forward(p["lm"], tokens, config, return_hidden=True,
+                                segment_ids=mask.astype(jnp.int32))
+        h = hidden[jnp.arange(tokens.shape[0]), jnp.sum(mask, axis=1) - 1]
+        return h @ p["head"]["w"] + p["head"]["b"]
+
+    def pair_loss(p):
+        r_c = scores(p, batch.chosen, batch.chosen_mask)
+        r_r = scores(p, batch.rejected, batch.rejected_mask)
+        return ch5.bradley_terry_loss(r_c, r_r), ch5.preference_accuracy(r_c, r_r)
+
+    (loss, accuracy), grads = jax.value_and_grad(pair_loss, has_aux=True)(params)
+    return loss, accuracy, grads
+
+
 WRONG = [
     ("bradley_terry_loss", _bt_without_margin, "margin=3.0"),
     ("bradley_terry_loss", _bt_margin_added, "margin=3.0"),
@@ -1003,6 +1076,9 @@ WRONG = [
     ("reward_margins", _margins_counting_ties, "['accuracy'] (the fraction of strict wins"),
     ("reward_margins", _margins_as_ratio, "['margin'] (the mean of r_c - r_r)"),
     ("reward_margins", _margins_missing_key, "lacks the keys"),
+    ("reward_model_step", _rm_step_sum_over_pairs, "a sum over pairs: the loss is the mean"),
+    ("reward_model_step", _rm_step_head_only, "the backbone gets no gradient"),
+    ("reward_model_step", _rm_step_sum_minus_one, "the left-padded pair 2 is not scored"),
 ]
 
 
@@ -1036,7 +1112,8 @@ def test_exercise_regions_stubs_and_guide_markers():
                   "plackett_luce_loss": (jnp.zeros((2, 3)),),
                   "last_token_index": (jnp.ones((2, 3)),),
                   "mean_pool": (jnp.zeros((2, 3, 4)), jnp.ones((2, 3))),
-                  "reward_margins": ([1.0], [0.0])}
+                  "reward_margins": ([1.0], [0.0]),
+                  "reward_model_step": (None, None, None)}
     for function in FUNCTIONS:
         # the stub keeps the contract part of the docstring (stubs.split_docstring)
         assert namespace[function].__doc__ == stubs.split_docstring(getattr(ch5, function).__doc__)[0]

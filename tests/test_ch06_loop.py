@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rlhf_book import ch06_policy_gradients as ch06
+from rlhf_book.ch06_policy_gradients import loop
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling, tokenizer
 from rlhf_book.lm.eval import evaluate_policy
@@ -87,6 +88,37 @@ def test_first_step_is_on_policy(params, prompts, epochs):
                                                                           jax.random.PRNGKey(2))
     assert float(metrics["clip_fraction"]) == 0.0
     assert abs(float(metrics["kl"])) < 1e-6
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo"])
+def test_the_grpo_step_exercise_is_the_loops_update(params, prompts, algorithm):
+    """For GRPO and Dr. GRPO on whole batches the loop's minibatch step is ``grpo_step`` (6.9):
+    its loss, gradient and metrics equal those of the general ``_loss`` that every other
+    configuration takes, off-policy (clip binding) and with a KL to a distinct reference."""
+    config = small_config(algorithm=algorithm, beta=0.1, epochs=2)
+    assert loop._runs_grpo_step(config)
+    assert not loop._runs_grpo_step(small_config(algorithm=algorithm, minibatches=2))
+    assert not loop._runs_grpo_step(small_config(algorithm="dapo"))
+    state = ch06.init_rl_state(config, CONFIG, params, DENSE_REWARD)
+    batch = ch06.rollout(state, jax.random.PRNGKey(5), config, CONFIG, prompts, DENSE_REWARD)
+    adv, returns, keep = loop._advantages(config, batch)
+    noise = jax.random.normal(jax.random.PRNGKey(6), (2,) + batch.mask.shape)
+    mb = {"tokens": batch.tokens, "mask": batch.mask, "sampler_logp": batch.sampler_logp,
+          "old_logp": batch.old_logp + 0.3 * noise[0] * batch.mask,
+          "ref_logp": batch.ref_logp + 0.3 * noise[1] * batch.mask,
+          "old_values": batch.old_values, "adv": adv, "returns": returns, "keep": keep,
+          "rewards": batch.scores}
+    (loss, metrics), grads = jax.value_and_grad(loop._loss, has_aux=True)(
+        state.params, config, CONFIG, mb)
+    step_loss, step_grads, step_metrics = loop._loss_and_grads(state.params, config, CONFIG, mb)
+    assert float(metrics["clip_fraction"]) > 0  # the clip binds somewhere
+    np.testing.assert_allclose(float(step_loss), float(loss), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(step_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-9)
+    assert step_metrics.keys() == metrics.keys()
+    for name in metrics:
+        np.testing.assert_allclose(float(step_metrics[name]), float(metrics[name]), rtol=1e-6,
+                                   err_msg=name)
 
 
 def test_rollout_layout_is_prompt_major(params, prompts):

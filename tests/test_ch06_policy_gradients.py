@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from rlhf_book import ch15_regularization as ch15
 from rlhf_book.ch06_policy_gradients import losses as L
-from rlhf_book.lm import kl
+from rlhf_book.ch06_policy_gradients import loop as ch06_loop
+from rlhf_book.lm import gpt, kl
 from rlhf_book.lm.ops import log_probs_from_logits
 from rlhf_book.textbook import catalog, stubs
 from rlhf_book.textbook.checks import Mismatch
@@ -1235,7 +1236,43 @@ def _gae_resets_off_mask(rewards, values, mask, gamma=1.0, lam=0.95):
     return adv, jnp.where(m > 0, adv + values, 0.0)
 
 
+def _grpo_step_variant(batch_advantages=False, unshifted=False, unclipped=False):
+    """A GRPO step (6.9) written out, with one of three common mistakes switched on."""
+
+    def step(params, tokens, mask, rewards, old_logp, ref_logp, model_config, beta=0.0,
+             clip_low=0.2, clip_high=0.2, aggregation="per_sequence", scale=True,
+             temperature=1.0):
+        r = jnp.asarray(rewards)
+        if batch_advantages:  # one baseline for the whole batch, not one per group
+            adv = (r - r.mean()) / (jnp.std(r, ddof=1) + 1e-4)
+        else:
+            adv = L.grpo_advantages(r, scale)
+        adv = jnp.broadcast_to(adv.reshape(-1, 1), mask.shape)
+
+        def loss_fn(params):
+            logits = gpt.forward(params, tokens, model_config) / temperature
+            if unshifted:  # logits[:, t] scored against tokens[:, t]
+                logp = log_probs_from_logits(logits, tokens)
+            else:
+                logp = jnp.pad(log_probs_from_logits(logits[:, :-1], tokens[:, 1:]),
+                               ((0, 0), (1, 0)))
+            logp = jnp.where(mask > 0, logp, 0.0)
+            rho = jnp.exp(logp - old_logp)
+            objective = rho * adv if unclipped else L.ppo_objective(rho, adv, clip_low, clip_high)
+            k3 = kl.kl_k3(logp, ref_logp)
+            return (L.aggregate_loss(-objective, mask, aggregation)
+                    + beta * L.aggregate_loss(k3, mask, aggregation)), logp
+
+        (loss, logp), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, grads, logp
+
+    return step
+
+
 WRONG = [
+    ("grpo_step", _grpo_step_variant(batch_advantages=True), "eq. 57 per group of G"),
+    ("grpo_step", _grpo_step_variant(unshifted=True), "shift by one"),
+    ("grpo_step", _grpo_step_variant(unclipped=True), "clip(rho, 1 - clip_low, 1 + clip_high)"),
     ("rloo_advantages", _rloo_self_included, "mean of the OTHER three"),
     ("rloo_advantages", _rloo_over_columns, "one prompt per ROW"),
     ("rloo_advantages", _rloo_divide_by_G, "mean of the OTHER three"),
@@ -1287,9 +1324,12 @@ def test_grader_reports_the_book_section_for_a_wrong_implementation():
 def test_exercise_regions_stubs_and_guide_markers():
     source = pathlib.Path(L.__file__).read_text()
     assert len(stubs.solution_regions(source)) == len(FUNCTIONS)
+    loop_source = pathlib.Path(ch06_loop.__file__).read_text()
+    assert len(stubs.solution_regions(loop_source)) == 1  # 6.9, the loop-level exercise
     chapter = catalog.get_chapter("ch06")
-    assert tuple(e.function for e in chapter.exercises) == FUNCTIONS
-    assert [e.id for e in chapter.exercises] == [f"6.{k}" for k in range(1, len(FUNCTIONS) + 1)]
+    assert tuple(e.function for e in chapter.exercises) == (*FUNCTIONS, "grpo_step")
+    assert [e.id for e in chapter.exercises] == [f"6.{k}" for k in range(1, len(FUNCTIONS) + 2)]
+    assert catalog.get_exercise("6.9").difficulty == 3
     namespace = {}
     exec(compile(stubs.stub_source(chapter), "stub", "exec"), namespace)
     M = jnp.ones((2, 3))
@@ -1297,9 +1337,12 @@ def test_exercise_regions_stubs_and_guide_markers():
                   "grpo_advantages": (M,), "gspo_sequence_ratio": (M, M, M),
                   "cispo_loss": (M, M, jnp.ones(2), M), "aggregate_loss": (M, M),
                   "tis_weights": (M, M), "compute_gae": (M, M, M)}
-    for function in FUNCTIONS:
+    valid_args["grpo_step"] = (None, jnp.ones((2, 3), jnp.int32), M, jnp.ones((1, 2)), M, M,
+                               None)
+    for function in (*FUNCTIONS, "grpo_step"):
         # the stub keeps the contract part of the docstring (stubs.split_docstring)
-        assert namespace[function].__doc__ == stubs.split_docstring(getattr(L, function).__doc__)[0]
+        library = getattr(L if function in FUNCTIONS else ch06_loop, function)
+        assert namespace[function].__doc__ == stubs.split_docstring(library.__doc__)[0]
         with pytest.raises(NotImplementedError, match="Exercise 6."):
             namespace[function](*valid_args[function])
     names = re.findall(r"^# \[guide:([a-z0-9-]+)\]$", source, re.M)

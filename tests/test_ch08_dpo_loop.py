@@ -21,6 +21,8 @@ from rlhf_book import ch08_direct_alignment as ch08
 from rlhf_book import data
 from rlhf_book.lm import gpt, tokenizer
 from rlhf_book.lm.eval import evaluate_policy
+from rlhf_book.textbook import catalog, stubs
+from rlhf_book.textbook.checks import Mismatch
 from rlhf_book.textbook.checks import ch08_direct_alignment as checks
 
 TINY = gpt.get_config("tiny")  # 64 tokens of context: short toy pairs only
@@ -288,6 +290,34 @@ def test_step_zero_is_log_2_with_tied_rewards(policy, toy_batch):
     assert np.isnan(acc["gold_accuracy"]) and acc["n_gold"] == 0  # toy pairs carry no gold
 
 
+@pytest.mark.parametrize("loss_name, label_smoothing, nll_coef",
+                         [("dpo", 0.0, 0.0), ("cdpo", 0.1, 1.0)])
+def test_the_dpo_step_exercise_is_the_loops_update(policy, toy_batch, oracle, loss_name,
+                                                   label_smoothing, nll_coef):
+    """For DPO and cDPO the loop's step is ``dpo_step`` (8.8): its loss and gradient equal
+    those of ``dpo_batch_loss``, which every other loss takes, and so do the metrics (the
+    NLL's, from sequence sums instead of tokens, up to float round-off); a pair of weight 0
+    counts for nothing in either."""
+    config = ch08.DPOConfig(loss=loss_name, beta=0.5, label_smoothing=label_smoothing,
+                            nll_coef=nll_coef)
+    batch = toy_batch._replace(weight=jnp.asarray([1.0, 0.0, 1.0, 1.0]))
+    (loss, metrics), grads = jax.value_and_grad(ch08.dpo_batch_loss, has_aux=True)(
+        policy, oracle.ref, batch, config, TINY)
+    step_loss, step_grads, (pc, pr) = ch08.dpo_step(policy, batch, oracle.ref, TINY, config.beta,
+                                                    config.label_smoothing, config.nll_coef)
+    np.testing.assert_allclose(float(step_loss), float(loss), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(step_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(pc), oracle.c.sum(1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(pr), oracle.r.sum(1), rtol=1e-5)
+    step_grads, step_metrics = ch08.loop._dpo_step_and_metrics(policy, oracle.ref, batch,
+                                                               config, TINY)
+    assert step_metrics.keys() == metrics.keys()
+    for name in metrics:
+        np.testing.assert_allclose(float(step_metrics[name]), float(metrics[name]), rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
+
+
 def test_batch_loss_jit_equals_eager(policy, toy_batch, oracle):
     config = ch08.DPOConfig(beta=0.2, nll_coef=0.5)
     loss, m = ch08.dpo_batch_loss(policy, oracle.ref, toy_batch, config, TINY)
@@ -549,3 +579,66 @@ def test_on_policy_dpo_labelled_by_the_gold_reward_raises_it(world):
     score = np.asarray(m["score"])
     assert score[-10:].mean() > score[:10].mean()
     assert np.asarray(m["pairs"]).mean() > 0.7  # most groups hold two different scores
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 8.8: the grading check passes the library's dpo_step and catches plausible mistakes
+
+
+def _dpo_step_variant(prompt_included=False, token_mean=False, pair_sum=False):
+    """A DPO step (8.8) written out, with one of three common mistakes switched on."""
+    from rlhf_book.lm.ops import log_probs_from_logits
+
+    def step(params, batch, ref_logps, model_config, beta=0.1, label_smoothing=0.0,
+             nll_coef=0.0):
+        n = batch.chosen.shape[0]
+        tokens = jnp.concatenate([batch.chosen, batch.rejected])
+        mask = jnp.concatenate([batch.chosen_mask, batch.rejected_mask])
+        if prompt_included:  # every real token after the first, the prompt's too
+            mask = (tokens != tokenizer.PAD).astype(jnp.float32).at[:, 0].set(0.0)
+
+        def loss_fn(params):
+            logits = gpt.forward(params, tokens, model_config)
+            logp = jnp.pad(log_probs_from_logits(logits[:, :-1], tokens[:, 1:]), ((0, 0), (1, 0)))
+            seq = jnp.sum(logp * mask, axis=1)
+            if token_mean:
+                seq = seq / jnp.sum(mask, axis=1)
+            losses = ch08.dpo_loss(seq[:n], seq[n:], ref_logps.chosen, ref_logps.rejected, beta,
+                                   label_smoothing)
+            w = batch.weight
+            pref = jnp.sum(losses * w) if pair_sum else jnp.sum(losses * w) / jnp.sum(w)
+            nll = -jnp.sum(logp[:n] * batch.chosen_mask * w[:, None]) / jnp.sum(
+                batch.chosen_mask * w[:, None])
+            return pref + nll_coef * nll, (seq[:n], seq[n:])
+
+        (loss, logps), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, grads, logps
+
+    return step
+
+
+def test_the_dpo_step_check_passes_the_library():
+    checks.dpo_step(ch08.dpo_step)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_dpo_step_variant(prompt_included=True), "sums the completion's tokens only"),
+    (_dpo_step_variant(token_mean=True), "sums the completion's tokens only"),
+    (_dpo_step_variant(pair_sum=True), "then the MEAN over pairs"),
+], ids=["prompt-included", "token-mean", "sum-over-pairs"])
+def test_the_dpo_step_check_catches_wrong_versions(wrong, hint):
+    with pytest.raises(Mismatch) as caught:
+        checks.dpo_step(wrong)
+    assert hint in str(caught.value), str(caught.value)
+
+
+def test_the_dpo_step_is_exercise_8_8_with_a_contract_stub():
+    exercise = catalog.get_exercise("8.8")
+    assert exercise.reference() is ch08.dpo_step and exercise.difficulty == 3
+    source = stubs.stub_function(exercise)
+    assert "raise NotImplementedError" in source and "value_and_grad" not in source
+    namespace = {}
+    exec(compile(stubs.stub_source(catalog.get_chapter("ch08")), "stub", "exec"), namespace)
+    assert namespace["dpo_step"].__doc__ == stubs.split_docstring(ch08.dpo_step.__doc__)[0]
+    with pytest.raises(NotImplementedError, match="Exercise 8.8 "):
+        namespace["dpo_step"](None, None, None, TINY)

@@ -618,3 +618,87 @@ def test_rephrased_task_asks_new_phrasings_of_trained_facts():
     assert all((q.topic, q.subject) in trained for q in questions)
     _, train_questions, _, _ = ex.world_task()
     assert not any(q.rephrased for q in train_questions)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exercise 9.4: rejection sampling into an SFT batch, the round's selection step
+
+
+def test_rs_batch_on_sampled_completions_is_the_best_of_n_choice_and_the_top_k(tiny_lm,
+                                                                                tiny_prompts):
+    """On real samples the per-prompt batch is best-of-N's choice, row by row, and the top-k
+    batch the k best pairs of select_top_overall; the loss mask is the sampler's completion
+    mask of the kept rows, which completion_sft_examples turns into the SFT examples."""
+    out = ch09.best_of_n_sample(tiny_lm, TINY, tiny_prompts, BYTE_REWARD, N_TINY,
+                                jax.random.PRNGKey(1), max_new_tokens=NEW_TINY)
+    B = tiny_prompts.tokens.shape[0]
+    p, c, tokens, loss_mask = (np.asarray(a) for a in ch09.rejection_sampling_batch(
+        out.all_rewards, out.all_tokens, out.all_mask))
+    np.testing.assert_array_equal(p, np.arange(B))
+    np.testing.assert_array_equal(c, np.asarray(out.choice))
+    np.testing.assert_array_equal(tokens, np.asarray(out.tokens))
+    np.testing.assert_array_equal(loss_mask, np.asarray(out.mask))
+    p, c, tokens, loss_mask = (np.asarray(a) for a in ch09.rejection_sampling_batch(
+        out.all_rewards, out.all_tokens, out.all_mask, "top_k", 5))
+    want = checks.top_k_oracle(np.asarray(out.all_rewards), 5)
+    assert list(zip(p.tolist(), c.tolist())) == want
+    examples = ch09.completion_sft_examples(tokens, loss_mask,
+                                            np.asarray(tiny_prompts.lengths)[p])
+    for (ids, m), row, i, j in zip(examples, tokens, p, c):
+        n = int(tiny_prompts.lengths[i])
+        assert ids[:n] == np.asarray(tiny_prompts.tokens[i, :n]).tolist()  # the prompt
+        assert sum(m) == int(np.asarray(out.all_mask)[i, j].sum()) and m[:n] == [0] * n
+
+
+def _rs_batch_variant(ascending=False, prompt_in_mask=False, ties_last=False):
+    """Exercise 9.4 written out, with one of three common mistakes switched on."""
+
+    def batch(rewards, tokens, mask, selection="per_prompt", k=None):
+        r, tokens, mask = jnp.asarray(rewards), jnp.asarray(tokens), jnp.asarray(mask)
+        B, N = r.shape
+        if selection == "per_prompt":
+            p = jnp.arange(B)
+            # ties_last: the last of the best, as argmax over the reversed row gives
+            c = N - 1 - jnp.argmax(r[:, ::-1], axis=1) if ties_last else jnp.argmax(r, axis=1)
+        else:
+            k = B if k is None else k
+            flat = jnp.argsort(r.reshape(-1))[-k:] if ascending else jax.lax.top_k(
+                r.reshape(-1), k)[1]
+            p, c = flat // N, flat % N
+        loss_mask = mask[p, c]
+        if prompt_in_mask:  # every non-padding token, the prompt's too
+            loss_mask = (tokens[p, c] != 0).astype(jnp.float32)
+        return p, c, tokens[p, c], loss_mask
+
+    return batch
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_rs_batch_variant(ascending=True), "best first (not eq. 116's ascending argsort)"),
+    (_rs_batch_variant(prompt_in_mask=True), "the prompt and the padding are not trained on"),
+    (_rs_batch_variant(ties_last=True), "among equal rewards the first"),
+], ids=["ascending", "prompt-in-mask", "ties-last"])
+def test_the_rs_batch_check_catches_wrong_versions(wrong, hint):
+    from rlhf_book.textbook.checks import Mismatch
+
+    with pytest.raises(Mismatch) as caught:
+        checks.rejection_sampling_batch(wrong)
+    assert hint in str(caught.value), str(caught.value)
+
+
+def test_the_rs_batch_is_exercise_9_4_with_a_contract_stub():
+    from rlhf_book.textbook import catalog, stubs
+
+    checks.rejection_sampling_batch(ch09.rejection_sampling_batch)  # the reference passes
+    exercise = catalog.get_exercise("9.4")
+    assert exercise.reference() is ch09.rejection_sampling_batch and exercise.difficulty == 3
+    namespace = {}
+    exec(compile(stubs.stub_source(catalog.get_chapter("ch09")), "stub", "exec"), namespace)
+    stub = namespace["rejection_sampling_batch"]
+    assert stub.__doc__ == stubs.split_docstring(ch09.rejection_sampling_batch.__doc__)[0]
+    with pytest.raises(NotImplementedError, match="Exercise 9.4 "):
+        stub(BOOK_R, np.zeros((5, 4, 3)), np.zeros((5, 4, 3)))
+    with pytest.raises(ValueError, match="selection"):
+        ch09.rejection_sampling_batch(BOOK_R, np.zeros((5, 4, 3)), np.zeros((5, 4, 3)), "best")
+    with pytest.raises(ValueError, match="tokens and mask"):
+        ch09.rejection_sampling_batch(BOOK_R, np.zeros((5, 3, 3)), np.zeros((5, 3, 3)))

@@ -203,3 +203,52 @@ def test_params_of_another_model_size_raise_naming_the_leaf(tiny_config):
         gpt.forward(params, tokens, mini)
     with pytest.raises(ValueError, match="structure of a GPT"):
         gpt.forward({"tok_emb": params["tok_emb"]}, tokens, tiny_config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercises 0.5 and 0.6: the checks reject the usual wrong KV caches and decode steps
+
+
+def _kv_strict_mask(cache, k, v, start):  # a query may not read its own key
+    (keys, values), mask = gpt.write_kv_cache(cache, k, v, start)
+    shift = jnp.arange(keys.shape[2]) < (jnp.asarray(start).reshape(-1, 1, 1, 1) + jnp.arange(k.shape[2])[:, None])
+    return (keys, values), shift
+
+
+def _kv_fresh_buffer(cache, k, v, start):  # writes into zeros: the earlier entries are lost
+    zeros = (jnp.zeros_like(cache[0]), jnp.zeros_like(cache[1]))
+    return gpt.write_kv_cache(zeros, k, v, start)
+
+
+def _kv_first_row_start(cache, k, v, start):  # one start for every row
+    return gpt.write_kv_cache(cache, k, v, jnp.asarray(start).reshape(-1)[0])
+
+
+def _decode_at_position_zero(params, tokens, start, cache, config):  # embeds at 0.., not start..
+    x = gpt.embed(params, tokens, 0 if jnp.ndim(start) == 0 else jnp.zeros_like(start))
+    new_cache = []
+    for layer, layer_cache in enumerate(cache):
+        p = jax.tree_util.tree_map(lambda leaf: leaf[layer], params["blocks"])
+        x, layer_cache = gpt.block(p, x, config, layer_cache, start)
+        new_cache.append(layer_cache)
+    return gpt.unembed(params, x)[0], tuple(new_cache)
+
+
+def _decode_keeping_the_old_cache(params, tokens, start, cache, config):  # the write is dropped
+    return gpt.forward_cached(params, tokens, start, cache, config)[0], cache
+
+
+@pytest.mark.parametrize("name, wrong, hint", [
+    ("write_kv_cache", _kv_strict_mask, "may read positions 0..p"),
+    ("write_kv_cache", _kv_fresh_buffer, "every other entry as it was"),
+    ("write_kv_cache", _kv_first_row_start, "start=[1, 6]"),
+    ("forward_cached", _decode_at_position_zero, "embed at positions start"),
+    ("forward_cached", _decode_keeping_the_old_cache, "thread each layer's cache"),
+], ids=lambda x: getattr(x, "__name__", None))
+def test_kv_cache_checks_catch_wrong_implementations(name, wrong, hint):
+    from rlhf_book.textbook.checks import Mismatch
+    from rlhf_book.textbook.checks import ch00_mini_gpt as checks
+
+    with pytest.raises(Mismatch) as caught:
+        getattr(checks, name)(wrong)
+    assert hint in str(caught.value), str(caught.value)

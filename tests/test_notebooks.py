@@ -26,9 +26,20 @@ def library_names() -> set[str]:
 
 
 def test_every_chapter_has_a_notebook_and_every_notebook_a_chapter():
+    # a chapter's notebooks are its companions (chapter 0's JAX primer), then its main one
     assert NOTEBOOKS, "no notebooks found"
-    expected = {c.notebook().name for c in catalog.CHAPTERS}
-    assert {p.name for p in NOTEBOOKS} == expected
+    expected = [p.name for c in catalog.CHAPTERS for p in c.notebooks()]
+    assert len(expected) == len(set(expected)), "a notebook belongs to two chapters"
+    assert {p.name for p in NOTEBOOKS} == set(expected)
+
+
+def test_chapter_notebooks_lists_companions_first():
+    chapter = catalog.get_chapter("ch00")
+    assert [p.name for p in chapter.notebooks()] == ["ch00_jax_primer.ipynb", "ch00_mini_gpt.ipynb"]
+    assert chapter.notebooks()[-1] == chapter.notebook()
+    assert catalog.get_chapter("ch06").notebooks() == (catalog.get_chapter("ch06").notebook(),)
+    # companions sort before the main notebook, so a run of all notebooks reads them first
+    assert sorted(chapter.notebooks()) == list(chapter.notebooks())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -9,7 +9,7 @@ import sys
 import nbformat
 import pytest
 
-from rlhf_book.textbook import catalog, check, my_exercises
+from rlhf_book.textbook import catalog, check, my_exercises, notebooks
 from rlhf_book.textbook.grading import NOT_STARTED, PASSED
 
 CH06 = catalog.get_chapter("ch06")
@@ -118,19 +118,68 @@ def your_turn(path: pathlib.Path):
     return nb, index
 
 
-@pytest.mark.parametrize("chapter", catalog.CHAPTERS, ids=lambda c: c.short)
-def test_every_notebook_ends_with_a_your_turn_section(chapter):
-    nb, index = your_turn(chapter.notebook())
+def own_exercises(chapter: catalog.Chapter, path: pathlib.Path) -> list[catalog.Exercise]:
+    return list(chapter.exercises_of(path))
+
+
+NOTEBOOKS = [(chapter, path) for chapter in catalog.CHAPTERS for path in chapter.notebooks()]
+
+
+def test_each_exercise_is_set_by_exactly_one_notebook_and_companions_set_some():
+    for chapter in catalog.CHAPTERS:
+        owned = [e.id for path in chapter.notebooks() for e in own_exercises(chapter, path)]
+        assert sorted(owned) == sorted(e.id for e in chapter.exercises), chapter.short
+        for path in chapter.notebooks()[:-1]:
+            assert own_exercises(chapter, path), f"{path.name} sets no exercise"
+    primer = catalog.get_chapter("ch00").notebooks()[0]
+    own = own_exercises(catalog.get_chapter("ch00"), primer)
+    assert [e.id for e in own] == ["0.7", "0.8", "0.9"]
+
+
+def test_the_your_turn_tables_follow_the_catalogue():
+    # `rlhf-book chapters --sync` writes them; this fails when an exercise was added without it
+    stale = notebooks.sync_all_your_turn(write=False)
+    assert not stale, f"run `rlhf-book chapters --sync`: stale tables in {[p.name for p in stale]}"
+
+
+def test_the_table_sync_rewrites_only_the_table_and_its_count(tmp_path):
+    chapter = catalog.get_chapter("ch09")
+    path = tmp_path / chapter.notebook().name
+    nb = nbformat.read(chapter.notebook(), as_version=4)
+    _, index = your_turn(chapter.notebook())
+    first = chapter.exercises[0]
+    # a stale table row and a stale count
+    stale = nb.cells[index].source.replace(f"| {first.id} |", "| 9.0 |")
+    nb.cells[index].source = re.sub(r"Chapter 9's \w+ exercises", "Chapter 9's eleven exercises", stale)
+    nbformat.write(nb, path)
+    assert notebooks.sync_all_your_turn(write=False, paths={chapter: [path]}) == [path]
+    assert notebooks.sync_all_your_turn(paths={chapter: [path]}) == [path]
+    after = nbformat.read(path, as_version=4)
+    cell = after.cells[index].source
+    rows = [line.split(" | ") for line in cell.splitlines() if re.match(r"\| \d", line)]
+    assert [(r[0][2:], r[2].strip("`"), r[3].rstrip(" |")) for r in rows] == \
+        [(e.id, e.function, e.stars) for e in chapter.exercises]
+    n = len(chapter.exercises)
+    assert f"Chapter 9's {notebooks.NUMBER_WORDS[n]} exercises are in" in cell
+    assert [c.source for i, c in enumerate(after.cells) if i != index] == \
+        [c.source for i, c in enumerate(nb.cells) if i != index]
+    assert notebooks.sync_all_your_turn(paths={chapter: [path]}) == []  # idempotent
+
+
+@pytest.mark.parametrize("chapter, path", NOTEBOOKS, ids=[path.stem for _, path in NOTEBOOKS])
+def test_every_notebook_ends_with_a_your_turn_section(chapter, path):
+    nb, index = your_turn(path)
     markdown, code = nb.cells[index], nb.cells[index + 1]
     # numbered headings run 1, 2, ..., N with no gap, and "Your turn" is the last
     headings = [int(n) for c in nb.cells if c.cell_type == "markdown"
                 for n in re.findall(r"^## (\d+)\. ", c.source, re.M)]
-    assert headings == list(range(1, len(headings) + 1)), f"{chapter.notebook().name}: headings {headings}"
+    assert headings == list(range(1, len(headings) + 1)), f"{path.name}: headings {headings}"
     assert markdown.source.startswith(f"## {headings[-1]}. Your turn")
-    # it says where the exercises are, how to grade them all, and names every exercise
+    # it says where the exercises are, how to grade them all, and names each of its own
     assert f"exercises/{chapter.key}.py" in markdown.source
     assert f"rlhf-book grade {chapter.short}" in markdown.source
-    for exercise in chapter.exercises:
+    own = own_exercises(chapter, path)
+    for exercise in own:
         assert exercise.id in markdown.source and f"`{exercise.function}`" in markdown.source, exercise.id
     # the code cell imports the learner's file with my_exercises and grades a function of it
     assert code.cell_type == "code"
@@ -141,6 +190,8 @@ def test_every_notebook_ends_with_a_your_turn_section(chapter):
     graded = ast.unparse(calls["check"].args[1])
     assert graded == f"mine.{catalog.get_exercise(exercise_id).function}"
     assert catalog.get_exercise(exercise_id).chapter == chapter
+    assert catalog.get_exercise(exercise_id) in own, \
+        f"{path.name} grades another notebook's exercise"
     # committed with its output: the stubs are not started
     text = "".join(o.get("text", "") for o in code.get("outputs", []))
     assert code.get("execution_count") and f"{exercise_id} " in text and "not started" in text, text

@@ -5,8 +5,9 @@ Two layers, plus the notebook's experiments:
 * :mod:`.losses` -- the chapter's math in the book's order: chat templates (§4.1), loss masks
   and unrolled conversations (§4.3), the SFT loss (App. A.1, eq. 142 restricted to the mask),
   padding and sequence packing;
-* :mod:`.loop` -- :class:`SFTConfig`, ``make_sft_train(...) -> train(key)`` (vmaps
-  over seeds) and the chunked :func:`train_sft` with a progress bar;
+* :mod:`.loop` -- :class:`SFTConfig`, the step every SFT loop takes (:func:`sft_step`: the
+  loss of packed rows and its gradient), ``make_sft_train(...) -> train(key)`` (vmaps over
+  seeds) and the chunked :func:`train_sft` with a progress bar;
 * :mod:`.experiments` -- what the chapter's notebook runs, settings as named constants
   (imported as a submodule: ``from rlhf_book.ch04_instruction_tuning import experiments``),
   with the evaluation of answers to held-out questions by the gold reward

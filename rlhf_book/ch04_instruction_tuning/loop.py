@@ -2,6 +2,8 @@
 
 * :class:`SFTConfig`, the settings (book §4.3: a learning rate one to two orders of magnitude
   below pretraining's, a short warm-up);
+* :func:`sft_step`, the step every SFT loop takes (exercise 4.5): the loss of a batch of packed
+  rows and its gradient, which :func:`sft_train_step` hands to the optimizer;
 * :func:`make_sft_train` ``-> train(key)``: every step in one ``lax.scan``, pure, so
   ``jax.jit(jax.vmap(train, (0, None)))(keys, params)`` fine-tunes one model per seed;
 * :func:`train_sft`, the same steps in jitted chunks with a progress bar and a held-out loss
@@ -18,12 +20,14 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from rlhf_book.ch04_instruction_tuning.losses import SFTBatch, sft_loss
 from rlhf_book.lm import gpt, train
 from rlhf_book.lm.checks import check_positive_ints
 
-__all__ = ["SFTConfig", "sft_loss_fn", "make_sft_train", "train_sft"]
+__all__ = ["SFTConfig", "sft_step", "sft_loss_fn", "sft_train_step", "make_sft_train",
+           "train_sft"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,15 +65,62 @@ class SFTConfig:
 
 
 # [guide:sft-train]
+def sft_step(params, batch: SFTBatch, config: gpt.GPTConfig):
+    """The loss of one batch of SFT rows and its gradient: the step the SFT loop takes
+    (book §4.3; App. A.1, eq. 142).
+
+    ``params`` is the mini GPT's parameter tree; ``batch`` an :class:`SFTBatch` of rows
+    ``[R, T]``: ``tokens``, ``loss_mask`` (1 on the tokens to predict) and ``segment_ids``
+    (1, 2, ... for the examples packed in a row by :func:`pack_examples`, 0 on padding; one
+    example per row from :func:`pad_examples`); ``config`` the model's
+    :class:`~rlhf_book.lm.gpt.GPTConfig`. Returns ``(loss, grads)``: the SFT loss of exercise
+    4.3 (the mean negative log-likelihood over every token the loss mask selects in the whole
+    batch, a scalar) of the model's logits, and its gradient with respect to every parameter,
+    a tree shaped like ``params``.
+
+    Every packed example is scored as if it were alone: it attends only to its own tokens and
+    its positions restart at 0. So the loss of a packed batch equals the loss of the same
+    examples padded one per row (the mean runs over tokens, not rows or examples), and changing
+    one example's tokens never changes another example's loss.
+
+    How: a function of the parameters alone runs ``gpt.forward(p, batch.tokens, config,
+    segment_ids=batch.segment_ids)`` (the segment ids give the block-diagonal causal mask and
+    the restarted positions) and :func:`sft_loss` on its logits; ``jax.value_and_grad`` of it,
+    at ``params``, gives both outputs.
+    """
+    # BEGIN SOLUTION
+    def packed_loss(p):
+        logits = gpt.forward(p, batch.tokens, config, segment_ids=batch.segment_ids)
+        return sft_loss(logits, batch.tokens, batch.loss_mask)
+
+    return jax.value_and_grad(packed_loss)(params)
+    # END SOLUTION
+
+
 def sft_loss_fn(model_config: gpt.GPTConfig):
-    """``loss_fn(params, batch) -> (loss, {})``: :func:`sft_loss` of the model's logits on the
-    rows of an :class:`SFTBatch`, each packed example attending only to itself."""
+    """``loss_fn(params, batch) -> (loss, {})``: the loss :func:`sft_step` differentiates, on
+    the rows of an :class:`SFTBatch` (each packed example attending only to itself), for the
+    held-out evaluation."""
 
     def loss_fn(params, b: SFTBatch):
         logits = gpt.forward(params, b.tokens, model_config, segment_ids=b.segment_ids)
         return sft_loss(logits, b.tokens, b.loss_mask), {}
 
     return loss_fn
+
+
+def sft_train_step(model_config: gpt.GPTConfig, sample_batch):
+    """``step(state, key) -> (state, metrics)``: draw rows with ``sample_batch(key)``, take
+    their loss and gradient from :func:`sft_step`, and let the state's optimizer (AdamW) apply
+    the gradient; ``metrics`` holds ``loss`` and ``grad_norm``, as every supervised step of the
+    library (:func:`rlhf_book.lm.train.make_supervised_step`)."""
+
+    def step(state, key):
+        loss, grads = sft_step(state.params, sample_batch(key), model_config)
+        return state.apply_gradients(grads=grads), {"loss": loss,
+                                                    "grad_norm": optax.tree.norm(grads)}
+
+    return step
 
 
 def _rows(model_config: gpt.GPTConfig, batch: SFTBatch) -> SFTBatch:
@@ -83,14 +134,20 @@ def _rows(model_config: gpt.GPTConfig, batch: SFTBatch) -> SFTBatch:
 def make_sft_train(model_config: gpt.GPTConfig, sft_config: SFTConfig, batch: SFTBatch,
                    params):
     """``train(key) -> (state, metrics)``: ``sft_config.steps`` AdamW steps from ``params`` on
-    random rows of ``batch`` in one ``lax.scan`` (:func:`rlhf_book.lm.train.make_train`);
-    ``metrics`` holds ``loss`` and ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train))(
+    random rows of ``batch`` in one ``lax.scan`` of :func:`sft_train_step` (the pattern of
+    :func:`rlhf_book.lm.train.make_train`); ``metrics`` holds ``loss`` and ``grad_norm`` per
+    step. Pure, so ``jax.jit(jax.vmap(train))(
     keys)`` fine-tunes one model per seed from the same start."""
     rows = _rows(model_config, batch)
     tc = sft_config.train_config()
-    run = train.make_train(sft_loss_fn(model_config), train.random_rows(rows, tc.batch_size),
-                           train.make_optimizer(tc), tc.steps)
-    return lambda key: run(key, params)
+    step = sft_train_step(model_config, train.random_rows(rows, tc.batch_size))
+    optimizer = train.make_optimizer(tc)
+
+    def run(key):
+        state = train.create_train_state(params, optimizer)
+        return jax.lax.scan(step, state, jax.random.split(key, tc.steps))
+
+    return run
 
 
 def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch: SFTBatch, *,
@@ -109,7 +166,7 @@ def train_sft(model_config: gpt.GPTConfig, params, sft_config: SFTConfig, batch:
 
     tc = sft_config.train_config()
     state, history = train.run_in_chunks(
-        train.make_supervised_step(loss_fn, train.random_rows(rows, sft_config.batch_size)),
+        sft_train_step(model_config, train.random_rows(rows, sft_config.batch_size)),
         train.create_train_state(params, train.make_optimizer(tc)),
         steps=tc.steps, chunk_size=tc.log_every, key=jax.random.PRNGKey(seed), desc="sft",
         progress=progress, evaluate=evaluate,

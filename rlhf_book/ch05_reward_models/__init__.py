@@ -6,7 +6,8 @@ Two layers, plus the notebook's experiments:
   (§5.1, with Llama 2's margin), the per-prompt balanced loss (§5.4.2), Plackett-Luce
   (§5.4.3), outcome and process reward model losses (§5.5, §5.6), reading them at inference
   (§5.7.1), the RewardBench accuracy (§5.9), and the reward model on the mini GPT (§5.2, §5.3);
-* :mod:`.loop` -- preference pairs as token batches, :class:`RMConfig`,
+* :mod:`.loop` -- preference pairs as token batches, :class:`RMConfig`, the step every
+  reward-model loop takes (:func:`reward_model_step`: the loss and its gradient),
   ``make_rm_train(...) -> train(key)`` (vmaps over seeds), the chunked
   :func:`train_reward_model` with a progress bar, and the evaluation of a reward model;
 * :mod:`.experiments` -- what the chapter's notebook runs, settings as named constants

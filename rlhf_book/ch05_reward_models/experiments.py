@@ -39,7 +39,7 @@ from rlhf_book.ch05_reward_models.losses import (AGGREGATIONS, POOLINGS, aggrega
                                                  preference_accuracy, sample_plackett_luce)
 from rlhf_book.ch05_reward_models.loop import (LESSON_CONFIG, RMConfig, encode_pairs,
                                                gold_pair_accuracy, lesson_batch, lesson_tokenize,
-                                               reward_model_loss, score_pairs, train_reward_model)
+                                               rm_train_step, score_pairs, train_reward_model)
 from rlhf_book.data.world import fact_statements
 from rlhf_book.lm import gpt, tokenizer, train
 from rlhf_book.lm.rollout import token_log_probs
@@ -213,16 +213,13 @@ def rm_run(base_params, datasets: dict, config: gpt.GPTConfig | None = None,
     params = init_reward_model(jax.random.PRNGKey(seed), base_params, config)
     batches = {name: encode_pairs(pairs, rm_config.seq_len) for name, pairs in datasets.items()}
 
-    def loss_fn(p, b):
-        return reward_model_loss(p, b, config, rm_config.pooling, rm_config.use_margin)
-
     def evaluate(state):
         r_c, r_r = score_pairs(state.params, config, batches["rephrased"], rm_config.pooling)
         return _kind_accuracy(datasets["rephrased"], r_c, r_r)
 
     tc = rm_config.train_config()
     state, history = train.run_in_chunks(
-        train.make_supervised_step(loss_fn, train.random_rows(
+        rm_train_step(config, rm_config, train.random_rows(
             jax.tree.map(jnp.asarray, batches["train"]), tc.batch_size)),
         train.create_train_state(params, train.make_optimizer(tc)), steps=tc.steps,
         chunk_size=tc.log_every, key=jax.random.PRNGKey(seed), progress=False,

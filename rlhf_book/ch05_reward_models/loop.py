@@ -3,6 +3,9 @@
 * :class:`PairBatch`, :func:`encode_pairs`: the simulated annotators' pairs (chapter 11 of the
   book) in the chat template, checked at this boundary (non-empty, within the width, margins
   of shape ``[N]``);
+* :func:`reward_model_step` (exercise 5.7), the step every reward-model loop takes: the
+  Bradley-Terry loss of a batch of pairs and its gradient, which :func:`rm_train_step` hands
+  to the optimizer;
 * :class:`RMConfig`; :func:`make_rm_train` ``-> train(key)``: every step in one
   ``lax.scan``, pure, so ``jax.jit(jax.vmap(train, (0, None)))(keys, params)`` trains one reward
   model per seed; :func:`train_reward_model`, the same steps in jitted chunks with a progress
@@ -24,6 +27,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from rlhf_book import data
 from rlhf_book.ch05_reward_models.losses import (POOLINGS, bradley_terry_loss,
@@ -32,7 +36,8 @@ from rlhf_book.lm import gpt, tokenizer, train
 from rlhf_book.lm.checks import check_choice, check_positive_ints
 
 __all__ = ["PairBatch", "encode_conversation", "encode_pairs", "RMConfig", "pair_rewards",
-           "reward_model_loss", "make_rm_train", "train_reward_model", "score_pairs",
+           "reward_model_loss", "reward_model_step", "rm_train_step", "make_rm_train",
+           "train_reward_model", "score_pairs",
            "evaluate_reward_model", "gold_pair_accuracy", "LESSON_CONFIG", "LESSON_SEPARATOR",
            "lesson_tokenize", "lesson_batch", "reward_margins"]
 
@@ -119,11 +124,50 @@ def pair_rewards(params, batch: PairBatch, config: gpt.GPTConfig, pooling: str =
 def reward_model_loss(params, batch: PairBatch, config: gpt.GPTConfig, pooling: str = "last",
                       use_margin: bool = False):
     """``(loss, metrics)`` of one batch: the Bradley-Terry loss (with the batch's margins when
-    ``use_margin``) and the batch's preference accuracy. Gradients flow through the whole
-    network, not only the head."""
+    ``use_margin``) and the batch's preference accuracy; the loss that
+    :func:`reward_model_step` differentiates. Gradients flow through the whole network, not
+    only the head."""
     r_c, r_r = pair_rewards(params, batch, config, pooling)
     loss = bradley_terry_loss(r_c, r_r, batch.margin if use_margin else None)
     return loss, {"accuracy": preference_accuracy(r_c, r_r)}
+
+
+def reward_model_step(params, batch: PairBatch, config: gpt.GPTConfig, pooling: str = "last",
+                      use_margin: bool = False):
+    """One training step of a reward model on a batch of preference pairs: the Bradley-Terry
+    loss and its gradient through the whole network (book §5.1, eqs. 16, 17; §5.4.1, eq. 18;
+    §5.3). The optimizer (AdamW in :func:`rm_train_step`) then applies the gradient.
+
+    ``params`` is the reward model's tree ``{"lm": <the mini GPT's parameters>, "head": {"w"
+    [D], "b" []}}`` (:func:`init_reward_model`); ``batch`` a :class:`PairBatch` of ``N``
+    pairs: ``chosen``, ``rejected`` ``[N, T]`` token ids with ``chosen_mask``,
+    ``rejected_mask`` ``[N, T]`` (1 on real tokens; the padding may sit on either side) and
+    ``margin [N]``; ``config`` the backbone's :class:`~rlhf_book.lm.gpt.GPTConfig`;
+    ``pooling`` ``"last"`` or ``"mean"`` and the reward of a sequence as :func:`reward_scores`
+    defines it (the head ``w . h + b`` on the backbone's final hidden state at the last real
+    token, or on the mean over real tokens); ``use_margin`` subtracts the batch's margins
+    (Llama 2, eq. 18), which are ignored otherwise.
+
+    Returns ``(loss, accuracy, grads)``: the scalar Bradley-Terry loss, the mean over pairs of
+    ``-log sigmoid(r_c - r_r [- m])`` (exercise 5.1); the batch's :func:`preference_accuracy`
+    (a tie counts 1/2); and the gradient of the loss with respect to every parameter,
+    backbone and head, a tree shaped like ``params``. Swapping chosen and rejected turns each
+    pair's probability ``p`` into ``1 - p``.
+
+    How: one function of the parameters alone scores both halves of every pair
+    (:func:`pair_rewards`) and returns the loss (:func:`bradley_terry_loss`), with the
+    accuracy as auxiliary output; ``jax.value_and_grad(..., has_aux=True)`` of it at
+    ``params``.
+    """
+    # BEGIN SOLUTION
+    def pair_loss(p):
+        r_c, r_r = pair_rewards(p, batch, config, pooling)
+        margin = batch.margin if use_margin else None
+        return bradley_terry_loss(r_c, r_r, margin), preference_accuracy(r_c, r_r)
+
+    (loss, accuracy), grads = jax.value_and_grad(pair_loss, has_aux=True)(params)
+    return loss, accuracy, grads
+    # END SOLUTION
 
 
 def _pairs(model_config: gpt.GPTConfig, batch: PairBatch) -> PairBatch:
@@ -134,25 +178,36 @@ def _pairs(model_config: gpt.GPTConfig, batch: PairBatch) -> PairBatch:
     return pairs
 
 
-def _rm_loss_fn(model_config: gpt.GPTConfig, rm_config: RMConfig):
-    def loss_fn(params, b: PairBatch):
-        return reward_model_loss(params, b, model_config, rm_config.pooling, rm_config.use_margin)
+def rm_train_step(model_config: gpt.GPTConfig, rm_config: RMConfig, sample_batch):
+    """``step(state, key) -> (state, metrics)``: draw pairs with ``sample_batch(key)``, take the
+    loss, accuracy and gradient of :func:`reward_model_step`, and let the state's optimizer
+    (AdamW) apply the gradient; ``metrics`` holds ``loss``, ``grad_norm`` and ``accuracy``."""
 
-    return loss_fn
+    def step(state, key):
+        loss, accuracy, grads = reward_model_step(state.params, sample_batch(key), model_config,
+                                                  rm_config.pooling, rm_config.use_margin)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "accuracy": accuracy}
+        return state.apply_gradients(grads=grads), metrics
+
+    return step
 
 
 def make_rm_train(model_config: gpt.GPTConfig, rm_config: RMConfig, batch: PairBatch, params):
     """``train(key) -> (state, metrics)``: ``rm_config.steps`` AdamW steps from the reward-model
-    ``params`` (:func:`init_reward_model`) on random pairs of ``batch`` in one ``lax.scan``
-    (:func:`rlhf_book.lm.train.make_train`); ``metrics`` holds ``loss``, ``accuracy`` and
-    ``grad_norm`` per step. Pure, so ``jax.jit(jax.vmap(train))(keys)`` trains one reward model
-    per seed from the same start."""
+    ``params`` (:func:`init_reward_model`) on random pairs of ``batch`` in one ``lax.scan`` of
+    :func:`rm_train_step` (the pattern of :func:`rlhf_book.lm.train.make_train`); ``metrics``
+    holds ``loss``, ``accuracy`` and ``grad_norm`` per step. Pure, so
+    ``jax.jit(jax.vmap(train))(keys)`` trains one reward model per seed from the same start."""
     pairs = _pairs(model_config, batch)
     tc = rm_config.train_config()
-    run = train.make_train(_rm_loss_fn(model_config, rm_config),
-                           train.random_rows(pairs, tc.batch_size), train.make_optimizer(tc),
-                           tc.steps)
-    return lambda key: run(key, params)
+    step = rm_train_step(model_config, rm_config, train.random_rows(pairs, tc.batch_size))
+    optimizer = train.make_optimizer(tc)
+
+    def run(key):
+        state = train.create_train_state(params, optimizer)
+        return jax.lax.scan(step, state, jax.random.split(key, tc.steps))
+
+    return run
 
 
 def train_reward_model(model_config: gpt.GPTConfig, params, rm_config: RMConfig,
@@ -170,8 +225,7 @@ def train_reward_model(model_config: gpt.GPTConfig, params, rm_config: RMConfig,
 
     tc = rm_config.train_config()
     state, history = train.run_in_chunks(
-        train.make_supervised_step(_rm_loss_fn(model_config, rm_config),
-                                   train.random_rows(pairs, rm_config.batch_size)),
+        rm_train_step(model_config, rm_config, train.random_rows(pairs, rm_config.batch_size)),
         train.create_train_state(params, train.make_optimizer(tc)),
         steps=tc.steps, chunk_size=tc.log_every, key=jax.random.PRNGKey(seed), desc=desc,
         progress=progress, evaluate=None if eval_batch is None else evaluate,

@@ -15,7 +15,8 @@ One RL step, all inside one compiled function:
    GAE on a value head for PPO), with the KL either folded into the rewards (REINFORCE, RLOO,
    PPO) or added to the loss (GRPO and its descendants), as the book's §6.1.4 describes;
 5. **update** -- ``epochs`` passes over the batch in ``minibatches``, each an optax step
-   (clipped by global norm), all inside ``lax.scan``.
+   (clipped by global norm), all inside ``lax.scan``. For GRPO and Dr. GRPO on the whole batch
+   a step's loss and gradient are :func:`grpo_step`, the chapter's loop-level exercise.
 
 The algorithm is a name in :data:`ALGORITHMS`; :class:`RLConfig` holds the rest. Build with
 :func:`make_rl_step` (one step, for a Python loop with a progress bar: :func:`train_rl`) or
@@ -34,17 +35,20 @@ import optax
 
 from rlhf_book.ch05_reward_models import reward_scores
 from rlhf_book.ch06_policy_gradients import losses as L
-from rlhf_book.lm.checks import check_choice, check_positive_ints, check_range
-from rlhf_book.lm.kl import KL_ESTIMATORS, kl_estimate
+from rlhf_book.ch06_policy_gradients.losses import (LOG_RATIO_CLAMP, aggregate_loss,
+                                                    grpo_advantages, ppo_objective)
+from rlhf_book.lm.checks import (as_float_array, as_groups, check_choice, check_positive_ints,
+                                 check_range)
+from rlhf_book.lm.kl import KL_ESTIMATORS, kl_estimate, kl_k3
 from rlhf_book.lm import gpt, tokenizer, train
-from rlhf_book.lm.ops import masked_mean, masked_sum
+from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 from rlhf_book.lm.rollout import (PolicyState, PromptSet, Reward, adam, encode_prompts,
                                   init_policy_state, sample_groups, text_reward, token_log_probs)
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "RLConfig", "PromptSet", "encode_prompts", "Reward",
     "reward_model_reward", "text_reward", "token_log_probs", "RLState", "init_rl_state",
-    "Rollout", "rollout", "make_rl_step", "make_train", "train_rl",
+    "Rollout", "rollout", "grpo_step", "make_rl_step", "make_train", "train_rl",
 ]
 
 
@@ -330,10 +334,7 @@ def _loss(params, config: RLConfig, model_config: gpt.GPTConfig, mb: dict):
     loss = policy
     if algo.kl == "loss":
         loss = loss + config.beta * L.aggregate_loss(kl, mask, agg, T)
-    metrics = {"policy_loss": policy,
-               "clip_fraction": L.clip_fraction(logp, mb["old_logp"], mb["adv"], mask,
-                                                clip_low, clip_high),
-               "approx_kl": L.approx_kl(logp, mb["old_logp"], mask)}
+    metrics = _policy_metrics(policy, logp, mb, mask, config)
     if need_values:
         values = jnp.where(mask > 0, _values(params, hidden), 0.0)
         vf = L.value_loss(values, mb["old_values"], mb["returns"], mask, config.value_clip, agg, T)
@@ -342,20 +343,125 @@ def _loss(params, config: RLConfig, model_config: gpt.GPTConfig, mb: dict):
     return loss, metrics
 
 
+def _policy_metrics(policy, logp, mb: dict, mask, config: RLConfig) -> dict:
+    """What a minibatch step logs about the policy: its loss without the KL and value terms,
+    the fraction of tokens whose clip binds, and how far it moved from ``pi_old``."""
+    clip_low, clip_high = config.clip
+    return {"policy_loss": policy,
+            "clip_fraction": L.clip_fraction(logp, mb["old_logp"], mb["adv"], mask,
+                                             clip_low, clip_high),
+            "approx_kl": L.approx_kl(logp, mb["old_logp"], mask)}
+
+
+# [guide:grpo-step]
+def grpo_step(params, tokens, mask, rewards, old_logp, ref_logp, model_config, beta=0.0,
+              clip_low=0.2, clip_high=0.2, aggregation="per_sequence", scale=True,
+              temperature=1.0):
+    """The loss and gradient of one GRPO update on a fixed rollout (book §6.1.6, eqs. 55, 56,
+    57; PPO's clipped surrogate, eq. 52; the aggregations of §6.2.2, eqs. 67, 68, 69).
+
+    The rollout: ``B`` prompts with ``G`` completions each, ``N = B * G`` rows in prompt-major
+    order (row ``b * G + g`` is completion ``g`` of prompt ``b``). ``tokens [N, T]`` (prompt,
+    completion, padding), ``mask [N, T]`` (1 on completion tokens; position 0 is never one),
+    ``rewards [B, G]`` (one per completion), ``old_logp`` and ``ref_logp [N, T]``: the
+    log-probs of the sampled tokens under the policy that sampled them and under the reference
+    model (0 off the mask). ``params`` are the policy's (the mini GPT's), ``model_config`` its
+    configuration.
+
+    Computed, in order:
+
+    1. ``A`` [B, G], the group advantage of eq. 57 (Bessel-corrected std, ``eps = 1e-4``;
+       ``scale=False``: Dr. GRPO's ``r - mean``, eq. 58), one per completion, shared by its
+       tokens;
+    2. ``logp [N, T]``: ``log pi_theta(tokens[:, t] | tokens[:, :t])`` under
+       ``softmax(logits / temperature)`` of ``gpt.forward``, 0 where ``mask`` is 0;
+    3. per completion token, ``-min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A) + beta *
+       k3`` with ``rho = exp(logp - old_logp)`` (log-ratio clamped to +-20) and ``k3 =
+       exp(ref_logp - logp) - (ref_logp - logp) - 1``, the KL estimate of eq. 56;
+    4. ``loss``: the policy term and the KL term each reduced by ``aggregation``
+       (``"per_sequence"``, eq. 67, rows without a completion token left out;
+       ``"per_token"``, eq. 68; ``"fixed_length"``, eq. 69, with ``max_length = T``) and added.
+
+    Returns ``(loss, grads, logp)``: the scalar loss, its gradient with respect to ``params``
+    (a pytree shaped like ``params``; the advantages, ``old_logp`` and ``ref_logp`` are
+    constants) and the ``logp [N, T]`` of step 2. A group whose rewards all tie has ``A = 0``
+    and adds nothing to the policy's gradient. At the old policy (``rho = 1``) the gradient is
+    REINFORCE's with advantage ``A``, plus ``beta`` times that of the KL.
+
+    How: ``grpo_advantages`` (6.3), broadcast over each row's tokens; inside a ``loss_fn(params)``
+    the logits of ``gpt.forward``, ``log_probs_from_logits`` of ``logits[:, :-1] / temperature``
+    and ``tokens[:, 1:]`` padded with one 0 on the left; ``ppo_objective`` (6.2) on the clamped
+    ratio; ``kl_k3``; ``aggregate_loss`` (6.6) for each term; ``jax.value_and_grad(loss_fn,
+    has_aux=True)`` returns the loss, the log-probs as the auxiliary output, and the gradient.
+    """
+    rewards = as_groups(rewards)
+    tokens = jnp.asarray(tokens)
+    if rewards.size != tokens.shape[0]:
+        raise ValueError(f"rewards must have shape [B, G] with B * G = N = {tokens.shape[0]} "
+                         f"rows of tokens, got {rewards.shape}")
+    mask = as_float_array(mask, "mask", "[N, T]")
+    # BEGIN SOLUTION
+    adv = jnp.broadcast_to(grpo_advantages(rewards, scale).reshape(-1, 1), mask.shape)
+
+    def loss_fn(params):
+        logits = gpt.forward(params, tokens, model_config)
+        logp = log_probs_from_logits(logits[:, :-1] / temperature, tokens[:, 1:])
+        logp = jnp.where(mask > 0, jnp.pad(logp, ((0, 0), (1, 0))), 0.0)
+        ratio = jnp.exp(jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+        policy = aggregate_loss(-ppo_objective(ratio, adv, clip_low, clip_high), mask,
+                                aggregation)
+        kl = aggregate_loss(kl_k3(logp, ref_logp), mask, aggregation)
+        return policy + beta * kl, logp
+
+    (loss, logp), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, logp
+    # END SOLUTION
+# [/guide]
+
+
+def _runs_grpo_step(config: RLConfig) -> bool:
+    """Whether a minibatch step is exactly :func:`grpo_step`: group advantages (GRPO or
+    Dr. GRPO), PPO's token ratio and the k3 KL in the loss, no dynamic sampling or truncated
+    importance sampling, and the whole batch in one minibatch (so every group is whole when
+    its advantages are computed). Every other configuration takes :func:`_loss`."""
+    algo = config.algo
+    return (algo.advantage in ("grpo", "dr_grpo") and algo.loss == "ppo" and algo.kl == "loss"
+            and not algo.dynamic_sampling and config.estimator == "k3"
+            and config.tis_cap is None and config.minibatches == 1)
+
+
+def _loss_and_grads(params, config: RLConfig, model_config: gpt.GPTConfig, mb: dict):
+    """``(loss, grads, metrics)`` of one minibatch: :func:`grpo_step` where it applies
+    (:func:`_runs_grpo_step`), else the gradient of :func:`_loss`."""
+    if not _runs_grpo_step(config):
+        (loss, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
+            params, config, model_config, mb)
+        return loss, grads, metrics
+    clip_low, clip_high = config.clip
+    rewards = mb["rewards"].reshape(config.prompts_per_step, config.group_size)
+    loss, grads, logp = grpo_step(params["lm"], mb["tokens"], mb["mask"], rewards,
+                                  mb["old_logp"], mb["ref_logp"], model_config, config.beta,
+                                  clip_low, clip_high, config.algo.aggregation,
+                                  config.algo.advantage == "grpo", config.temperature)
+    policy = L.ppo_clip_loss(logp, mb["old_logp"], mb["adv"], mb["mask"], clip_low, clip_high,
+                             config.algo.aggregation, mb["mask"].shape[1])
+    return loss, {"lm": grads}, _policy_metrics(policy, logp, mb, mb["mask"], config)
+
+
 def _update(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig, batch: Rollout):
     """``epochs`` shuffled passes over the batch in ``minibatches`` optax steps (lax.scan)."""
     adv, returns, keep = _advantages(config, batch)
     data = {"tokens": batch.tokens, "mask": batch.mask, "old_logp": batch.old_logp,
             "sampler_logp": batch.sampler_logp, "ref_logp": batch.ref_logp,
-            "old_values": batch.old_values, "adv": adv, "returns": returns, "keep": keep}
+            "old_values": batch.old_values, "adv": adv, "returns": returns, "keep": keep,
+            "rewards": batch.scores}
     N, M = batch.tokens.shape[0], config.minibatches
     optimizer = _optimizer(config)
 
     def sgd_step(carry, idx):
         params, opt_state = carry
         mb = jax.tree.map(lambda x: x[idx], data)
-        (loss, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
-            params, config, model_config, mb)
+        loss, grads, metrics = _loss_and_grads(params, config, model_config, mb)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
         return (optax.apply_updates(params, updates), opt_state), metrics

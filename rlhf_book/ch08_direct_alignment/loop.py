@@ -18,7 +18,8 @@ One DPO step, all inside one compiled function:
    the negative log-likelihood of the chosen completions (RPO, Pang et al. 2024; TRL's
    ``rpo_alpha``), the usual remedy for *preference displacement* (book §8.2, Figure 27: both
    log-probs fall, the rejected one faster);
-4. **update** -- one optax step (Adam, clipped by global norm).
+4. **update** -- one optax step (Adam, clipped by global norm). For DPO and cDPO, steps 2 and
+   3 and the gradient are :func:`dpo_step`, the chapter's loop-level exercise.
 
 Build with :func:`make_dpo_step` (one step; :func:`train_dpo` drives it in chunks with a
 progress bar) or :func:`make_dpo_train` (``train(key)`` runs all steps in one ``lax.scan``;
@@ -43,16 +44,17 @@ import optax
 from rlhf_book import data
 from rlhf_book.ch05_reward_models import preference_accuracy
 from rlhf_book.ch08_direct_alignment import losses as L
+from rlhf_book.ch08_direct_alignment.losses import dpo_loss
 from rlhf_book.lm import gpt, tokenizer, train
 from rlhf_book.lm.checks import check_choice, check_positive_ints, check_range
-from rlhf_book.lm.ops import masked_mean
+from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 from rlhf_book.lm.rollout import (PolicyState, PromptSet, Reward, adam, init_policy_state,
                                   sample_groups, token_log_probs)
 
 __all__ = [
     "LOSSES", "REFERENCE_FREE", "DPOConfig", "PreferenceBatch", "RefLogProbs",
     "encode_preference_pairs", "completion_log_probs", "pair_log_probs", "preference_losses",
-    "dpo_batch_loss", "DPOState", "init_dpo_state", "sample_offline_batch", "on_policy_pairs",
+    "dpo_batch_loss", "dpo_step", "DPOState", "init_dpo_state", "sample_offline_batch", "on_policy_pairs",
     "make_dpo_step", "make_dpo_train", "train_dpo", "implicit_reward_accuracy",
 ]
 
@@ -301,19 +303,100 @@ def dpo_batch_loss(params, ref_logps: RefLogProbs, batch: PreferenceBatch, confi
     # TRL: cross_entropy over every chosen completion token of the batch (a token mean).
     nll = masked_mean(-chosen["tokens"], batch.chosen_mask * w[:, None])
     loss = preference + config.nll_coef * nll
-    reward_c, reward_r = jax.lax.stop_gradient(reward_c), jax.lax.stop_gradient(reward_r)
+    return loss, _pair_metrics(loss, preference, nll, reward_c, reward_r, chosen["sum"],
+                               rejected["sum"], w)
+
+
+def _pair_metrics(loss, preference, nll, reward_c, reward_r, logp_c, logp_r, w) -> dict:
+    """The scalars a DPO step logs (TRL's names; see :func:`dpo_batch_loss`): weighted means
+    over pairs of the implicit rewards, their margin and accuracy, and the sequence log-probs."""
 
     def mean(x):
         return masked_mean(jax.lax.stop_gradient(x), w)
 
-    metrics = {
+    reward_c, reward_r = jax.lax.stop_gradient(reward_c), jax.lax.stop_gradient(reward_r)
+    return {
         "loss": loss, "loss/preference": preference, "nll": nll,
         "rewards/chosen": mean(reward_c), "rewards/rejected": mean(reward_r),
         "rewards/accuracies": mean((reward_c > reward_r).astype(jnp.float32)),
         "rewards/margins": mean(reward_c - reward_r),
-        "logps/chosen": mean(chosen["sum"]), "logps/rejected": mean(rejected["sum"]),
+        "logps/chosen": mean(logp_c), "logps/rejected": mean(logp_r),
     }
-    return loss, metrics
+
+
+# [guide:dpo-step]
+def dpo_step(params, batch: PreferenceBatch, ref_logps: RefLogProbs,
+             model_config: gpt.GPTConfig, beta=0.1, label_smoothing=0.0, nll_coef=0.0):
+    """The loss and gradient of one DPO update on a batch of pairs (book §8.1.1, eq. 79; the
+    implementation of §8.3; Rafailov et al. 2023).
+
+    ``batch``: a :class:`PreferenceBatch` of ``N`` pairs, read through its fields ``chosen``,
+    ``rejected`` ``[N, T]`` (tokens: prompt, completion, padding; the two halves of a pair share
+    the prompt), ``chosen_mask``, ``rejected_mask`` ``[N, T]`` (1 on the completion's tokens,
+    its closing ``<|end|>`` included; 0 on the prompt and the padding) and ``weight [N]`` (1 for
+    a pair, 0 for a row that carries no preference). ``ref_logps``: a :class:`RefLogProbs` of the
+    reference model's sequence log-probs ``chosen``, ``rejected`` ``[N]``, fixed (precomputed).
+    ``params`` are the policy's (the mini GPT's), ``model_config`` its configuration.
+
+    Computed:
+
+    1. the policy's sequence log-probs ``log pi(y|x) = sum_t log pi(y_t | x, y_<t)`` of each
+       chosen and rejected completion ``[N]``, over the completion tokens only (mask 1), each
+       token scored by ``gpt.forward``'s logits at the position before it;
+    2. the DPO loss of each pair, eq. 79 (``label_smoothing > 0``: cDPO), and their mean over
+       the pairs of weight 1;
+    3. plus ``nll_coef`` times the negative log-likelihood of the chosen completions, averaged
+       over their tokens (the chosen tokens of every pair of weight 1: RPO, Pang et al. 2024).
+
+    Returns ``(loss, grads, (chosen_logps, rejected_logps))``: the scalar loss, its gradient
+    with respect to ``params`` (a pytree shaped like ``params``; the reference log-probs are
+    constants) and the policy's sequence log-probs of step 1. At ``pi = pi_ref`` the loss is
+    ``log 2`` and, with ``nll_coef = 0``, the gradient is ``-beta / 2`` times that of the mean
+    over pairs of ``log pi(y_c|x) - log pi(y_r|x)`` (eq. 81's weight is ``sigmoid(0) = 1/2``).
+
+    How: one ``gpt.forward`` over the ``[2N, T]`` concatenation of chosen and rejected (TRL's
+    ``concatenated_forward``); ``log_probs_from_logits(logits[:, :-1], tokens[:, 1:])`` padded
+    with one 0 on the left, so that position ``t`` holds the log-prob of token ``t``; a
+    ``masked_sum`` over ``T`` per row; ``dpo_loss`` (8.1); ``masked_mean`` with the weights;
+    ``jax.value_and_grad(loss_fn, has_aux=True)``.
+    """
+    # BEGIN SOLUTION
+    n = batch.chosen.shape[0]
+    tokens = jnp.concatenate([batch.chosen, batch.rejected])
+    mask = jnp.concatenate([batch.chosen_mask, batch.rejected_mask])
+
+    def loss_fn(params):
+        logits = gpt.forward(params, tokens, model_config)
+        logp = jnp.pad(log_probs_from_logits(logits[:, :-1], tokens[:, 1:]), ((0, 0), (1, 0)))
+        logp = jnp.where(mask > 0, logp, 0.0)
+        sums = masked_sum(logp, mask, axis=1)
+        chosen, rejected = sums[:n], sums[n:]
+        losses = dpo_loss(chosen, rejected, ref_logps.chosen, ref_logps.rejected, beta,
+                          label_smoothing)
+        nll = masked_mean(-logp[:n], batch.chosen_mask * batch.weight[:, None])
+        return masked_mean(losses, batch.weight) + nll_coef * nll, (chosen, rejected)
+
+    (loss, logps), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, grads, logps
+    # END SOLUTION
+# [/guide]
+
+
+def _dpo_step_and_metrics(params, ref_logps: RefLogProbs, batch: PreferenceBatch,
+                          config: DPOConfig, model_config: gpt.GPTConfig):
+    """``(grads, metrics)`` of DPO or cDPO by :func:`dpo_step`, with :func:`dpo_batch_loss`'s
+    metrics computed from the sequence log-probs it returns."""
+    ref_c = jnp.asarray(ref_logps.chosen, jnp.float32)
+    ref_r = jnp.asarray(ref_logps.rejected, jnp.float32)
+    loss, grads, (pc, pr) = dpo_step(params, batch, RefLogProbs(ref_c, ref_r), model_config,
+                                     config.beta, config.label_smoothing, config.nll_coef)
+    w = batch.weight
+    preference = masked_mean(preference_losses(pc, pr, ref_c, ref_r, config), w)
+    # the chosen tokens' mean NLL, from the sequence sums (a row's log-probs add up to its sum)
+    nll = -masked_sum(pc, w) / jnp.maximum(jnp.sum(batch.chosen_mask * w[:, None]), 1.0)
+    metrics = _pair_metrics(loss, preference, nll, L.implicit_reward(pc, ref_c, config.beta),
+                            L.implicit_reward(pr, ref_r, config.beta), pc, pr, w)
+    return grads, metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,8 +513,12 @@ def make_dpo_step(config: DPOConfig, model_config: gpt.GPTConfig, pairs: Prefere
         else:
             batch, ref = sample_offline_batch(key, pairs, ref_logps, config.batch_size)
             info = {}
-        (_, metrics), grads = jax.value_and_grad(dpo_batch_loss, has_aux=True)(
-            state.params, ref, batch, config, model_config)
+        if config.loss in ("dpo", "cdpo"):
+            grads, metrics = _dpo_step_and_metrics(state.params, ref, batch, config,
+                                                   model_config)
+        else:
+            (_, metrics), grads = jax.value_and_grad(dpo_batch_loss, has_aux=True)(
+                state.params, ref, batch, config, model_config)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads), **info}

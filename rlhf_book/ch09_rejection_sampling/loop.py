@@ -9,8 +9,11 @@ fine-tuning: it runs at inference time and leaves the model unchanged.
 
 * :func:`best_of_n_sample` -- one jitted call: ``n`` samples of each prompt with the KV cache,
   every sample scored, the best kept (:func:`~.selection.select_top_per_prompt`'s rule);
-* :func:`rejection_sampling_finetune` -- one round of RS: best-of-N, a selection rule (per
-  prompt, eq. 113, or the top ``K`` overall, eq. 116), and chapter 4's SFT on what was kept.
+* :func:`rejection_sampling_batch` -- a selection rule (per prompt, eq. 113, or the top ``K``
+  overall, eq. 116) applied to the sampled completions, gathered into an SFT batch whose loss
+  mask covers the kept completions (the chapter's loop-level exercise);
+* :func:`rejection_sampling_finetune` -- one round of RS: best-of-N, the selection, and
+  chapter 4's SFT on what was kept.
 
 Shapes: ``B`` prompts, ``n`` completions per prompt, ``T`` tokens.
 """
@@ -26,13 +29,13 @@ import numpy as np
 
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book.ch05_reward_models import best_of_n
-from rlhf_book.ch09_rejection_sampling.selection import select_top_overall
+from rlhf_book.ch09_rejection_sampling.selection import select_top_overall, select_top_per_prompt
 from rlhf_book.lm import gpt, sampling
 from rlhf_book.lm.checks import check_choice, check_positive_ints, check_range
 from rlhf_book.lm.rollout import PromptSet, Reward
 
-__all__ = ["BestOfN", "best_of_n_sample", "completion_sft_examples", "RSConfig",
-           "rejection_sampling_finetune"]
+__all__ = ["BestOfN", "best_of_n_sample", "rejection_sampling_batch", "completion_sft_examples",
+           "RSConfig", "rejection_sampling_finetune"]
 
 
 class BestOfN(NamedTuple):
@@ -127,6 +130,50 @@ def best_of_n_sample(lm_params, model_config: gpt.GPTConfig, prompts: PromptSet,
 # Rejection-sampling fine-tuning (book §9.1, Figure 28)
 
 
+# [guide:rs-batch]
+def rejection_sampling_batch(rewards, tokens, mask, selection: str = "per_prompt",
+                             k: int | None = None):
+    """What one round of rejection sampling fine-tunes on (book §9.1, Figure 28): the selected
+    completions of a reward matrix as an SFT batch.
+
+    ``rewards [B, N]``: the reward of completion ``j`` of prompt ``i``; ``tokens [B, N, T]``:
+    the sampled sequences (the prompt, then the completion, then padding); ``mask [B, N, T]``:
+    1 on each completion's tokens (its closing ``<|end|>`` included), 0 on its prompt and
+    padding. ``selection`` is ``"per_prompt"``: the best completion of every prompt (eqs. 113,
+    114; ``K = B`` rows in prompt order, ties to the first completion), or ``"top_k"``: the
+    ``k`` best ``(prompt, completion)`` pairs of the whole matrix (eqs. 115, 116; ``k`` None:
+    ``B``; best first, ties to the lower row-major flat index ``i * N + j``), so that a prompt
+    may give several rows or none. Indices are 0-based (the book's are 1-based).
+
+    Returns ``(prompt_idx [K], completion_idx [K], batch_tokens [K, T], loss_mask [K, T])``:
+    the selected pairs, and the SFT batch, row ``r`` holding the sequence ``tokens[prompt_idx[r],
+    completion_idx[r]]`` with its loss mask: 1 exactly on that completion's tokens, so that the
+    model is trained on the kept completions and never on the prompts or the padding. On the
+    book's worked example (eq. 117) the per-prompt rule keeps completions ``[0, 1, 0, 2, 3]``
+    (eq. 120) and the top 5 the pairs of flat indices ``[8, 5, 14, 0, 11]`` (eq. 123).
+
+    How: ``select_top_per_prompt`` (its prompt index is ``arange(B)``) or
+    ``select_top_overall`` (9.1), then one fancy index ``[prompt_idx, completion_idx]`` into
+    ``tokens`` and into ``mask``, whose completion tokens are the loss mask.
+    """
+    check_choice(selection, "selection", ("per_prompt", "top_k"))
+    rewards, tokens, mask = jnp.asarray(rewards), jnp.asarray(tokens), jnp.asarray(mask)
+    if (rewards.ndim != 2 or tokens.ndim != 3 or tokens.shape[:2] != rewards.shape
+            or mask.shape != tokens.shape):
+        raise ValueError(f"rewards must be [B, N], tokens and mask [B, N, T] of the same B, N, "
+                         f"got {rewards.shape}, {tokens.shape}, {mask.shape}")
+    # BEGIN SOLUTION
+    if selection == "per_prompt":
+        prompt_idx, completion_idx = jnp.arange(rewards.shape[0]), select_top_per_prompt(rewards)
+    else:
+        prompt_idx, completion_idx = select_top_overall(rewards, rewards.shape[0] if k is None
+                                                        else k)
+    return (prompt_idx, completion_idx, tokens[prompt_idx, completion_idx],
+            mask[prompt_idx, completion_idx])
+    # END SOLUTION
+# [/guide]
+
+
 def completion_sft_examples(tokens, mask, prompt_lengths) -> list[tuple[list[int], list[int]]]:
     """SFT examples ``(ids, loss_mask)`` from sampled sequences: ``tokens [M, T]`` (prompt then
     completion, as the sampler lays them out), ``mask [M, T]`` (1 on the completion) and
@@ -182,7 +229,8 @@ def rejection_sampling_finetune(lm_params, model_config: gpt.GPTConfig, prompts:
                                 *, key, progress: bool = False) -> tuple[Any, dict]:
     """One round of rejection sampling (book §9.1, Figure 28): 1. sample ``config.n``
     completions per prompt from ``lm_params`` (:func:`best_of_n_sample`); 2. score them with
-    ``reward``; 3. keep the best by ``config.selection``; 4. fine-tune ``lm_params`` on the
+    ``reward``; 3. keep the best by ``config.selection`` (:func:`rejection_sampling_batch`); 4.
+    fine-tune ``lm_params`` on the
     kept (prompt, completion) pairs with chapter 4's SFT (:func:`completion_sft_examples`,
     ``pack_examples`` or ``pad_examples``, ``train_sft``). Llama 2 repeated such rounds, each
     from the newest model; call this again for another.
@@ -196,13 +244,9 @@ def rejection_sampling_finetune(lm_params, model_config: gpt.GPTConfig, prompts:
     bon = best_of_n_sample(lm_params, model_config, prompts, reward, config.n, k_sample,
                            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                            truncation_penalty=config.truncation_penalty)
-    B = prompts.tokens.shape[0]
-    if config.selection == "per_prompt":
-        prompt_idx, completion_idx = np.arange(B), np.asarray(bon.choice)
-    else:
-        k = B if config.k is None else config.k
-        prompt_idx, completion_idx = (np.asarray(a) for a in
-                                      select_top_overall(bon.all_rewards, k))
+    selected_batch = rejection_sampling_batch(bon.all_rewards, bon.all_tokens, bon.all_mask,
+                                              config.selection, config.k)
+    prompt_idx, completion_idx, tokens, mask = (np.asarray(a) for a in selected_batch)
     all_rewards = np.asarray(bon.all_rewards)
     selected = all_rewards[prompt_idx, completion_idx]
     keep = np.ones(len(prompt_idx), bool)
@@ -211,9 +255,8 @@ def rejection_sampling_finetune(lm_params, model_config: gpt.GPTConfig, prompts:
     if not keep.any():
         raise ValueError("no kept completion ended with <|end|>: raise max_new_tokens or set "
                          "RSConfig.drop_unfinished=False")
-    tokens = np.asarray(bon.all_tokens)[prompt_idx, completion_idx][keep]
-    mask = np.asarray(bon.all_mask)[prompt_idx, completion_idx][keep]
-    examples = completion_sft_examples(tokens, mask, np.asarray(prompts.lengths)[prompt_idx][keep])
+    examples = completion_sft_examples(tokens[keep], mask[keep],
+                                       np.asarray(prompts.lengths)[prompt_idx][keep])
     batching = ch04.pack_examples if sft_config.packing else ch04.pad_examples
     seed = int(jax.random.randint(k_sft, (), 0, np.iinfo(np.int32).max))
     params, history = ch04.train_sft(model_config, lm_params, sft_config,

@@ -203,6 +203,38 @@ def _merge_heads(x: jax.Array) -> jax.Array:
 
 
 # [guide:self-attention]
+def write_kv_cache(cache, k: jax.Array, v: jax.Array, start):
+    """Write the keys and values of new tokens into a KV cache; say what each new query may read.
+
+    ``cache = (keys, values)``, each ``[N, H, T, d]`` with ``T = max_seq_len``; ``k, v``
+    ``[N, H, S, d]`` are the new tokens', which sit at positions ``start .. start+S-1``
+    (``start`` a scalar), or, with ``S = 1``, at ``start [N]``, one position per row (rows whose
+    prompts differ in length decode in step). Returns ``((keys, values), mask)``: the cache with
+    the new entries written at those positions (every other entry unchanged), and the boolean
+    ``mask``, broadcastable to ``[N, H, S, T]``, True where new query ``s`` may attend to cached
+    position ``j``: ``j <= `` its own position (causal, eq. 141 of book Appendix A.1, over the
+    cache). Positions past the query's are stale or empty and must not be read.
+
+    How: with a scalar ``start`` one ``dynamic_update_slice`` writes the ``S`` new rows (a
+    traced ``start`` is fine: the shapes stay static) and the mask is ``[S, T]``; with a start
+    per row, an indexed ``.at[rows, :, start].set`` writes one row each and the mask is
+    ``[N, 1, 1, T]``.
+    """
+    # BEGIN SOLUTION
+    T = cache[0].shape[2]
+    if jnp.ndim(start) == 0:
+        keys = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, start, 0))
+        values = jax.lax.dynamic_update_slice(cache[1], v, (0, 0, start, 0))
+        mask = jnp.arange(T)[None, :] <= start + jnp.arange(k.shape[2])[:, None]  # [S, T]
+    else:  # row n writes its one key at position start[n] and reads keys 0 .. start[n]
+        rows = jnp.arange(k.shape[0])
+        keys = cache[0].at[rows, :, start].set(k[:, :, 0])
+        values = cache[1].at[rows, :, start].set(v[:, :, 0])
+        mask = (jnp.arange(T) <= start[:, None])[:, None, None, :]  # [N, 1, 1, T]
+    return (keys, values), mask
+    # END SOLUTION
+
+
 def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start=0, mask=None):
     """Causal multi-head self-attention of ``x [N, S, D]``.
 
@@ -210,28 +242,18 @@ def self_attention(p: Params, x: jax.Array, config: GPTConfig, cache=None, start
     (``[N, S, S]``, True = may attend) says when given: packed sequences pass a block-diagonal
     causal mask so that no document sees another (chapter 4). With a cache
     ``(k, v)`` of shape ``[N, H, max_seq_len, d]``, the new tokens sit at positions
-    ``start .. start+S-1``: their keys and values are written into the cache, and each attends
-    to every cached position up to its own. ``start`` may also be ``[N]`` with ``S = 1``: each
-    row feeds one token at its own position (rows of a batch whose prompts differ in length
-    decode in step). Returns ``(out [N, S, D], new_cache or None)``.
+    ``start .. start+S-1``: their keys and values are written into the cache
+    (:func:`write_kv_cache`), and each attends to every cached position up to its own.
+    ``start`` may also be ``[N]`` with ``S = 1``: each row feeds one token at its own position.
+    Returns ``(out [N, S, D], new_cache or None)``.
     """
     H = config.n_heads
     q, k, v = (_split_heads(dense(x, p[w]), H) for w in ("wq", "wk", "wv"))
-    S = x.shape[1]
     if cache is None:
-        mask = causal_mask(S) if mask is None else mask[:, None]  # [N, 1, S, S]: every head
-    elif jnp.ndim(start) == 0:
-        k = jax.lax.dynamic_update_slice(cache[0], k, (0, 0, start, 0))
-        v = jax.lax.dynamic_update_slice(cache[1], v, (0, 0, start, 0))
-        cache = (k, v)
-        key_pos = jnp.arange(config.max_seq_len)
-        mask = key_pos[None, :] <= start + jnp.arange(S)[:, None]  # [S, max_seq_len]
-    else:  # row n writes its one key at position start[n] and reads keys 0 .. start[n]
-        rows = jnp.arange(x.shape[0])
-        k = cache[0].at[rows, :, start].set(k[:, :, 0])
-        v = cache[1].at[rows, :, start].set(v[:, :, 0])
-        cache = (k, v)
-        mask = (jnp.arange(config.max_seq_len) <= start[:, None])[:, None, None, :]
+        mask = causal_mask(x.shape[1]) if mask is None else mask[:, None]  # [N, 1, S, S]
+    else:  # attend over the whole cache: the keys written so far, and the new ones
+        cache, mask = write_kv_cache(cache, k, v, start)
+        k, v = cache
     out = _merge_heads(attend(q, k, v, mask))
     return dense(out, p["wo"]), cache
 # [/guide]
@@ -395,6 +417,7 @@ def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidd
 # [/guide]
 
 
+# [guide:kv-cache]
 def init_cache(config: GPTConfig, batch_size: int):
     """An empty KV cache: one ``(keys, values)`` pair per layer, each ``[N, H, max_seq_len, d]``.
 
@@ -408,14 +431,23 @@ def init_cache(config: GPTConfig, batch_size: int):
 
 
 def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTConfig):
-    """Run ``tokens [N, S]`` sitting at positions ``start .. start+S-1`` against a KV cache.
+    """The decode step: run ``tokens [N, S]`` sitting at positions ``start .. start+S-1``
+    against a KV cache.
 
-    The cache holds keys and values of every earlier position. Feeding a sequence in pieces
-    (a prompt, then one token at a time) gives the same logits as :func:`forward` on the whole
-    sequence, at a cost per new token that does not grow with the prefix length. ``start`` is
-    a scalar, or ``[N]`` positions (one per row) when ``S = 1``.
+    ``cache`` is a tuple with one ``(keys, values)`` pair per layer, each ``[N, H, T, d]``
+    (:func:`init_cache`), holding the keys and values of every earlier position;
+    ``params["blocks"]`` holds every layer's parameters stacked on a leading ``[L]`` axis;
+    ``start`` is a scalar, or ``[N]`` positions (one per row) when ``S = 1``. Returns ``(logits [N, S, V],
+    new_cache)``, the cache with the new tokens' keys and values written in every layer.
+    Feeding a sequence in pieces (a prompt, then one token at a time) gives the same logits as
+    :func:`forward` on the whole sequence (book Appendix A.1, eq. 141: position ``t`` reads
+    positions ``<= t`` only), at a cost per new token that does not grow with the prefix.
 
-    Returns ``(logits [N, S, V], new_cache)``.
+    How: embed the tokens at their positions (:func:`embed` with ``start``); then, layer by
+    layer, slice that layer's parameters out of ``params["blocks"]`` and run :func:`block` with that layer's cache, which writes the new keys and
+    values (:func:`write_kv_cache`) and attends over the cache; collect the new caches; the
+    logits come from :func:`unembed`. A Python loop over layers, not a ``lax.scan``: each layer
+    keeps its own buffer, which XLA updates in place.
     """
     check_tokens(tokens, config)
     if not isinstance(start, jax.core.Tracer):  # past the window the cache would wrap around
@@ -423,6 +455,7 @@ def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTC
         if int(np.min(np.asarray(start))) < 0 or last > config.max_seq_len:
             raise ValueError(f"start must keep positions within [0, {config.max_seq_len}), "
                              f"got positions up to {last - 1}")
+    # BEGIN SOLUTION
     x = embed(params, tokens, start)
     new_cache = []
     for layer, layer_cache in enumerate(cache):  # a Python loop: one buffer per layer
@@ -430,3 +463,5 @@ def forward_cached(params: Params, tokens: jax.Array, start, cache, config: GPTC
         x, layer_cache = block(p, x, config, layer_cache, start)
         new_cache.append(layer_cache)
     return unembed(params, x)[0], tuple(new_cache)
+    # END SOLUTION
+# [/guide]

@@ -7,7 +7,8 @@ adds three things the configuration alone cannot:
 
 * **the home page's chapter table and table of contents**, written from the catalogue
   (:data:`rlhf_book.textbook.catalog.CHAPTERS`) and from the files that exist, in reading order:
-  chapter N's guide, then its notebook, then its exercises; the chapters still to come are listed
+  chapter N's companion notebooks (chapter 0's JAX primer, described by :data:`COMPANIONS`),
+  then its guide, then its notebook, then its exercises; the chapters still to come are listed
   from :data:`BOOK_CHAPTERS`; ``chapters/FAQ.md`` joins the contents when it exists;
 * **links from the guides**: a code span that names a file of the repository
   (```rlhf_book/lm/kl.py```, ```notebooks/ch06_policy_gradients.ipynb```, optionally followed
@@ -59,6 +60,15 @@ BOOK_CHAPTERS: tuple[tuple[str, str], ...] = (
     ("C", "Appendix C: practical issues"),
 )
 
+#: A chapter's companion notebooks (``Chapter.companions``), by file stem: the name the home
+#: page gives each, and its one-line description. A companion not listed is shown by its stem.
+COMPANIONS: dict[str, tuple[str, str]] = {
+    "ch00_jax_primer": (
+        "JAX primer",
+        "the JAX idioms of this project (arrays, PRNG keys, jit, grad, vmap, pytrees, lax.scan), "
+        "each beside the PyTorch the book's snippets use: read it first if JAX is new to you"),
+}
+
 #: The folders of the repository whose files a guide may name.
 LINKED_FOLDERS = ("rlhf_book", "notebooks", "chapters", "exercises", "figures", "tests",
                   "benchmarks")
@@ -87,18 +97,32 @@ def _chapter_docs(root: pathlib.Path) -> Iterator[tuple[object, bool, bool]]:
         yield chapter, chapter.guide(root).exists(), chapter.notebook(root).exists()
 
 
+def _companions(chapter, root: pathlib.Path) -> list[tuple[str, str, str]]:
+    """``(stem, name, description)`` of each companion notebook of ``chapter`` that exists
+    under ``root``, in reading order."""
+    found = []
+    for path in chapter.notebooks(root)[:-1]:
+        if path.exists():
+            name, description = COMPANIONS.get(path.stem, (path.stem, ""))
+            found.append((path.stem, name, description))
+    return found
+
+
 def home_page_sections(root: pathlib.Path) -> str:
     """The home page's generated part, as MyST Markdown: the chapter table and the contents.
 
     The table lists the book's chapters in order, each with its guide, notebook and exercise
-    file where the project has built it and "to come" otherwise; then one table of contents
-    per built chapter (guide, then notebook), and a last one with the equation index and, when
+    file where the project has built it and "to come" otherwise (a chapter's companion
+    notebooks, such as chapter 0's JAX primer, come first in its "Run" cell, and each is
+    described under the table); then one table of contents per built chapter (companions,
+    guide, then notebook), and a last one with the equation index and, when
     ``chapters/FAQ.md`` exists, the answers to common questions.
     """
     root = pathlib.Path(root)
     built = {str(chapter.number): (chapter, guide, notebook)
              for chapter, guide, notebook in _chapter_docs(root)}
     lines = ["| Chapter | Read | Run | Do | |", "|---|---|---|---|---|"]
+    notes = []
     rows = [("0", "The mini GPT (this project's own: the model every chapter trains)")]
     rows += list(BOOK_CHAPTERS)
     for number, title in rows:
@@ -107,6 +131,13 @@ def home_page_sections(root: pathlib.Path) -> str:
             chapter, guide, notebook = built[number]
             read = f"[guide](/chapters/{chapter.key}.md)" if guide else "—"
             run = f"[notebook](/notebooks/{chapter.key}.ipynb)" if notebook else "—"
+            companions = _companions(chapter, root)
+            if companions:
+                first = ", ".join(f"[{name}](/notebooks/{stem}.ipynb)"
+                                  for stem, name, _ in companions)
+                run = f"{first}, then {run}"
+                notes += [f"* **[{name}](/notebooks/{stem}.ipynb)** (chapter {chapter.number}): "
+                          f"{description}" for stem, name, description in companions]
             stub = root / "exercises" / f"{chapter.key}.py"
             do = (f"`exercises/{chapter.key}.py`, graded by `rlhf-book grade {chapter.short}`"
                   if stub.exists() else "—")
@@ -117,8 +148,10 @@ def home_page_sections(root: pathlib.Path) -> str:
            "Read the book's chapter first, then the project's guide to it, then run its "
            "notebook, then do its exercises. Chapters marked *to come* are not built yet.", ""]
     out += lines + [""]
+    if notes:
+        out += ["Read before a chapter's own notebook:", "", *notes, ""]
     for chapter, guide, notebook in _chapter_docs(root):
-        entries = []
+        entries = [f"{name} </notebooks/{stem}>" for stem, name, _ in _companions(chapter, root)]
         if guide:
             entries.append(f"Guide </chapters/{chapter.key}>")
         if notebook:

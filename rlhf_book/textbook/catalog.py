@@ -101,6 +101,10 @@ class Chapter:
     title: str
     sections: str
     exercises: tuple[Exercise, ...] = ()
+    # Extra notebooks of the chapter, by file stem (``"ch00_jax_primer"``), read before its
+    # main notebook in this order; each sets the exercises whose function lives in the module
+    # named after it (``rlhf_book.jax_primer`` for ``ch00_jax_primer``).
+    companions: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -112,6 +116,26 @@ class Chapter:
 
     def notebook(self, root: pathlib.Path | None = None) -> pathlib.Path:
         return (root or project_root()) / "notebooks" / f"{self.key}.ipynb"
+
+    def notebooks(self, root: pathlib.Path | None = None) -> tuple[pathlib.Path, ...]:
+        """Every notebook of the chapter in reading order: the companions, then the main one."""
+        folder = (root or project_root()) / "notebooks"
+        return tuple(folder / f"{stem}.ipynb" for stem in self.companions) + (
+            self.notebook(root),)
+
+    def exercises_of(self, notebook: str | pathlib.Path) -> tuple[Exercise, ...]:
+        """The exercises one of the chapter's notebooks (a path or a stem) sets in its "Your
+        turn" section: a companion ``chNN_<name>`` those whose function lives in a module
+        named ``<name>`` (chapter 0's JAX primer sets those of ``rlhf_book.jax_primer``), the
+        main notebook all the others."""
+        stem = pathlib.Path(notebook).stem
+
+        def owner(exercise: Exercise) -> str:
+            for companion in self.companions:
+                if exercise.module.rsplit(".", 1)[-1] == companion.split("_", 1)[1]:
+                    return companion
+            return self.key
+        return tuple(e for e in self.exercises if owner(e) == stem)
 
     def guide(self, root: pathlib.Path | None = None) -> pathlib.Path:
         return (root or project_root()) / "chapters" / f"{self.key}.md"
@@ -135,7 +159,23 @@ CHAPTERS: tuple[Chapter, ...] = (
                      difficulty=2),
             Exercise("0.4", "temperature and top-k sampling",
                      "rlhf_book.lm.sampling:sample_token", "ch00 guide, 'Sampling'", difficulty=3),
+            Exercise("0.5", "the KV cache: write new keys and values, mask what is not yet written",
+                     "rlhf_book.lm.gpt:write_kv_cache", "book App. A.1, eq. 141; ch00 guide, 'The KV cache'",
+                     difficulty=2),
+            Exercise("0.6", "the decode step: a forward pass against the KV cache",
+                     "rlhf_book.lm.gpt:forward_cached",
+                     "book App. A.1, eq. 141; ch00 guide, 'The KV cache'", difficulty=3),
+            Exercise("0.7", "per-example gradients: vmap of grad",
+                     "rlhf_book.jax_primer:per_example_grads",
+                     "ch00 JAX primer, sections 4 (grad) and 5 (vmap)", difficulty=2),
+            Exercise("0.8", "an SGD step on a pytree of parameters",
+                     "rlhf_book.jax_primer:sgd_step", "ch00 JAX primer, section 6 (pytrees)",
+                     difficulty=1),
+            Exercise("0.9", "an exponential moving average: a loop with a carry",
+                     "rlhf_book.jax_primer:exponential_moving_average",
+                     "ch00 JAX primer, section 7 (lax.scan)", difficulty=3),
         ),
+        companions=("ch00_jax_primer",),
     ),
     Chapter(
         3, "training_overview", "Training overview: the RL problem under RLHF",
@@ -171,6 +211,9 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("4.4", "sequence packing",
                      "rlhf_book.ch04_instruction_tuning.losses:pack_examples", "book §4.3",
                      difficulty=3),
+            Exercise("4.5", "a packed SFT step: the loss and its gradient through the model",
+                     "rlhf_book.ch04_instruction_tuning.loop:sft_step",
+                     "book §4.3, App. A.1 eq. 142", difficulty=3),
         ),
     ),
     Chapter(
@@ -197,6 +240,9 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("5.6", "reward margins on seen and unseen pairs (the lecture's exercise 2)",
                      "rlhf_book.ch05_reward_models.loop:reward_margins", "ch05 guide, 'Calibration'",
                      difficulty=1),
+            Exercise("5.7", "a reward-model training step: scores, loss and gradient",
+                     "rlhf_book.ch05_reward_models.loop:reward_model_step",
+                     "book §5.1, eqs. 16, 17; §5.3", difficulty=3, timeout=120.0),
         ),
     ),
     Chapter(
@@ -233,6 +279,10 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("6.8", "generalised advantage estimation (GAE)",
                      "rlhf_book.ch06_policy_gradients.losses:compute_gae",
                      "book §6.3.2, eqs. 75, 76, 77 and its GAE code", difficulty=3),
+            Exercise("6.9", "the GRPO step: advantages, loss, gradient",
+                     "rlhf_book.ch06_policy_gradients.loop:grpo_step",
+                     "book §6.1.6, eqs. 55, 56, 57, 58 with eq. 52; §6.2.2, eqs. 67, 68, 69",
+                     timeout=120.0, difficulty=3),
         ),
     ),
     Chapter(
@@ -264,6 +314,9 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("8.7", "ORPO's odds-ratio term",
                      "rlhf_book.ch08_direct_alignment.losses:orpo_odds_ratio_loss",
                      "book §8.2; Hong et al. 2024", difficulty=2),
+            Exercise("8.8", "the DPO step: log-probs, loss, gradient",
+                     "rlhf_book.ch08_direct_alignment.loop:dpo_step",
+                     "book §8.1.1, eqs. 79, 81; §8.3", timeout=120.0, difficulty=3),
         ),
     ),
     Chapter(
@@ -283,6 +336,10 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("9.3", "the KL of best-of-N from the base policy",
                      "rlhf_book.ch09_rejection_sampling.selection:best_of_n_kl",
                      "book §9.3; Stiennon et al. 2020, Beirami et al. 2024", difficulty=1),
+            Exercise("9.4", "rejection sampling into an SFT batch",
+                     "rlhf_book.ch09_rejection_sampling.loop:rejection_sampling_batch",
+                     "book §9.1, eqs. 113, 114, 115, 116, the worked example (eqs. 117-123) "
+                     "and Figure 28", difficulty=3),
         ),
     ),
     Chapter(

@@ -2,21 +2,27 @@
 
 Oracles: the book's rendered chat-template strings (§4.1) byte for byte; a token-by-
 token scan of the rendered conversation for the loss masks; a float64 NumPy loop and optax for
-the SFT loss, with the invariance to logits at unselected positions; and, for packing, the
-examples read back out of the packed rows.
+the SFT loss, with the invariance to logits at unselected positions; for packing, the
+examples read back out of the packed rows; and, for the packed SFT step, every example run
+alone through the model (its loss as a float64 NumPy loop, its gradient as ``jax.grad`` of the
+same loss written here), the same examples padded one per row, and the invariance of the loss
+to the tokens of an example that trains on nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlhf_book.lm import tokenizer
-from rlhf_book.textbook.checks import (Mismatch, expect, expect_close, expect_finite, expect_shape,
-                                       grad_of, jit, require)
+from rlhf_book.ch04_instruction_tuning.losses import SFTBatch
+from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.textbook.checks import (Mismatch, call, expect, expect_close, expect_finite,
+                                       expect_shape, grad_of, jit, probe, require)
 
 PIRATE = "You are a friendly chatbot who always responds in the style of a pirate"
 HELICOPTERS = "How many helicopters can a human eat in one sitting?"
@@ -257,3 +263,224 @@ def pack_examples(fn):
     else:
         raise Mismatch(f"pack_examples(an example of 30 tokens, length={length}) must raise "
                        "ValueError, not cut the example")
+
+
+# ----------------------------------------------------------------------------------------------
+# 4.5 a packed SFT step: the loss and its gradient through the model
+
+# Six examples of 4-10 tokens, packed three rows of 16 tokens (two examples a row, greedily);
+# example 0 trains on nothing (a prompt-only example), so no other example may depend on it.
+STEP_LENGTHS = (6, 9, 4, 7, 10, 5)
+STEP_ROWS = ((0, 1), (2, 3), (4, 5))
+STEP_WIDTH = 16
+
+
+def _step_examples(rng, lengths=STEP_LENGTHS):
+    """``[(ids, mask)]``: ``<|bos|>`` and random bytes; a random loss mask (never on the first
+    token), all 0 for example 0 and at least one 1 for every other."""
+    examples = []
+    for k, n in enumerate(lengths):
+        ids = [tokenizer.BOS] + rng.integers(0, 256, n - 1).tolist()
+        mask = [0] + rng.integers(0, 2, n - 1).tolist()
+        if k == 0:
+            mask = [0] * n
+        elif not any(mask):
+            mask[-1] = 1
+        examples.append((ids, mask))
+    return examples
+
+
+def _packed_rows(examples, layout=STEP_ROWS, width=STEP_WIDTH) -> SFTBatch:
+    """The packed batch, built here: examples ``layout[r]`` side by side in row ``r`` with
+    segment ids 1, 2, ...; padding is ``<|pad|>``, loss mask 0, segment 0. The first token of
+    every example is never a target."""
+    tokens = np.full((len(layout), width), tokenizer.PAD, np.int32)
+    mask = np.zeros((len(layout), width), np.float32)
+    seg = np.zeros((len(layout), width), np.int32)
+    for r, members in enumerate(layout):
+        t = 0
+        for s, k in enumerate(members, start=1):
+            ids, m = examples[k]
+            tokens[r, t:t + len(ids)] = ids
+            mask[r, t + 1:t + len(ids)] = m[1:]
+            seg[r, t:t + len(ids)] = s
+            t += len(ids)
+    return SFTBatch(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(seg))
+
+
+_forward = jax.jit(gpt.forward, static_argnums=2)
+
+
+def _one_per_row(examples):
+    """The examples without packing: ``tokens [K, L]``, one example per row, right-padded
+    with ``<|pad|>`` (under causal attention an example's tokens never see the padding after
+    them, so their logits are those of the example alone), and ``weights [K, L - 1]``, the
+    loss mask of each target ``tokens[:, 1:]``."""
+    width = max(len(ids) for ids, _ in examples)
+    tokens = np.full((len(examples), width), tokenizer.PAD, np.int32)
+    weights = np.zeros((len(examples), width - 1), np.float32)
+    for r, (ids, m) in enumerate(examples):
+        tokens[r, :len(ids)] = ids
+        weights[r, :len(ids) - 1] = m[1:]
+    return tokens, weights
+
+
+def _alone_nll(params, config, examples):
+    """Per example, ``-log p(token t+1)`` at each of its positions, in float64, each example
+    run alone (:func:`_one_per_row`)."""
+    tokens, _ = _one_per_row(examples)
+    logits = np.asarray(_forward(params, jnp.asarray(tokens), config))
+    return [_nll64(logits[r, :len(ids) - 1], np.asarray(ids[1:]))
+            for r, (ids, _) in enumerate(examples)]
+
+
+def _alone_loss(params, config, examples) -> float:
+    """The token-weighted SFT loss of the examples, each run alone: the oracle of 4.5."""
+    nll = _alone_nll(params, config, examples)
+    total = sum(float(np.dot(n, np.asarray(m[1:], np.float64))) for n, (_, m) in zip(nll, examples))
+    return total / sum(sum(m[1:]) for _, m in examples)
+
+
+def _alone_grads(params, config, examples):
+    """``jax.grad`` of the same loss written in JAX: the examples one per row, right-padded,
+    without segment ids; the selected tokens' ``-log softmax`` summed and divided by the
+    number of selected tokens."""
+    tokens, weights = _one_per_row(examples)
+    return _independent_grad(params, jnp.asarray(tokens), jnp.asarray(weights), config)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _independent_grad(params, tokens, weights, config):
+    def loss(p):
+        logp = jax.nn.log_softmax(gpt.forward(p, tokens, config)[:, :-1], axis=-1)
+        picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+        return -jnp.sum(picked * weights) / jnp.sum(weights)
+
+    return jax.grad(loss)(params)
+
+
+def param_leaves(tree) -> dict:
+    """``{"['blocks']['attn']['wq']": array}`` for every leaf of a parameter tree."""
+    return {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def expect_tree_close(got, expected, what: str, *, atol: float, rtol: float, hint=""):
+    """One sub-check: the tree ``got`` has the leaves of ``expected`` (a dict of dicts of
+    arrays), each with its shape and values within ``atol + rtol * |expected|``; the message
+    names how many leaves differ and the first, with ``hint`` (a string, or a callable that
+    returns one, called only on failure)."""
+    want = param_leaves(expected)
+    try:
+        have = param_leaves(got)
+    except Exception as err:  # a student's function may return anything at all
+        raise Mismatch(f"{what} is not a tree of arrays like params "
+                       f"({type(err).__name__})") from None
+    missing = sorted(set(want) - set(have))
+    require(not missing, f"{what} lacks the parameters {missing[:3]} (a tree shaped like params)")
+    bad = []
+    for key, e in want.items():
+        a = have[key]
+        require(a.shape == e.shape, f"{what}{key} has shape {a.shape}, expected {e.shape}")
+        wrong = ~(np.abs(a.astype(np.float64) - e) <= atol + rtol * np.abs(e))
+        if wrong.any():
+            index = tuple(int(i) for i in np.argwhere(wrong)[0])
+            bad.append(f"{key}{list(index)}: got {a[index]:.6g}, expected {e[index]:.6g}")
+
+    def message():
+        note = hint() if callable(hint) else hint
+        return (f"{what}: {len(bad)} of {len(want)} parameter arrays differ, the first "
+                f"{bad[0]}{note}")
+
+    expect(not bad, message)
+
+
+def _step_diagnosis(loss, params, config, batch, examples) -> str:
+    """A hint naming the common bug that ``loss`` reproduces, or '' (each alternative computed
+    here in float64 from its own description)."""
+    tokens, mask = np.asarray(batch.tokens), np.asarray(batch.loss_mask, np.float64)
+    value = float(np.asarray(loss, np.float64))
+
+    def near(candidate):
+        return abs(value - float(candidate)) <= 1e-4 * max(1.0, abs(float(candidate)))
+
+    # the packed rows run as plain sequences: every example sees the ones before it in its row
+    # and its positions go on counting from theirs
+    mixed = np.asarray(_forward(params, batch.tokens, config))
+    nll_mixed = _nll64(mixed[:, :-1], tokens[:, 1:])
+    if near((nll_mixed * mask[:, 1:]).sum() / mask[:, 1:].sum()):
+        return (" (looks like the packed examples see each other: pass the batch's segment_ids "
+                "to gpt.forward, so that each example attends only to itself and its positions "
+                "restart at 0)")
+    nll = [n * np.asarray(m[1:], np.float64) for n, (_, m) in zip(_alone_nll(params, config,
+                                                                              examples), examples)]
+    counts = [sum(m[1:]) for _, m in examples]
+    per_example = [n.sum() / c for n, c in zip(nll, counts) if c]
+    rows = [[k for k in members if counts[k]] for members in STEP_ROWS]
+    per_row = [sum(nll[k].sum() for k in r) / sum(counts[k] for k in r) for r in rows if r]
+    for candidate, what in ((np.mean(per_example), "example"), (np.mean(per_row), "row")):
+        if near(candidate):
+            return (f" (looks like a mean per {what} first: the SFT loss is one mean over every "
+                    "selected token of the batch, so a long answer weighs more than a short one)")
+    logits = np.asarray(gpt.forward(params, batch.tokens, config, segment_ids=batch.segment_ids))
+    return _sft_diagnosis(loss, logits, tokens, mask)
+
+
+@probe
+def jitted_sft_step(fn, params, tokens, loss_mask, segment_ids, config):
+    """``jax.jit(fn, static_argnums=2)(params, SFTBatch(tokens, loss_mask, segment_ids),
+    config)``: the step compiled, as the library's loop runs it (the batch is rebuilt here: a
+    batch sent between processes arrives as a record, which cannot be an argument of jit)."""
+    return jax.jit(fn, static_argnums=2)(params, SFTBatch(tokens, loss_mask, segment_ids), config)
+
+
+def _run_step(fn, params, batch, config):
+    return call(fn, jitted_sft_step, params, batch.tokens, batch.loss_mask, batch.segment_ids,
+                config)
+
+
+def sft_step(fn):
+    config = gpt.get_config("tiny")
+    params = gpt.init_params(jax.random.PRNGKey(0), config)
+    rng = np.random.default_rng(45)
+    examples = _step_examples(rng)
+    packed = _packed_rows(examples)
+    what = (f"jax.jit(sft_step)(tiny GPT params, {len(examples)} examples packed in "
+            f"{len(STEP_ROWS)} rows of {STEP_WIDTH}, config)")
+    out = _run_step(fn, params, packed, config)
+    require(isinstance(out, tuple) and len(out) == 2,
+            f"{what} must return a pair (loss, grads), got {type(out).__name__}")
+    loss, grads = out
+    loss = expect_finite(expect_shape(loss, (), what + " loss (a scalar)"), what + " loss")
+    expected = _alone_loss(params, config, examples)
+    hint = "" if abs(float(loss) - expected) <= 1e-5 else _step_diagnosis(
+        loss, params, config, packed, examples)
+    expect_close(loss, expected, what + " loss (the SFT loss of the same examples padded one "
+                 "per row, each seen alone)" + hint, atol=1e-5)
+
+    expected_grads = _alone_grads(params, config, examples)
+
+    def grad_hint():
+        got, want = param_leaves(grads), param_leaves(expected_grads)
+        ratio = [float(np.vdot(got[k], want[k]) / max(np.vdot(want[k], want[k]), 1e-30))
+                 for k in want]
+        n = sum(sum(m[1:]) for _, m in examples)
+        if np.allclose(ratio, n, rtol=1e-2):
+            return (f" (looks like the gradient of the sum over the {n} selected tokens, not of "
+                    "the mean loss)")
+        if np.allclose(ratio, -1.0, rtol=1e-2):
+            return " (looks like the gradient of minus the loss: differentiate the loss you return)"
+        return ""
+
+    expect_tree_close(grads, expected_grads, what + " grads (jax.grad of the loss of the examples "
+                      "padded one per row)", atol=1e-6, rtol=1e-3, hint=grad_hint)
+
+    # example 0 trains on nothing: changing its tokens must leave the loss unchanged, since
+    # example 1, packed after it in row 0, may not see it
+    changed = list(examples)
+    changed[0] = ([tokenizer.BOS] + rng.integers(0, 256, STEP_LENGTHS[0] - 1).tolist(),
+                  examples[0][1])
+    loss_changed, _ = _run_step(fn, params, _packed_rows(changed), config)
+    expect_close(loss_changed, loss, "sft_step after changing the tokens of example 0, which "
+                 "trains on nothing (example 1, after it in row 0, must not see it: the loss may "
+                 "not change)", atol=1e-6)

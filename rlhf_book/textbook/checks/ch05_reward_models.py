@@ -11,15 +11,20 @@ padding is on.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import (as_array, expect_close, expect_dtype, expect_finite,
-                                       expect_shape, grad_of, jit, require)
+from rlhf_book.ch05_reward_models.loop import PairBatch
+from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.textbook.checks import (as_array, call, expect_close, expect_dtype,
+                                       expect_finite, expect_shape, grad_of, jit, probe, require)
+from rlhf_book.textbook.checks.ch04_instruction_tuning import expect_tree_close, param_leaves
 
 # §5.1's table: (r_c, r_r, P(c > r), loss); the last row is the first shifted by +7.
 BOOK_BT_TABLE = ((2.0, 0.5, 0.8175745, 0.2014133), (1.0, 1.0, 0.5, math.log(2.0)),
@@ -444,3 +449,238 @@ def reward_margins(fn):
                                    "margin": -expected["margin"],
                                    "accuracy": margins_loop(r_r, r_c)["accuracy"]},
                     "reward_margins with chosen and rejected swapped (the margin changes sign)")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5.7 a reward-model training step: scores, loss and gradient
+
+STEP_WIDTH = 12
+STEP_MARGINS = (0.0, 1.0, 3.0, 0.5)
+STEP_LEFT_PADDED = 2  # the pair whose two sequences are left-padded
+
+
+def _step_pairs(rng, n=len(STEP_MARGINS)):
+    """``[(chosen ids, rejected ids)]``: a prompt (``<|bos|>`` and 2-4 bytes) shared by both
+    halves of a pair, then two different responses of 1-5 bytes."""
+    pairs = []
+    for _ in range(n):
+        prompt = [tokenizer.BOS] + rng.integers(0, 256, int(rng.integers(2, 5))).tolist()
+        chosen = prompt + rng.integers(0, 256, int(rng.integers(1, 6))).tolist()
+        rejected = prompt + rng.integers(0, 256, int(rng.integers(1, 6))).tolist()
+        pairs.append((chosen, rejected))
+    return pairs
+
+
+def _padded(sequences, width, left=()):
+    """Token ids ``[N, width]`` and masks, right-padded with ``<|pad|>`` except rows in
+    ``left``, which are left-padded."""
+    tokens = np.full((len(sequences), width), tokenizer.PAD, np.int32)
+    mask = np.zeros((len(sequences), width), np.int32)
+    for r, ids in enumerate(sequences):
+        where = slice(width - len(ids), width) if r in left else slice(0, len(ids))
+        tokens[r, where], mask[r, where] = ids, 1
+    return tokens, mask
+
+
+def _step_batch(pairs, margins=STEP_MARGINS, swap=False) -> PairBatch:
+    chosen, rejected = [p[0] for p in pairs], [p[1] for p in pairs]
+    if swap:
+        chosen, rejected = rejected, chosen
+    c, c_mask = _padded(chosen, STEP_WIDTH, left=(STEP_LEFT_PADDED,))
+    r, r_mask = _padded(rejected, STEP_WIDTH, left=(STEP_LEFT_PADDED,))
+    return PairBatch(*(jnp.asarray(x) for x in (c, c_mask, r, r_mask)),
+                     jnp.asarray(margins, jnp.float32))
+
+
+def _step_params(config):
+    """A reward model built here: the tiny GPT and a head ``w ~ N(0, 0.5^2)``, ``b = 0.25``
+    (large enough that the pairs' rewards differ by a few units)."""
+    w = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (config.d_model,), jnp.float32)
+    return {"lm": gpt.init_params(jax.random.PRNGKey(0), config),
+            "head": {"w": w, "b": jnp.asarray(0.25, jnp.float32)}}
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _alone_rewards(params, tokens, config, pooling):
+    """Rewards of sequences right-padded one per row and run without segment ids (under causal
+    attention a token never sees the padding after it: each sequence is scored as if alone):
+    the head on the last real token's final hidden state, or on the mean over real tokens."""
+    real = tokens != tokenizer.PAD
+    _, hidden = gpt.forward(params["lm"], tokens, config, return_hidden=True)
+    if pooling == "last":
+        last = jnp.sum(real, axis=1) - 1  # right padding only: the real tokens come first
+        h = hidden[jnp.arange(tokens.shape[0]), last]
+    else:
+        h = jnp.sum(hidden * real[..., None], axis=1) / jnp.sum(real, axis=1)[:, None]
+    return h @ params["head"]["w"] + params["head"]["b"]
+
+
+def _alone_tokens(pairs, swap=False):
+    """Every chosen sequence, then every rejected one, right-padded: ``[2N, width]``."""
+    chosen, rejected = [p[0] for p in pairs], [p[1] for p in pairs]
+    if swap:
+        chosen, rejected = rejected, chosen
+    return jnp.asarray(_padded(chosen + rejected, STEP_WIDTH)[0])
+
+
+def _alone_scores(params, config, pairs, pooling="last", swap=False):
+    r = np.asarray(_alone_rewards(params, _alone_tokens(pairs, swap), config, pooling), np.float64)
+    return r[:len(pairs)], r[len(pairs):]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _independent_rm_grad(params, tokens, config, pooling, margins):
+    def loss(p):
+        r = _alone_rewards(p, tokens, config, pooling)
+        n = tokens.shape[0] // 2
+        return jnp.mean(jnp.logaddexp(0.0, -(r[:n] - r[n:] - margins)))  # -log sigmoid
+
+    return jax.grad(loss)(params)
+
+
+def rm_accuracy_loop(r_c, r_r) -> float:
+    return sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(r_c, r_r)) / len(r_c)
+
+
+@probe
+def jitted_reward_model_step(fn, params, chosen, chosen_mask, rejected, rejected_mask, margin,
+                             config, pooling, use_margin):
+    """``jax.jit(fn, static_argnums=(2, 3, 4))(params, PairBatch(...), config, pooling,
+    use_margin)``: the step compiled, as the library's loop runs it (the batch is
+    rebuilt here: a batch sent between processes arrives as a record, which cannot be an
+    argument of jit)."""
+    batch = PairBatch(chosen, chosen_mask, rejected, rejected_mask, margin)
+    return jax.jit(fn, static_argnums=(2, 3, 4))(params, batch, config, pooling, use_margin)
+
+
+def _run_rm_step(fn, params, batch, config, pooling, use_margin):
+    out = call(fn, jitted_reward_model_step, params, *batch, config, pooling, use_margin)
+    what = (f"jax.jit(reward_model_step)(tiny reward model, {len(STEP_MARGINS)} pairs, config, "
+            f"pooling={pooling!r}, use_margin={use_margin})")
+    require(isinstance(out, tuple) and len(out) == 3, f"{what} must return (loss, accuracy, "
+            f"grads), got {type(out).__name__}")
+    loss = expect_finite(expect_shape(out[0], (), what + " loss (a scalar)"), what + " loss")
+    accuracy = expect_shape(out[1], (), what + " accuracy (a scalar)")
+    return what, loss, accuracy, out[2]
+
+
+def _rm_loss_diagnosis(loss, params, config, batch, pairs, pooling, use_margin) -> str:
+    """A hint naming the common bug that ``loss`` reproduces, or '' (each alternative computed
+    here in float64 from its own description)."""
+    value = float(np.asarray(loss, np.float64))
+    r_c, r_r = _alone_scores(params, config, pairs, pooling)
+    m = np.asarray(STEP_MARGINS, np.float64)
+    right = m if use_margin else 0.0
+    candidates = [
+        (len(pairs) * bt_loop(r_c, r_r, right), "a sum over pairs: the loss is the mean over "
+         "pairs"),
+        (bt_loop(r_r, r_c, right), "chosen and rejected swapped: -log sigmoid(r_chosen - "
+         "r_rejected), chosen first"),
+    ]
+    if use_margin:
+        candidates += [(bt_loop(r_c, r_r), "the margins are ignored: with use_margin=True "
+                        "subtract the batch's margin from every pair's reward gap"),
+                       (bt_loop(r_c, r_r, -m), "the margin is added: -log sigmoid(r_c - r_r - "
+                        "m), so a pair with a larger margin must be won by more")]
+    else:
+        candidates.append((bt_loop(r_c, r_r, m), "the margins are used although "
+                           "use_margin=False: ignore them then"))
+    if pooling == "mean":
+        candidates.append((bt_loop(*_alone_scores(params, config, pairs, "last"), right),
+                           "last-token pooling: pooling='mean' averages the hidden states of "
+                           "the real tokens"))
+    # a left-padded pair read at the wrong place, or with the padding seen by the real tokens
+    tokens = jnp.concatenate([batch.chosen, batch.rejected])
+    mask = np.asarray(jnp.concatenate([batch.chosen_mask, batch.rejected_mask]))
+    head = params["head"]
+    for segments in (jnp.asarray(mask), None):
+        _, hidden = gpt.forward(params["lm"], tokens, config, return_hidden=True,
+                                segment_ids=segments)
+        hidden = np.asarray(hidden, np.float64)
+        if segments is None:  # the right position, but padding in attention and positions
+            index = np.array([np.flatnonzero(row)[-1] for row in mask])
+        else:  # mask.sum() - 1: the last real token only under right padding
+            index = mask.sum(1) - 1
+        h = hidden[np.arange(len(index)), index]
+        r = h @ np.asarray(head["w"], np.float64) + float(head["b"])
+        candidates.append((bt_loop(r[:len(pairs)], r[len(pairs):], right), "the left-padded pair "
+                           f"{STEP_LEFT_PADDED} is not scored as its sequences alone: read the "
+                           "last real token (exercise 5.4), and pass the mask to the model as "
+                           "segment ids so that padding stays out of attention and positions "
+                           "(reward_scores does both)"))
+    for candidate, hint in candidates:
+        if abs(value - candidate) <= 1e-4 * max(1.0, abs(candidate)):
+            return f" (looks like {hint})"
+    return ""
+
+
+def _rm_grad_hint(grads, expected):
+    def hint():
+        got, want = param_leaves(grads), param_leaves(expected)
+        lm = [k for k in want if k.startswith("['lm']")]
+        if all(not np.any(got[k]) for k in lm) and any(np.any(want[k]) for k in lm):
+            return (" (the backbone gets no gradient: differentiate with respect to the whole "
+                    "params tree, so that every layer learns, not only the head)")
+        ratio = [float(np.vdot(got[k], want[k]) / max(np.vdot(want[k], want[k]), 1e-30))
+                 for k in want if np.any(want[k])]
+        if np.allclose(ratio, len(STEP_MARGINS), rtol=1e-2):
+            return " (looks like the gradient of the sum over pairs, not of the mean loss)"
+        if np.allclose(ratio, -1.0, rtol=1e-2):
+            return " (looks like the gradient of minus the loss)"
+        return ""
+
+    return hint
+
+
+def reward_model_step(fn):
+    config = gpt.get_config("tiny")
+    params = _step_params(config)
+    pairs = _step_pairs(np.random.default_rng(57))
+    batch = _step_batch(pairs)
+    m = np.asarray(STEP_MARGINS, np.float64)
+    r_c, r_r = _alone_scores(params, config, pairs)
+    require(min(abs(r_c - r_r)) > 1e-3, "internal: the test pairs must not tie")
+
+    what, loss, accuracy, grads = _run_rm_step(fn, params, batch, config, "last", False)
+    expected = bt_loop(r_c, r_r)
+    hint = "" if abs(float(loss) - expected) <= 1e-5 else _rm_loss_diagnosis(
+        loss, params, config, batch, pairs, "last", False)
+    expect_close(loss, expected, what + " loss (the mean over pairs of -log sigmoid(r_c - r_r), "
+                 "each sequence scored alone)" + hint, atol=1e-5)
+    expect_close(accuracy, rm_accuracy_loop(r_c, r_r), what + " accuracy (the fraction of pairs "
+                 "whose chosen response scores higher)", atol=1e-6)
+    tokens = _alone_tokens(pairs)
+    expected_grads = _independent_rm_grad(params, tokens, config, "last", jnp.zeros(len(pairs)))
+    expect_tree_close(grads, expected_grads, what + " grads (jax.grad of the loss of the "
+                      "sequences scored alone)", atol=1e-6, rtol=1e-3,
+                      hint=_rm_grad_hint(grads, expected_grads))
+
+    # Llama 2's margins (eq. 18), subtracted from each pair's reward gap
+    what, loss, _, grads = _run_rm_step(fn, params, batch, config, "last", True)
+    expected = bt_loop(r_c, r_r, m)
+    hint = "" if abs(float(loss) - expected) <= 1e-5 else _rm_loss_diagnosis(
+        loss, params, config, batch, pairs, "last", True)
+    expect_close(loss, expected, what + f" loss (margins {list(STEP_MARGINS)}: the mean of "
+                 "-log sigmoid(r_c - r_r - m))" + hint, atol=1e-5)
+    expected_grads = _independent_rm_grad(params, tokens, config, "last",
+                                          jnp.asarray(m, jnp.float32))
+    expect_tree_close(grads, expected_grads, what + " grads", atol=1e-6, rtol=1e-3,
+                      hint=_rm_grad_hint(grads, expected_grads))
+
+    # mean pooling
+    what, loss, _, _ = _run_rm_step(fn, params, batch, config, "mean", False)
+    mean_c, mean_r = _alone_scores(params, config, pairs, "mean")
+    expected = bt_loop(mean_c, mean_r)
+    hint = "" if abs(float(loss) - expected) <= 1e-5 else _rm_loss_diagnosis(
+        loss, params, config, batch, pairs, "mean", False)
+    expect_close(loss, expected, what + " loss (rewards of the mean hidden state over real "
+                 "tokens)" + hint, atol=1e-5)
+
+    # the invariant: each pair's probability p = sigmoid(r_c - r_r) becomes 1 - p
+    what, loss_swapped, accuracy_swapped, _ = _run_rm_step(
+        fn, params, _step_batch(pairs, swap=True), config, "last", False)
+    what = what.replace("pairs,", "pairs with chosen and rejected swapped,")
+    expect_close(loss_swapped, bt_loop(r_r, r_c), what + " loss (each pair's probability p "
+                 "becomes 1 - p: the mean of -log(1 - p))", atol=1e-5)
+    expect_close(accuracy_swapped, 1.0 - rm_accuracy_loop(r_c, r_r),
+                 what + " accuracy (1 - the accuracy before the swap, with no tie)", atol=1e-6)

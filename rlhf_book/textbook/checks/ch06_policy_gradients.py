@@ -8,17 +8,22 @@ Python loops written from the equations (eqs. 47, 48, 49, 52, 57-58, 63, 65, 67-
 math: group advantages sum to zero, RLOO's baseline leaves the sample out, ``G/(G-1)`` Dr. GRPO
 = RLOO (eq. 60), the gradient of each loss, GAE's linearity ``d A_t / d r_s = (gamma
 lambda)^(s-t)``, invariance to where a completion starts in its row, and ``jit``/``vmap``
-agreeing with the eager, one-at-a-time result.
+agreeing with the eager, one-at-a-time result. The GRPO step (6.9) runs on a tiny GPT: its
+log-probs against a per-token float64 loop over ``gpt.forward``'s logits, its loss against the
+loops above, its gradient against ``jax.grad`` of a loss written in the check and, at the old
+policy, against REINFORCE's.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_book.lm import gpt
 from rlhf_book.textbook.checks import (as_array, call, expect_close, expect_finite, expect_shape,
                                        grad_of, grad_of_sum, jit, probe, require, vmap)
 
@@ -658,3 +663,214 @@ def compute_gae(fn):
                  np.stack([gae_loop(rewards, values, mask, 1.0, 0.95),
                            gae_loop(rewards[::-1], values[::-1], mask[::-1], 1.0, 0.95)]),
                  "jax.vmap(compute_gae)(2 batches)", atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6.9 the GRPO step on a fixed rollout (eqs. 52, 55, 56, 57, 58, 67, 68, 69)
+#
+# A tiny GPT and a rollout of B = 2 prompts x G = 4 completions whose prompts and completions
+# differ in length (one completion is empty). Oracles: the log-probs from gpt.forward's logits
+# by a per-token float64 loop, the advantages by grpo_loop, the surrogate and k3 per token and
+# the aggregation by aggregate_loop; the gradient by jax.grad of a loss written here without
+# the library's loss functions; and the invariants: at rho = 1 the gradient is REINFORCE's with
+# advantage A, and a batch whose groups all tie has loss 0 and gradient 0.
+
+GRPO_STEP_STATIC = ("model_config", "aggregation", "scale")
+_GRPO_B, _GRPO_G, _GRPO_T = 2, 4, 12
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_gpt():
+    """``(config, params)`` of the tiny GPT the step is graded on."""
+    config = gpt.get_config("tiny")
+    return config, gpt.init_params(jax.random.PRNGKey(0), config)
+
+
+_forward = jax.jit(gpt.forward, static_argnums=2)  # the oracle's logits, compiled once
+
+
+def _grpo_rollout(seed: int = 9):
+    """``(tokens [N, T], mask [N, T])``: prompts of 2-4 tokens, completions of 0-7 tokens,
+    then padding; row 5's completion is empty."""
+    rng = np.random.default_rng(seed)
+    N, T = _GRPO_B * _GRPO_G, _GRPO_T
+    tokens = rng.integers(0, 256, (N, T))
+    mask = np.zeros((N, T), np.float32)
+    for n in range(N):
+        start = int(rng.integers(2, 5))
+        length = 0 if n == 5 else int(rng.integers(1, T - start + 1))
+        mask[n, start:start + length] = 1.0
+        tokens[n, start + length:] = 0
+    return jnp.asarray(tokens, jnp.int32), mask
+
+
+def token_logp_loop(logits, tokens, mask, temperature=1.0) -> np.ndarray:
+    """``log softmax(logits[n, t - 1] / temperature)[tokens[n, t]]`` where ``mask[n, t]`` is 1,
+    else 0, token by token in float64 (position ``t`` is predicted by position ``t - 1``)."""
+    logits = np.asarray(logits, np.float64) / temperature
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    out = np.zeros(tokens.shape)
+    for n in range(tokens.shape[0]):
+        for t in range(1, tokens.shape[1]):
+            if mask[n, t] > 0:
+                row = logits[n, t - 1]
+                top = row.max()
+                out[n, t] = row[tokens[n, t]] - top - math.log(np.exp(row - top).sum())
+    return out
+
+
+def grpo_step_loss_loop(logp, old_logp, ref_logp, rewards, mask, beta, clip_low, clip_high,
+                        aggregation, scale=True) -> float:
+    """The GRPO loss of a rollout in float64: eq. 57's advantage per group (row ``b * G + g``
+    is completion ``g`` of prompt ``b``), eq. 52 per token, k3 per token, each aggregated."""
+    adv = grpo_loop(rewards, scale).reshape(-1)
+    logp, old_logp, ref_logp = (np.asarray(x, np.float64) for x in (logp, old_logp, ref_logp))
+    N, T = logp.shape
+    policy, kl = np.zeros((N, T)), np.zeros((N, T))
+    for n in range(N):
+        for t in range(T):
+            rho = math.exp(min(max(logp[n, t] - old_logp[n, t], -20.0), 20.0))
+            clipped = min(max(rho, 1 - clip_low), 1 + clip_high)
+            policy[n, t] = -min(rho * adv[n], clipped * adv[n])
+            d = ref_logp[n, t] - logp[n, t]
+            kl[n, t] = math.exp(d) - d - 1.0
+    return (aggregate_loop(policy, mask, aggregation)
+            + beta * aggregate_loop(kl, mask, aggregation))
+
+
+def _reduce(per_token, mask, aggregation):
+    """Eqs. 67, 68, 69 in a few lines of jnp, for the oracle losses below."""
+    total = jnp.sum(per_token * mask, axis=1)
+    count = jnp.sum(mask, axis=1)
+    if aggregation == "per_sequence":
+        rows = count > 0
+        return jnp.sum(jnp.where(rows, total / jnp.maximum(count, 1), 0)) / jnp.sum(rows)
+    if aggregation == "per_token":
+        return jnp.sum(total) / jnp.sum(count)
+    return jnp.sum(total) / mask.size
+
+
+def _oracle_logp(params, tokens, config, mask, temperature=1.0):
+    logits = gpt.forward(params, tokens, config)[:, :-1] / temperature
+    picked = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
+    return jnp.concatenate([jnp.zeros((tokens.shape[0], 1)), picked], axis=1) * mask
+
+
+@jax.jit
+def _grpo_oracle_grad(params, tokens, mask, adv, old_logp, ref_logp, beta):
+    """d/d params of eq. 52's clipped surrogate + beta k3, per sequence, clip 0.2."""
+
+    def loss(params):
+        logp = _oracle_logp(params, tokens, gpt.get_config("tiny"), mask)
+        rho = jnp.exp(logp - old_logp)
+        surrogate = jnp.minimum(rho * adv[:, None], jnp.clip(rho, 0.8, 1.2) * adv[:, None])
+        d = ref_logp - logp
+        return _reduce(-surrogate + beta * (jnp.exp(d) - d - 1), mask, "per_sequence")
+
+    return jax.grad(loss)(params)
+
+
+@jax.jit
+def _reinforce_grad(params, tokens, mask, adv):
+    """d/d params of REINFORCE's ``-A log pi`` per token, aggregated per sequence."""
+
+    def loss(params):
+        logp = _oracle_logp(params, tokens, gpt.get_config("tiny"), mask)
+        return _reduce(-adv[:, None] * logp, mask, "per_sequence")
+
+    return jax.grad(loss)(params)
+
+
+def _expect_grads(grads, expected, what):
+    """The gradient pytree has the structure of params and matches ``expected`` leaf by leaf,
+    one sub-check over all the scalars."""
+    require(isinstance(grads, dict) and jax.tree.structure(grads) == jax.tree.structure(expected),
+            f"{what}: grads must be a pytree shaped like params (a dict of the same keys), got "
+            f"{type(grads).__name__}")
+    got = np.concatenate([as_array(g, what).reshape(-1) for g in jax.tree.leaves(grads)])
+    want = np.concatenate([np.asarray(g, np.float64).reshape(-1) for g in jax.tree.leaves(expected)])
+    scale = float(np.abs(want).max())
+    expect_close(got, want, what, atol=2e-4 * scale, rtol=2e-3)
+
+
+def _unpack_step(out, what, N, T):
+    require(isinstance(out, (tuple, list)) and len(out) == 3,
+            f"{what} must return (loss, grads, logp), got {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    loss, grads, logp = out
+    loss = expect_finite(expect_shape(loss, (), what + " loss (a scalar)"), what + " loss")
+    logp = expect_finite(expect_shape(logp, (N, T), what + " logp"), what + " logp")
+    return loss, grads, logp
+
+
+def grpo_step(fn):
+    config, params = _tiny_gpt()
+    tokens, mask = _grpo_rollout()
+    N, T = mask.shape
+    logits = np.asarray(_forward(params, tokens, config))
+    logp = token_logp_loop(logits, tokens, mask)
+    rewards = np.array([[1.0, 0.0, 0.5, 1.0], [0.2, 0.9, 0.4, 0.3]])
+    adv = grpo_loop(rewards).reshape(-1)
+    step = jit(fn, static_argnames=GRPO_STEP_STATIC)
+
+    def run(rewards, old, ref, beta, aggregation="per_sequence", scale=True, temperature=1.0,
+            clip_high=0.2):
+        return step(params, tokens, _f32(mask), _f32(rewards), _f32(old), _f32(ref),
+                    model_config=config, beta=beta, clip_low=0.2, clip_high=clip_high,
+                    aggregation=aggregation, scale=scale, temperature=temperature)
+
+    # at the old policy (rho = 1) and the reference (k3 = 0): the loss is -mean(A) over the
+    # rows with a completion, and the gradient REINFORCE's
+    what = "grpo_step(rollout [8, 12] of 2 prompts x 4, old_logp = ref_logp = the policy's own)"
+    loss, grads, got_logp = _unpack_step(run(rewards, logp, logp, 0.04), what, N, T)
+    expect_close(got_logp, logp, what + " logp (log pi(tokens[:, t] | tokens[:, :t]) comes "
+                 "from logits[:, t - 1]: shift by one; 0 where mask is 0)", atol=2e-5)
+    expect_close(loss, grpo_step_loss_loop(logp, logp, logp, rewards, mask, 0.04, 0.2, 0.2,
+                                           "per_sequence"),
+                 what + " loss (at rho = 1 it is minus the aggregated advantages: eq. 57 per "
+                 "group of G consecutive rows, row b * G + g is completion g of prompt b; the "
+                 "row without a completion token is left out of the mean)", atol=2e-5)
+    _expect_grads(grads, _reinforce_grad(params, tokens, _f32(mask), _f32(adv)),
+                  what + " grads vs REINFORCE's gradient of -A log pi (at rho = 1 the clipped "
+                  "surrogate's gradient is REINFORCE's, and k3's is 0 at the reference)")
+
+    # off-policy: ratios far enough from 1 for the clip to bind, and a KL to a distinct reference
+    rng = np.random.default_rng(10)
+    old = np.where(mask > 0, logp + 0.4 * rng.standard_normal((N, T)), 0.0)
+    ref = np.where(mask > 0, logp + 0.3 * rng.standard_normal((N, T)), 0.0)
+    what = "grpo_step(the rollout, old_logp and ref_logp 0.3-0.4 away, beta=0.1)"
+    loss, grads, _ = _unpack_step(run(rewards, old, ref, 0.1), what, N, T)
+    expect_close(loss, grpo_step_loss_loop(logp, old, ref, rewards, mask, 0.1, 0.2, 0.2,
+                                           "per_sequence"),
+                 what + " loss (eq. 52: -min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A) "
+                 "per token with rho = exp(logp - old_logp), plus beta * k3 with k3 = "
+                 "exp(ref - logp) - (ref - logp) - 1)", atol=2e-5)
+    _expect_grads(grads, _grpo_oracle_grad(params, tokens, _f32(mask), _f32(adv), _f32(old),
+                                           _f32(ref), 0.1),
+                  what + " grads vs jax.grad of an independent loss (the advantages, old_logp "
+                  "and ref_logp are constants; clipped tokens whose advantage pushes past the "
+                  "clip get no gradient)")
+
+    for aggregation, scale, temperature, clip_high in (("per_token", False, 1.0, 0.28),
+                                                       ("fixed_length", True, 0.7, 0.2)):
+        what = (f"grpo_step(the rollout off-policy, aggregation={aggregation!r}, scale={scale}, "
+                f"temperature={temperature}, clip_high={clip_high})")
+        expected_logp = token_logp_loop(logits, tokens, mask, temperature)
+        loss, _, got_logp = _unpack_step(run(rewards, old, ref, 0.1, aggregation, scale,
+                                             temperature, clip_high), what, N, T)
+        if temperature != 1.0:
+            expect_close(got_logp, expected_logp, what + " logp (softmax of logits / "
+                         "temperature)", atol=2e-5)
+        expect_close(loss, grpo_step_loss_loop(expected_logp, old, ref, rewards, mask, 0.1, 0.2,
+                                               clip_high, aggregation, scale),
+                     what + " loss (per_token: every token of the batch weighs the same, eq. 68; "
+                     "fixed_length: the sum over N * T, eq. 69; scale=False: Dr. GRPO's r - mean, "
+                     "eq. 58)", atol=2e-5)
+
+    ties = np.array([[0.5, 0.5, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]])
+    what = "grpo_step(every group's rewards tie, off-policy, beta=0)"
+    loss, grads, _ = _unpack_step(run(ties, old, ref, 0.0), what, N, T)
+    expect_close(loss, 0.0, what + " loss (A = 0 in every group: 0, not NaN)", atol=1e-7)
+    flat = np.concatenate([as_array(g, what).reshape(-1) for g in jax.tree.leaves(grads)])
+    expect_close(np.abs(flat).max(), 0.0, what + " grads (a group whose rewards tie has A = 0 "
+                 "and gives no gradient)", atol=1e-10)

@@ -11,19 +11,25 @@ the tests use the same ones (:func:`dpo_loss_oracle`, :func:`ipo_loss_oracle`,
 loss(-h) = -beta h``, shifts that ``log Z`` absorbs change nothing, ``J(pi) = beta log Z - beta
 KL(pi || pi*)`` for every ``pi``, the population DPO loss is ``log(2) / 2`` at the reference and
 stationary at ``pi*``, IPO's minimum sits at ``h = 1 / (2 beta)``, no gradient reaches the
-frozen reference, and ``jit``/``vmap`` agree with the eager result.
+frozen reference, and ``jit``/``vmap`` agree with the eager result. The DPO step (8.8) runs on
+a tiny GPT: sequence log-probs against a per-token float64 loop over ``gpt.forward``'s logits,
+the gradient against ``jax.grad`` of a loss written in the check, and eq. 81 at ``pi = pi_ref``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.textbook.checks import (as_array, expect, expect_close, expect_finite, expect_shape,
-                                       grad_of, grad_of_mean, grad_of_sum, jit, vmap)
+from rlhf_book.ch08_direct_alignment.loop import PreferenceBatch, RefLogProbs
+from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.textbook.checks import (as_array, call, expect, expect_close, expect_finite,
+                                       expect_shape, grad_of, grad_of_mean, grad_of_sum, jit,
+                                       probe, require, vmap)
 
 
 def _f32(x) -> jax.Array:
@@ -492,3 +498,168 @@ def orpo_odds_ratio_loss(fn):
                   "d orpo_odds_ratio_loss / d (avg_chosen, avg_rejected) at P near 1")
     expect_close(jit(fn)(_f32(ac), _f32(ar)), orpo_loss_oracle(ac, ar),
                  "jax.jit(orpo_odds_ratio_loss)(ac, ar)", atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8.8 the DPO step (eq. 79, §8.3): sequence log-probs, loss and gradient on a tiny GPT
+#
+# Oracles: sequence log-probs summed token by token in float64 from gpt.forward's logits
+# (position t - 1 scores token t; only completion tokens count), the per-pair losses of
+# dpo_loss_oracle, the gradient by jax.grad of a loss written here without the library's
+# functions, and eq. 81 at pi = pi_ref: loss log 2, gradient -beta/2 times that of the mean of
+# log pi(y_c|x) - log pi(y_r|x).
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_gpt():
+    """``(config, params)`` of the tiny GPT the step is graded on."""
+    config = gpt.get_config("tiny")
+    return config, gpt.init_params(jax.random.PRNGKey(0), config)
+
+
+def _dpo_pairs(seed: int = 8, n: int = 3, T: int = 14):
+    """Pairs as arrays: ``chosen``, ``chosen_mask``, ``rejected``, ``rejected_mask`` ``[n, T]``.
+    Both halves of a pair share a prompt of 3-5 tokens; completions of 1-8 tokens; padding
+    after them."""
+    rng = np.random.default_rng(seed)
+    halves = {name: np.full((n, T), tokenizer.PAD) for name in ("chosen", "rejected")}
+    masks = {name: np.zeros((n, T), np.float32) for name in halves}
+    for i in range(n):
+        p = int(rng.integers(3, 6))
+        prompt = rng.integers(0, 256, p)
+        for name in halves:
+            c = int(rng.integers(1, min(8, T - p) + 1))
+            halves[name][i, :p] = prompt
+            halves[name][i, p:p + c] = rng.integers(0, 256, c)
+            masks[name][i, p:p + c] = 1.0
+    return (jnp.asarray(halves["chosen"], jnp.int32), masks["chosen"],
+            jnp.asarray(halves["rejected"], jnp.int32), masks["rejected"])
+
+
+def sequence_logp_loop(logits, tokens, mask) -> np.ndarray:
+    """``sum_t log softmax(logits[n, t - 1])[tokens[n, t]]`` over the ``t`` where ``mask`` is
+    1, per row, in float64."""
+    logits = np.asarray(logits, np.float64)
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    out = np.zeros(tokens.shape[0])
+    for n in range(tokens.shape[0]):
+        for t in range(1, tokens.shape[1]):
+            if mask[n, t] > 0:
+                row = logits[n, t - 1]
+                top = row.max()
+                out[n] += row[tokens[n, t]] - top - math.log(np.exp(row - top).sum())
+    return out
+
+
+def _token_logp(params, tokens, mask):
+    config = gpt.get_config("tiny")
+    logits = gpt.forward(params, tokens, config)[:, :-1]
+    picked = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
+    return picked * mask[:, 1:]
+
+
+@jax.jit
+def _dpo_oracle_grad(params, chosen, chosen_mask, rejected, rejected_mask, ref_c, ref_r, beta):
+    """d/d params of the mean over pairs of -log sigmoid(beta h) (eq. 79)."""
+
+    def loss(params):
+        pc = jnp.sum(_token_logp(params, chosen, chosen_mask), axis=1)
+        pr = jnp.sum(_token_logp(params, rejected, rejected_mask), axis=1)
+        return -jnp.mean(jax.nn.log_sigmoid(beta * ((pc - ref_c) - (pr - ref_r))))
+
+    return jax.grad(loss)(params)
+
+
+@jax.jit
+def _margin_grad(params, chosen, chosen_mask, rejected, rejected_mask):
+    """d/d params of the mean over pairs of log pi(y_c|x) - log pi(y_r|x)."""
+
+    def margin(params):
+        return jnp.mean(jnp.sum(_token_logp(params, chosen, chosen_mask), axis=1)
+                        - jnp.sum(_token_logp(params, rejected, rejected_mask), axis=1))
+
+    return jax.grad(margin)(params)
+
+
+@probe
+def _jit_dpo_step(fn, params, chosen, chosen_mask, rejected, rejected_mask, weight, ref_chosen,
+                  ref_rejected, model_config, beta, label_smoothing, nll_coef):
+    """``jax.jit(fn)`` on a :class:`PreferenceBatch` and :class:`RefLogProbs` built here, where
+    the function runs (8.8)."""
+    batch = PreferenceBatch(chosen, chosen_mask, rejected, rejected_mask, weight)
+    step = jax.jit(fn, static_argnames="model_config")
+    return step(params, batch, RefLogProbs(ref_chosen, ref_rejected), model_config=model_config,
+                beta=beta, label_smoothing=label_smoothing, nll_coef=nll_coef)
+
+
+def _expect_grads(grads, expected, what, scale=None):
+    require(isinstance(grads, dict) and jax.tree.structure(grads) == jax.tree.structure(expected),
+            f"{what}: grads must be a pytree shaped like params (a dict of the same keys), got "
+            f"{type(grads).__name__}")
+    got = np.concatenate([as_array(g, what).reshape(-1) for g in jax.tree.leaves(grads)])
+    want = np.concatenate([np.asarray(g, np.float64).reshape(-1) for g in jax.tree.leaves(expected)])
+    scale = float(np.abs(want).max()) if scale is None else scale
+    expect_close(got, want, what, atol=2e-4 * scale, rtol=2e-3)
+
+
+def _unpack_dpo_step(out, what, n):
+    require(isinstance(out, (tuple, list)) and len(out) == 3
+            and isinstance(out[2], (tuple, list)) and len(out[2]) == 2,
+            f"{what} must return (loss, grads, (chosen_logps, rejected_logps)), got "
+            f"{type(out).__name__}")
+    loss, grads, (pc, pr) = out
+    loss = expect_finite(expect_shape(loss, (), what + " loss (a scalar)"), what + " loss")
+    pc = expect_finite(expect_shape(pc, (n,), what + " chosen_logps"), what + " chosen_logps")
+    pr = expect_finite(expect_shape(pr, (n,), what + " rejected_logps"), what + " rejected_logps")
+    return loss, grads, pc, pr
+
+
+_forward = jax.jit(gpt.forward, static_argnums=2)  # the oracle's logits, compiled once
+
+
+def dpo_step(fn):
+    config, params = _tiny_gpt()
+    chosen, chosen_mask, rejected, rejected_mask = _dpo_pairs()
+    n = chosen.shape[0]
+    forward = _forward
+    pc = sequence_logp_loop(forward(params, chosen, config), chosen, chosen_mask)
+    pr = sequence_logp_loop(forward(params, rejected, config), rejected, rejected_mask)
+    arrays = (params, chosen, _f32(chosen_mask), rejected, _f32(rejected_mask))
+
+    def run(weight, ref_c, ref_r, beta, label_smoothing=0.0, nll_coef=0.0):
+        return call(fn, _jit_dpo_step, *arrays, _f32(weight), _f32(ref_c), _f32(ref_r), config,
+                    beta, label_smoothing, nll_coef)
+
+    rng = np.random.default_rng(11)
+    ref_c, ref_r = pc + rng.normal(0, 1.0, n), pr + rng.normal(0, 1.0, n)
+    beta = 0.5
+    what = f"dpo_step({n} pairs of a shared prompt, reference log-probs 1 nat away, beta=0.5)"
+    loss, grads, got_c, got_r = _unpack_dpo_step(run(np.ones(n), ref_c, ref_r, beta), what, n)
+    hint = (" (log pi(y|x) sums the completion's tokens only: mask 1, not the prompt, not the "
+            "padding; each token's log-prob comes from the logits one position before it)")
+    expect_close(got_c, pc, what + " chosen_logps" + hint, atol=1e-4)
+    expect_close(got_r, pr, what + " rejected_logps" + hint, atol=1e-4)
+    expect_close(loss, np.mean(dpo_loss_oracle(pc, pr, ref_c, ref_r, beta)),
+                 what + " loss (eq. 79: -log sigmoid(beta h) per pair, then the MEAN over pairs)",
+                 atol=1e-5)
+    _expect_grads(grads, _dpo_oracle_grad(*arrays, _f32(ref_c), _f32(ref_r), beta),
+                  what + " grads vs jax.grad of an independent eq. 79 loss (the reference "
+                  "log-probs are constants)")
+
+    what = f"dpo_step({n} pairs, policy = reference, beta=0.5)"
+    loss, grads, _, _ = _unpack_dpo_step(run(np.ones(n), pc, pr, beta), what, n)
+    expect_close(loss, math.log(2.0), what + " loss (every h is 0: log 2)", atol=2e-5)
+    margin = _margin_grad(*arrays)
+    _expect_grads(grads, jax.tree.map(lambda g: -beta / 2 * g, margin),
+                  what + " grads vs -beta/2 grad mean(log pi(y_c|x) - log pi(y_r|x)) (eq. 81's "
+                  "weight sigmoid(0) = 1/2)")
+
+    weight = np.array([1.0, 0.0, 1.0])
+    what = ("dpo_step(weights [1, 0, 1], label_smoothing=0.1, nll_coef=1.0: cDPO plus the "
+            "chosen tokens' NLL)")
+    loss, _, _, _ = _unpack_dpo_step(run(weight, ref_c, ref_r, beta, 0.1, 1.0), what, n)
+    keep = weight > 0
+    preference = np.mean(dpo_loss_oracle(pc, pr, ref_c, ref_r, beta, 0.1)[keep])
+    nll = -pc[keep].sum() / np.asarray(chosen_mask)[keep].sum()
+    expect_close(loss, preference + nll, what + " loss (the mean over the pairs of weight 1 only; "
+                 "the NLL is the mean over their chosen completion tokens)", atol=1e-5)

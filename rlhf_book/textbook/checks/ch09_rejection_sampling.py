@@ -11,7 +11,8 @@ rewards); and math: ``i = k // N, j = k % N`` on a matrix that is
 not square, a permutation composed with its inverse is the identity, the best-of-N KL as an
 integral over the reward quantile (``N u^(N-1)`` against the uniform) and as the limit of the
 exact KL for a uniform distribution over many distinct rewards, which it bounds from above;
-``jit``/``vmap`` agreeing with the eager result.
+``jit``/``vmap`` agreeing with the eager result. The SFT batch of a round (9.4): the worked
+example, a loop over prompts, and a loss mask rebuilt from each kept completion's position.
 """
 
 from __future__ import annotations
@@ -254,3 +255,116 @@ def best_of_n_kl(fn):
     expected = [math.log(n) - (n - 1) / n for n in f]
     expect_close(jit(fn)(jnp.asarray(f)), expected, "jax.jit(best_of_n_kl)(n)", atol=1e-5)
     expect_close(vmap(fn)(jnp.asarray(f)), expected, "jax.vmap(best_of_n_kl)(n)", atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9.4 rejection sampling into an SFT batch (eqs. 113, 114, 115, 116; the worked example)
+#
+# Sampled sequences laid out as the sampler lays them out (prompt, completion, padding), with
+# prompts of different lengths and completions whose tokens name their (prompt, completion),
+# so that a wrong gather shows. Oracles: the book's worked example (eqs. 117, 120, 123), a plain
+# Python loop over prompts (the first best completion of each), top_k_oracle for the top K, and
+# the loss mask built here from each selected completion's start and length.
+
+PER_PROMPT_EQ_120 = [0, 1, 0, 2, 3]  # eq. 120's S(R) = [1, 2, 1, 3, 4], 0-based
+
+
+def _sampled(B: int, N: int, T: int = 12, seed: int = 12):
+    """``(tokens [B, N, T], mask [B, N, T], starts [B], lengths [B, N])``: prompt ``i`` is
+    ``starts[i]`` tokens ``10 + i``; completion ``j`` of it ``lengths[i, j]`` tokens ``100 + i
+    * N + j``; padding 0."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(2, 5, B)
+    lengths = rng.integers(1, T - 4, (B, N))
+    tokens = np.zeros((B, N, T), np.int32)
+    mask = np.zeros((B, N, T), np.float32)
+    for i in range(B):
+        for j in range(N):
+            s, c = int(starts[i]), int(lengths[i, j])
+            tokens[i, j, :s] = 10 + i
+            tokens[i, j, s:s + c] = 100 + i * N + j
+            mask[i, j, s:s + c] = 1.0
+    return tokens, mask, starts, lengths
+
+
+def per_prompt_oracle(rewards) -> list[int]:
+    """Eq. 113 by hand: for each prompt, the first completion with the largest reward."""
+    out = []
+    for row in np.asarray(rewards, np.float64):
+        best = 0
+        for j in range(1, len(row)):
+            if row[j] > row[best]:
+                best = j
+        out.append(best)
+    return out
+
+
+def _rs_batch(fn, rewards, tokens, mask, what, K, selection, k=None):
+    out = fn(_f32(rewards), jnp.asarray(tokens), _f32(mask), selection, k)
+    require(isinstance(out, (tuple, list)) and len(out) == 4,
+            f"{what} must return (prompt_idx, completion_idx, batch_tokens, loss_mask), got "
+            f"{type(out).__name__}")
+    T = tokens.shape[2]
+    p = expect_dtype(expect_shape(out[0], (K,), what + " prompt_idx"), "i", what + " prompt_idx")
+    c = expect_dtype(expect_shape(out[1], (K,), what + " completion_idx"), "i",
+                     what + " completion_idx")
+    return p, c, expect_shape(out[2], (K, T), what + " batch_tokens"), expect_shape(
+        out[3], (K, T), what + " loss_mask")
+
+
+def _expect_batch(p, c, got_tokens, got_mask, tokens, starts, lengths, what):
+    """The rows are the selected sequences and the loss mask is 1 exactly on their completion."""
+    require(np.all((p >= 0) & (p < tokens.shape[0]) & (c >= 0) & (c < tokens.shape[1])),
+            f"{what}: indices out of range")
+    T = tokens.shape[2]
+    want_mask = np.zeros((len(p), T))
+    for r, (i, j) in enumerate(zip(p.tolist(), c.tolist())):
+        s, n = int(starts[i]), int(lengths[i, j])
+        want_mask[r, s:s + n] = 1.0
+    expect_close(got_tokens, tokens[p, c], what + " batch_tokens (row r is the sampled sequence "
+                 "tokens[prompt_idx[r], completion_idx[r]], prompt included)", atol=0)
+    expect_close(got_mask, want_mask, what + " loss_mask (1 exactly on the selected completion's "
+                 "tokens: the prompt and the padding are not trained on)", atol=0)
+
+
+def rejection_sampling_batch(fn):
+    B, N = BOOK_R.shape
+    tokens, mask, starts, lengths = _sampled(B, N)
+
+    what = "rejection_sampling_batch(the book's R, eq. 117, 'per_prompt')"
+    p, c, got_tokens, got_mask = _rs_batch(fn, BOOK_R, tokens, mask, what, B, "per_prompt")
+    expect_close(p, np.arange(B), what + " prompt_idx (one row per prompt, in prompt order)",
+                 atol=0)
+    expect_close(c, PER_PROMPT_EQ_120, what + " completion_idx (eq. 120: the argmax of each "
+                 "ROW, 0-based)", atol=0)
+    _expect_batch(p, c, got_tokens, got_mask, tokens, starts, lengths, what)
+
+    what = "rejection_sampling_batch(the book's R, 'top_k', k=5)"
+    p, c, got_tokens, got_mask = _rs_batch(fn, BOOK_R, tokens, mask, what, 5, "top_k", 5)
+    flat = p * N + c
+    expect(flat.tolist() == BOOK_S5,
+           f"{what} keeps flat indices {flat.tolist()}, expected eq. 123's {BOOK_S5}: the 5 "
+           "largest rewards of the whole matrix, best first (not eq. 116's ascending argsort)")
+    _expect_batch(p, c, got_tokens, got_mask, tokens, starts, lengths, what)
+    what = "rejection_sampling_batch(the book's R, 'top_k', k=None)"
+    p, c, _, _ = _rs_batch(fn, BOOK_R, tokens, mask, what, B, "top_k")
+    expect((p * N + c).tolist() == BOOK_S5, f"{what} must keep the top B = {B} pairs, "
+           f"{BOOK_S5}, got flat indices {(p * N + c).tolist()}")
+
+    # random rewards with ties, more prompts than completions
+    rng = np.random.default_rng(13)
+    B, N = 6, 3
+    rewards = rng.integers(0, 4, (B, N)).astype(np.float64)
+    tokens, mask, starts, lengths = _sampled(B, N, seed=14)
+    what = f"rejection_sampling_batch(rewards [{B}, {N}] with ties, 'per_prompt')"
+    p, c, got_tokens, got_mask = _rs_batch(fn, rewards, tokens, mask, what, B, "per_prompt")
+    expect_close(c, per_prompt_oracle(rewards), what + " completion_idx (the best of each "
+                 "prompt; among equal rewards the first)", atol=0)
+    _expect_batch(p, c, got_tokens, got_mask, tokens, starts, lengths, what)
+    what = f"rejection_sampling_batch(rewards [{B}, {N}] with ties, 'top_k', k=7)"
+    p, c, got_tokens, got_mask = _rs_batch(fn, rewards, tokens, mask, what, 7, "top_k", 7)
+    expect(list(zip(p.tolist(), c.tolist())) == top_k_oracle(rewards, 7),
+           f"{what} keeps {list(zip(p.tolist(), c.tolist()))}, expected "
+           f"{top_k_oracle(rewards, 7)} (best first; among equal rewards the lower flat index "
+           "i * N + j first)")
+    _expect_batch(p, c, got_tokens, got_mask, tokens, starts, lengths, what)

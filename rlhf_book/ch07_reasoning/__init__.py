@@ -1,0 +1,31 @@
+"""Chapter 7: reasoning -- reinforcement learning with verifiable rewards (RLVR) and
+inference-time scaling.
+
+What is here, the chapter's math as pure functions in the book's order:
+
+* :mod:`.verifiers` -- the chapter's introduction and §7.2.3's format rewards: reading the final
+  answer out of a response in the formats the book lists (``\\boxed{}``, "The answer is",
+  ``<answer>`` tags, GSM8K's ``####``, and the lax last-integer rule), the binary verifiable
+  reward (the primes below 20 sum to 77), unit-test rewards with gating or partial credit (the
+  ``fib`` example), and the ``<think>...</think>`` format reward;
+* :mod:`.rlvr` -- §7.2.3's common practices as statistics of groups of rewards: pass rates, the
+  20-80% offline difficulty filter, zero-variance groups and the share ``p^G + (1 - p)^G`` of
+  groups that carry no signal, MaxRL's advantage on binary rewards beside GRPO's (chapter 6),
+  several rewards combined by sum-then-normalise or GDPO's normalise-then-sum; and
+  inference-time scaling: majority vote (with a documented tie rule), its exact accuracy
+  against the number of samples, and the unbiased pass@k estimator.
+
+Still to come: the RLVR loop on the mini GPT (GRPO with the binary verifier through chapter 6's
+``make_train``, on held-out arithmetic: pass@1 and pass@k before and after), the chapter's
+notebook, guide and graded exercises.
+
+Everything public is re-exported here: ``from rlhf_book import ch07_reasoning as ch07`` gives
+``ch07.extract_final_answer``, ``ch07.pass_at_k`` and the rest.
+"""
+
+from rlhf_book.ch07_reasoning.verifiers import *  # noqa: F401,F403
+from rlhf_book.ch07_reasoning.verifiers import __all__ as _verifiers_all
+from rlhf_book.ch07_reasoning.rlvr import *  # noqa: F401,F403
+from rlhf_book.ch07_reasoning.rlvr import __all__ as _rlvr_all
+
+__all__ = list(_verifiers_all) + list(_rlvr_all)
