@@ -5,7 +5,6 @@ the gold reward; the reward model called on the same tokens), from brute-force e
 k-subsets (pass@k), and from invariants (KL of a policy to itself is zero).
 """
 
-import itertools
 import math
 
 import jax
@@ -15,7 +14,7 @@ import pytest
 
 from rlhf_book import data
 from rlhf_book.lm import gpt, sampling
-from rlhf_book.lm.eval import answer_samples, evaluate_policy, pass_at_k
+from rlhf_book.lm.eval import answer_samples, evaluate_policy, first_last
 from rlhf_book.lm.ops import masked_sum
 from rlhf_book.lm.rollout import Reward, encode_prompts, token_log_probs
 
@@ -87,28 +86,17 @@ def test_evaluate_policy_averages_answer_samples(params):
     assert m["gold_se"] == pytest.approx(a["gold"].std(ddof=1) / math.sqrt(a["gold"].size))
 
 
-def brute_pass_at_k(n: int, c: int, k: int) -> float:
-    """The share of the k-subsets of n samples (c of them correct) holding a correct one."""
-    outcomes = [1] * c + [0] * (n - c)
-    subsets = list(itertools.combinations(range(n), k))
-    return sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
-
-
-@pytest.mark.parametrize("n, k", [(5, 1), (5, 2), (6, 3), (8, 8)])
-def test_pass_at_k_is_the_share_of_k_subsets_with_a_correct_sample(n, k):
-    for c in range(n + 1):
-        assert float(pass_at_k(n, c, k)) == pytest.approx(brute_pass_at_k(n, c, k)), (n, c, k)
-    counts = np.arange(n + 1)
-    np.testing.assert_allclose(pass_at_k(n, counts, k),
-                               [brute_pass_at_k(n, c, k) for c in counts])
-    np.testing.assert_allclose(pass_at_k(n, counts, 1), counts / n)  # pass@1 = c / n
+def test_first_last_is_each_seeds_change_averaged_with_its_standard_error():
+    x = np.array([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0],   # first 3 mean 1, last 3 mean 4: +3
+                  [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]])  # 1 -> 2: +1
+    out = first_last(x, window=3)
+    assert out == pytest.approx({"first": 1.0, "last": 3.0, "change": 2.0,
+                                 "change_se": math.sqrt(2.0) / math.sqrt(2.0)})
 
 
 @pytest.mark.parametrize("call, name", [
     (lambda p: answer_samples(p, [], CONFIG, jax.random.PRNGKey(0)), "questions"),
     (lambda p: answer_samples(p, QUESTIONS, CONFIG, jax.random.PRNGKey(0), samples=0), "samples"),
-    (lambda p: pass_at_k(4, 1, 5), "k"),
-    (lambda p: pass_at_k(4, 1, 0), "k"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_argument(params, call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b.*(got|non-empty)"):

@@ -31,7 +31,7 @@ import numpy as np
 from rlhf_book import data
 from rlhf_book.ch06_policy_gradients import loop, losses
 from rlhf_book.lm import gpt, rollout, sampling
-from rlhf_book.lm.eval import ANSWER_KINDS, score_answers
+from rlhf_book.lm.eval import ANSWER_KINDS, first_last, score_answers
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -381,14 +381,3 @@ def kl_sweep_runs(sft_params) -> dict[float, dict]:
     _, questions, _ = rl_task()
     reward = rollout.text_reward(length_score, questions)
     return beta_sweep(KL_SWEEP_CONFIG, reward, sft_params, KL_SWEEP_BETAS, KL_SWEEP_SEEDS)[1]
-
-
-def first_last(x, window: int = 3) -> dict[str, float]:
-    """Mean over seeds of the first and of the last ``window`` steps, the change, and the
-    standard error of the change across seeds."""
-    x = np.asarray(x, np.float64)
-    first, last = x[:, :window].mean(axis=1), x[:, -window:].mean(axis=1)
-    change = last - first
-    return {"first": float(first.mean()), "last": float(last.mean()),
-            "change": float(change.mean()),
-            "change_se": float(change.std(ddof=1) / np.sqrt(len(change)))}

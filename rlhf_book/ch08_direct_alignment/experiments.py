@@ -35,6 +35,7 @@ import optax
 from rlhf_book import data
 from rlhf_book.ch08_direct_alignment import loop, losses
 from rlhf_book.lm import eval as eval_lib
+from rlhf_book.lm.eval import first_last  # noqa: F401 -- the notebook's experiments.first_last
 from rlhf_book.lm import gpt, rollout
 
 # ----------------------------------------------------------------------------------------------
@@ -109,17 +110,6 @@ ONLINE_RUNS = {f"online dpo{k}": v for k, v in NLL_COEFS.items()}  # "online dpo
 # MAX_NEW_TOKENS new tokens; differences to the SFT model are paired by question.
 N_EVAL_UNSEEN = 64
 EVAL_SEED = 0
-
-
-def first_last(x, window: int = 3) -> dict[str, float]:
-    """Mean over seeds (axis 0) of the first and of the last ``window`` steps, the change, and
-    the standard error of the change across seeds."""
-    x = np.asarray(x, np.float64)
-    first, last = x[:, :window].mean(axis=1), x[:, -window:].mean(axis=1)
-    change = last - first
-    return {"first": float(first.mean()), "last": float(last.mean()),
-            "change": float(change.mean()),
-            "change_se": float(change.std(ddof=1) / np.sqrt(len(change)))}
 
 
 def _one(x) -> jax.Array:

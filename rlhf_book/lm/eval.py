@@ -32,6 +32,18 @@ def mean_se(x, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=axis), se
 
 
+def first_last(x, window: int = 3) -> dict[str, float]:
+    """How a training curve moved: ``x [seeds, steps]``; the mean over seeds of its first and
+    of its last ``window`` steps, the change, and the standard error of the change across
+    seeds (each seed's change is one independent sample)."""
+    x = np.asarray(x, np.float64)
+    first, last = x[:, :window].mean(axis=1), x[:, -window:].mean(axis=1)
+    change = last - first
+    return {"first": float(first.mean()), "last": float(last.mean()),
+            "change": float(change.mean()),
+            "change_se": float(change.std(ddof=1) / np.sqrt(len(change)))}
+
+
 def answer_kind(question: data.Question, text: str) -> str:
     """``"right"``, ``"wrong"`` or ``"none"`` (no answer to the question stated): what
     :func:`rlhf_book.data.stated_answer` finds in ``text``."""
@@ -140,16 +152,3 @@ def evaluate_policy(params, questions: Sequence[data.Question], model_config: gp
             mean, se = mean_se(a[key_].ravel())
             out[name], out[f"{name}_se"] = float(mean), float(se)
     return out
-
-
-def pass_at_k(n: int, c, k: int) -> np.ndarray:
-    """The unbiased pass@k estimate from ``n`` samples of which ``c`` are correct (Chen et al.,
-    2021): ``1 - C(n - c, k) / C(n, k)``, the probability that at least one of ``k`` samples
-    drawn without replacement is correct. ``c`` may be an array (one count per problem)."""
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, n={n}], got {k!r}")
-    c = np.asarray(c)
-    # C(n - c, k) / C(n, k) = prod_{i=0}^{k-1} (n - c - i) / (n - i), zero once n - c < k
-    i = np.arange(k)
-    ratio = np.prod(np.clip(n - c[..., None] - i, 0, None) / (n - i), axis=-1)
-    return 1.0 - ratio

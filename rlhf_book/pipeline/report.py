@@ -20,8 +20,9 @@ from matplotlib.figure import Figure
 
 from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
+from rlhf_book.ch07_reasoning.rlvr import pass_at_k
 from rlhf_book.lm import gpt, sampling, tokenizer
-from rlhf_book.lm.eval import answer_samples, mean_se, pass_at_k, score_answers
+from rlhf_book.lm.eval import answer_samples, mean_se, score_answers
 from rlhf_book.lm.rollout import encode_prompts
 from rlhf_book.pipeline.stages import PipelineConfig, StageResult, eval_max_new_tokens
 from rlhf_book.textbook.figures import finish_axes
