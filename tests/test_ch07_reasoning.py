@@ -4,12 +4,14 @@ format, the format reward and the lax verifier it closes; group statistics again
 and Monte Carlo (tolerances from the standard error); MaxRL's expected update by enumeration of
 every outcome; sum-then-normalise against GDPO's normalise-then-sum; majority vote against a
 brute-force enumeration and Monte Carlo; pass@k against enumeration of all k-subsets and its
-unbiasedness; jit == eager; bad input."""
+unbiasedness; jit == eager; bad input. The graded exercises 7.1-7.7: the reference passes each
+check, other right solutions pass it, and plausible wrong versions fail it with their hint."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from fractions import Fraction
 
 import jax
@@ -20,6 +22,9 @@ import pytest
 from rlhf_book import ch06_policy_gradients as ch06
 from rlhf_book import ch07_reasoning as ch07
 from rlhf_book import data
+from rlhf_book.textbook import catalog, grading, stubs
+from rlhf_book.textbook.checks import Mismatch
+from rlhf_book.textbook.checks import ch07_reasoning as checks
 
 
 def _primes_below(n: int) -> list[int]:
@@ -666,3 +671,250 @@ def test_pass_at_k_names_the_bad_argument():
         ch07.pass_at_k(0, 0, 1)
     with pytest.raises(ValueError, match="n"):
         ch07.pass_at_k(10.0, 3, 2)
+
+
+def test_pass_at_k_stays_finite_and_exact_for_large_n_when_every_subset_holds_a_correct_one():
+    # n - c < k: the factors below i = k are large and negative (1 - 150/2 = -74); their product
+    # overflows float32 before the zero factor at i = k arrives, and inf * 0 is NaN
+    c = np.array([0, 1, 50, 199, 200])
+    for k in (2, 100, 150, 200):
+        out = np.asarray(ch07.pass_at_k(200, c, k), np.float64)
+        assert np.all(np.isfinite(out)), (k, out)
+        expected = [1 - float(Fraction(math.comb(200 - ci, k), math.comb(200, k))) for ci in c]
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert float(ch07.pass_at_k(200, 199, 150)) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The graded exercises 7.1-7.7: the reference passes every check; plausible wrong versions fail
+# it with the hint that names their mistake.
+
+EXERCISES_7 = {"7.1": ch07.extract_final_answer, "7.2": ch07.unit_test_reward,
+               "7.3": ch07.pass_at_k, "7.4": ch07.zero_signal_probability,
+               "7.5": ch07.difficulty_filter, "7.6": ch07.majority_vote,
+               "7.7": ch07.maxrl_advantages}
+
+
+@pytest.mark.parametrize("exercise_id", sorted(EXERCISES_7))
+def test_the_reference_passes_each_check_of_chapter_7(exercise_id):
+    exercise = catalog.get_exercise(exercise_id)
+    assert exercise.reference() is EXERCISES_7[exercise_id]
+    assert exercise.difficulty in catalog.DIFFICULTIES
+    exercise.checker()(exercise.reference())
+
+
+def test_chapter_7_stubs_keep_the_contract_and_raise_not_started():
+    chapter = catalog.get_chapter("ch07")
+    assert [e.id for e in chapter.exercises][:7] == sorted(EXERCISES_7)
+    namespace = {}
+    exec(compile(stubs.stub_source(chapter), "stub", "exec"), namespace)
+    calls = {"7.1": ("The answer is 4.",), "7.2": ([True, False],), "7.3": (10, 3, 2),
+             "7.4": (0.5, 8), "7.5": ([0.1, 0.5],), "7.6": ([1, 1, 2],),
+             "7.7": ([[1.0, 0.0]],)}
+    for exercise_id, reference in EXERCISES_7.items():
+        stub = namespace[reference.__name__]
+        assert stub.__doc__ == stubs.split_docstring(reference.__doc__)[0]
+        with pytest.raises(NotImplementedError, match=f"Exercise {exercise_id} "):
+            stub(*calls[exercise_id])
+
+
+def test_the_oracles_agree_with_each_other_and_with_the_book():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert checks.pass_at_k_oracle(n, c, k) == pytest.approx(
+                    checks.pass_at_k_enumeration(n, c, k), abs=1e-12)
+    assert checks.pass_at_k_oracle(10, 3, 2) == pytest.approx(8 / 15)
+    assert sum(_primes_below(20)) == 77 and checks.BOOK_PRIMES_RESPONSE.endswith(
+        "The answer is $\\boxed{77}$.")
+    assert checks.difficulty_filter_oracle(range(17), 16).tolist() == [
+        False] * 4 + [True] * 9 + [False] * 4  # 4/16 .. 12/16 lie in [0.2, 0.8]
+    assert checks.majority_vote_oracle([8, 9, 9, 8]) == 8
+    assert checks.majority_vote_oracle([None, None, 5]) == 5
+    assert checks.majority_vote_oracle([None]) is None
+    np.testing.assert_allclose(checks.maxrl_loop([[1, 0, 0, 0], [0, 0, 0, 0]]),
+                               [[3, -1, -1, -1], [0, 0, 0, 0]])
+
+
+# Wrong versions: each is the reference with one common mistake.
+
+def _box_by_lazy_regex(text, style="any"):
+    if style == "boxed":  # stops at the first "}", nested braces or not
+        found = re.findall(r"\\boxed\{(.*?)\}", text)
+        return ch07.normalize_answer(found[-1]) if found else None
+    return ch07.extract_final_answer(text, style)
+
+
+def _first_answer_tag(text, style="any"):
+    if style == "answer_tag":
+        found = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+        return ch07.normalize_answer(found[0]) if found else None
+    return ch07.extract_final_answer(text, style)
+
+
+def _any_falls_back_to_the_last_integer(text, style="any"):
+    found = ch07.extract_final_answer(text, style)
+    return ch07.extract_final_answer(text, "last_integer") if found is None and style == "any" \
+        else found
+
+
+def _gate_with_any(passed, mode="all"):
+    passed = jnp.asarray(passed, jnp.float32)
+    return jnp.max(passed, axis=-1) if mode == "all" else jnp.mean(passed, axis=-1)
+
+
+def _count_not_fraction(passed, mode="all"):
+    passed = jnp.asarray(passed, jnp.float32)
+    return jnp.min(passed, axis=-1) if mode == "all" else jnp.sum(passed, axis=-1)
+
+
+def _reduce_everything(passed, mode="all"):
+    passed = jnp.asarray(passed, jnp.float32)
+    return jnp.min(passed) if mode == "all" else jnp.mean(passed)
+
+
+def _plug_in(n, c, k):
+    return 1.0 - (1.0 - jnp.asarray(c, jnp.float32) / n) ** k
+
+
+def _by_factorials(n, c, k):  # the n - c < k case handled, but Gamma(201) overflows float32
+    c = jnp.asarray(c, jnp.float32)
+    gamma = jax.scipy.special.gamma
+
+    def comb(a, b):
+        return gamma(a + 1) / (gamma(b + 1) * gamma(a - b + 1))
+    return jnp.where(n - c < k, 1.0, 1.0 - comb(n - c, k) / comb(n, k))
+
+
+def _one_factor_too_many(n, c, k):
+    c = jnp.asarray(c, jnp.float32)
+    i = jnp.arange(1, n + 1, dtype=jnp.float32)
+    factors = jnp.where(i >= (n - c)[..., None], 1.0 - k / i, 1.0)  # i = n - c included
+    return jnp.where(n - c < k, 1.0, 1.0 - jnp.prod(factors, axis=-1))
+
+
+def _all_wrong_only(p, G):
+    return (1.0 - jnp.asarray(p, jnp.float32)) ** G
+
+
+def _share_with_signal(p, G):
+    p = jnp.asarray(p, jnp.float32)
+    return 1.0 - p ** G - (1.0 - p) ** G
+
+
+def _strict_bounds(pass_rates, low=0.2, high=0.8):
+    rates = jnp.asarray(pass_rates, jnp.float32)
+    return (rates > low) & (rates < high)
+
+
+def _no_rounding_allowance(pass_rates, low=0.2, high=0.8):
+    rates = jnp.asarray(pass_rates, jnp.float32)
+    return (rates >= low) & (rates <= high)
+
+
+def _the_books_bounds_always(pass_rates, low=0.2, high=0.8):
+    rates = jnp.asarray(pass_rates, jnp.float32)
+    return (rates >= 0.2 - 1e-6) & (rates <= 0.8 + 1e-6)
+
+
+def _none_votes(answers):
+    counts = {}
+    for answer in answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def _last_occurrence_wins(answers):
+    counts = {}
+    for answer in reversed(answers):
+        if answer is not None:
+            counts[answer] = counts.get(answer, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def _smallest_wins_ties(answers):
+    counts = {}
+    for answer in answers:
+        if answer is not None:
+            counts[answer] = counts.get(answer, 0) + 1
+    return max(sorted(counts), key=counts.__getitem__) if counts else None
+
+
+def _grpo_std(rewards):
+    rewards = jnp.asarray(rewards, jnp.float32)
+    mean = rewards.mean(axis=1, keepdims=True)
+    return (rewards - mean) / (rewards.std(axis=1, keepdims=True) + 1e-4)
+
+
+def _mean_plus_eps(rewards):
+    rewards = jnp.asarray(rewards, jnp.float32)
+    mean = rewards.mean(axis=1, keepdims=True)
+    return (rewards - mean) / (mean + 1e-4)
+
+
+def _no_zero_rule(rewards):
+    rewards = jnp.asarray(rewards, jnp.float32)
+    mean = rewards.mean(axis=1, keepdims=True)
+    return (rewards - mean) / mean
+
+
+WRONG_VERSIONS = [
+    ("extract_final_answer", _box_by_lazy_regex, "nested braces balanced"),
+    ("extract_final_answer", _first_answer_tag, "the LAST <answer> tag"),
+    ("extract_final_answer", _any_falls_back_to_the_last_integer,
+     "'any' never falls back to last_integer"),
+    ("unit_test_reward", _gate_with_any, "gating: one failed test gives 0"),
+    ("unit_test_reward", _count_not_fraction, "partial credit: 2 of the 3 tests pass"),
+    ("unit_test_reward", _reduce_everything, "reduce over the last axis"),
+    ("pass_at_k", _plug_in, "the plug-in 1 - (1 - c/n)^k draws with replacement"),
+    ("pass_at_k", _by_factorials, "overflows float32"),
+    ("pass_at_k", _one_factor_too_many, "vs math.comb: 1 - C(n - c, k) / C(n, k): the share"),
+    ("zero_signal_probability", _all_wrong_only, "all right (p^G) or all wrong"),
+    ("zero_signal_probability", _share_with_signal, "about 0.02815"),
+    ("difficulty_filter", _strict_bounds, "both bounds inclusive"),
+    ("difficulty_filter", _no_rounding_allowance, "allows 1e-6 of rounding"),
+    ("difficulty_filter", _the_books_bounds_always, "use the low and high passed in"),
+    ("majority_vote", _none_votes, "does not vote"),
+    ("majority_vote", _last_occurrence_wins, "first occurrence comes first wins"),
+    ("majority_vote", _smallest_wins_ties, "not the smallest"),
+    ("maxrl_advantages", _grpo_std, "no eps and no std"),
+    ("maxrl_advantages", _mean_plus_eps, "no eps and no std"),
+    ("maxrl_advantages", _no_zero_rule, "not NaN"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, hint", WRONG_VERSIONS,
+                         ids=[wrong.__name__.strip("_") for _, wrong, _ in WRONG_VERSIONS])
+def test_the_chapter_7_checks_catch_wrong_versions_with_their_hint(check, wrong, hint):
+    with pytest.raises(Mismatch) as caught:
+        getattr(checks, check)(wrong)
+    assert hint in str(caught.value), str(caught.value)
+
+
+def _pass_at_k_by_log_gamma(n, c, k):  # right: float32 log-gamma, the n - c < k case handled
+    c = jnp.asarray(c, jnp.float32)
+    lgamma = jax.scipy.special.gammaln
+
+    def log_comb(a, b):
+        return lgamma(a + 1) - lgamma(b + 1) - lgamma(a - b + 1)
+    ratio = jnp.exp(log_comb(jnp.maximum(n - c, k), k) - log_comb(n, k))
+    return jnp.where(n - c < k, 1.0, 1.0 - ratio)
+
+
+def _vote_by_counter(answers):  # right: Counter keeps first-occurrence order among equal counts
+    import collections
+
+    counts = collections.Counter(a for a in answers if a is not None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+@pytest.mark.parametrize("check, right", [("pass_at_k", _pass_at_k_by_log_gamma),
+                                          ("majority_vote", _vote_by_counter)],
+                         ids=["log-gamma", "counter"])
+def test_other_right_solutions_pass_the_chapter_7_checks(check, right):
+    getattr(checks, check)(right)
+
+
+def test_the_grader_counts_the_failing_sub_checks_of_a_wrong_chapter_7_version():
+    result = grading.run_check(catalog.get_exercise("7.6"), _none_votes)
+    assert result.status != grading.PASSED and "does not vote" in result.hint

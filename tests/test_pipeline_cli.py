@@ -23,7 +23,7 @@ def test_quick_pipeline_runs_then_loads_from_cache(tmp_path, capsys):
     out_dir = tmp_path / "runs"
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir)]) == 0
     first = capsys.readouterr().out
-    for stage in ("pretrain", "sft", "reward", "rl", "rl_pushed", "dpo"):
+    for stage in ("pretrain", "sft", "reward", "rl", "rl_pushed", "rlvr", "dpo"):
         assert len(list((out_dir / "checkpoints").glob(f"{stage}-tiny-*.msgpack"))) == 1
     for figure in ("pretrain_loss", "sft_loss", "reward_model", "rl", "dpo", "overoptimisation"):
         assert (out_dir / "figures" / f"{figure}.png").stat().st_size > 1000
@@ -34,11 +34,15 @@ def test_quick_pipeline_runs_then_loads_from_cache(tmp_path, capsys):
     table = first.split("Rephrased questions: 8 questions about")[1]
     for column in ("gold reward", "vs SFT", "right", "none", "RM score", "KL to SFT", "bytes"):
         assert column in table.split("\n")[1], column
-    for row in ("pretrained", "sft", "rl", "rl (pushed)", "dpo", "best-of-4"):
+    for row in ("pretrained", "sft", "rl", "rl (pushed)", "dpo", "rlvr", "best-of-4"):
         assert f"\n  {row} " in table, row
     assert "<= 0.64" in table  # best-of-4's KL bound, log 4 - 3/4 = 0.636
     assert "Unseen facts: 8 questions about" in first
-    assert "Arithmetic (4 rephrased sums" in first and "sft pass@1" in first
+    arithmetic = first.split("Arithmetic (4 rephrased sums")[1]
+    assert "pass@1 vs SFT" in arithmetic.split("\n")[1]
+    for row in ("sft", "rl", "rlvr"):  # the RLVR row of chapter 7, beside SFT and RL
+        assert f"\n  {row} " in arithmetic, row
+    assert "RLVR (grpo, beta=" in first
     assert "DPO (dpo, beta=" in first and "Best-of-4 (ranked by the reward model)" in first
     assert "Sampled answers to rephrased questions" in first
     assert "loaded cached checkpoint" not in first
@@ -60,7 +64,7 @@ def test_quick_pipeline_runs_then_loads_from_cache(tmp_path, capsys):
     assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(out_dir),
                      "--steps", "20"]) == 0
     assert "loaded cached checkpoint" not in capsys.readouterr().out
-    assert len(list((out_dir / "checkpoints").glob("*.msgpack"))) == 12
+    assert len(list((out_dir / "checkpoints").glob("*.msgpack"))) == 14  # 7 stages, twice
 
 
 def test_bad_arguments_give_one_clear_line(tmp_path, capsys):

@@ -62,7 +62,7 @@ def test_missing_file_names_the_path(tmp_path):
         my_exercises("ch06", exercises_dir=tmp_path)
 
 
-@pytest.mark.parametrize("bad", ["ch07", 99, "policy_gradients", ""])
+@pytest.mark.parametrize("bad", ["ch02", 99, "policy_gradients", ""])
 def test_unknown_chapter_is_a_value_error_naming_it(bad, tmp_path):
     with pytest.raises(ValueError, match="chapter must be one of"):
         my_exercises(bad, exercises_dir=tmp_path)

@@ -1,7 +1,7 @@
 """Chapter 7: reasoning -- reinforcement learning with verifiable rewards (RLVR) and
 inference-time scaling.
 
-What is here, the chapter's math as pure functions in the book's order:
+What is here, in the book's order:
 
 * :mod:`.verifiers` -- the chapter's introduction and §7.2.3's format rewards: reading the final
   answer out of a response in the formats the book lists (``\\boxed{}``, "The answer is",
@@ -13,14 +13,18 @@ What is here, the chapter's math as pure functions in the book's order:
   groups that carry no signal, MaxRL's advantage on binary rewards beside GRPO's (chapter 6),
   several rewards combined by sum-then-normalise or GDPO's normalise-then-sum; and
   inference-time scaling: majority vote (with a documented tie rule), its exact accuracy
-  against the number of samples, and the unbiased pass@k estimator.
+  against the number of samples, and the unbiased pass@k estimator;
+* :mod:`.loop` -- the RLVR loop on the mini GPT (sample, verify, step; book ch. 7
+  introduction and Figure 25): verifiers for the world's arithmetic (the last integer, a lax
+  any-integer rule a policy can game, a strict "The answer is N." format), :func:`.rlvr_step`
+  (verified rewards -> group advantages -> clipped loss -> gradient, the chapter's loop-level
+  exercise) and ``make_rlvr_train``, vmappable over seeds, KL coefficients and verifiers;
+* :mod:`.experiments` -- what the notebook runs: RLVR from chapter 4's SFT model measured on
+  held-out sums, pass@k before and after, majority-vote curves, §7.2.3's practices.
 
-Still to come: the RLVR loop on the mini GPT (GRPO with the binary verifier through chapter 6's
-``make_train``, on held-out arithmetic: pass@1 and pass@k before and after), the chapter's
-notebook, guide and graded exercises.
-
-Everything public is re-exported here: ``from rlhf_book import ch07_reasoning as ch07`` gives
-``ch07.extract_final_answer``, ``ch07.pass_at_k`` and the rest.
+The math is re-exported here: ``from rlhf_book import ch07_reasoning as ch07`` gives
+``ch07.extract_final_answer``, ``ch07.pass_at_k`` and the rest; the loop is
+``rlhf_book.ch07_reasoning.loop``.
 """
 
 from rlhf_book.ch07_reasoning.verifiers import *  # noqa: F401,F403

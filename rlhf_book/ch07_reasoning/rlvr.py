@@ -65,6 +65,7 @@ def _check_int(value, name: str, low: int) -> int:
 # §7.2.3 Offline difficulty filtering and online filtering
 
 
+# [guide:difficulty-filter]
 def pass_rates(rewards) -> jax.Array:
     """Each prompt's pass rate, the mean of its ``G`` verifier rewards (book §7.2.3, offline
     difficulty filtering: ``p_hat(x) = (1/N) sum_j R(x, y_j)``, with N = 16 in the book).
@@ -86,16 +87,24 @@ def difficulty_filter(pass_rates, low: float = 0.2, high: float = 0.8) -> jax.Ar
 
     ``pass_rates [...]`` in ``[0, 1]`` (e.g. :func:`pass_rates`) -> bool ``[...]``, the same
     shape. ``0 <= low <= high <= 1``. The comparison allows ``1e-6`` of rounding, so a pass
-    rate computed as 4/20 counts as 0.2.
+    rate computed as 4/20 counts as 0.2, and one of 0.2 - 5e-7 still does.
+
+    How: two comparisons joined by ``&``, both with ``=`` (a prompt solved exactly 20% of the
+    time is kept), each widened by the tolerance: ``rates >= low - 1e-6`` and ``rates <= high +
+    1e-6``. Use the ``low`` and ``high`` passed in, not the book's 0.2 and 0.8.
     """
     rates = as_float_array(pass_rates, "pass_rates")
     _check_in(rates, "pass_rates", 0.0, 1.0)
     check_range(low, "low", 0.0, 1.0)
     check_range(high, "high", low if not is_traced(low) else 0.0, 1.0)
+    # BEGIN SOLUTION
     tol = 1e-6
     return (rates >= low - tol) & (rates <= high + tol)
+    # END SOLUTION
+# [/guide]
 
 
+# [guide:zero-signal]
 def zero_variance_groups(rewards) -> jax.Array:
     """Which groups carry no learning signal: all ``G`` rewards equal (book §7.2.3, online
     filtering; the complement of DAPO's dynamic-sampling mask,
@@ -113,23 +122,33 @@ def zero_signal_probability(p, G: int) -> jax.Array:
     :func:`zero_variance_groups` flags (book §7.2.3, why online filtering and the 20-80% filter
     matter).
 
-    ``p [...]`` in ``[0, 1]``; ``G >= 1`` samples per prompt. Returns ``[...]``. Values:
-    ``(0.2, 16)`` -> 0.028147..., ``(0.5, 8)`` -> 0.0078125 = 2/2^8.
+    ``p [...]`` in ``[0, 1]``; ``G >= 1`` samples per prompt (an int). Returns ``[...]``,
+    elementwise. Values: ``(0.2, 16)`` -> 0.028147..., ``(0.5, 8)`` -> 0.0078125 = 2/2^8;
+    ``p = 0`` or ``1``, or ``G = 1``, -> 1.
+
+    How: the ``G`` rewards are independent Bernoulli(``p``) draws, so all ``G`` are 1 with
+    probability ``p^G`` and all are 0 with probability ``(1 - p)^G``; the two events are
+    disjoint (for ``G >= 1``), so their probabilities add. Elementwise ``**`` broadcasts over
+    ``p``.
     """
     p = as_float_array(p, "p")
     _check_in(p, "p", 0.0, 1.0)
     G = _check_int(G, "G", 1)
+    # BEGIN SOLUTION
     return p ** G + (1.0 - p) ** G
+    # END SOLUTION
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
 # Advantages on binary rewards: MaxRL beside GRPO
 
 
+# [guide:maxrl-advantages]
 def maxrl_advantages(rewards) -> jax.Array:
     """MaxRL's advantage (Tajwar et al. 2026, maximum-likelihood RL; the book's companion code
-    offers it beside GRPO): ``A_i = (r_i - mean) / mean`` within each group, for rewards
-    ``>= 0`` (binary in the paper).
+    offers it beside GRPO): ``A_i = (r_i - mean) / mean`` within each group, exactly (no
+    ``eps``), for rewards ``>= 0`` (binary in the paper).
 
     ``rewards [B, G]`` (``G >= 2``, values ``>= 0``) -> ``[B, G]``. With ``K`` of ``G``
     completions right, a right one gets ``(G - K) / K`` and a wrong one ``-1``: the rarer the
@@ -143,12 +162,21 @@ def maxrl_advantages(rewards) -> jax.Array:
     gradient of the maximum-likelihood objective ``log p`` truncated after ``G - 1`` terms of
     ``log p = -sum_k (1 - p)^k / k``; it tends to ``grad log p`` as ``G`` grows, where GRPO's
     centred rewards (Dr. GRPO) estimate ``(G - 1) / G * grad p``.
+
+    How: the group mean with ``keepdims=True`` so that it broadcasts against ``rewards``; no
+    ``eps`` in the denominator (it would shrink every advantage a little). Guard the
+    division twice: ``jnp.where(mean > 0, (r - mean) / jnp.where(mean > 0, mean, 1.0), 0.0)``
+    -- the inner ``where`` keeps ``0 / 0`` from being computed at all, so neither the value
+    nor a gradient through it turns into NaN.
     """
     rewards = as_groups(rewards)
     _check_in(rewards, "rewards", 0.0)
+    # BEGIN SOLUTION
     mean = jnp.mean(rewards, axis=1, keepdims=True)
     signal = mean > 0
     return jnp.where(signal, (rewards - mean) / jnp.where(signal, mean, 1.0), 0.0)
+    # END SOLUTION
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,6 +197,7 @@ def _rewards_and_weights(rewards, weights) -> tuple[jax.Array, jax.Array]:
     return rewards, weights
 
 
+# [guide:several-rewards]
 def sum_then_normalize(rewards, weights=None, eps: float = 1e-4) -> jax.Array:
     """Several rewards combined the usual way: the weighted sum ``r = sum_k w_k r_k`` of each
     completion, then GRPO's group normalisation (book §7.2.3, a format or language-consistency
@@ -208,12 +237,14 @@ def normalize_then_sum(rewards, weights=None, batch_normalize: bool = True,
     if not batch_normalize:
         return combined
     return (combined - jnp.mean(combined)) / (jnp.std(combined, ddof=1) + eps)
+# [/guide]
 
 
 # ----------------------------------------------------------------------------------------------
 # §7.2.3 Parallel test-time compute: majority vote; and pass@k
 
 
+# [guide:majority-vote]
 def majority_vote(answers: Sequence[Hashable | None]):
     """The answer given most often among ``N`` sampled answers, self-consistency's majority
     vote (book §7.2.3, parallel test-time compute; Wang et al. 2023). ``None`` entries (no
@@ -224,12 +255,20 @@ def majority_vote(answers: Sequence[Hashable | None]):
     picks each tied answer with equal probability, like a fair coin; see
     :func:`majority_vote_accuracy`. ``[9, 9, 8]`` -> 9.
 
-    ``answers``: a sequence of hashable answers (strings from :func:`.extract_final_answer`,
-    ints) and ``None``; compared with ``==``.
+    ``answers [N]``: a list or tuple of ``N >= 0`` hashable answers (strings from
+    :func:`.extract_final_answer`, ints) and ``None``; compared with ``==``. Returns one of
+    them, or ``None``.
+
+    How: count the votes in a ``dict`` filled in the order of ``answers``: since Python 3.7 a
+    dict keeps insertion order, so its keys are the answers in order of first occurrence, and
+    ``max(counts, key=counts.__getitem__)`` returns the first of the tied maxima -- the tie
+    rule. Skip ``None`` before counting it. (``collections.Counter(...).most_common(1)`` keeps
+    the same order; sorting the answers does not.)
     """
     if isinstance(answers, (str, bytes)) or not isinstance(answers, Sequence):
         raise ValueError(f"answers must be a list or tuple of answers, got "
                          f"{type(answers).__name__}")
+    # BEGIN SOLUTION
     counts: dict = {}
     for answer in answers:
         if answer is None:
@@ -242,6 +281,8 @@ def majority_vote(answers: Sequence[Hashable | None]):
         return None
     # dicts keep insertion order (first occurrence); max returns the first of the maxima
     return max(counts, key=counts.__getitem__)
+    # END SOLUTION
+# [/guide]
 
 
 def majority_vote_index(answers, valid=None) -> jax.Array:
@@ -289,6 +330,7 @@ def _binomial_pmf(s: int, q: float) -> np.ndarray:
     return np.exp(log_comb + c * math.log(q) + (s - c) * math.log1p(-q))
 
 
+# [guide:vote-accuracy]
 def majority_vote_accuracy(p_correct: float, wrong_probs, N: int) -> float:
     """The exact probability that a majority vote over ``N`` independent samples picks the
     correct answer (book §7.2.3, parallel test-time compute: the self-consistency curve against
@@ -341,8 +383,10 @@ def majority_vote_accuracy(p_correct: float, wrong_probs, N: int) -> float:
             state = new
         accuracy += correct_counts[m] * float(np.sum(state.sum(axis=0) / (1.0 + np.arange(W + 1))))
     return float(accuracy)
+# [/guide]
 
 
+# [guide:pass-at-k]
 def pass_at_k(n: int, c, k) -> jax.Array:
     """The unbiased estimator of pass@k, the probability that at least one of ``k`` samples is
     correct, from ``n >= k`` samples of which ``c`` are correct (Chen et al. 2021; pass@k is
@@ -351,14 +395,25 @@ def pass_at_k(n: int, c, k) -> jax.Array:
 
         pass@k = 1 - C(n - c, k) / C(n, k)
 
-    computed as the product ``1 - prod_{i = n - c + 1}^{n} (1 - k / i)`` -- no factorials, no
-    overflow; it is exactly 1 when ``n - c < k`` (every ``k``-subset holds a correct sample).
+    the share of the ``k``-subsets of the ``n`` samples that hold at least one correct sample.
+    It is exactly 1 when ``n - c < k`` (every ``k``-subset holds a correct sample) and exactly
+    0 when ``c = 0``, and must stay finite and accurate for ``n`` in the hundreds (``C(200,
+    100)`` is about 9e58).
 
     ``n``: samples per problem, a Python int (static under ``jit``). ``c [P]`` (or a scalar):
     correct samples per problem, integers in ``[0, n]``. ``k``: ``1 <= k <= n``; ``k > n``
-    raises. Returns ``[P]`` (vmap or loop over ``k`` for a curve). Averaged over ``c ~
+    raises. Returns float ``[P]`` (vmap or loop over ``k`` for a curve). Averaged over ``c ~
     Binomial(n, p)`` it equals ``1 - (1 - p)^k`` exactly, where the plug-in ``1 - (1 - c/n)^k``
     is biased low.
+
+    How: no factorials. ``C(n - c, k) / C(n, k) = prod_{i = n - c + 1}^{n} (1 - k / i)`` (Chen
+    et al.'s numerically stable form), so compute ``1 - prod`` over a mask: with ``i = 1..n``
+    (``jnp.arange``, static since ``n`` is), the factor is ``1 - k / i`` where ``i > n - c``
+    and 1 elsewhere, and ``jnp.prod`` over the last axis. Set the case ``n - c < k`` to 1 with
+    a ``where``: there the factor at ``i = k`` is 0, but the factors below it are negative and
+    large (``1 - 150/2``), and their product overflows to ``inf`` before the 0 arrives --
+    ``inf * 0`` is NaN. A log-gamma version needs the same case handled (``lgamma`` of a
+    negative integer is infinite).
     """
     n = _check_int(n, "n", 1)
     c = as_float_array(c, "c")
@@ -368,6 +423,9 @@ def pass_at_k(n: int, c, k) -> jax.Array:
     _check_in(c, "c", 0.0, float(n))
     if not is_traced(c) and not bool(jnp.all(c == jnp.round(c))):
         raise ValueError(f"c must hold whole numbers of correct samples, got {c}")
+    # BEGIN SOLUTION
     i = jnp.arange(1, n + 1, dtype=c.dtype)
     factors = jnp.where(i > (n - c)[..., None], 1.0 - k / i, 1.0)
-    return 1.0 - jnp.prod(factors, axis=-1)
+    return jnp.where(n - c < k, 1.0, 1.0 - jnp.prod(factors, axis=-1))
+    # END SOLUTION
+# [/guide]

@@ -39,10 +39,6 @@ _STRICT_STYLES = ("boxed", "answer_tag", "hashes", "the_answer_is")
 UNIT_TEST_MODES = ("all", "fraction")
 
 _BOXED = re.compile(r"\\boxed\s*\{")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_HASHES = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"\.(?:\s|$)")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _THINK = re.compile(r"\s*<think>(?P<think>.*?)</think>(?P<rest>.*)", re.DOTALL)
 
@@ -53,18 +49,18 @@ def _check_text(text, name: str = "text") -> str:
     return text
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """The contents of every ``\\boxed{...}`` in ``text`` whose braces balance, in order (nested
-    braces kept: ``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``)."""
-    found = []
-    for match in _BOXED.finditer(text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                found.append(text[start:i])
-                break
-    return found
+def _unboxed(s: str) -> str:
+    """``s`` without a ``\\boxed{...}`` that wraps all of it (a full stop after it allowed;
+    nested braces balanced: ``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``), else ``s`` itself."""
+    opening = _BOXED.match(s)
+    if opening is None:
+        return s
+    depth = 1
+    for i in range(opening.end(), len(s)):
+        depth += {"{": 1, "}": -1}.get(s[i], 0)
+        if depth == 0:  # the box closes here: it wraps all only if nothing but "." follows
+            return s[opening.end():i].strip() if s[i + 1:].strip() in ("", ".") else s
+    return s  # never closed
 
 
 def normalize_answer(answer: str) -> str | None:
@@ -76,15 +72,13 @@ def normalize_answer(answer: str) -> str | None:
     runs of whitespace become one space, and one trailing full stop is dropped (``77.`` ->
     ``77``; ``3.5`` stays). Nothing else is rewritten: ``\\frac{1}{2}`` stays as written.
     """
-    s = _check_text(answer, "answer").replace("$", "").strip()
-    if (opening := _BOXED.match(s)) and (boxed := _boxed_contents(s)):
-        if s[opening.end() + len(boxed[0]) + 1:].strip() in ("", "."):  # the box wraps it all
-            s = boxed[0].strip()
+    s = _unboxed(_check_text(answer, "answer").replace("$", "").strip())
     s = " ".join(_THOUSANDS.sub("", s).split())
     s = s[:-1].rstrip() if s.endswith(".") else s
     return s or None
 
 
+# [guide:extract-final-answer]
 def extract_final_answer(text: str, style: str = "any") -> str | None:
     """The final answer written in ``text`` in the format ``style``, normalised by
     :func:`normalize_answer`, or ``None`` when there is none (book ch. 7 introduction, the
@@ -94,7 +88,8 @@ def extract_final_answer(text: str, style: str = "any") -> str | None:
     ``style`` is one of :data:`ANSWER_STYLES`:
 
     * ``"boxed"``: the contents of the *last* ``\\boxed{...}``, nested braces balanced
-      (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``);
+      (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); a ``\\boxed{`` whose brace never
+      closes is no box;
     * ``"answer_tag"``: the contents of the last ``<answer>...</answer>``;
     * ``"hashes"``: what follows the last ``####`` on its line (GSM8K's ``#### 72``);
     * ``"the_answer_is"``: what follows the last "answer is" (any case, an optional colon:
@@ -108,10 +103,25 @@ def extract_final_answer(text: str, style: str = "any") -> str | None:
       no marked answer has none.
 
     Examples: ``"... The answer is $\\boxed{77}$."`` -> ``"77"`` (boxed, the_answer_is and
-    any); ``"#### 1,000"`` -> ``"1000"``; ``"I am not sure."`` -> ``None``.
+    any); ``"#### 1,000"`` -> ``"1000"``; ``"I am not sure."`` -> ``None``. Plain Python on one
+    text (a batch of texts ``[B]``: one call per text).
+
+    How: a regular expression cannot match balanced braces, so find each ``\\boxed{`` with
+    one (``\\\\boxed\\s*\\{``) and scan on from it with a depth counter (``{`` adds one, ``}``
+    takes one away) to where the depth returns to 0; a box that never closes holds no answer.
+    Take the *last* match of each pattern (``findall(...)[-1]``), not the first: a response
+    may box or tag an intermediate result before the final one. ``<answer>(.*?)</answer>``
+    needs ``re.DOTALL`` to span lines; ``####[ \\t]*([^\\n]*)`` stops at the line's end. For
+    "the answer is", look at what follows the last ``answer\\s+is\\s*:?`` (``re.IGNORECASE``):
+    a box opening right there (after blanks and a ``$``) is read with the brace scan, else
+    cut the line at the first ``.`` followed by a blank or the end (``\\.(?:\\s|$)``), so
+    that ``3.5`` keeps its decimal point. Every style ends in :func:`normalize_answer`, except
+    ``"last_integer"``, which is ``str(extract_answer(text))`` when there is one. ``"any"``
+    calls the function itself once per strict style, in order.
     """
     _check_text(text)
     check_choice(style, "style", ANSWER_STYLES)
+    # BEGIN SOLUTION
     if style == "any":
         for strict in _STRICT_STYLES:
             if (found := extract_final_answer(text, strict)) is not None:
@@ -120,28 +130,42 @@ def extract_final_answer(text: str, style: str = "any") -> str | None:
     if style == "last_integer":
         value = extract_answer(text)
         return None if value is None else str(value)
+
+    def boxes(s: str) -> list[str]:
+        """The contents of every ``\\boxed{...}`` in ``s`` whose braces balance, in order."""
+        found = []
+        for match in re.finditer(r"\\boxed\s*\{", s):
+            depth, start = 1, match.end()
+            for i in range(start, len(s)):
+                depth += {"{": 1, "}": -1}.get(s[i], 0)
+                if depth == 0:
+                    found.append(s[start:i])
+                    break
+        return found
+
     if style == "boxed":
-        contents = _boxed_contents(text)
-        return normalize_answer(contents[-1]) if contents else None
-    if style == "answer_tag":
-        contents = _ANSWER_TAG.findall(text)
-        return normalize_answer(contents[-1]) if contents else None
-    if style == "hashes":
-        contents = _HASHES.findall(text)
-        return normalize_answer(contents[-1]) if contents else None
-    # "the_answer_is"
-    matches = list(_ANSWER_IS.finditer(text))
-    if not matches:
-        return None
-    rest = text[matches[-1].end():]
-    if re.match(r"\s*\$?\s*\\boxed\s*\{", rest):
-        contents = _boxed_contents(rest)
-        return normalize_answer(contents[0]) if contents else None
-    line = rest.lstrip().split("\n", 1)[0]  # "The answer is:\n77" reads 77
-    end = _SENTENCE_END.search(line)
-    return normalize_answer(line[:end.start()] if end else line)
+        contents = boxes(text)
+    elif style == "answer_tag":
+        contents = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    elif style == "hashes":
+        contents = re.findall(r"####[ \t]*([^\n]*)", text)
+    else:  # "the_answer_is"
+        matches = list(re.finditer(r"answer\s+is\s*:?", text, re.IGNORECASE))
+        if not matches:
+            return None
+        rest = text[matches[-1].end():]
+        if re.match(r"\s*\$?\s*\\boxed\s*\{", rest):  # "The answer is $\\boxed{77}$."
+            contents = boxes(rest)[:1]
+        else:
+            line = rest.lstrip().split("\n", 1)[0]  # "The answer is:\n77" reads 77
+            end = re.search(r"\.(?:\s|$)", line)
+            contents = [line[:end.start()] if end else line]
+    return normalize_answer(contents[-1]) if contents else None
+    # END SOLUTION
+# [/guide]
 
 
+# [guide:verifiable-reward]
 def _same_answer(a: str, b: str) -> bool:
     """Two normalised answers are the same when both read as the same number (``77`` and
     ``77.0``, ``1/2`` and ``0.5``: exact rationals, no rounding) or are equal as strings."""
@@ -168,16 +192,23 @@ def verifiable_reward(text: str, gold, style: str = "any") -> float:
         raise ValueError(f"gold must not be blank, got {gold!r}")
     found = extract_final_answer(text, style)
     return 1.0 if found is not None and _same_answer(found, reference) else 0.0
+# [/guide]
 
 
+# [guide:unit-test-reward]
 def unit_test_reward(passed, mode: str = "all") -> jax.Array:
     """The reward of a program from its unit tests (book ch. 7 introduction, the ``fib``
-    example and its ``assert`` tests): ``mode="all"`` gives 1.0 only when every test passes
+    example and its ``assert`` tests; functional correctness judged by unit tests, as in
+    HumanEval, Chen et al. 2021): ``mode="all"`` gives 1.0 only when every test passes
     (gating, the book's "all pass -> reward = 1"), ``mode="fraction"`` the fraction of tests
     passed (partial credit). [True, True, False] -> 0.0 gated, 2/3 partial.
 
     ``passed [..., K]``: outcomes of ``K >= 1`` tests (bools or 0/1) per program, the last axis
-    the tests. Returns ``[...]`` (a scalar for one program).
+    the tests. Returns float ``[...]`` (a scalar for one program), jits (``mode`` static).
+
+    How: ``passed`` arrives as a float array of 0s and 1s, so gating is its minimum over the
+    last axis (any 0 makes it 0) and partial credit its mean there; reduce over ``axis=-1``
+    only, never over the whole array, so that a batch of programs keeps its shape.
     """
     passed = as_float_array(passed, "passed")
     check_choice(mode, "mode", UNIT_TEST_MODES)
@@ -185,9 +216,13 @@ def unit_test_reward(passed, mode: str = "all") -> jax.Array:
         raise ValueError(f"passed must have at least one test on its last axis [..., K], got "
                          f"shape {passed.shape}")
     check_values(passed, "passed", (0.0, 1.0))
+    # BEGIN SOLUTION
     return jnp.min(passed, axis=-1) if mode == "all" else jnp.mean(passed, axis=-1)
+    # END SOLUTION
+# [/guide]
 
 
+# [guide:format-reward]
 def format_reward(text: str, style: str = "answer_tag") -> float:
     """The format reward of reasoning models (book §7.2.3, format rewards: reasoning in
     ``<think>...</think>`` before the answer; DeepSeek R1's template): 1.0 when all of these
@@ -217,3 +252,4 @@ def format_reward(text: str, style: str = "answer_tag") -> float:
                                                   rest, re.DOTALL):
         return 0.0
     return 0.0 if extract_final_answer(rest, style) is None else 1.0
+# [/guide]

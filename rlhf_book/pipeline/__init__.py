@@ -23,7 +23,6 @@ to the data or to the source of a module the stage depends on trains it again.
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import jax
@@ -35,11 +34,11 @@ from rlhf_book.pipeline.report import (best_of_n_answers, policy_answers, sample
                                        summarise)
 from rlhf_book.pipeline.stages import (PipelineConfig, StageResult, arithmetic_questions,
                                        best_of_n_stage, dpo_stage, heldout_questions,
-                                       pretrain_stage, reward_model_stage, rl_stage, sft_stage,
-                                       unseen_questions)
+                                       pretrain_stage, reward_model_stage, rl_stage,
+                                       rlvr_stage, sft_stage, unseen_questions)
 
 __all__ = ["PipelineConfig", "StageResult", "run_pipeline", "pretrain_stage", "sft_stage",
-           "reward_model_stage", "rl_stage", "dpo_stage", "best_of_n_stage",
+           "reward_model_stage", "rl_stage", "rlvr_stage", "dpo_stage", "best_of_n_stage",
            "heldout_questions", "unseen_questions", "arithmetic_questions", "policy_answers",
            "best_of_n_answers", "summarise", "sample_texts", "report", "stages"]
 
@@ -61,6 +60,8 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
                "rl": rl_stage(config, sft, rm, **kw)}
     if config.rl_pushed is not None:
         results["rl_pushed"] = rl_stage(config, sft, rm, pushed_from=results["rl"], **kw)
+    if config.rlvr is not None:
+        results["rlvr"] = rlvr_stage(config, sft, **kw)
     results["dpo"] = dpo_stage(config, sft, rm, **kw)
 
     t_eval = time.perf_counter()
@@ -68,7 +69,8 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
                  "arithmetic": arithmetic_questions(config)}
     reward = ch06.reward_model_reward(rm.params, model_config, config.reward_model.pooling)
     models = {"pretrained": pretrained, "sft": sft, "rl": results["rl"],
-              "rl (pushed)": results.get("rl_pushed"), "dpo": results["dpo"]}
+              "rl (pushed)": results.get("rl_pushed"), "dpo": results["dpo"],
+              "rlvr": results.get("rlvr")}
     models = {name: stage for name, stage in models.items() if stage is not None}
     answers = {split: {name: report.policy_answers(
         models[name].params, sft.params, reward, model_config, questions[split],
@@ -79,9 +81,10 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
     bon_questions = [main[i] for i in picks]
     answers["rephrased"][f"best-of-{config.best_of_n}"] = report.best_of_n_answers(
         best_of_n_stage(config, sft, rm, bon_questions), bon_questions, picks)
-    answers["arithmetic"] = {"sft": report.policy_answers(
-        sft.params, sft.params, reward, model_config, questions["arithmetic"],
-        samples=config.arithmetic_samples, seed=config.seed)}
+    answers["arithmetic"] = {name: report.policy_answers(
+        models[name].params, sft.params, reward, model_config, questions["arithmetic"],
+        samples=config.arithmetic_samples, seed=config.seed)
+        for name in ("sft", "rl", "rlvr") if name in models}
 
     figures = report.write_figures(out / "figures", pretrained, sft, rm, results["rl"],
                                    results["dpo"], config.rl_reward.replace("_", " "),

@@ -316,17 +316,33 @@ def policy_table(title: str, answers: dict[str, dict], log: Log, reference: str 
 
 
 def arithmetic_line(answers: dict[str, dict], log: Log) -> dict:
-    """pass@1 and pass@n (Chen et al., 2021) of each model on the rephrased sums."""
+    """pass@1 and pass@n (Chen et al., 2021) of each model on the rephrased sums, and each
+    model's change in pass@1 from the SFT model's, paired by question (+- SE over questions):
+    the RLVR row of chapter 7."""
     out = {}
+    ref = answers.get("sft")
     for name, a in answers.items():
         n = a["right"].shape[1]
         c = a["right"].sum(1)
         out[name] = {"pass@1": mean_se(pass_at_k(n, c, 1)), f"pass@{n}": mean_se(pass_at_k(n, c, n))}
+        if ref is not None and name != "sft":
+            out[name]["change"] = mean_se(a["right"].mean(1) - ref["right"].mean(1))
     log(f"\nArithmetic ({len(c)} rephrased sums a + b, {n} answers each at temperature 1, the "
-        f"last integer checked; the RLVR of chapter 7): " + "; ".join(
-            f"{name} pass@1 {fmt(*m['pass@1'], 2, '')}, pass@{n} {fmt(*m[f'pass@{n}'], 2, '')}"
-            for name, m in out.items()))
+        f"last integer checked; the RLVR of chapter 7 trains on the other phrasings):")
+    rows = [("model", "pass@1", f"pass@{n}", "pass@1 vs SFT")]
+    for name, m in out.items():
+        rows.append((name, fmt(*m["pass@1"], 3, ""), fmt(*m[f"pass@{n}"], 3, ""),
+                     fmt(*m["change"], 3) if "change" in m else ""))
+    table(rows, log)
     return out
+
+
+def rlvr_summary(rc, h: dict, log: Log) -> None:
+    k = max(1, len(h["score"]) // 4)
+    log(f"RLVR ({rc.algorithm}, beta={rc.beta}, {rc.steps} steps, rewarded 1 when the last "
+        f"integer is the sum): pass rate of the sampled answers {np.mean(h['score'][:k]):.3f} "
+        f"(first {k} steps) -> {np.mean(h['score'][-k:]):.3f} (last {k}); KL to SFT "
+        f"{h['kl'][-1]:.2f} nats")
 
 
 def print_results(config: PipelineConfig, stages: dict[str, StageResult], answers: dict,
@@ -340,6 +356,8 @@ def print_results(config: PipelineConfig, stages: dict[str, StageResult], answer
     if "rl_pushed" in stages:
         rl_summary("RL pushed", config, config.rl_pushed, stages["rl_pushed"].metrics["history"],
                    log)
+    if "rlvr" in stages:
+        rlvr_summary(config.rlvr, stages["rlvr"].metrics["history"], log)
     dpo_summary(config, stages["dpo"].metrics, stages["reward_model"].metrics, log)
     best_of_n_summary(config.best_of_n, answers["rephrased"][f"best-of-{config.best_of_n}"], log)
     main, unseen = questions["rephrased"], questions["unseen"]

@@ -30,6 +30,7 @@ import numpy as np
 from rlhf_book import ch04_instruction_tuning as ch04
 from rlhf_book import ch05_reward_models as ch05
 from rlhf_book import ch06_policy_gradients as ch06
+from rlhf_book.ch07_reasoning import loop as ch07
 from rlhf_book import ch08_direct_alignment as ch08
 from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
@@ -58,6 +59,8 @@ STAGE_SOURCES = {
             *_math_and_loop("ch08_direct_alignment")),
 }
 STAGE_SOURCES["rl_pushed"] = STAGE_SOURCES["rl"]
+STAGE_SOURCES["rlvr"] = (*_math_and_loop("ch06_policy_gradients"), "ch07_reasoning/rlvr",
+                         "ch07_reasoning/loop")
 THIS_MODULE = "pipeline/stages"
 
 
@@ -81,7 +84,7 @@ class PipelineConfig:
     # answers to ``arithmetic_questions`` rephrased sums.
     eval_questions: int | None = None
     eval_samples: int = 1
-    arithmetic_questions: int = 32
+    arithmetic_questions: int = 96
     arithmetic_samples: int = 16
     best_of_n_questions: int = 160  # the rephrased questions best-of-N answers (n samples each)
     # Reward model: pairs labelled by the majority of 3 Bradley-Terry annotators (ch. 11), three
@@ -115,6 +118,13 @@ class PipelineConfig:
     rl_pushed: ch06.RLConfig | None = ch06.RLConfig(algorithm="grpo", steps=10, learning_rate=3e-4,
                                                     beta=0.0, max_new_tokens=64)
     curve_questions: int = 64  # rephrased questions measured after every RL chunk
+    # RLVR (ch. 7): GRPO from the SFT model on the training sums, rewarded 1 when the last
+    # integer of the answer is the sum, else 0 (no reward model). A 0/1 reward needs a step
+    # size ten times RL's: about a third of the groups of 8 carry no signal at the SFT
+    # model's pass rate of about 0.1. None skips it.
+    rlvr: ch06.RLConfig | None = ch06.RLConfig(algorithm="grpo", steps=40, prompts_per_step=16,
+                                               group_size=8, max_new_tokens=32,
+                                               learning_rate=3e-4, beta=0.02, log_every=10)
     # DPO (ch. 8) from the SFT model, online: pairs of its own samples ranked by the reward
     # model. (Offline DPO on the annotators' pairs, on_policy=False, lowers the gold reward
     # here: the pairs' texts are not the policy's, and it learns the annotators' verbosity.)
@@ -152,6 +162,8 @@ class PipelineConfig:
                              log_every=2),
             rl_pushed=ch06.RLConfig(steps=4, prompts_per_step=4, group_size=4, beta=0.0,
                                     max_new_tokens=16, log_every=2),
+            rlvr=ch06.RLConfig(steps=4, prompts_per_step=4, group_size=4, max_new_tokens=16,
+                               learning_rate=3e-4, log_every=2),
             dpo=ch08.DPOConfig(steps=4, batch_size=4, on_policy=True, completions_per_prompt=2,
                                max_new_tokens=16, log_every=2),
             best_of_n=4,
@@ -484,6 +496,36 @@ def rl_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *,
                          rc, config.rl_reward, config.seed, config.curve_questions,
                          np.asarray(prompts.tokens)), run,
                         fresh=fresh, log=log, sft=sft, reward_model=rm, **upstream)
+
+
+def arithmetic_training_questions(config: PipelineConfig) -> list:
+    """The training sums under the training phrasings (what SFT demonstrated): RLVR's prompts."""
+    return [q for q in data.question_splits(seed=config.seed).train if q.topic == "arithmetic"]
+
+
+def rlvr_stage(config: PipelineConfig, sft: StageResult, *, fresh: bool = False,
+               progress: bool = True, log: Log = print) -> StageResult:
+    """Stage 4b (book ch. 7): RL with a verifiable reward from the SFT model -- GRPO on the
+    training sums, each answer rewarded 1 when its last integer is the sum, else 0
+    (:func:`rlhf_book.ch07_reasoning.loop.last_integer_verifier`); or the cached policy."""
+    model_config = gpt.get_config(config.model)
+    rc = config.rlvr
+    questions = arithmetic_training_questions(config)
+    prompts = encode_prompts([q.prompt for q in questions])
+
+    def run():
+        log(f"[rlvr] {rc.algorithm} on {len(questions)} training sums, rewarded 1 when the last "
+            f"integer is the sum: {rc.steps} steps x {rc.prompts_per_step} prompts x "
+            f"{rc.group_size} completions, beta={rc.beta}, lr={rc.learning_rate}")
+        params, history = ch07.train_rlvr(rc, model_config, sft.params, prompts,
+                                          ch07.verifier_reward(questions, "last_integer"),
+                                          advantage="grpo", online_filter=False,
+                                          seed=config.seed, progress=progress)
+        return params, {"history": _lists(history)}
+
+    return cached_stage(config, "rlvr", "rlvr",
+                        (sft.path.name, rc, config.seed, np.asarray(prompts.tokens)), run,
+                        fresh=fresh, log=log, sft=sft)
 
 
 def dpo_stage(config: PipelineConfig, sft: StageResult, rm: StageResult, *, fresh: bool = False,

@@ -286,6 +286,44 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
     ),
     Chapter(
+        7, "reasoning", "Reasoning: RL with verifiable rewards and inference-time scaling",
+        "book ch. 7, which has no numbered equations (the introduction: verifiable rewards, the "
+        "primes-below-20 example, the fib unit tests, Figure 25; §7.1 origins, §7.1.2 training "
+        "vs inference-time scaling; §7.2.3 common practices: difficulty filtering, online "
+        "filtering, format rewards, parallel test-time compute); pass@k (Chen et al. 2021), "
+        "self-consistency (Wang et al. 2023), MaxRL (Tajwar et al. 2026), GDPO (Liu et al. 2026)",
+        exercises=(
+            Exercise("7.1", "reading the final answer in each format",
+                     "rlhf_book.ch07_reasoning.verifiers:extract_final_answer",
+                     "book ch. 7 introduction (the primes-below-20 example); §16.1",
+                     difficulty=3),
+            Exercise("7.2", "unit-test rewards: gating or partial credit",
+                     "rlhf_book.ch07_reasoning.verifiers:unit_test_reward",
+                     "book ch. 7 introduction (the fib unit tests)", difficulty=1),
+            Exercise("7.3", "the unbiased pass@k estimator",
+                     "rlhf_book.ch07_reasoning.rlvr:pass_at_k",
+                     "book §7.1.2 and §16.1; Chen et al. 2021", difficulty=2),
+            Exercise("7.4", "the share of groups with no signal",
+                     "rlhf_book.ch07_reasoning.rlvr:zero_signal_probability",
+                     "book §7.2.3, online filtering", difficulty=1),
+            Exercise("7.5", "the 20-80% difficulty filter",
+                     "rlhf_book.ch07_reasoning.rlvr:difficulty_filter",
+                     "book §7.2.3, offline difficulty filtering", difficulty=2),
+            Exercise("7.6", "majority vote, first occurrence winning ties",
+                     "rlhf_book.ch07_reasoning.rlvr:majority_vote",
+                     "book §7.2.3, parallel test-time compute; Wang et al. 2023", difficulty=2),
+            Exercise("7.7", "MaxRL's advantage (r - mean) / mean",
+                     "rlhf_book.ch07_reasoning.rlvr:maxrl_advantages",
+                     "Tajwar et al. 2026; beside GRPO's advantage, book §6.1.6", difficulty=2),
+            Exercise("7.8", "the RLVR step: verified rewards, advantages, loss, gradient",
+                     "rlhf_book.ch07_reasoning.loop:rlvr_step",
+                     "book ch. 7 introduction (the RLVR loop, Figure 25) and §7.2.3 (online "
+                     "filtering, no KL, clip-higher, loss normalisation); §6.1.5, eq. 52; "
+                     "§6.1.6, eqs. 56, 57; §6.2.2, eqs. 67, 68; Tajwar et al. 2026",
+                     timeout=120.0, difficulty=3),
+        ),
+    ),
+    Chapter(
         8, "direct_alignment", "Direct alignment: DPO and its family",
         "book ch. 8 (§8.1.1 the DPO loss, eqs. 79, 80, 81; §8.1.2.1 the optimal policy, eqs. 82, "
         "87, 94, 95; §8.1.2.2 the Bradley-Terry objective, eqs. 96, 100, 104, 105; §8.1.2.3 the "
