@@ -8,8 +8,6 @@ loops (``rlhf_book.textbook.checks.ch07_reasoning``)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,3 +242,35 @@ def test_bad_arguments_raise(questions):
     with pytest.raises(ValueError, match="rewards"):
         loop.rlvr_step(None, jnp.ones((8, 4), jnp.int32), jnp.ones((8, 4)), jnp.ones((3, 2)),
                        jnp.zeros((8, 4)), jnp.zeros((8, 4)), CONFIG)
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiments' curves, against plain loops
+
+
+def test_vote_curve_is_the_majority_vote_of_disjoint_cuts():
+    from rlhf_book import ch07_reasoning as ch07
+    from rlhf_book.ch07_reasoning import experiments
+    rng = np.random.default_rng(0)
+    answers = rng.integers(-1, 6, (2, 8, 5))  # -1: no answer, which does not vote
+    gold = rng.integers(0, 6, 5)
+    got = experiments.vote_curve(answers, gold, (1, 2, 4, 8))
+    for s in range(2):
+        for j, N in enumerate((1, 2, 4, 8)):
+            hits = [ch07.majority_vote([None if a < 0 else int(a)
+                                        for a in answers[s, c * N:(c + 1) * N, q]]) == gold[q]
+                    for c in range(8 // N) for q in range(5)]
+            assert got[s, j] == pytest.approx(np.mean(hits))
+
+
+def test_pass_at_k_curve_is_the_mean_of_math_comb():
+    import math
+    from rlhf_book.ch07_reasoning import experiments
+    rng = np.random.default_rng(1)
+    correct = rng.random((3, 6, 7)) < 0.3
+    got = experiments.pass_at_k_curve(correct, (1, 3, 6))
+    for s in range(3):
+        c = correct[s].sum(0)
+        for j, k in enumerate((1, 3, 6)):
+            want = np.mean([1 - math.comb(6 - int(ci), k) / math.comb(6, k) for ci in c])
+            assert got[s, j] == pytest.approx(want, abs=1e-6)

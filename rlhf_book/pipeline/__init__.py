@@ -6,14 +6,17 @@ supervised fine-tuning on demonstrations by demonstrators of mixed quality. Stag
 by biased, noisy simulated annotators (ch. 11); its accuracy on pairs about rephrased questions
 is compared with the best any model can reach on those labels, for style pairs and for
 right-vs-wrong pairs apart. Stage 4 (book ch. 6): GRPO from the SFT model against the reward
-model, then the same run pushed further with no KL penalty (ch. 14, over-optimisation). Stage 5
+model, then the same run pushed further with no KL penalty (ch. 14, over-optimisation); and
+RLVR (book ch. 7): GRPO from the SFT model on the training sums with a 0/1 verifier, no reward
+model. Stage 5
 (book ch. 8): online DPO from the SFT model on pairs of its own samples ranked by the reward
 model. Stage 6 (book ch. 9): best-of-N sampling from the SFT model, ranked by the reward model.
 
 Every model then answers the rephrased questions (trained facts, phrasings no training data
 contains) at temperature 1, measured by the gold reward, right / wrong / no answer, the reward
 model's score and the KL to the SFT model, each with its standard error over questions; the
-unseen facts and arithmetic pass@k are reported apart, and sampled answers are printed.
+unseen facts and arithmetic pass@k (with the RLVR row: pass@1 and pass@16 before and after)
+are reported apart, and sampled answers are printed.
 
 :mod:`~rlhf_book.pipeline.stages` holds the stages, each a cached call of its chapter's
 training function: a second run loads every checkpoint in a second, and a change to a setting,
