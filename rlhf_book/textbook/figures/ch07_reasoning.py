@@ -19,7 +19,6 @@ arguments map a policy name (``"sft"`` or a verifier of ``experiments.VERIFIER_N
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -27,6 +26,7 @@ from matplotlib.patches import FancyBboxPatch
 
 from rlhf_book import ch07_reasoning as ch07
 from rlhf_book.ch07_reasoning import experiments as ex
+from rlhf_book.lm.eval import mean_se
 from rlhf_book.textbook import substrate
 from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
 
@@ -85,12 +85,6 @@ def practice_runs() -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Small statistics shared by the figures
-
-
-def mean_se(values) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error over the first axis (seeds) of ``values [S, ...]``."""
-    values = np.asarray(values, np.float64)
-    return values.mean(0), values.std(0, ddof=1) / math.sqrt(values.shape[0])
 
 
 def reply_tokens(stats) -> np.ndarray:
