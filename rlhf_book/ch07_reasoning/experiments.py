@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book import data
+from rlhf_book.ch04_instruction_tuning.losses import pack_examples, sft_examples
+from rlhf_book.ch04_instruction_tuning.loop import SFTConfig, train_sft
 from rlhf_book.ch06_policy_gradients.loop import RLConfig
 from rlhf_book.ch07_reasoning import loop, rlvr
 from rlhf_book.ch07_reasoning.loop import _INTEGERS  # the verifiers' reading of a number
@@ -130,12 +132,15 @@ def runs_of(tree, n_runs: int, index: int):
 
 
 def sample_answers(lm_params, questions, samples: int = EVAL_SAMPLES, n_seeds: int = N_SEEDS,
-                   seed: int = 1, max_new_tokens: int = RLVR_CONFIG.max_new_tokens):
+                   seed: int = 1, max_new_tokens: int = RLVR_CONFIG.max_new_tokens,
+                   reward=None):
     """``texts [S, samples, Q]``: ``samples`` completions (temperature 1) of each question from
     each of ``S`` policies. ``lm_params`` has a leading policy axis (a vmapped run's final
     policies) or none (one model, e.g. the SFT policy, sampled with ``n_seeds`` keys). Policy
     ``s`` samples with the same key either way: two policies evaluated with the same ``seed``
-    draw coupled samples."""
+    draw coupled samples. With a ``reward`` (a :class:`~rlhf_book.lm.rollout.Reward`, e.g. a
+    reward model), returns ``(texts, scores)``: also its score of every sample, as RL and
+    best-of-N read them."""
     model_config = gpt.get_config("small")
     if lm_params["tok_emb"].ndim == 2:  # one model: broadcast to n_seeds copies
         lm_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (n_seeds, *x.shape)), lm_params)
@@ -145,9 +150,13 @@ def sample_answers(lm_params, questions, samples: int = EVAL_SAMPLES, n_seeds: i
                                   jax.random.split(jax.random.PRNGKey(seed), S), 1.0,
                                   model_config, max_new_tokens=max_new_tokens)
     T = gen.tokens.shape[-1]
-    texts = sampling.decode_masked(np.asarray(gen.tokens).reshape(-1, T),
-                                   np.asarray(gen.mask).reshape(-1, T))
-    return np.asarray(texts, dtype=object).reshape(S, samples, Q)
+    tokens, mask = np.asarray(gen.tokens).reshape(-1, T), np.asarray(gen.mask).reshape(-1, T)
+    texts = np.asarray(sampling.decode_masked(tokens, mask), dtype=object).reshape(S, samples, Q)
+    if reward is None:
+        return texts
+    ids = jnp.asarray(np.tile(np.arange(samples * Q), S))
+    scores = jax.jit(reward.fn)(reward.params, jnp.asarray(tokens), jnp.asarray(mask), ids)
+    return texts, np.asarray(scores, np.float64).reshape(S, samples, Q)
 
 
 def answer_stats(questions, texts) -> dict[str, np.ndarray]:
@@ -200,16 +209,17 @@ def vote_curve(answers, gold, Ns) -> np.ndarray:
     (integers, ``-1`` = none, which does not vote), ``gold [Q]``. For each ``N`` in ``Ns`` the
     ``n`` samples are cut into ``n // N`` disjoint votes of ``N``; returns ``[S, len(Ns)]``, the
     share of votes (over questions and cuts) whose winner is right."""
-    answers = np.asarray(answers)
-    gold = np.asarray(gold)
+    return np.stack([_votes_won(answers, gold, N).mean(axis=(1, 2)) for N in Ns], axis=1)
+
+
+def _votes_won(answers, gold, N: int) -> np.ndarray:
+    """``[S, n // N, Q]``: whether each of the disjoint votes of ``N`` samples elects ``gold``."""
+    answers, gold = np.asarray(answers), np.asarray(gold)
     S, n, Q = answers.shape
-    out = []
-    for N in Ns:
-        cuts = answers[:, :(n // N) * N].reshape(S, n // N, N, Q).transpose(0, 1, 3, 2)
-        idx = np.asarray(_vote_index(cuts, cuts >= 0))  # [S, cuts, Q]
-        voted = np.take_along_axis(cuts, np.maximum(idx, 0)[..., None], -1)[..., 0]
-        out.append(np.mean((voted == gold) & (idx >= 0), axis=(1, 2)))
-    return np.stack(out, axis=1)
+    cuts = answers[:, :(n // N) * N].reshape(S, n // N, N, Q).transpose(0, 1, 3, 2)
+    idx = np.asarray(_vote_index(cuts, cuts >= 0))  # [S, cuts, Q]
+    voted = np.take_along_axis(cuts, np.maximum(idx, 0)[..., None], -1)[..., 0]
+    return (voted == gold) & (idx >= 0)
 
 
 _vote_index = jax.jit(rlvr.majority_vote_index)  # one compilation per shape, not per operation
@@ -286,3 +296,94 @@ def practice_runs(sft_params, practices=PRACTICES, n_seeds: int = N_SEEDS) -> di
         out[name] = {"metrics": metrics, "stats": evaluate(params), "seconds": seconds,
                      "prompts": len(questions or sets["train"])}
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reasoning length: two-digit sums, where writing the column addition out pays
+
+# A short mid-training of chapter 4's SFT model on two-digit sums (data.sum_demonstrations:
+# half the demonstrations write the column addition out, half answer directly, 30% rehearse a
+# one-digit step): 1,000 steps at 1e-3 (about 15 s). Measured on the 1,620 held-out sums,
+# 16 samples each: 300 steps leave the one-digit steps at 57% right, and the worked answers no
+# better than the direct ones; after 1,000 steps the steps are 90% right and a worked answer
+# is right about four times as often as a direct one.
+SCRATCHPAD_SFT = SFTConfig(steps=1000, batch_size=16, seq_len=128, learning_rate=1e-3,
+                           warmup_steps=20, log_every=250)
+N_SUM_DEMONSTRATIONS = 3000
+# RLVR on the training sums with the last-integer verifier: RLVR_CONFIG with room for the
+# longest worked answer (46 bytes and the end token).
+SCRATCHPAD_RLVR = dataclasses.replace(RLVR_CONFIG, max_new_tokens=48)
+N_EVAL_SUMS = 64      # held-out sums measured before and after RL
+PASS_KS = (1, 2, 4, 8, 16, 32, 64)
+PASS_SAMPLES = 64     # samples per held-out sum for pass@k up to k = 64
+
+
+def scratchpad_model(sft_params, seed: int = 0, config: SFTConfig = SCRATCHPAD_SFT):
+    """Chapter 4's SFT step (:func:`~rlhf_book.ch04_instruction_tuning.loop.train_sft`) on
+    ``N_SUM_DEMONSTRATIONS`` two-digit-sum demonstrations of the training sums, from
+    ``sft_params``: a model that sometimes shows its work and sometimes answers directly.
+    Returns ``(params, history)``."""
+    train_sums, _ = data.two_digit_sums(seed)
+    demos = data.sum_demonstrations(train_sums, seed=seed, n=N_SUM_DEMONSTRATIONS)
+    batch = pack_examples(sft_examples(demos), config.seq_len)
+    return train_sft(gpt.get_config("small"), sft_params, config, batch, seed=seed,
+                     progress=False)
+
+
+def sum_sets(seed: int = 0, n_eval: int = N_EVAL_SUMS) -> dict[str, list]:
+    """``{"train", "heldout"}``: the two-digit sums the demonstrations and RL prompts use, and
+    ``n_eval`` held-out sums (the first of :func:`data.two_digit_sums`' random held-out
+    order) that no demonstration or RL prompt contains."""
+    train_sums, heldout = data.two_digit_sums(seed)
+    return {"train": train_sums, "heldout": heldout[:n_eval]}
+
+
+def shows_work(texts) -> np.ndarray:
+    """1.0 where a reply writes at least one step (``"a + b = c"``) before its answer, 0.0
+    where it answers directly; the shape of ``texts``."""
+    texts = np.asarray(texts, dtype=object)
+    return np.vectorize(lambda t: float(" = " in t), otypes=[np.float64])(texts)
+
+
+def accuracy_by_work(stats, work) -> dict[str, tuple[float, float, float]]:
+    """``{"direct", "worked"}`` -> ``(accuracy, se, share)``: the last-integer verifier's
+    accuracy of the replies of each kind (``work`` from :func:`shows_work`), with its
+    binomial standard error, and the kind's share of all replies."""
+    correct, work = np.asarray(stats["correct"]).ravel(), np.asarray(work).ravel() > 0
+    out = {}
+    for name, sel in (("direct", ~work), ("worked", work)):
+        n = int(sel.sum())
+        acc = float(correct[sel].mean()) if n else float("nan")
+        se = float(np.sqrt(acc * (1 - acc) / n)) if n > 1 else float("nan")
+        out[name] = (acc, se, n / len(correct))
+    return out
+
+
+def best_of_n_curves(questions, stats, scores, Ns) -> dict[str, np.ndarray]:
+    """Inference-time scaling from one set of samples of one policy (§7 introduction and
+    §7.1.2; chapter 9's best-of-N): ``stats`` of ``questions`` from :func:`answer_stats`
+    ``[n, Q]`` and a reward model's ``scores [n, Q]``. For each ``N`` in ``Ns`` the ``n``
+    samples are cut into ``n // N`` disjoint groups of ``N``, and each group answers once,
+    picked
+
+    * ``"verifier"``: by the verifier -- right if any of the ``N`` is (the empirical pass@N);
+    * ``"reward model"``: by the highest reward-model score (ties: the first);
+    * ``"majority vote"``: by majority vote over the stated answers (:func:`vote_curve`).
+
+    Returns each pick's accuracy per question, ``[len(Ns), Q]`` (the mean over its groups:
+    questions are the independent units for a standard error), and ``"chars"``, the characters
+    generated per answer, ``[len(Ns)]``: ``N`` times the mean reply."""
+    correct, scores = np.asarray(stats["correct"]), np.asarray(scores)
+    n, Q = correct.shape
+    gold = np.asarray([int(q.answer) for q in questions])
+    out = {"verifier": [], "reward model": [], "majority vote": [], "chars": []}
+    for N in Ns:
+        groups = (n // N) * N
+        c = correct[:groups].reshape(n // N, N, Q)
+        best = scores[:groups].reshape(n // N, N, Q).argmax(axis=1)  # [n // N, Q]
+        out["verifier"].append(c.max(axis=1).mean(axis=0))
+        out["reward model"].append(np.take_along_axis(c, best[:, None], axis=1)[:, 0].mean(axis=0))
+        out["majority vote"].append(_votes_won(np.asarray(stats["answer"])[None], gold, N)[0]
+                                    .mean(axis=0))
+        out["chars"].append(N * float(np.mean(stats["chars"])))
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}

@@ -20,7 +20,9 @@ Everything is pure Python + NumPy, ASCII, offline, and a function of its ``seed`
   documented verbosity, confidence and position biases (:class:`AnnotatorBias`;
   :func:`preference_pairs`, :func:`simulate_annotators`), style pairs and right-vs-wrong
   correctness pairs, Likert ratings, agreement and the accuracy ceiling any reward model faces.
-* :mod:`~rlhf_book.data.arithmetic` -- verifiable arithmetic prompts for RLVR (:func:`verify`).
+* :mod:`~rlhf_book.data.arithmetic` -- verifiable arithmetic prompts for RLVR (:func:`verify`)
+  and two-digit sums with and without a worked scratchpad (:func:`two_digit_sums`,
+  :func:`scratchpad`, :func:`sum_demonstrations`): the task where longer reasoning pays.
 * :mod:`~rlhf_book.data.toy` -- the lectures' own toy data (preference pairs, a token policy), exactly.
 
 Data flows one way: this package imports nothing from :mod:`rlhf_book.lm` or the chapters.
@@ -29,7 +31,8 @@ Texts and chat messages (``{"role", "content"}`` dicts) come out; tokenisation h
 <= 48 bytes, answers <= 72 bytes, documents <= 200 bytes.
 """
 
-from rlhf_book.data.arithmetic import ArithmeticProblem, arithmetic_problems, extract_answer, verify
+from rlhf_book.data.arithmetic import (ArithmeticProblem, arithmetic_problems, extract_answer,
+                                       scratchpad, sum_demonstrations, two_digit_sums, verify)
 from rlhf_book.data.corpus import MAX_DOCUMENT_BYTES, pretraining_corpus
 from rlhf_book.data.preferences import (PAIR_KINDS, UNBIASED, AnnotatorBias, PreferencePair,
                                         annotator_utility, bt_accuracy_ceiling,
@@ -49,7 +52,8 @@ from rlhf_book.data.world import (FACT_TOPICS, MAX_PROMPT_BYTES, TOPICS, TRAIN_T
                                   sample_questions, split_facts, split_questions)
 
 __all__ = [
-    "ArithmeticProblem", "arithmetic_problems", "extract_answer", "verify",
+    "ArithmeticProblem", "arithmetic_problems", "extract_answer", "scratchpad",
+    "sum_demonstrations", "two_digit_sums", "verify",
     "MAX_DOCUMENT_BYTES", "pretraining_corpus",
     "PAIR_KINDS", "UNBIASED", "AnnotatorBias", "PreferencePair", "annotator_utility",
     "bt_accuracy_ceiling", "inter_annotator_agreement", "label_accuracy_ceiling",

@@ -1,8 +1,9 @@
 """The small models the notebooks and figures share, trained once and kept on disk.
 
 Chapters 4, 5, 6, 8 and 9 start from chapter 0's pretrained small GPT
-(:func:`pretrained_small`), and chapters 6, 8, 9 and 15 from chapter 4's SFT model
-(:func:`sft_small`); both use :data:`SMALL_CONFIG`. The recipes (settings, data) live in the
+(:func:`pretrained_small`), and chapters 6, 7, 8, 9 and 15 from chapter 4's SFT model
+(:func:`sft_small`); chapter 7 also reads chapter 5's reward model (:func:`reward_model_small`).
+All use :data:`SMALL_CONFIG`. The recipes (settings, data) live in the
 chapters' experiments (:mod:`rlhf_book.ch00_mini_gpt`,
 :mod:`rlhf_book.ch04_instruction_tuning.experiments`); this module only caches their results.
 Training them takes about a minute on a laptop CPU; without a cache every notebook would pay
@@ -38,6 +39,7 @@ import numpy as np
 import rlhf_book
 from rlhf_book import ch00_mini_gpt as ch00
 from rlhf_book.ch04_instruction_tuning import experiments as ch04_experiments
+from rlhf_book.ch05_reward_models import experiments as ch05_experiments
 from rlhf_book.lm import gpt, train
 
 CACHE_ENV = "RLHF_BOOK_CACHE"
@@ -171,3 +173,23 @@ def sft_small():
 def store_sft_small(params) -> None:
     """Store the prompt-masked SFT model (the notebook's own run) for the later chapters."""
     save("sft_small", sft_key(), params)
+
+
+def reward_model_key() -> str:
+    """The fingerprint of chapter 5's reward model: the SFT model it starts from, its settings,
+    and the source of the substrate and of chapters 0, 4 and 5."""
+    ex = ch05_experiments
+    return fingerprint(sft_key(), ex.RM_MODEL, ex.RM_CONFIG, ex.RM_SEED,
+                       sources=("ch00_mini_gpt", "ch04_instruction_tuning", "ch05_reward_models"))
+
+
+@functools.lru_cache(maxsize=1)
+def reward_model_small():
+    """Chapter 5's reward model of the small GPT, the pipeline's recipe
+    (:func:`rlhf_book.ch05_reward_models.experiments.rm_run` from :func:`sft_small` on its
+    training pairs): its parameters. Loaded when stored, else trained (about 20 s) and stored."""
+    def compute():
+        run = ch05_experiments.rm_run(sft_small(), {"train": ch05_experiments.rm_datasets()["train"]},
+                                      SMALL_CONFIG)
+        return run.params, {}
+    return cached("reward_model_small", reward_model_key(), compute)[0]
