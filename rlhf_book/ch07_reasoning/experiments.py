@@ -19,6 +19,7 @@ are cached; the notebook passes ``rlhf_book.textbook.substrate.sft_small()``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 import jax
@@ -28,7 +29,8 @@ import numpy as np
 from rlhf_book import data
 from rlhf_book.ch04_instruction_tuning.losses import pack_examples, sft_examples
 from rlhf_book.ch04_instruction_tuning.loop import SFTConfig, train_sft
-from rlhf_book.ch06_policy_gradients.loop import RLConfig
+from rlhf_book.ch05_reward_models import experiments as ch05_experiments
+from rlhf_book.ch06_policy_gradients.loop import RLConfig, reward_model_reward
 from rlhf_book.ch07_reasoning import loop, rlvr
 from rlhf_book.ch07_reasoning.loop import _INTEGERS  # the verifiers' reading of a number
 from rlhf_book.lm import gpt, rollout, sampling
@@ -359,6 +361,22 @@ def accuracy_by_work(stats, work) -> dict[str, tuple[float, float, float]]:
     return out
 
 
+# Best-of-N on the world's sums: BON_SAMPLES samples of the SFT model per question, scored by
+# chapter 5's reward model, cut into disjoint groups of N for N in BON_NS.
+BON_SAMPLES = 32
+BON_NS = (1, 2, 4, 8, 16, 32)
+BON_SEED = 3
+
+
+def reward_model(rm_params) -> rollout.Reward:
+    """Chapter 5's reward model ``rm_params`` (the small GPT with a scalar head, e.g.
+    ``rlhf_book.textbook.substrate.reward_model_small()``) as a
+    :class:`~rlhf_book.lm.rollout.Reward` that scores completions as it was trained to
+    (:func:`rlhf_book.ch06_policy_gradients.loop.reward_model_reward`)."""
+    return reward_model_reward(rm_params, gpt.get_config(ch05_experiments.RM_MODEL),
+                               ch05_experiments.RM_CONFIG.pooling)
+
+
 def best_of_n_curves(questions, stats, scores, Ns) -> dict[str, np.ndarray]:
     """Inference-time scaling from one set of samples of one policy (§7 introduction and
     §7.1.2; chapter 9's best-of-N): ``stats`` of ``questions`` from :func:`answer_stats`
@@ -387,3 +405,35 @@ def best_of_n_curves(questions, stats, scores, Ns) -> dict[str, np.ndarray]:
                                     .mean(axis=0))
         out["chars"].append(N * float(np.mean(stats["chars"])))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+_STEP = re.compile(r"(\d+) \+ (\d+)(?: \+ (\d+))? = (\d+)")  # "a + b = c" or "a + b + 1 = c"
+_STATED = re.compile(r"answer is (-?\d+)")
+
+
+def audit_scratchpads(questions, texts) -> dict[str, float]:
+    """A process check of the worked replies (those with two steps or more) among ``texts``
+    ``[..., Q]`` to the two-digit sums ``questions``, which an outcome verifier never reads:
+    the share whose two steps are true one-digit facts (``"facts"``), add the right columns'
+    digits (``"columns"``), carry exactly when the ones overflow (``"carry"``), and state the
+    answer the steps give (``"follows"``); ``"replies"``: how many were audited. Lightman
+    et al. (2023) on process against outcome supervision; book ch. 5 on process reward
+    models."""
+    texts = np.asarray(texts, dtype=object).reshape(-1, len(questions))
+    checks = []
+    for row in texts:
+        for q, text in zip(questions, row):
+            steps = _STEP.findall(text)
+            if len(steps) < 2:
+                continue
+            (x0, y0, _, s0), (x1, y1, c1, s1) = steps[:2]
+            a, b = map(int, q.subject.split(" + "))
+            stated = _STATED.search(text)
+            checks.append((
+                int(x0) + int(y0) == int(s0) and int(x1) + int(y1) + int(c1 or 0) == int(s1),
+                (int(x0), int(y0), int(x1), int(y1)) == (a % 10, b % 10, a // 10, b // 10),
+                bool(c1) == (a % 10 + b % 10 >= 10),
+                stated is not None and int(stated.group(1)) == 10 * int(s1) + int(s0) % 10))
+    shares = np.asarray(checks, np.float64).mean(axis=0) if checks else np.full(4, np.nan)
+    return {**dict(zip(("facts", "columns", "carry", "follows"), map(float, shares))),
+            "replies": len(checks)}

@@ -78,6 +78,38 @@ def train_pass_rates() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
+def length_runs() -> dict:
+    """The reasoning-length experiment from the substrate's SFT model: the mid-trained model's
+    ``history``, RLVR's ``metrics`` [seeds, steps], and ``"before"`` / ``"after"``:
+    ``{"texts", "stats", "work"}`` of ``PASS_SAMPLES`` samples per held-out sum (before: one
+    model ``[1, n, Q]``; after: every seed ``[S, n, Q]``)."""
+    params, history = ex.scratchpad_model(substrate.sft_small())
+    sets = ex.sum_sets()
+    metrics, policies = ex.run_rlvr(params, questions=sets["train"], config=ex.SCRATCHPAD_RLVR)
+    out = {"history": history, "metrics": metrics}
+    for name, lm, n_seeds in (("before", params, 1), ("after", policies, ex.N_SEEDS)):
+        texts = ex.sample_answers(lm, sets["heldout"], ex.PASS_SAMPLES, n_seeds,
+                                  max_new_tokens=ex.SCRATCHPAD_RLVR.max_new_tokens)
+        out[name] = {"texts": texts, "stats": ex.answer_stats(sets["heldout"], texts),
+                     "work": ex.shows_work(texts)}
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def best_of_n_samples() -> dict:
+    """``{set: (stats [n, Q], reward-model scores [n, Q])}``: ``BON_SAMPLES`` samples of the
+    substrate's SFT model per rephrased and unseen sum, scored by chapter 5's reward model
+    (:func:`rlhf_book.textbook.substrate.reward_model_small`)."""
+    reward = ex.reward_model(substrate.reward_model_small())
+    sets, out = ex.arithmetic_sets(), {}
+    for name in SETS:
+        texts, scores = ex.sample_answers(substrate.sft_small(), sets[name], ex.BON_SAMPLES,
+                                          n_seeds=1, seed=ex.BON_SEED, reward=reward)
+        out[name] = (ex.answer_stats(sets[name], texts[0]), scores[0])
+    return out
+
+
+@functools.lru_cache(maxsize=1)
 def practice_runs() -> dict:
     """:func:`experiments.practice_runs` from the substrate's SFT model (minutes)."""
     return ex.practice_runs(substrate.sft_small())
@@ -376,5 +408,115 @@ def practices(runs=None) -> FigureResult:
     finish_axes(right, xlabel="RL step", ylabel="training reward (last integer)",
                 title="training reward, mean over seeds")
     right.legend(fontsize=7)
+    fig.tight_layout()
+    return FigureResult(fig, numbers)
+
+
+@figure("ch07_reasoning_length", "ch07",
+        "When longer reasoning pays (§7.1.2: performance must grow with the tokens generated). "
+        "Chapter 4's SFT model, mid-trained on two-digit sums answered half directly and half "
+        "with the column addition written out, then RLVR (GRPO, last-integer verifier, 40 steps "
+        "of 16 training sums x 8, 4 seeds); 64 samples per held-out sum. Left: accuracy of the "
+        "direct and the worked replies before RL (binomial standard errors) and each kind's "
+        "share before and after. Middle: training reward and reply length over RL steps (mean "
+        "+- standard error over seeds). Right: pass@k for k = 1..64 before and after "
+        "(sharpen or expand?).")
+def reasoning_length(runs=None) -> FigureResult:
+    runs = length_runs() if runs is None else runs
+    fig = Figure(figsize=(14, 3.9))
+    left, middle, right = fig.subplots(1, 3)
+    kinds = ("direct", "worked")
+    by_work = {name: ex.accuracy_by_work(r["stats"], r["work"]) for name, r in runs.items()
+               if name in ("before", "after")}
+    x = np.arange(2)
+    for j, (name, colour) in enumerate((("before", "0.5"), ("after", "tab:blue"))):
+        acc = [by_work[name][k][0] for k in kinds]
+        se = [by_work[name][k][1] for k in kinds]
+        bars = left.bar(x + (j - 0.5) * 0.38, np.nan_to_num(acc), 0.38, yerr=np.nan_to_num(se),
+                        capsize=3, color=colour, label=f"{name} RL")
+        for bar, k in zip(bars, kinds):
+            left.annotate(f"{by_work[name][k][2]:.0%} of replies", (bar.get_x() + 0.19,
+                          bar.get_height() + 0.04), ha="center", fontsize=7.5)
+    left.set_xticks(x, ["direct answer", "column addition written out"])
+    finish_axes(left, ylabel="accuracy on held-out sums", ylim=(0, 1),
+                title="accuracy by kind of reply")
+    left.legend(fontsize=8, loc="upper left")
+    metrics = runs["metrics"]
+    steps = np.arange(1, np.shape(metrics["score"])[1] + 1)
+    twin = middle.twinx()
+    for ax, key, colour, label in ((middle, "score", "tab:green", "training reward"),
+                                   (twin, "length", "tab:purple", "reply length (tokens)")):
+        mean, se = mean_se(np.asarray(metrics[key]))
+        ax.plot(steps, mean, color=colour, lw=1.6, label=label)
+        ax.fill_between(steps, mean - se, mean + se, color=colour, alpha=0.2)
+        ax.set_ylabel(label, color=colour)
+    finish_axes(middle, xlabel="RL step", title="RLVR: reward and length rise together")
+    ks = np.asarray(ex.PASS_KS)
+    curves = {name: ex.pass_at_k_curve(runs[name]["stats"]["correct"], ks)
+              for name in ("before", "after")}
+    for name, colour in (("before", "0.4"), ("after", "tab:blue")):
+        mean, se = mean_se(curves[name]) if len(curves[name]) > 1 else (curves[name][0], None)
+        right.errorbar(ks, mean, yerr=se, fmt="o-", ms=3, capsize=2, color=colour,
+                       label=f"{name} RL")
+    right.set_xscale("log", base=2)
+    right.set_xticks(ks, [str(k) for k in ks])
+    finish_axes(right, xlabel="k", ylabel="pass@k", ylim=(0, 1.02),
+                title="pass@k on held-out sums")
+    right.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    numbers = {"by_work": {name: {k: list(map(float, v)) for k, v in d.items()}
+                           for name, d in by_work.items()},
+               "pass_at_k": {"k": ks.tolist(),
+                             **{name: mean_se(c)[0].tolist() for name, c in curves.items()}},
+               "score_first_last": [float(np.mean(np.asarray(metrics["score"])[:, 0])),
+                                    float(np.mean(np.asarray(metrics["score"])[:, -1]))],
+               "length_first_last": [float(np.mean(np.asarray(metrics["length"])[:, 0])),
+                                     float(np.mean(np.asarray(metrics["length"])[:, -1]))]}
+    for key in ("correct", "chars"):  # per held-out sum, before and after, paired by sum
+        per_sum = {name: np.asarray(runs[name]["stats"][key], np.float64).mean(axis=(0, 1))
+                   for name in curves}
+        numbers[key] = {**{name: list(map(float, mean_se(v))) for name, v in per_sum.items()},
+                        "change": list(map(float, mean_se(per_sum["after"] - per_sum["before"])))}
+    return FigureResult(fig, numbers)
+
+
+@figure("ch07_best_of_n", "ch07",
+        "Best-of-N with a verifier against best-of-N with chapter 5's reward model (§7.2.3, "
+        "parallel test-time compute: 'a scoring model selects the best answer'; chapter 9), "
+        "beside majority vote, on the world's sums: 32 samples of chapter 4's SFT model per "
+        "question cut into disjoint groups of N; mean +- standard error over questions. The "
+        "verifier's pick is right whenever any sample is (pass@N); the reward model learned "
+        "style from its preference pairs, not arithmetic. Right: accuracy against the "
+        "characters generated per question.")
+def best_of_n(samples=None, ns=ex.BON_NS) -> FigureResult:
+    samples = best_of_n_samples() if samples is None else samples
+    sets = ex.arithmetic_sets()
+    ns = np.asarray(ns)
+    fig = Figure(figsize=(14, 3.9))
+    axes = fig.subplots(1, 3)
+    colours = {"verifier": "tab:green", "reward model": "tab:red", "majority vote": "tab:orange"}
+    numbers = {"N": ns.tolist()}
+    for ax, name in zip(axes[:2], SETS):
+        stats, scores = samples[name]
+        curves = ex.best_of_n_curves(sets[name], stats, scores, ns)
+        numbers[name] = {"chars": curves["chars"].tolist()}
+        for who, colour in colours.items():
+            mean, se = mean_se(curves[who], axis=1)
+            ax.errorbar(ns, mean, yerr=se, fmt="o-", ms=3, capsize=2, color=colour,
+                        label=f"best-of-N by {who}" if who != "majority vote" else who)
+            numbers[name][who] = mean.tolist()
+            numbers[name][who + "_se"] = se.tolist()
+            if name == "rephrased":
+                axes[2].errorbar(curves["chars"], mean, yerr=se, fmt="o-", ms=3, capsize=2,
+                                 color=colour, label=who)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        finish_axes(ax, xlabel="N (samples per question)", ylabel="accuracy of the pick",
+                    ylim=(0, 1), title=f"{name} sums")
+        ax.legend(fontsize=7.5, loc="upper left")
+    axes[2].set_xscale("log", base=2)
+    finish_axes(axes[2], xlabel="characters generated per question", ylabel="accuracy",
+                ylim=(0, 1), title="rephrased sums: accuracy per character spent")
+    axes[2].legend(fontsize=7.5, loc="upper left")
     fig.tight_layout()
     return FigureResult(fig, numbers)
