@@ -274,3 +274,55 @@ def test_pass_at_k_curve_is_the_mean_of_math_comb():
         for j, k in enumerate((1, 3, 6)):
             want = np.mean([1 - math.comb(6 - int(ci), k) / math.comb(6, k) for ci in c])
             assert got[s, j] == pytest.approx(want, abs=1e-6)
+
+
+def test_best_of_n_curves_pick_as_plain_loops_do():
+    from rlhf_book import ch07_reasoning as ch07
+    from rlhf_book.ch07_reasoning import experiments
+    rng = np.random.default_rng(2)
+    n, Q, Ns = 8, 5, (1, 2, 4, 8)
+    questions = [data.Question("arithmetic", f"What is {q} + 1?", str(q + 1), f"{q} + 1")
+                 for q in range(Q)]
+    answers = rng.integers(-1, 7, (n, Q))  # -1: no number in the reply
+    texts = [["I am not sure." if a < 0 else f"The answer is {a}." for a in row]
+             for row in answers]
+    stats = experiments.answer_stats(questions, texts)
+    scores = rng.normal(size=(n, Q))
+    got = experiments.best_of_n_curves(questions, stats, scores, Ns)
+    for j, N in enumerate(Ns):
+        for q in range(Q):
+            gold, cuts = q + 1, [range(c * N, (c + 1) * N) for c in range(n // N)]
+            verifier = [any(answers[i, q] == gold for i in cut) for cut in cuts]
+            judged = [answers[max(cut, key=lambda i: scores[i, q]), q] == gold for cut in cuts]
+            vote = [ch07.majority_vote([None if answers[i, q] < 0 else int(answers[i, q])
+                                        for i in cut]) == gold for cut in cuts]
+            assert got["verifier"][j, q] == pytest.approx(np.mean(verifier))
+            assert got["reward model"][j, q] == pytest.approx(np.mean(judged))
+            assert got["majority vote"][j, q] == pytest.approx(np.mean(vote))
+        assert got["chars"][j] == pytest.approx(N * np.mean([len(t) for row in texts for t in row]))
+    assert np.all(np.diff(got["verifier"].mean(1)) >= 0)  # pass@N never falls with N
+
+
+def test_shows_work_and_accuracy_by_work_by_hand():
+    from rlhf_book.ch07_reasoning import experiments
+    texts = np.array([["7 + 8 = 15, 4 + 3 + 1 = 8. The answer is 85.", "The answer is 85."],
+                      ["The answer is 84.", "5 + 5 = 10, 1 + 1 + 1 = 3. The answer is 30."]],
+                     dtype=object)
+    work = experiments.shows_work(texts)
+    np.testing.assert_array_equal(work, [[1.0, 0.0], [0.0, 1.0]])
+    stats = {"correct": np.array([[1.0, 1.0], [0.0, 0.0]])}
+    got = experiments.accuracy_by_work(stats, work)
+    assert got["direct"] == pytest.approx((0.5, np.sqrt(0.25 / 2), 0.5))
+    assert got["worked"] == pytest.approx((0.5, np.sqrt(0.25 / 2), 0.5))
+
+
+def test_audit_scratchpads_checks_each_step_as_column_addition_does():
+    from rlhf_book.ch07_reasoning import experiments
+    q = [data.Question("arithmetic", "What is 47 + 38?", "85", "47 + 38"),
+         data.Question("arithmetic", "What is 21 + 34?", "55", "21 + 34")]
+    texts = [[data.scratchpad(47, 38), data.scratchpad(21, 34)],
+             ["7 + 8 = 14, 4 + 3 + 1 = 8. The answer is 84.",   # a false fact, answer follows
+              "2 + 3 = 5, 1 + 4 + 1 = 6. The answer is 55."],   # wrong columns, a carry from nowhere, answer does not follow
+             ["The answer is 85.", "1 + 4 = 5. The answer is 5."]]  # direct or one step: not audited
+    got = experiments.audit_scratchpads(q, texts)
+    assert got == {"facts": 0.75, "columns": 0.75, "carry": 0.75, "follows": 0.75, "replies": 4}

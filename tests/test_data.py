@@ -27,9 +27,9 @@ from rlhf_book.data import (DEMONSTRATOR_STYLES, FACT_TOPICS, GOLD_MAX, GOLD_MIN
                             gold_reward, gold_reward_batch, inter_annotator_agreement,
                             label_accuracy_ceiling, likert_ratings, majority_probability,
                             preference_pairs, pretraining_corpus, question_splits,
-                            render_answer, sample_questions, sft_demonstrations,
+                            render_answer, sample_questions, scratchpad, sft_demonstrations,
                             simulate_annotators, split_facts, split_questions, stated_answer,
-                            verify)
+                            sum_demonstrations, two_digit_sums, verify)
 from rlhf_book.data.styles import _CLOSERS, _OPENERS, OFF_TOPIC_SENTENCES
 
 DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "rlhf_book" / "data"
@@ -608,6 +608,85 @@ def test_arithmetic_problems_are_correct_and_fit():
     assert any(p.answer < 0 for p in problems)
     assert all(len(p.prompt) <= 48 for p in arithmetic_problems(n=200, max_operand=10**6))
     assert all(p.answer >= 0 for p in arithmetic_problems(n=200, ops=("+", "*")))
+
+
+
+def _column_addition(a: int, b: int) -> list[tuple[list[int], int]]:
+    """Column addition done independently: ``[(terms, total), ...]`` for the ones, then the
+    tens column (with a carry term when the ones overflow)."""
+    ones = [a % 10, b % 10]
+    tens = [a // 10, b // 10] + ([1] if sum(ones) >= 10 else [])
+    return [(ones, sum(ones)), (tens, sum(tens))]
+
+
+def test_two_digit_sums_split_every_pair_once():
+    train, heldout = two_digit_sums(seed=0)
+    assert (len(train), len(heldout)) == (6480, 1620)  # 90 x 90 pairs, a fifth held out
+    subjects = [q.subject for q in train + heldout]
+    assert len(set(subjects)) == 8100
+    assert {tuple(map(int, s.split(" + "))) for s in subjects} == \
+        {(a, b) for a in range(10, 100) for b in range(10, 100)}
+    for q in train[:50] + heldout[:50]:
+        a, b = map(int, q.subject.split(" + "))
+        assert q.prompt == f"What is {a} + {b}?" and q.answer == str(a + b)
+        assert q.topic == "arithmetic" and len(q.prompt) <= 48
+    assert [q.subject for q in two_digit_sums(seed=0)[1]] == [q.subject for q in heldout]
+    assert [q.subject for q in two_digit_sums(seed=1)[1]] != [q.subject for q in heldout]
+
+
+def test_scratchpad_is_column_addition_for_every_pair():
+    step = re.compile(r"^(\d+(?: \+ \d+)+) = (\d+)$")
+    for a in range(10, 100):
+        for b in range(10, 100):
+            text = scratchpad(a, b)
+            work, answer = text.split(". The answer is ")
+            assert answer == f"{a + b}."
+            written = [step.match(s).groups() for s in work.split(", ")]
+            assert [([int(t) for t in lhs.split(" + ")], int(rhs)) for lhs, rhs in written] == \
+                _column_addition(a, b)
+            assert len(text) + 1 <= 48  # the reply and its end token fit 48 new tokens
+    assert scratchpad(47, 38) == "7 + 8 = 15, 4 + 3 + 1 = 8. The answer is 85."
+
+
+def test_sum_demonstrations_mix_styles_in_the_documented_shares():
+    train, heldout = two_digit_sums()
+    n, table_share, scratch_share = 4000, 0.3, 0.5
+    demos = sum_demonstrations(train, seed=0, n=n, table_share=table_share,
+                               scratchpad_share=scratch_share)
+    heldout_prompts = {q.prompt for q in heldout}
+    kinds = []
+    for user, assistant in demos:
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert user["content"] not in heldout_prompts
+        a, b = map(int, re.fullmatch(r"What is (\d+) \+ (\d+)\?", user["content"]).groups())
+        if a < 10:  # a rehearsed one-digit step
+            assert assistant["content"] == f"{a} + {b} = {a + b}. The answer is {a + b}."
+            kinds.append("table")
+        elif " = " in assistant["content"]:
+            assert assistant["content"] == scratchpad(a, b)
+            kinds.append("worked")
+        else:
+            assert assistant["content"] == f"The answer is {a + b}."
+            kinds.append("direct")
+    kinds = np.array(kinds)
+    for kind, p in (("table", table_share), ("worked", (1 - table_share) * scratch_share),
+                    ("direct", (1 - table_share) * (1 - scratch_share))):
+        share = np.mean(kinds == kind)
+        assert abs(share - p) < 4 * math.sqrt(p * (1 - p) / n), (kind, share, p)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: two_digit_sums(heldout_fraction=0.0), "heldout_fraction"),
+    (lambda: scratchpad(9, 10), "a and b"),
+    (lambda: scratchpad(10, 100), "a and b"),
+    (lambda: sum_demonstrations([]), "questions"),
+    (lambda: sum_demonstrations(two_digit_sums()[0], n=0), "n"),
+    (lambda: sum_demonstrations(two_digit_sums()[0], scratchpad_share=1.5), "scratchpad_share"),
+    (lambda: sum_demonstrations(two_digit_sums()[0], table_share=-0.1), "table_share"),
+])
+def test_two_digit_sum_bad_inputs(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
 
 
 # --------------------------------------------------------------------------- argument validation
