@@ -1,7 +1,7 @@
 """Exercises of chapter 7: Reasoning: RL with verifiable rewards and inference-time scaling.
 
 Book: book ch. 7, which has no numbered equations (the introduction: verifiable rewards, the primes-below-20 example, the fib unit tests, Figure 25; §7.1 origins, §7.1.2 training vs inference-time scaling; §7.2.3 common practices: difficulty filtering, online filtering, format rewards, parallel test-time compute); pass@k (Chen et al. 2021), self-consistency (Wang et al. 2023), MaxRL (Tajwar et al. 2026), GDPO (Liu et al. 2026).
-Exercises: 7.1 reading the final answer in each format, 7.2 unit-test rewards: gating or partial credit, 7.3 the unbiased pass@k estimator, 7.4 the share of groups with no signal, 7.5 the 20-80% difficulty filter, 7.6 majority vote, first occurrence winning ties, 7.7 MaxRL's advantage (r - mean) / mean, 7.8 the RLVR step: verified rewards, advantages, loss, gradient.
+Exercises: 7.1 reading the final answer in each format, 7.2 unit-test rewards: gating or partial credit, 7.3 the unbiased pass@k estimator, 7.4 the share of groups with no signal, 7.5 the 20-80% difficulty filter, 7.6 majority vote, first occurrence winning ties, 7.7 MaxRL's advantage (r - mean) / mean, 7.8 the RLVR step: verified rewards, advantages, loss, gradient, 7.9 a process check of a worked answer.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -33,6 +33,7 @@ from rlhf_book.lm.ops import log_probs_from_logits
 from rlhf_book.ch07_reasoning.verifiers import ANSWER_STYLES, UNIT_TEST_MODES, _STRICT_STYLES, _check_text, normalize_answer
 from rlhf_book.ch07_reasoning.rlvr import _check_in, _check_int, pass_rates
 from rlhf_book.ch07_reasoning.loop import ADVANTAGES, _group_advantages
+from rlhf_book.ch07_reasoning.reasoning_length import STATED, STEP
 
 
 def extract_final_answer(text: str, style: str = "any") -> str | None:
@@ -238,4 +239,25 @@ def rlvr_step(params, tokens, mask, rewards, old_logp, ref_logp, model_config,
     check_choice(advantage, "advantage", ADVANTAGES)
     raise NotImplementedError('Exercise 7.8 (the RLVR step: verified rewards, advantages, loss, gradient; book ch. 7 introduction (the RLVR loop, Figure 25) and §7.2.3 (online filtering, no KL, clip-higher, loss normalisation); §6.1.5, eq. 52; §6.1.6, eqs. 56, 57; §6.2.2, eqs. 67, 68; Tajwar et al. 2026) is not started: replace this line with your solution.')
 
-# stub fingerprint: e7288cd596976684
+
+def audit_worked_answer(a: int, b: int, text: str) -> dict[str, bool] | None:
+    """A process check of ``text``, a reply to "What is a + b?" for two-digit ``a`` and ``b``,
+    read as column addition: its first two steps (``STEP``) are the ones column, then the tens
+    column. Returns ``None`` when the reply writes fewer than two steps (a direct answer is
+    not audited), else a dict of four bools (``AUDIT_CHECKS``):
+
+    * ``"facts"``: each of the two steps is a true sum of the terms it writes (a carry term
+      included: "4 + 3 + 1 = 8" is true);
+    * ``"columns"``: the first step adds the ones digits of ``a`` and ``b`` and the second
+      their tens digits (the first two terms of each, in either order);
+    * ``"carry"``: the tens step has a third term, and it is 1, exactly when the ones digits
+      add to 10 or more;
+    * ``"follows"``: the stated answer (the number after "answer is"; none is ``False``) is
+      the one the two steps give, ``10 * tens + ones % 10`` of the sums as *written* -- right or
+      wrong, the answer must follow from the work.
+
+    Book ch. 7 (an outcome verifier reads only the answer); Lightman et al. (2023) on process
+    supervision."""
+    raise NotImplementedError('Exercise 7.9 (a process check of a worked answer; book ch. 7 (an outcome verifier reads only the answer; §7.1.2, performance growing with the tokens generated); Nye et al. 2021; Lightman et al. 2023) is not started: replace this line with your solution.')
+
+# stub fingerprint: 93650da49226722c

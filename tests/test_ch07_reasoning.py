@@ -858,6 +858,38 @@ def _no_zero_rule(rewards):
     return (rewards - mean) / mean
 
 
+def _audit(a, b, text, **change):
+    """The reference audit with some checks recomputed by a wrong rule."""
+    from rlhf_book.ch07_reasoning.reasoning_length import STATED, STEP, audit_worked_answer
+    out = audit_worked_answer(a, b, text)
+    if out is None:
+        return None
+    steps = [[int(t) if t else 0 for t in step] for step in STEP.findall(text)[:2]]
+    stated = STATED.search(text)
+    for key, rule in change.items():
+        out[key] = rule(a, b, steps, stated)
+    return out
+
+
+def _facts_without_the_carry(a, b, text):
+    return _audit(a, b, text, facts=lambda a, b, st, _: all(x + y == s for x, y, _c, s in st))
+
+
+def _outcome_not_process(a, b, text):
+    return _audit(a, b, text, follows=lambda a, b, st, stated:
+                  stated is not None and int(stated.group(1)) == a + b)
+
+
+def _columns_in_order(a, b, text):
+    return _audit(a, b, text, columns=lambda a, b, st, _:
+                  st[0][:2] == [a % 10, b % 10] and st[1][:2] == [a // 10, b // 10])
+
+
+def _audits_direct_answers(a, b, text):
+    out = _audit(a, b, text)
+    return dict.fromkeys(("facts", "columns", "carry", "follows"), False) if out is None else out
+
+
 WRONG_VERSIONS = [
     ("extract_final_answer", _box_by_lazy_regex, "nested braces balanced"),
     ("extract_final_answer", _first_answer_tag, "the LAST <answer> tag"),
@@ -880,6 +912,10 @@ WRONG_VERSIONS = [
     ("maxrl_advantages", _grpo_std, "no eps and no std"),
     ("maxrl_advantages", _mean_plus_eps, "no eps and no std"),
     ("maxrl_advantages", _no_zero_rule, "not NaN"),
+    ("audit_worked_answer", _facts_without_the_carry, "the carry is a term of the tens sum"),
+    ("audit_worked_answer", _outcome_not_process, "not whether it is right"),
+    ("audit_worked_answer", _columns_in_order, "in either order"),
+    ("audit_worked_answer", _audits_direct_answers, "not audited"),
 ]
 
 
@@ -908,9 +944,29 @@ def _vote_by_counter(answers):  # right: Counter keeps first-occurrence order am
     return counts.most_common(1)[0][0] if counts else None
 
 
+def _audit_by_splitting(a, b, text):  # right: no regular expression, str.split only
+    if text.count(" = ") < 2:
+        return None
+    body, _, tail = text.partition("answer is ")
+    steps = []
+    for part in body.replace(".", "").split(", ")[:2]:
+        lhs, rhs = part.strip().split(" = ")
+        terms = [int(t) for t in lhs.split(" + ")]
+        steps.append((terms, int(rhs.split()[0])))
+    (t0, s0), (t1, s1) = steps
+    digits = "".join(ch for ch in tail if ch.isdigit())
+    overflow = a % 10 + b % 10 >= 10
+    return {"facts": sum(t0) == s0 and sum(t1) == s1,
+            "columns": sorted(t0[:2]) == sorted([a % 10, b % 10])
+            and sorted(t1[:2]) == sorted([a // 10, b // 10]),
+            "carry": t1[2:] == ([1] if overflow else []),
+            "follows": bool(digits) and int(digits) == 10 * s1 + s0 % 10}
+
+
 @pytest.mark.parametrize("check, right", [("pass_at_k", _pass_at_k_by_log_gamma),
-                                          ("majority_vote", _vote_by_counter)],
-                         ids=["log-gamma", "counter"])
+                                          ("majority_vote", _vote_by_counter),
+                                          ("audit_worked_answer", _audit_by_splitting)],
+                         ids=["log-gamma", "counter", "split"])
 def test_other_right_solutions_pass_the_chapter_7_checks(check, right):
     getattr(checks, check)(right)
 

@@ -40,6 +40,11 @@ def test_chapter_notebooks_lists_companions_first():
     assert catalog.get_chapter("ch06").notebooks() == (catalog.get_chapter("ch06").notebook(),)
     # companions sort before the main notebook, so a run of all notebooks reads them first
     assert sorted(chapter.notebooks()) == list(chapter.notebooks())
+    # sequels come after it, and sort after it too
+    ch07 = catalog.get_chapter("ch07")
+    assert [p.name for p in ch07.notebooks()] == ["ch07_reasoning.ipynb",
+                                                  "ch07_reasoning_length.ipynb"]
+    assert sorted(ch07.notebooks()) == list(ch07.notebooks())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

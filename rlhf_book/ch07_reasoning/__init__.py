@@ -19,8 +19,13 @@ What is here, in the book's order:
   any-integer rule a policy can game, a strict "The answer is N." format), :func:`.rlvr_step`
   (verified rewards -> group advantages -> clipped loss -> gradient, the chapter's loop-level
   exercise) and ``make_rlvr_train``, vmappable over seeds, KL coefficients and verifiers;
-* :mod:`.experiments` -- what the notebook runs: RLVR from chapter 4's SFT model measured on
-  held-out sums, pass@k before and after, majority-vote curves, §7.2.3's practices.
+* :mod:`.reasoning_length` -- when longer reasoning pays: whether a reply shows its work, and
+  the process check of a worked two-digit sum (exercise 7.9), which reads the steps an
+  outcome verifier never reads;
+* :mod:`.experiments` -- what the notebooks run: RLVR from chapter 4's SFT model measured on
+  held-out sums, pass@k before and after, majority-vote curves, §7.2.3's practices; the
+  reasoning-length experiment (two-digit sums, a scratchpad, RLVR choosing it) and best-of-N
+  by a verifier against chapter 5's reward model.
 
 The math is re-exported here: ``from rlhf_book import ch07_reasoning as ch07`` gives
 ``ch07.extract_final_answer``, ``ch07.pass_at_k`` and the rest; the loop is
@@ -31,5 +36,7 @@ from rlhf_book.ch07_reasoning.verifiers import *  # noqa: F401,F403
 from rlhf_book.ch07_reasoning.verifiers import __all__ as _verifiers_all
 from rlhf_book.ch07_reasoning.rlvr import *  # noqa: F401,F403
 from rlhf_book.ch07_reasoning.rlvr import __all__ as _rlvr_all
+from rlhf_book.ch07_reasoning.reasoning_length import *  # noqa: F401,F403
+from rlhf_book.ch07_reasoning.reasoning_length import __all__ as _length_all
 
-__all__ = list(_verifiers_all) + list(_rlvr_all)
+__all__ = list(_verifiers_all) + list(_rlvr_all) + list(_length_all)

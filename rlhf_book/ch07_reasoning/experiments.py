@@ -19,7 +19,6 @@ are cached; the notebook passes ``rlhf_book.textbook.substrate.sft_small()``.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 
 import jax
@@ -31,7 +30,7 @@ from rlhf_book.ch04_instruction_tuning.losses import pack_examples, sft_examples
 from rlhf_book.ch04_instruction_tuning.loop import SFTConfig, train_sft
 from rlhf_book.ch05_reward_models import experiments as ch05_experiments
 from rlhf_book.ch06_policy_gradients.loop import RLConfig, reward_model_reward
-from rlhf_book.ch07_reasoning import loop, rlvr
+from rlhf_book.ch07_reasoning import loop, reasoning_length, rlvr
 from rlhf_book.ch07_reasoning.loop import _INTEGERS  # the verifiers' reading of a number
 from rlhf_book.lm import gpt, rollout, sampling
 
@@ -320,13 +319,16 @@ PASS_KS = (1, 2, 4, 8, 16, 32, 64)
 PASS_SAMPLES = 64     # samples per held-out sum for pass@k up to k = 64
 
 
-def scratchpad_model(sft_params, seed: int = 0, config: SFTConfig = SCRATCHPAD_SFT):
+def scratchpad_model(sft_params, seed: int = 0, config: SFTConfig = SCRATCHPAD_SFT,
+                     scratchpad_share: float = data.arithmetic.SCRATCHPAD_SHARE):
     """Chapter 4's SFT step (:func:`~rlhf_book.ch04_instruction_tuning.loop.train_sft`) on
-    ``N_SUM_DEMONSTRATIONS`` two-digit-sum demonstrations of the training sums, from
+    ``N_SUM_DEMONSTRATIONS`` two-digit-sum demonstrations of the training sums
+    (:func:`data.sum_demonstrations`, a ``scratchpad_share`` of the sums worked out), from
     ``sft_params``: a model that sometimes shows its work and sometimes answers directly.
     Returns ``(params, history)``."""
     train_sums, _ = data.two_digit_sums(seed)
-    demos = data.sum_demonstrations(train_sums, seed=seed, n=N_SUM_DEMONSTRATIONS)
+    demos = data.sum_demonstrations(train_sums, seed=seed, n=N_SUM_DEMONSTRATIONS,
+                                    scratchpad_share=scratchpad_share)
     batch = pack_examples(sft_examples(demos), config.seq_len)
     return train_sft(gpt.get_config("small"), sft_params, config, batch, seed=seed,
                      progress=False)
@@ -342,9 +344,9 @@ def sum_sets(seed: int = 0, n_eval: int = N_EVAL_SUMS) -> dict[str, list]:
 
 def shows_work(texts) -> np.ndarray:
     """1.0 where a reply writes at least one step (``"a + b = c"``) before its answer, 0.0
-    where it answers directly; the shape of ``texts``."""
+    where it answers directly (:func:`reasoning_length.shows_work`); the shape of ``texts``."""
     texts = np.asarray(texts, dtype=object)
-    return np.vectorize(lambda t: float(" = " in t), otypes=[np.float64])(texts)
+    return np.vectorize(lambda t: float(reasoning_length.shows_work(t)), otypes=[np.float64])(texts)
 
 
 def accuracy_by_work(stats, work) -> dict[str, tuple[float, float, float]]:
@@ -407,33 +409,16 @@ def best_of_n_curves(questions, stats, scores, Ns) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-_STEP = re.compile(r"(\d+) \+ (\d+)(?: \+ (\d+))? = (\d+)")  # "a + b = c" or "a + b + 1 = c"
-_STATED = re.compile(r"answer is (-?\d+)")
-
-
 def audit_scratchpads(questions, texts) -> dict[str, float]:
-    """A process check of the worked replies (those with two steps or more) among ``texts``
-    ``[..., Q]`` to the two-digit sums ``questions``, which an outcome verifier never reads:
-    the share whose two steps are true one-digit facts (``"facts"``), add the right columns'
-    digits (``"columns"``), carry exactly when the ones overflow (``"carry"``), and state the
-    answer the steps give (``"follows"``); ``"replies"``: how many were audited. Lightman
-    et al. (2023) on process against outcome supervision; book ch. 5 on process reward
-    models."""
+    """The process check :func:`reasoning_length.audit_worked_answer` (exercise 7.9) of every
+    worked reply among ``texts [..., Q]`` to the two-digit sums ``questions``: the share that
+    passes each of its checks (``"facts"``, ``"columns"``, ``"carry"``, ``"follows"``), and
+    ``"replies"``, how many were audited (direct answers are not)."""
     texts = np.asarray(texts, dtype=object).reshape(-1, len(questions))
-    checks = []
-    for row in texts:
-        for q, text in zip(questions, row):
-            steps = _STEP.findall(text)
-            if len(steps) < 2:
-                continue
-            (x0, y0, _, s0), (x1, y1, c1, s1) = steps[:2]
-            a, b = map(int, q.subject.split(" + "))
-            stated = _STATED.search(text)
-            checks.append((
-                int(x0) + int(y0) == int(s0) and int(x1) + int(y1) + int(c1 or 0) == int(s1),
-                (int(x0), int(y0), int(x1), int(y1)) == (a % 10, b % 10, a // 10, b // 10),
-                bool(c1) == (a % 10 + b % 10 >= 10),
-                stated is not None and int(stated.group(1)) == 10 * int(s1) + int(s0) % 10))
-    shares = np.asarray(checks, np.float64).mean(axis=0) if checks else np.full(4, np.nan)
-    return {**dict(zip(("facts", "columns", "carry", "follows"), map(float, shares))),
-            "replies": len(checks)}
+    operands = [tuple(map(int, q.subject.split(" + "))) for q in questions]
+    audits = [reasoning_length.audit_worked_answer(a, b, text)
+              for row in texts for (a, b), text in zip(operands, row)]
+    audits = [audit for audit in audits if audit is not None]
+    shares = {check: float(np.mean([audit[check] for audit in audits])) if audits else float("nan")
+              for check in reasoning_length.AUDIT_CHECKS}
+    return {**shares, "replies": len(audits)}

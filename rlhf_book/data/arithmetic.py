@@ -110,6 +110,7 @@ def two_digit_sums(seed: int = 0, heldout_fraction: float = 0.2):
     return questions[n_heldout:], questions[:n_heldout]
 
 
+# [guide:scratchpad]
 def scratchpad(a: int, b: int) -> str:
     """Column addition of two two-digit numbers written out, one one-digit fact per step and
     the carry as a third term, then the answer:
@@ -123,6 +124,7 @@ def scratchpad(a: int, b: int) -> str:
     tens = f"{a_tens} + {b_tens} + 1 = {a_tens + b_tens + 1}" if carry else \
         f"{a_tens} + {b_tens} = {a_tens + b_tens}"
     return f"{a_ones} + {b_ones} = {ones}, {tens}. The answer is {a + b}."
+# [/guide]
 
 
 def sum_demonstrations(questions, seed: int = 0, n: int = 3000,

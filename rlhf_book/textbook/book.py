@@ -8,7 +8,8 @@ adds three things the configuration alone cannot:
 * **the home page's chapter table and table of contents**, written from the catalogue
   (:data:`rlhf_book.textbook.catalog.CHAPTERS`) and from the files that exist, in reading order:
   chapter N's companion notebooks (chapter 0's JAX primer, described by :data:`COMPANIONS`),
-  then its guide, then its notebook, then its exercises; the chapters still to come are listed
+  then its guide, then its notebook and its sequels (chapter 7's reasoning length), then its
+  exercises; the chapters still to come are listed
   from :data:`BOOK_CHAPTERS`; ``chapters/FAQ.md`` joins the contents when it exists;
 * **links from the guides**: a code span that names a file of the repository
   (```rlhf_book/lm/kl.py```, ```notebooks/ch06_policy_gradients.ipynb```, optionally followed
@@ -60,13 +61,19 @@ BOOK_CHAPTERS: tuple[tuple[str, str], ...] = (
     ("C", "Appendix C: practical issues"),
 )
 
-#: A chapter's companion notebooks (``Chapter.companions``), by file stem: the name the home
-#: page gives each, and its one-line description. A companion not listed is shown by its stem.
+#: A chapter's companion notebooks (``Chapter.companions``, read before its main notebook) and
+#: sequels (``Chapter.sequels``, read after it), by file stem: the name the home page gives
+#: each, and its one-line description. One not listed is shown by its stem.
 COMPANIONS: dict[str, tuple[str, str]] = {
     "ch00_jax_primer": (
         "JAX primer",
         "the JAX idioms of this project (arrays, PRNG keys, jit, grad, vmap, pytrees, lax.scan), "
         "each beside the PyTorch the book's snippets use: read it first if JAX is new to you"),
+    "ch07_reasoning_length": (
+        "when longer reasoning pays",
+        "two-digit sums, where writing the column addition out beats a direct answer: RLVR "
+        "grows the replies and the accuracy, a process audit shows the steps wearing down; "
+        "pass@k to k = 64; best-of-N by a verifier against chapter 5's reward model"),
 }
 
 #: The folders of the repository whose files a guide may name.
@@ -97,11 +104,12 @@ def _chapter_docs(root: pathlib.Path) -> Iterator[tuple[object, bool, bool]]:
         yield chapter, chapter.guide(root).exists(), chapter.notebook(root).exists()
 
 
-def _companions(chapter, root: pathlib.Path) -> list[tuple[str, str, str]]:
-    """``(stem, name, description)`` of each companion notebook of ``chapter`` that exists
-    under ``root``, in reading order."""
+def _companions(chapter, root: pathlib.Path, stems=None) -> list[tuple[str, str, str]]:
+    """``(stem, name, description)`` of each companion notebook of ``chapter`` (or of each
+    notebook of ``stems``, e.g. its sequels) that exists under ``root``, in reading order."""
     found = []
-    for path in chapter.notebooks(root)[:-1]:
+    for stem in chapter.companions if stems is None else stems:
+        path = root / "notebooks" / f"{stem}.ipynb"
         if path.exists():
             name, description = COMPANIONS.get(path.stem, (path.stem, ""))
             found.append((path.stem, name, description))
@@ -122,7 +130,7 @@ def home_page_sections(root: pathlib.Path) -> str:
     built = {str(chapter.number): (chapter, guide, notebook)
              for chapter, guide, notebook in _chapter_docs(root)}
     lines = ["| Chapter | Read | Run | Do | |", "|---|---|---|---|---|"]
-    notes = []
+    notes, after_notes = [], []
     rows = [("0", "The mini GPT (this project's own: the model every chapter trains)")]
     rows += list(BOOK_CHAPTERS)
     for number, title in rows:
@@ -138,6 +146,13 @@ def home_page_sections(root: pathlib.Path) -> str:
                 run = f"{first}, then {run}"
                 notes += [f"* **[{name}](/notebooks/{stem}.ipynb)** (chapter {chapter.number}): "
                           f"{description}" for stem, name, description in companions]
+            sequels = _companions(chapter, root, chapter.sequels)
+            if sequels:
+                run += "".join(f", then [{name}](/notebooks/{stem}.ipynb)"
+                               for stem, name, _ in sequels)
+                after_notes += [f"* **[{name}](/notebooks/{stem}.ipynb)** (chapter "
+                                f"{chapter.number}): {description}"
+                                for stem, name, description in sequels]
             stub = root / "exercises" / f"{chapter.key}.py"
             do = (f"`exercises/{chapter.key}.py`, graded by `rlhf-book grade {chapter.short}`"
                   if stub.exists() else "—")
@@ -150,12 +165,16 @@ def home_page_sections(root: pathlib.Path) -> str:
     out += lines + [""]
     if notes:
         out += ["Read before a chapter's own notebook:", "", *notes, ""]
+    if after_notes:
+        out += ["Read after a chapter's own notebook:", "", *after_notes, ""]
     for chapter, guide, notebook in _chapter_docs(root):
         entries = [f"{name} </notebooks/{stem}>" for stem, name, _ in _companions(chapter, root)]
         if guide:
             entries.append(f"Guide </chapters/{chapter.key}>")
         if notebook:
             entries.append(f"Notebook </notebooks/{chapter.key}>")
+        entries += [f"{name} </notebooks/{stem}>"
+                    for stem, name, _ in _companions(chapter, root, chapter.sequels)]
         if entries:
             out += ["```{toctree}", f":caption: Chapter {chapter.number}", ":maxdepth: 1", "",
                     *entries, "```", ""]

@@ -105,6 +105,10 @@ class Chapter:
     # main notebook in this order; each sets the exercises whose function lives in the module
     # named after it (``rlhf_book.jax_primer`` for ``ch00_jax_primer``).
     companions: tuple[str, ...] = ()
+    # Notebooks that continue the main one, by file stem, read after it in this order (chapter
+    # 7's reasoning-length notebook); each sets the exercises of the module named after it,
+    # as a companion does.
+    sequels: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -118,20 +122,23 @@ class Chapter:
         return (root or project_root()) / "notebooks" / f"{self.key}.ipynb"
 
     def notebooks(self, root: pathlib.Path | None = None) -> tuple[pathlib.Path, ...]:
-        """Every notebook of the chapter in reading order: the companions, then the main one."""
+        """Every notebook of the chapter in reading order: the companions, the main one, then
+        its sequels."""
         folder = (root or project_root()) / "notebooks"
-        return tuple(folder / f"{stem}.ipynb" for stem in self.companions) + (
-            self.notebook(root),)
+        return (tuple(folder / f"{stem}.ipynb" for stem in self.companions)
+                + (self.notebook(root),)
+                + tuple(folder / f"{stem}.ipynb" for stem in self.sequels))
 
     def exercises_of(self, notebook: str | pathlib.Path) -> tuple[Exercise, ...]:
         """The exercises one of the chapter's notebooks (a path or a stem) sets in its "Your
-        turn" section: a companion ``chNN_<name>`` those whose function lives in a module
-        named ``<name>`` (chapter 0's JAX primer sets those of ``rlhf_book.jax_primer``), the
-        main notebook all the others."""
+        turn" section: a companion or sequel ``chNN_<name>`` those whose function lives in a
+        module named ``<name>`` (chapter 0's JAX primer sets those of
+        ``rlhf_book.jax_primer``, chapter 7's reasoning length those of
+        ``rlhf_book.ch07_reasoning.reasoning_length``), the main notebook all the others."""
         stem = pathlib.Path(notebook).stem
 
         def owner(exercise: Exercise) -> str:
-            for companion in self.companions:
+            for companion in self.companions + self.sequels:
                 if exercise.module.rsplit(".", 1)[-1] == companion.split("_", 1)[1]:
                     return companion
             return self.key
@@ -292,6 +299,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         "vs inference-time scaling; §7.2.3 common practices: difficulty filtering, online "
         "filtering, format rewards, parallel test-time compute); pass@k (Chen et al. 2021), "
         "self-consistency (Wang et al. 2023), MaxRL (Tajwar et al. 2026), GDPO (Liu et al. 2026)",
+        sequels=("ch07_reasoning_length",),
         exercises=(
             Exercise("7.1", "reading the final answer in each format",
                      "rlhf_book.ch07_reasoning.verifiers:extract_final_answer",
@@ -321,6 +329,11 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "filtering, no KL, clip-higher, loss normalisation); §6.1.5, eq. 52; "
                      "§6.1.6, eqs. 56, 57; §6.2.2, eqs. 67, 68; Tajwar et al. 2026",
                      timeout=120.0, difficulty=3),
+            Exercise("7.9", "a process check of a worked answer",
+                     "rlhf_book.ch07_reasoning.reasoning_length:audit_worked_answer",
+                     "book ch. 7 (an outcome verifier reads only the answer; §7.1.2, "
+                     "performance growing with the tokens generated); Nye et al. 2021; "
+                     "Lightman et al. 2023", difficulty=2),
         ),
     ),
     Chapter(

@@ -617,3 +617,97 @@ def rlvr_step(fn):
     flat = np.concatenate([as_array(g, what).reshape(-1) for g in jax.tree.leaves(grads)])
     expect_close(np.abs(flat).max(), 0.0, what + " grads (no kept group, no gradient)",
                  atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7.9 A process check of a worked answer (the reasoning-length notebook)
+
+AUDIT_KEYS = ("facts", "columns", "carry", "follows")
+FOLLOWS = ("'follows' asks whether the stated answer is the one the written steps give "
+           "(10 * tens + ones % 10), not whether it is right")
+
+
+def _column_steps(a: int, b: int) -> list[list[int]]:
+    """The two steps of column addition as ``[x, y, carry, sum]``, computed here (not by
+    ``data.scratchpad``): the ones digits, then the tens digits and the carry."""
+    ones = [a % 10, b % 10]
+    carry = int(sum(ones) >= 10)
+    tens = [a // 10, b // 10]
+    return [ones + [0, sum(ones)], tens + [carry, sum(tens) + carry]]
+
+
+def _write(steps, stated) -> str:
+    """A worked reply from ``steps`` (``[x, y, carry, sum]``, carry 0 = not written)."""
+    parts = [f"{x} + {y}" + (f" + {c}" if c else "") + f" = {s}" for x, y, c, s in steps]
+    tail = "" if stated is None else f" The answer is {stated}."
+    return ", ".join(parts) + "." + tail
+
+
+def _follows(steps) -> int:
+    return 10 * steps[1][3] + steps[0][3] % 10
+
+
+def audit_cases(rng) -> list[tuple[int, int, str, dict | None, str]]:
+    """``(a, b, reply, expected audit, why)``: hand-made replies whose every flaw is made on
+    purpose, so the expected audit is known by construction."""
+    cases = [
+        (47, 38, "7 + 8 = 15, 4 + 3 + 1 = 8. The answer is 85.", dict.fromkeys(AUDIT_KEYS, True),
+         "the right column addition; the carry is a term of the tens sum: 4 + 3 + 1 = 8 is true"),
+        (47, 38, "The answer is 85.", None, "a direct answer writes no step: not audited"),
+        (47, 38, "7 + 8 = 15. The answer is 85.", None, "one step is not a worked answer"),
+        (47, 38, "7 + 8 = 15, 4 + 3 + 1 = 8.", {"facts": True, "columns": True, "carry": True,
+                                                 "follows": False},
+         "no stated answer: nothing follows"),
+        (47, 38, "8 + 7 = 15, 3 + 4 + 1 = 8. The answer is 85.", dict.fromkeys(AUDIT_KEYS, True),
+         "the terms of a column in either order"),
+        (21, 34, "1 + 4 = 5, 2 + 3 = 5. The answer is 55.", dict.fromkeys(AUDIT_KEYS, True),
+         "no carry when the ones do not overflow"),
+        (95, 87, "5 + 7 = 12, 9 + 8 + 1 = 18. The answer is 182.", dict.fromkeys(AUDIT_KEYS, True),
+         "a three-digit answer: 10 * 18 + 2"),
+    ]
+    for _ in range(40):
+        a, b = (int(x) for x in rng.integers(10, 100, 2))
+        right = _column_steps(a, b)
+        overflow = bool(right[1][2])
+        # a false fact: the ones sum written one too high, the answer following from it
+        steps = [list(s) for s in right]
+        steps[0][3] += 1
+        cases.append((a, b, _write(steps, _follows(steps)),
+                      {"facts": False, "columns": True, "carry": True, "follows": True},
+                      "a false fact whose answer follows from the steps: only 'facts' fails; "
+                      + FOLLOWS))
+        # the wrong column: a's tens digit in the ones step, the sum true
+        steps = [list(s) for s in right]
+        if a // 10 != a % 10 and a // 10 != b % 10:
+            steps[0][0] = a // 10
+            steps[0][3] = steps[0][0] + steps[0][1]
+            cases.append((a, b, _write(steps, _follows(steps)),
+                          {"facts": True, "columns": False, "carry": True, "follows": True},
+                          "a true sum of the wrong digits"))
+        # the carry forgotten (or invented), each sum true for what it writes
+        steps = [list(s) for s in right]
+        steps[1][2] = 0 if overflow else 1
+        steps[1][3] = steps[1][0] + steps[1][1] + steps[1][2]
+        cases.append((a, b, _write(steps, _follows(steps)),
+                      {"facts": True, "columns": True, "carry": False, "follows": True},
+                      "the carry forgotten" if overflow else "a carry the ones never made"))
+        # right steps, a different stated answer
+        cases.append((a, b, _write(right, a + b + 10),
+                      {"facts": True, "columns": True, "carry": True, "follows": False},
+                      "the steps are right but the stated answer is not theirs"))
+    return cases
+
+
+def audit_worked_answer(fn):
+    rng = np.random.default_rng(9)
+    for a, b, text, expected, why in audit_cases(rng):
+        got = fn(a, b, text)
+        what = f"audit_worked_answer({a}, {b}, {_short(text, 70)})"
+        if expected is None:
+            expect(got is None, f"{what} returned {got!r}, expected None ({why})")
+            continue
+        require(isinstance(got, dict) and set(got) >= set(AUDIT_KEYS),
+                f"{what} returned {got!r}: expected a dict with the keys {AUDIT_KEYS}")
+        for key in AUDIT_KEYS:
+            expect(bool(got[key]) == expected[key],
+                   f"{what}[{key!r}] is {got[key]!r}, expected {expected[key]} ({why})")
