@@ -256,8 +256,10 @@ def audit_worked_answer(a: int, b: int, text: str) -> dict[str, bool] | None:
       the one the two steps give, ``10 * tens + ones % 10`` of the sums as *written* -- right or
       wrong, the answer must follow from the work.
 
-    Book ch. 7 (an outcome verifier reads only the answer); Lightman et al. (2023) on process
-    supervision."""
+    Book ch. 7 (an outcome verifier reads only the answer; §7.1.2, tokens that pay);
+    Lightman et al. 2023 on process supervision. Shapes: one reply at a time (Python ints and a str);
+    ``experiments.audit_scratchpads`` loops over replies ``texts [..., Q]``.
+    """
     raise NotImplementedError('Exercise 7.9 (a process check of a worked answer; book ch. 7 (an outcome verifier reads only the answer; §7.1.2, performance growing with the tokens generated); Nye et al. 2021; Lightman et al. 2023) is not started: replace this line with your solution.')
 
-# stub fingerprint: 93650da49226722c
+# stub fingerprint: 48fa823950e4a448

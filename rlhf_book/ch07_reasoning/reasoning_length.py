@@ -49,8 +49,13 @@ def audit_worked_answer(a: int, b: int, text: str) -> dict[str, bool] | None:
       the one the two steps give, ``10 * tens + ones % 10`` of the sums as *written* -- right or
       wrong, the answer must follow from the work.
 
-    Book ch. 7 (an outcome verifier reads only the answer); Lightman et al. (2023) on process
-    supervision."""
+    Book ch. 7 (an outcome verifier reads only the answer; §7.1.2, tokens that pay);
+    Lightman et al. 2023 on process supervision. Shapes: one reply at a time (Python ints and a str);
+    ``experiments.audit_scratchpads`` loops over replies ``texts [..., Q]``.
+
+    How: ``STEP.findall`` gives each step's terms and sum as strings (an unwritten carry is
+    ``""``); compare the first two terms of each step with the digits as sorted pairs, and the
+    number of ``STATED.search`` with the steps' sums."""
     # BEGIN SOLUTION
     steps = STEP.findall(text)
     if len(steps) < 2:
