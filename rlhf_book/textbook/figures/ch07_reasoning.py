@@ -3,13 +3,16 @@ settings; the share of groups of binary rewards that carry no signal, ``p^G + (1
 (§7.2.3), beside the SFT model's pass rates on the training sums; RLVR on the world's
 arithmetic with three verifiers (the reward curves); pass@k before and after RL ("sharpen or
 expand?"); majority vote against best-of-N with the verifier and their cost in tokens
-(§7.1.2, §7.2.3 parallel test-time compute); and §7.2.3's common practices switched on one at
-a time.
+(§7.1.2, §7.2.3 parallel test-time compute); §7.2.3's common practices switched on one at
+a time; and, for the sequel notebook, reasoning length on two-digit sums (accuracy of direct
+and worked replies, RLVR growing the replies, pass@k to k = 64) and best-of-N judged by the
+verifier, by chapter 5's reward model and by majority vote.
 
 The experiments live in :mod:`rlhf_book.ch07_reasoning.experiments`; these functions only
 draw (and, with no arguments, run the experiments once per process from chapter 4's SFT model
 of the small GPT, :func:`rlhf_book.textbook.substrate.sft_small`).
-``notebooks/ch07_reasoning.ipynb`` passes its own results.
+``notebooks/ch07_reasoning.ipynb`` and ``notebooks/ch07_reasoning_length.ipynb`` pass their own
+results.
 
 Shapes: ``S`` policies (seeds), ``n`` samples per question, ``Q`` questions. ``stats``
 arguments map a policy name (``"sft"`` or a verifier of ``experiments.VERIFIER_NAMES``) to
