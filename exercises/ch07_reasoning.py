@@ -252,14 +252,16 @@ def audit_worked_answer(a: int, b: int, text: str) -> dict[str, bool] | None:
       their tens digits (the first two terms of each, in either order);
     * ``"carry"``: the tens step has a third term, and it is 1, exactly when the ones digits
       add to 10 or more;
-    * ``"follows"``: the stated answer (the number after "answer is"; none is ``False``) is
-      the one the two steps give, ``10 * tens + ones % 10`` of the sums as *written* -- right or
+    * ``"follows"``: the stated answer (the number after the last "answer is"; none is
+      ``False``) is the one the two steps give, ``10 * tens + ones % 10`` of the sums as *written* -- right or
       wrong, the answer must follow from the work.
 
     Book ch. 7 (an outcome verifier reads only the answer; §7.1.2, tokens that pay);
     Lightman et al. 2023 on process supervision. Shapes: one reply at a time (Python ints and a str);
     ``experiments.audit_scratchpads`` loops over replies ``texts [..., Q]``.
     """
+    if not all(isinstance(x, int) and 10 <= x <= 99 for x in (a, b)):
+        raise ValueError(f"a and b must be integers in 10..99, got {a!r} and {b!r}")
     raise NotImplementedError('Exercise 7.9 (a process check of a worked answer; book ch. 7 (an outcome verifier reads only the answer; §7.1.2, performance growing with the tokens generated); Nye et al. 2021; Lightman et al. 2023) is not started: replace this line with your solution.')
 
-# stub fingerprint: 48fa823950e4a448
+# stub fingerprint: 1353645ac25d19de

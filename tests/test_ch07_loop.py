@@ -310,10 +310,20 @@ def test_shows_work_and_accuracy_by_work_by_hand():
                      dtype=object)
     work = experiments.shows_work(texts)
     np.testing.assert_array_equal(work, [[1.0, 0.0], [0.0, 1.0]])
+    # [samples, sums]: sum 0 is right when worked, wrong when direct; sum 1 the other way
     stats = {"correct": np.array([[1.0, 1.0], [0.0, 0.0]])}
     got = experiments.accuracy_by_work(stats, work)
-    assert got["direct"] == pytest.approx((0.5, np.sqrt(0.25 / 2), 0.5))
-    assert got["worked"] == pytest.approx((0.5, np.sqrt(0.25 / 2), 0.5))
+    # per sum, then over the 2 sums: accuracies (1, 0) and (0, 1), se = std / sqrt(2) = 0.5
+    assert got["direct"] == pytest.approx((0.5, 0.5, 0.5))
+    assert got["worked"] == pytest.approx((0.5, 0.5, 0.5))
+    # paired per sum: worked - direct = +1 and -1
+    assert experiments.work_gain(stats, work) == pytest.approx((0.0, 1.0, 2))
+    # a sum with one kind only drops out of the pairing
+    stats = {"correct": np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])}
+    work3 = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    assert experiments.work_gain(stats, work3) == pytest.approx((0.0, 1.0, 2))
+    assert experiments.accuracy_by_work(stats, work3)["worked"][:2] == \
+        pytest.approx((np.mean([1.0, 0.0, 1.0]), np.std([1.0, 0.0, 1.0], ddof=1) / np.sqrt(3)))
 
 
 def test_audit_scratchpads_checks_each_step_as_column_addition_does():
@@ -326,3 +336,21 @@ def test_audit_scratchpads_checks_each_step_as_column_addition_does():
              ["The answer is 85.", "1 + 4 = 5. The answer is 5."]]  # direct or one step: not audited
     got = experiments.audit_scratchpads(q, texts)
     assert got == {"facts": 0.75, "columns": 0.75, "carry": 0.75, "follows": 0.75, "replies": 4}
+    per_sum = experiments.audit_scratchpads(q, texts, by_sum=True)
+    # sum 0: the scratchpad (all pass) and a false fact; sum 1: the scratchpad and a bad reply
+    np.testing.assert_allclose(per_sum["facts"], [0.5, 1.0])
+    np.testing.assert_allclose(per_sum["columns"], [1.0, 0.5])
+    np.testing.assert_allclose(per_sum["follows"], [1.0, 0.5])
+    assert per_sum["replies"] == 4
+
+
+def test_best_of_n_curves_and_sum_sets_name_their_bad_arguments():
+    from rlhf_book.ch07_reasoning import experiments
+    q = [data.Question("arithmetic", "What is 1 + 1?", "2", "1 + 1")]
+    stats = experiments.answer_stats(q, [["The answer is 2."], ["3"]])
+    with pytest.raises(ValueError, match="Ns"):
+        experiments.best_of_n_curves(q, stats, np.zeros((2, 1)), (1, 4))
+    with pytest.raises(ValueError, match="scores"):
+        experiments.best_of_n_curves(q, stats, np.zeros((3, 1)), (1,))
+    with pytest.raises(ValueError, match="n_eval"):
+        experiments.sum_sets(n_eval=0)

@@ -885,6 +885,20 @@ def _columns_in_order(a, b, text):
                   st[0][:2] == [a % 10, b % 10] and st[1][:2] == [a // 10, b // 10])
 
 
+def _facts_of_the_ones_step_only(a, b, text):
+    return _audit(a, b, text, facts=lambda a, b, st, _: st[0][0] + st[0][1] + st[0][2] == st[0][3])
+
+
+def _columns_of_the_ones_step_only(a, b, text):
+    return _audit(a, b, text, columns=lambda a, b, st, _:
+                  sorted(st[0][:2]) == sorted([a % 10, b % 10]))
+
+
+def _any_third_term_is_a_carry(a, b, text):
+    return _audit(a, b, text, carry=lambda a, b, st, _:
+                  (st[1][2] > 0) == (a % 10 + b % 10 >= 10))
+
+
 def _audits_direct_answers(a, b, text):
     out = _audit(a, b, text)
     return dict.fromkeys(("facts", "columns", "carry", "follows"), False) if out is None else out
@@ -916,6 +930,9 @@ WRONG_VERSIONS = [
     ("audit_worked_answer", _outcome_not_process, "not whether it is right"),
     ("audit_worked_answer", _columns_in_order, "in either order"),
     ("audit_worked_answer", _audits_direct_answers, "not audited"),
+    ("audit_worked_answer", _facts_of_the_ones_step_only, "both steps must be true"),
+    ("audit_worked_answer", _columns_of_the_ones_step_only, "both columns must be right"),
+    ("audit_worked_answer", _any_third_term_is_a_carry, "a carry is 1, never 2"),
 ]
 
 
@@ -945,22 +962,23 @@ def _vote_by_counter(answers):  # right: Counter keeps first-occurrence order am
 
 
 def _audit_by_splitting(a, b, text):  # right: no regular expression, str.split only
-    if text.count(" = ") < 2:
-        return None
-    body, _, tail = text.partition("answer is ")
     steps = []
-    for part in body.replace(".", "").split(", ")[:2]:
-        lhs, rhs = part.strip().split(" = ")
-        terms = [int(t) for t in lhs.split(" + ")]
-        steps.append((terms, int(rhs.split()[0])))
-    (t0, s0), (t1, s1) = steps
-    digits = "".join(ch for ch in tail if ch.isdigit())
+    for part in text.replace(".", ",").split(","):
+        lhs, eq, rhs = part.strip().partition(" = ")
+        terms = lhs.split(" + ")
+        if eq and 2 <= len(terms) <= 3 and all(t.isdigit() for t in terms) and rhs.isdigit():
+            steps.append(([int(t) for t in terms], int(rhs)))
+    if len(steps) < 2:
+        return None
+    (t0, s0), (t1, s1) = steps[:2]
+    _, found, tail = text.rpartition("answer is ")
+    digits = tail.split(".")[0].strip()
     overflow = a % 10 + b % 10 >= 10
     return {"facts": sum(t0) == s0 and sum(t1) == s1,
             "columns": sorted(t0[:2]) == sorted([a % 10, b % 10])
             and sorted(t1[:2]) == sorted([a // 10, b // 10]),
             "carry": t1[2:] == ([1] if overflow else []),
-            "follows": bool(digits) and int(digits) == 10 * s1 + s0 % 10}
+            "follows": bool(found) and digits.isdigit() and int(digits) == 10 * s1 + s0 % 10}
 
 
 @pytest.mark.parametrize("check, right", [("pass_at_k", _pass_at_k_by_log_gamma),

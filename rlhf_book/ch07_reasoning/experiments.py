@@ -155,7 +155,7 @@ def sample_answers(lm_params, questions, samples: int = EVAL_SAMPLES, n_seeds: i
     texts = np.asarray(sampling.decode_masked(tokens, mask), dtype=object).reshape(S, samples, Q)
     if reward is None:
         return texts
-    ids = jnp.asarray(np.tile(np.arange(samples * Q), S))
+    ids = jnp.asarray(np.tile(np.arange(Q), S * samples))  # each row's question, in order
     scores = jax.jit(reward.fn)(reward.params, jnp.asarray(tokens), jnp.asarray(mask), ids)
     return texts, np.asarray(scores, np.float64).reshape(S, samples, Q)
 
@@ -307,7 +307,7 @@ def practice_runs(sft_params, practices=PRACTICES, n_seeds: int = N_SEEDS) -> di
 # one-digit step): 1,000 steps at 1e-3 (about 15 s). Measured on the 1,620 held-out sums,
 # 16 samples each: 300 steps leave the one-digit steps at 57% right, and the worked answers no
 # better than the direct ones; after 1,000 steps the steps are 90% right and a worked answer
-# is right about four times as often as a direct one.
+# is right about 0.75 of the time, a direct one about 0.09.
 SCRATCHPAD_SFT = SFTConfig(steps=1000, batch_size=16, seq_len=128, learning_rate=1e-3,
                            warmup_steps=20, log_every=250)
 N_SUM_DEMONSTRATIONS = 3000
@@ -339,6 +339,8 @@ def sum_sets(seed: int = 0, n_eval: int = N_EVAL_SUMS) -> dict[str, list]:
     ``n_eval`` held-out sums (the first of :func:`data.two_digit_sums`' random held-out
     order) that no demonstration or RL prompt contains."""
     train_sums, heldout = data.two_digit_sums(seed)
+    if not isinstance(n_eval, (int, np.integer)) or not 1 <= n_eval <= len(heldout):
+        raise ValueError(f"n_eval must be an integer in 1..{len(heldout)}, got {n_eval!r}")
     return {"train": train_sums, "heldout": heldout[:n_eval]}
 
 
@@ -349,18 +351,42 @@ def shows_work(texts) -> np.ndarray:
     return np.vectorize(lambda t: float(reasoning_length.shows_work(t)), otypes=[np.float64])(texts)
 
 
+def _per_sum(values, where) -> np.ndarray:
+    """``[Q]``: the mean of ``values [..., Q]`` over all leading axes where ``where`` holds,
+    per sum (NaN for a sum with no such reply)."""
+    values = np.asarray(values, np.float64).reshape(-1, np.shape(values)[-1])
+    where = np.asarray(where, bool).reshape(values.shape)
+    counts = where.sum(axis=0)
+    totals = np.where(where, values, 0.0).sum(axis=0)
+    return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
+
+def _mean_se(x) -> tuple[float, float, int]:
+    x = np.asarray(x, np.float64)
+    x = x[~np.isnan(x)]
+    se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+    return (float(x.mean()) if len(x) else float("nan")), se, len(x)
+
+
 def accuracy_by_work(stats, work) -> dict[str, tuple[float, float, float]]:
-    """``{"direct", "worked"}`` -> ``(accuracy, se, share)``: the last-integer verifier's
-    accuracy of the replies of each kind (``work`` from :func:`shows_work`), with its
-    binomial standard error, and the kind's share of all replies."""
-    correct, work = np.asarray(stats["correct"]).ravel(), np.asarray(work).ravel() > 0
+    """``{"direct", "worked"}`` -> ``(accuracy, se, share)`` from ``stats["correct"]`` and
+    ``work`` (:func:`shows_work`), both ``[..., Q]``: each kind's accuracy per sum (the
+    last-integer verifier, over the sum's replies of that kind), averaged over the sums that
+    have one, with its standard error over those sums (samples of one sum are alike, so the
+    sums are the independent units), and the kind's share of all replies."""
+    correct, work = np.asarray(stats["correct"]), np.asarray(work) > 0
     out = {}
     for name, sel in (("direct", ~work), ("worked", work)):
-        n = int(sel.sum())
-        acc = float(correct[sel].mean()) if n else float("nan")
-        se = float(np.sqrt(acc * (1 - acc) / n)) if n > 1 else float("nan")
-        out[name] = (acc, se, n / len(correct))
+        mean, se, _ = _mean_se(_per_sum(correct, sel))
+        out[name] = (mean, se, float(sel.mean()))
     return out
+
+
+def work_gain(stats, work) -> tuple[float, float, int]:
+    """``(mean, se, sums)``: how much more often a worked reply is right than a direct one to
+    the *same* sum, paired over the sums that got both kinds of reply."""
+    correct, work = np.asarray(stats["correct"]), np.asarray(work) > 0
+    return _mean_se(_per_sum(correct, work) - _per_sum(correct, ~work))
 
 
 # Best-of-N on the world's sums: BON_SAMPLES samples of the SFT model per question, scored by
@@ -394,7 +420,12 @@ def best_of_n_curves(questions, stats, scores, Ns) -> dict[str, np.ndarray]:
     questions are the independent units for a standard error), and ``"chars"``, the characters
     generated per answer, ``[len(Ns)]``: ``N`` times the mean reply."""
     correct, scores = np.asarray(stats["correct"]), np.asarray(scores)
+    if correct.ndim != 2 or scores.shape != correct.shape or len(questions) != correct.shape[1]:
+        raise ValueError(f"stats and scores must be [n, Q] for the Q = {len(questions)} "
+                         f"questions, got {correct.shape} and {scores.shape}")
     n, Q = correct.shape
+    if any(not isinstance(N, (int, np.integer)) or not 1 <= N <= n for N in Ns):
+        raise ValueError(f"Ns must be integers in 1..{n} (the samples per question), got {Ns!r}")
     gold = np.asarray([int(q.answer) for q in questions])
     out = {"verifier": [], "reward model": [], "majority vote": [], "chars": []}
     for N in Ns:
@@ -409,16 +440,21 @@ def best_of_n_curves(questions, stats, scores, Ns) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-def audit_scratchpads(questions, texts) -> dict[str, float]:
+def audit_scratchpads(questions, texts, by_sum: bool = False) -> dict:
     """The process check :func:`reasoning_length.audit_worked_answer` (exercise 7.9) of every
     worked reply among ``texts [..., Q]`` to the two-digit sums ``questions``: the share that
     passes each of its checks (``"facts"``, ``"columns"``, ``"carry"``, ``"follows"``), and
-    ``"replies"``, how many were audited (direct answers are not)."""
+    ``"replies"``, how many were audited (those with two steps or more). With ``by_sum``, each
+    share is ``[Q]``, per sum (NaN for a sum with no worked reply), for paired comparisons."""
     texts = np.asarray(texts, dtype=object).reshape(-1, len(questions))
     operands = [tuple(map(int, q.subject.split(" + "))) for q in questions]
-    audits = [reasoning_length.audit_worked_answer(a, b, text)
-              for row in texts for (a, b), text in zip(operands, row)]
-    audits = [audit for audit in audits if audit is not None]
-    shares = {check: float(np.mean([audit[check] for audit in audits])) if audits else float("nan")
-              for check in reasoning_length.AUDIT_CHECKS}
-    return {**shares, "replies": len(audits)}
+    audits = [[reasoning_length.audit_worked_answer(a, b, text)
+               for (a, b), text in zip(operands, row)] for row in texts]
+    audited = np.array([[audit is not None for audit in row] for row in audits])
+    out = {}
+    for check in reasoning_length.AUDIT_CHECKS:
+        passed = np.array([[bool(audit and audit[check]) for audit in row] for row in audits])
+        per_sum = _per_sum(passed, audited)
+        out[check] = per_sum if by_sum else (float(passed[audited].mean()) if audited.any()
+                                             else float("nan"))
+    return {**out, "replies": int(audited.sum())}

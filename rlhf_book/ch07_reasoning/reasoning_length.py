@@ -21,14 +21,15 @@ import re
 __all__ = ["shows_work", "audit_worked_answer", "AUDIT_CHECKS"]
 
 # A step: two or three non-negative integers added, "=", their sum as written ("4 + 3 + 1 = 8").
-STEP = re.compile(r"(\d+) \+ (\d+)(?: \+ (\d+))? = (\d+)")
-# The stated answer: the number after "answer is".
+# Not inside a longer sum: "4 + 3 + 1 + 1 = 9" is no step (a column adds at most three terms).
+STEP = re.compile(r"(?<!\+ )(?<!\d)(\d+) \+ (\d+)(?: \+ (\d+))? = (\d+)")
+# The stated answer: the number after the last "answer is" (the verifier, too, reads the last).
 STATED = re.compile(r"answer is (-?\d+)")
 AUDIT_CHECKS = ("facts", "columns", "carry", "follows")
 
 
 def shows_work(text: str) -> bool:
-    """Whether ``text`` writes at least one step (``"a + b = c"``) before its answer."""
+    """Whether ``text`` writes at least one step (``"a + b = c"``, ``STEP``) anywhere."""
     return STEP.search(text) is not None
 
 
@@ -45,8 +46,8 @@ def audit_worked_answer(a: int, b: int, text: str) -> dict[str, bool] | None:
       their tens digits (the first two terms of each, in either order);
     * ``"carry"``: the tens step has a third term, and it is 1, exactly when the ones digits
       add to 10 or more;
-    * ``"follows"``: the stated answer (the number after "answer is"; none is ``False``) is
-      the one the two steps give, ``10 * tens + ones % 10`` of the sums as *written* -- right or
+    * ``"follows"``: the stated answer (the number after the last "answer is"; none is
+      ``False``) is the one the two steps give, ``10 * tens + ones % 10`` of the sums as *written* -- right or
       wrong, the answer must follow from the work.
 
     Book ch. 7 (an outcome verifier reads only the answer; §7.1.2, tokens that pay);
@@ -55,20 +56,22 @@ def audit_worked_answer(a: int, b: int, text: str) -> dict[str, bool] | None:
 
     How: ``STEP.findall`` gives each step's terms and sum as strings (an unwritten carry is
     ``""``); compare the first two terms of each step with the digits as sorted pairs, and the
-    number of ``STATED.search`` with the steps' sums."""
+    last number of ``STATED.findall`` with the steps' sums."""
+    if not all(isinstance(x, int) and 10 <= x <= 99 for x in (a, b)):
+        raise ValueError(f"a and b must be integers in 10..99, got {a!r} and {b!r}")
     # BEGIN SOLUTION
     steps = STEP.findall(text)
     if len(steps) < 2:
         return None
     (x0, y0, c0, s0), (x1, y1, c1, s1) = [[int(t) if t else 0 for t in step] for step in steps[:2]]
-    stated = STATED.search(text)
+    stated = STATED.findall(text)
     ones_overflow = a % 10 + b % 10 >= 10
     return {
         "facts": x0 + y0 + c0 == s0 and x1 + y1 + c1 == s1,
         "columns": sorted((x0, y0)) == sorted((a % 10, b % 10))
         and sorted((x1, y1)) == sorted((a // 10, b // 10)),
         "carry": (steps[1][2] == "1") if ones_overflow else (steps[1][2] == ""),
-        "follows": stated is not None and int(stated.group(1)) == 10 * s1 + s0 % 10,
+        "follows": bool(stated) and int(stated[-1]) == 10 * s1 + s0 % 10,
     }
     # END SOLUTION
 # [/guide]

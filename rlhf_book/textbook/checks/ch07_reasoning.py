@@ -664,6 +664,14 @@ def audit_cases(rng) -> list[tuple[int, int, str, dict | None, str]]:
          "no carry when the ones do not overflow"),
         (95, 87, "5 + 7 = 12, 9 + 8 + 1 = 18. The answer is 182.", dict.fromkeys(AUDIT_KEYS, True),
          "a three-digit answer: 10 * 18 + 2"),
+        (47, 38, "7 + 8 = 15, 4 + 3 + 2 = 9. The answer is 95.",
+         {"facts": True, "columns": True, "carry": False, "follows": True},
+         "a carry is 1, never 2"),
+        (47, 38, "7 + 8 = 15, 4 + 3 + 1 = 8. The answer is 84. No: the answer is 85.",
+         dict.fromkeys(AUDIT_KEYS, True), "the LAST stated answer counts, as for the verifier"),
+        (47, 38, "7 + 8 + 0 + 0 = 15, 4 + 3 + 1 = 8, 8 + 7 = 15. The answer is 158.",
+         {"facts": True, "columns": False, "carry": False, "follows": True},
+         "a sum of four terms is no step: the steps read are 4 + 3 + 1 = 8 and 8 + 7 = 15"),
     ]
     for _ in range(40):
         a, b = (int(x) for x in rng.integers(10, 100, 2))
@@ -691,6 +699,20 @@ def audit_cases(rng) -> list[tuple[int, int, str, dict | None, str]]:
         cases.append((a, b, _write(steps, _follows(steps)),
                       {"facts": True, "columns": True, "carry": False, "follows": True},
                       "the carry forgotten" if overflow else "a carry the ones never made"))
+        # a false tens fact, the answer following from it
+        steps = [list(s) for s in right]
+        steps[1][3] += 1
+        cases.append((a, b, _write(steps, _follows(steps)),
+                      {"facts": False, "columns": True, "carry": True, "follows": True},
+                      "a false fact in the TENS step: both steps must be true"))
+        # the wrong tens column: b's ones digit in the tens step, its sum true
+        steps = [list(s) for s in right]
+        if b % 10 != b // 10 and b % 10 != a // 10:
+            steps[1][1] = b % 10
+            steps[1][3] = sum(steps[1][:3])
+            cases.append((a, b, _write(steps, _follows(steps)),
+                          {"facts": True, "columns": False, "carry": True, "follows": True},
+                          "the TENS step adds a ones digit: both columns must be right"))
         # right steps, a different stated answer
         cases.append((a, b, _write(right, a + b + 10),
                       {"facts": True, "columns": True, "carry": True, "follows": False},
@@ -709,5 +731,6 @@ def audit_worked_answer(fn):
         require(isinstance(got, dict) and set(got) >= set(AUDIT_KEYS),
                 f"{what} returned {got!r}: expected a dict with the keys {AUDIT_KEYS}")
         for key in AUDIT_KEYS:
+            because = why if key != "follows" or FOLLOWS in why else f"{why}; {FOLLOWS}"
             expect(bool(got[key]) == expected[key],
-                   f"{what}[{key!r}] is {got[key]!r}, expected {expected[key]} ({why})")
+                   f"{what}[{key!r}] is {got[key]!r}, expected {expected[key]} ({because})")

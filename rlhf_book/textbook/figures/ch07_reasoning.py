@@ -420,7 +420,7 @@ def practices(runs=None) -> FigureResult:
         "Chapter 4's SFT model, mid-trained on two-digit sums answered half directly and half "
         "with the column addition written out, then RLVR (GRPO, last-integer verifier, 40 steps "
         "of 16 training sums x 8, 4 seeds); 64 samples per held-out sum. Left: accuracy of the "
-        "direct and the worked replies before RL (binomial standard errors) and each kind's "
+        "direct and the worked replies, per sum (standard errors over sums), and each kind's "
         "share before and after. Middle: training reward and reply length over RL steps (mean "
         "+- standard error over seeds). Right: pass@k for k = 1..64 before and after "
         "(sharpen or expand?).")
