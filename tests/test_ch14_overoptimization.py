@@ -195,3 +195,98 @@ def test_regressional_goodhart_keeps_rising_extremal_goodhart_falls():
 def test_bad_inputs_name_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# ----------------------------------------------------------------------------------------------
+# The exercises' checks: the reference passes, wrong versions fail with their hint
+
+
+from rlhf_book.textbook.checks import Mismatch  # noqa: E402
+from rlhf_book.textbook.checks import ch14_overoptimization as checks  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["gao_bon", "gao_rl", "gao_peak", "fit_gao",
+                                  "best_of_n_from_samples"])
+def test_the_reference_passes_each_check_of_chapter_14(name):
+    getattr(checks, name)(getattr(ch14, name))
+
+
+def _bon_without_the_square(d, alpha, beta):
+    return jnp.asarray(d) * alpha - beta * jnp.asarray(d)
+
+
+def _rl_plain(d, alpha, beta):
+    d = jnp.asarray(d)
+    return d * (alpha - beta * jnp.log(d))
+
+
+def _rl_single_where(d, alpha, beta):
+    d = jnp.asarray(d)
+    return jnp.where(d > 0, d * (alpha - beta * jnp.log(d)), 0.0)
+
+
+def _peak_rl_without_minus_one(alpha, beta, form="bon"):
+    if form == "bon":
+        return ch14.gao_peak(alpha, beta, "bon")
+    return math.exp(alpha / beta), beta * math.exp(alpha / beta)
+
+
+def _peak_bon_at_alpha_over_beta(alpha, beta, form="bon"):
+    if form == "rl":
+        return ch14.gao_peak(alpha, beta, "rl")
+    return alpha / beta, alpha ** 2 / beta
+
+
+def _fit_keeping_d_0(d, rewards, form="bon"):
+    d, rewards = np.asarray(d, float), np.asarray(rewards, float)
+    g = d if form == "bon" else np.log(np.where(d > 0, d, 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        (a, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(d), -g], 1), rewards / d, rcond=None)
+    return float(a), float(b)
+
+
+def _fit_with_the_other_g(d, rewards, form="bon"):
+    return ch14.fit_gao(d, rewards, "rl" if form == "bon" else "bon")
+
+
+def _bon_with_replacement(proxy, gold, n):
+    proxy, gold = jnp.asarray(proxy), jnp.asarray(gold)
+    m = proxy.shape[-1]
+    ranked = jnp.take_along_axis(gold, jnp.argsort(proxy, axis=-1, stable=True), axis=-1)
+    i = jnp.arange(1, m + 1)
+    return ranked @ ((i / m) ** n - ((i - 1) / m) ** n)
+
+
+def _bon_last_tied_ranks_lowest(proxy, gold, n):
+    proxy, gold = jnp.asarray(proxy), jnp.asarray(gold)
+    flipped = ch14.best_of_n_from_samples(proxy[..., ::-1], gold[..., ::-1], n)
+    return flipped
+
+
+def _bon_over_the_first_axis(proxy, gold, n):
+    proxy, gold = jnp.asarray(proxy), jnp.asarray(gold)
+    if proxy.ndim == 1:
+        return ch14.best_of_n_from_samples(proxy, gold, n)
+    return ch14.best_of_n_from_samples(proxy.T, gold.T, min(n, proxy.shape[0]))
+
+
+WRONG_VERSIONS = [
+    ("gao_bon", _bon_without_the_square, "minus beta times d squared"),
+    ("gao_rl", _rl_plain, "0 * -inf is NaN"),
+    ("gao_rl", _rl_single_where, "the gradient must not be NaN at d = 0"),
+    ("gao_peak", _peak_rl_without_minus_one, "exp(alpha / beta - 1)"),
+    ("gao_peak", _peak_bon_at_alpha_over_beta, "alpha / (2 beta)"),
+    ("fit_gao", _fit_keeping_d_0, "d = 0 gives 0 / 0"),
+    ("fit_gao", _fit_with_the_other_g, "least squares of R / d"),
+    ("best_of_n_from_samples", _bon_with_replacement, "C(i - 1, n - 1) / C(m, n)"),
+    ("best_of_n_from_samples", _bon_last_tied_ranks_lowest, "later of the two tied"),
+    ("best_of_n_from_samples", _bon_over_the_first_axis, "the last axis holds the samples"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, hint", WRONG_VERSIONS,
+                         ids=[wrong.__name__.strip("_") for _, wrong, _ in WRONG_VERSIONS])
+def test_the_chapter_14_checks_catch_wrong_versions_with_their_hint(check, wrong, hint):
+    with pytest.raises(Mismatch) as caught:
+        getattr(checks, check)(wrong)
+    assert hint in str(caught.value), str(caught.value)

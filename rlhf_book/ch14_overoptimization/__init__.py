@@ -1,17 +1,23 @@
 """Chapter 14: over-optimisation -- the proxy reward rises while the true one rises, peaks and
-falls (work in progress: the library's closed-form floor; the notebook, guide and exercises
-follow).
+falls (book ch. 14). Built so far: the closed form, Gao et al.'s forms and best-of-N on the mini
+GPT; RL against the reward model, a train and a test reward model, the KL penalty against early
+stopping and ensembles are still to come.
 
 * :mod:`.gao` -- Gao et al.'s (2023) functional forms of gold reward against the square root
   of the KL, for best-of-N and for RL, their peaks, and their least-squares fit (book §14.2);
 * :mod:`.pool` -- over-optimisation in closed form on a pool of responses with a gold and a
   proxy reward: the KL-regularised optimum (book eq. 95) and best-of-N, both exact, against
-  ``sqrt(KL)``; extremal against regressional Goodhart (book §14.1).
+  ``sqrt(KL)``; extremal against regressional Goodhart (book §14.1);
+* :mod:`.bon` -- best-of-N's expected gold reward estimated from samples, for every N at once;
+* :mod:`.experiments` -- what the notebook runs: the closed-form reference run, and best-of-N
+  on the mini GPT ranked by chapter 5's reward model and scored by the world's gold reward.
 """
 
 from rlhf_book.ch14_overoptimization.gao import *  # noqa: F401,F403
 from rlhf_book.ch14_overoptimization.gao import __all__ as _gao_all
 from rlhf_book.ch14_overoptimization.pool import *  # noqa: F401,F403
 from rlhf_book.ch14_overoptimization.pool import __all__ as _pool_all
+from rlhf_book.ch14_overoptimization.bon import *  # noqa: F401,F403
+from rlhf_book.ch14_overoptimization.bon import __all__ as _bon_all
 
-__all__ = list(_gao_all) + list(_pool_all)
+__all__ = list(_gao_all) + list(_pool_all) + list(_bon_all)

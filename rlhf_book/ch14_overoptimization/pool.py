@@ -95,6 +95,7 @@ def _curve(policies, pool: Pool, ref) -> dict[str, np.ndarray]:
             **{k: np.asarray(v, np.float64) for k, v in means.items()}}
 
 
+# [guide:pool-curves]
 def tilt_curve(pool: Pool, betas) -> dict[str, np.ndarray]:
     """The KL-regularised optimum against the proxy, ``pi_beta ∝ exp(proxy / beta)`` from the
     uniform ``pi_ref`` (book eq. 95), for each ``beta`` of ``betas [M]``: its exact
@@ -122,3 +123,4 @@ def bon_curve(pool: Pool, ns) -> dict[str, np.ndarray]:
     out = _curve(policies, pool, ref)
     out["sqrt_kl_formula"] = np.sqrt(np.asarray(best_of_n_kl(ns.astype(np.float64)), np.float64))
     return out
+# [/guide]

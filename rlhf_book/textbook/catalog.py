@@ -394,6 +394,33 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
     ),
     Chapter(
+        14, "overoptimization", "Over-optimisation: the proxy rises, the truth peaks and falls",
+        "book ch. 14, which has no numbered equations (the introduction and Figure 38: a proxy "
+        "that rises while the downstream score peaks and falls; §14.1 qualitative "
+        "over-optimisation, Goodhart's law, stock phrases and confident wrong answers; §14.2 "
+        "quantitative: reward against the square root of the KL; §14.3 misalignment); Gao, "
+        "Schulman and Hilton 2023 (the best-of-N and RL forms and their fit); Manheim and "
+        "Garrabrant 2018 (regressional and extremal Goodhart); book eq. 95 and §9.3 for the "
+        "policies optimised",
+        exercises=(
+            Exercise("14.1", "Gao et al.'s best-of-N form d (alpha - beta d)",
+                     "rlhf_book.ch14_overoptimization.gao:gao_bon",
+                     "book §14.2; Gao et al. 2023", difficulty=1),
+            Exercise("14.2", "Gao et al.'s RL form, and its value and gradient at d = 0",
+                     "rlhf_book.ch14_overoptimization.gao:gao_rl",
+                     "book §14.2; Gao et al. 2023", difficulty=2),
+            Exercise("14.3", "where each form peaks",
+                     "rlhf_book.ch14_overoptimization.gao:gao_peak",
+                     "book §14.2; Gao et al. 2023", difficulty=1),
+            Exercise("14.4", "fitting the forms by least squares",
+                     "rlhf_book.ch14_overoptimization.gao:fit_gao",
+                     "book §14.2; Gao et al. 2023", difficulty=2),
+            Exercise("14.5", "best-of-N's gold reward from samples, for every N at once",
+                     "rlhf_book.ch14_overoptimization.bon:best_of_n_from_samples",
+                     "book §14.2 and §9.3; Gao et al. 2023", difficulty=2),
+        ),
+    ),
+    Chapter(
         15, "regularization", "Regularisation: the KL penalty and what else keeps a policy close",
         "book ch. 15 (§15.1 the KL to a reference, eqs. 126, 127, 128, 129, and the "
         "implementation example of §15.1.2; §15.2 implicit regularisation: SFT memorises / RL "

@@ -1,0 +1,157 @@
+"""Chapter 14 figures: the book's Figure 38 (a proxy that keeps rising while the true reward
+peaks and falls) as data, on a closed-form pool of responses optimised exactly by the
+KL-regularised tilt and by best-of-N, with Gao et al.'s (2023) forms fitted; regressional
+against extremal Goodhart, averaged over pools; and best-of-N on the mini GPT, ranked by
+chapter 5's reward model and scored by the world's gold reward.
+
+This module only draws; the numbers come from
+:mod:`rlhf_book.ch14_overoptimization.experiments`. ``notebooks/ch14_overoptimization.ipynb``
+passes its own results; with no arguments (``rlhf-book figures ch14``) the figures recompute
+them (the mini GPT's from ``substrate.sft_small()`` and ``substrate.reward_model_small()``),
+each once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from rlhf_book import ch14_overoptimization as ch14
+from rlhf_book.ch14_overoptimization import experiments as ex
+from rlhf_book.lm.eval import mean_se
+from rlhf_book.textbook import substrate
+from rlhf_book.textbook.figures import FigureResult, figure, finish_axes
+
+COLOURS = {"proxy": "tab:orange", "gold": "tab:blue", "fit": "0.3", "length": "tab:purple"}
+
+
+@functools.lru_cache(maxsize=1)
+def scored_samples() -> dict:
+    """:func:`experiments.scored_samples` of the shared SFT model and reward model."""
+    return ex.scored_samples(substrate.sft_small(), substrate.reward_model_small())
+
+
+FIT_STYLES = {"bon": (":", "0.2"), "rl": ("--", "0.55")}
+
+
+def _fitted(ax, d, gain, form: str, offset: float) -> dict:
+    """Fit ``form`` to ``gain`` (gold over the start) against ``d``, draw it shifted back by
+    ``offset``; returns the fit's numbers and its root-mean-square error."""
+    alpha, beta = ch14.fit_gao(d, gain, form)
+    d_star, r_star = ch14.gao_peak(alpha, beta, form)
+    form_fn = ch14.gao_bon if form == "bon" else ch14.gao_rl
+    rmse = float(np.sqrt(np.mean((np.asarray(form_fn(d, alpha, beta)) - gain) ** 2)))
+    grid = np.linspace(0, max(d) * 1.02, 200)
+    ls, colour = FIT_STYLES[form]
+    ax.plot(grid, np.asarray(form_fn(grid, alpha, beta)) + offset, ls, color=colour, lw=1.2,
+            label=f"Gao {form} form fitted: peak d* = {d_star:.2f}")
+    return {"alpha": alpha, "beta": beta, "d_star": d_star, "r_star": r_star, "rmse": rmse}
+
+
+@figure("ch14_figure38", "ch14",
+        "The book's Figure 38 as data: a pool of 20,000 responses whose proxy reward "
+        "q + 0.25 (L - 4) rewards length L that the gold reward q - 0.05 (L - 4)^2 punishes, "
+        "optimised exactly. Left: the KL-regularised optimum pi ∝ exp(proxy / beta) (book "
+        "eq. 95) for beta from 10 to 0.1; middle: best-of-N ranked by the proxy, N = 1..1024; "
+        "both against d = sqrt(KL to the uniform start), with Gao et al.'s (2023) forms fitted "
+        "to the gold reward gained over the start: the best-of-N form d (alpha - beta d) "
+        "(dotted) on both, the RL form d (alpha - beta log d) (dashed) on the optimum. Right: "
+        "the mean length of the optimised responses.")
+def figure38(curves=None) -> FigureResult:
+    curves = ex.pool_curves() if curves is None else curves
+    fig = Figure(figsize=(14, 3.9))
+    axes = fig.subplots(1, 3)
+    numbers = {}
+    start = float(curves["bon"]["gold"][0])  # N = 1: the uniform start's gold reward
+    for ax, (name, title) in zip(axes[:2], (("tilt", "KL-regularised optimum"),
+                                            ("bon", "best-of-N"))):
+        c = curves[name]
+        d = np.asarray(c["sqrt_kl_formula"] if name == "bon" else c["sqrt_kl"])
+        for key in ("proxy", "gold"):
+            ax.plot(d, c[key], "o-", ms=3, color=COLOURS[key], label=f"{key} reward")
+        numbers[name] = {k: np.asarray(v).tolist() for k, v in c.items()}
+        numbers[name]["fit"] = {f: _fitted(ax, d, np.asarray(c["gold"]) - start, f, start)
+                                for f in (("bon", "rl") if name == "tilt" else ("bon",))}
+        numbers[name]["peak_d"] = float(d[int(np.argmax(c["gold"]))])
+        finish_axes(ax, xlabel="d = sqrt(KL)", ylabel="mean reward", title=title)
+        ax.legend(fontsize=7.5, loc="upper left")
+        axes[2].plot(d, c["length"], "o-", ms=3, label=title)
+    finish_axes(axes[2], xlabel="d = sqrt(KL)", ylabel="mean length L",
+                title="what the proxy bought: length")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return FigureResult(fig, numbers)
+
+
+@figure("ch14_goodhart", "ch14",
+        "Which mismatch makes the gold reward fall (Goodhart's law; Manheim and Garrabrant "
+        "2018). The KL-regularised optimum of a proxy on 60 pools of 20,000 responses each: "
+        "a proxy that is gold plus independent noise (regressional) and the length-rewarding "
+        "proxy of Figure 38 (extremal). Mean gold reward +- standard error over pools against "
+        "d = sqrt(KL), with each pool's own curve faint: a single pool's strongest tilts rest "
+        "on its few best-proxy responses.")
+def goodhart(kinds=None) -> FigureResult:
+    kinds = ex.goodhart_kinds() if kinds is None else kinds
+    fig = Figure(figsize=(10, 3.9))
+    axes = fig.subplots(1, 2, sharey=False)
+    numbers = {}
+    for ax, (name, colour) in zip(axes, (("regressional", "tab:green"), ("extremal", "tab:red"))):
+        gold, d = np.asarray(kinds[name]), np.asarray(kinds[name + "_sqrt_kl"])
+        for row in gold[:20]:
+            ax.plot(d, row, color=colour, alpha=0.12, lw=0.8)
+        mean, se = mean_se(gold)
+        ax.errorbar(d, mean, yerr=se, fmt="o-", ms=3, capsize=2, color=colour,
+                    label=f"mean over {len(gold)} pools")
+        numbers[name] = {"sqrt_kl": d.tolist(), "gold": mean.tolist(), "gold_se": se.tolist(),
+                         "pools": int(len(gold))}
+        finish_axes(ax, xlabel="d = sqrt(KL)", ylabel="gold reward",
+                    title=f"{name}: proxy = " + ("gold + noise" if name == "regressional"
+                                                 else "q + 0.25 (L - 4)"))
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return FigureResult(fig, numbers)
+
+
+@figure("ch14_bon_mini_gpt", "ch14",
+        "Best-of-N on the mini GPT: 64 answers of chapter 4's SFT model to each of 128 "
+        "rephrased questions, ranked by chapter 5's reward model (the proxy) and scored by the "
+        "world's gold reward; best-of-N for N = 1..64 estimated from the same samples (every "
+        "N-subset averaged), mean +- standard error over questions, against d = sqrt(log N - "
+        "(N - 1) / N). Left: proxy and gold, with Gao et al.'s best-of-N form fitted to the "
+        "gold gained. Right: the length of the picked answers in bytes (the gold reward "
+        "charges for every byte past 48).")
+def bon_mini_gpt(scored=None) -> FigureResult:
+    scored = scored_samples() if scored is None else scored
+    curves = ex.bon_curves(scored)
+    d = curves["sqrt_kl"]
+    fig = Figure(figsize=(11, 3.9))
+    left, right = fig.subplots(1, 2)
+    numbers = {"N": list(ex.BON_NS), "sqrt_kl": d.tolist()}
+    twin = left.twinx()
+    for ax, key in ((twin, "proxy"), (left, "gold")):
+        mean, se = mean_se(curves[key], axis=1)
+        ax.errorbar(d, mean, yerr=se, fmt="o-", ms=3, capsize=2, color=COLOURS[key],
+                    label=f"{key} reward")
+        ax.set_ylabel(f"{key} reward" + (" (reward model)" if key == "proxy" else ""),
+                      color=COLOURS[key])
+        numbers[key], numbers[key + "_se"] = mean.tolist(), se.tolist()
+    gold = np.asarray(numbers["gold"])
+    numbers["fit"] = _fitted(left, d, gold - gold[0], "bon", gold[0])
+    # paired per question: the last N against the peak of the mean curve (chosen after looking,
+    # so a little optimistic) and against N = 1 (chosen before)
+    numbers["fall_from_peak"] = list(map(float, mean_se(curves["gold"][-1]
+                                                        - curves["gold"][int(np.argmax(gold))])))
+    numbers["change_from_start"] = list(map(float, mean_se(curves["gold"][-1]
+                                                           - curves["gold"][0])))
+    finish_axes(left, xlabel="d = sqrt(KL)", title="proxy keeps rising, gold peaks and falls")
+    left.legend(fontsize=7.5, loc="lower left")
+    mean, se = mean_se(curves["bytes"], axis=1)
+    right.errorbar(d, mean, yerr=se, fmt="o-", ms=3, capsize=2, color=COLOURS["length"])
+    right.axhline(48, color="0.5", lw=0.8, ls=":")
+    numbers["bytes"] = mean.tolist()
+    finish_axes(right, xlabel="d = sqrt(KL)", ylabel="bytes of the picked answer",
+                title="the picks grow longer")
+    fig.tight_layout()
+    return FigureResult(fig, numbers)
