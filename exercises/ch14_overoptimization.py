@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm.checks import as_float_array, check_choice, check_range, is_traced
+from rlhf_book.lm.checks import as_float_array, check_choice, check_range
 from rlhf_book.ch14_overoptimization.gao import FORMS
-from rlhf_book.ch14_overoptimization.bon import best_of_n_weights
+from rlhf_book.ch14_overoptimization.bon import _check_n, best_of_n_weights
 
 
 def gao_bon(d, alpha, beta) -> jax.Array:
@@ -47,11 +47,12 @@ def gao_rl(d, alpha, beta) -> jax.Array:
 
 def gao_peak(alpha, beta, form: str = "bon") -> tuple[float, float]:
     """``(d*, R*)``: where Gao et al.'s ``form`` (``"bon"`` or ``"rl"``) with parameters
-    ``alpha`` and ``beta > 0`` peaks, and its gold reward there (book §14.2; Gao et al. 2023):
+    ``alpha > 0`` and ``beta > 0`` peaks, and its gold reward there (book §14.2; Gao et al. 2023):
     the point where more optimisation starts to lose gold reward. Shapes: scalars in, a tuple
     of two floats out (for many fits, ``alphas [M]`` and ``betas [M]``, call it per fit).
     """
     check_choice(form, "form", FORMS)
+    check_range(alpha, "alpha", 0, strict=True)
     check_range(beta, "beta", 0, strict=True)
     raise NotImplementedError('Exercise 14.3 (where each form peaks; book §14.2; Gao et al. 2023) is not started: replace this line with your solution.')
 
@@ -77,9 +78,10 @@ def fit_gao(d, rewards, form: str = "bon") -> tuple[float, float]:
 def best_of_n_from_samples(proxy, gold, n) -> jax.Array:
     """The expected ``gold`` reward of best-of-``n`` ranked by ``proxy``, estimated without
     bias from ``m >= n`` samples per prompt: ``proxy [..., m]`` and ``gold [..., m]`` ->
-    ``[...]``. Sort each row by the proxy (ties: the earlier sample ranks lower) and weigh the
-    ``i``-th lowest sample's gold by ``C(i - 1, n - 1) / C(m, n)``, the probability that it is
-    the proxy's pick from a random ``n``-subset. ``n = 1`` is the mean gold reward, ``n = m``
+    ``[...]``. Sort each row by the proxy and weigh the ``i``-th lowest sample's gold by
+    ``C(i - 1, n - 1) / C(m, n)``, the probability that it is the proxy's pick from a random
+    ``n``-subset; among equal proxies the earlier sample wins, as ``argmax`` picks (so it
+    ranks higher). ``n = 1`` is the mean gold reward, ``n = m``
     the gold reward of the proxy's top sample; ``gold = proxy`` gives the proxy's own
     best-of-``n`` score. Book §14.2 (Gao et al. 2023's best-of-N curves); chapter 9's
     best-of-N.
@@ -90,9 +92,7 @@ def best_of_n_from_samples(proxy, gold, n) -> jax.Array:
         raise ValueError(f"proxy and gold must have one shape [..., m], got {proxy.shape} and "
                          f"{gold.shape}")
     m = proxy.shape[-1]
-    if not is_traced(n) and (isinstance(n, bool) or not float(n).is_integer()
-                             or not 1 <= n <= m):
-        raise ValueError(f"n must be an integer in 1..{m} (the samples per prompt), got {n!r}")
+    _check_n(n, m)
     raise NotImplementedError("Exercise 14.5 (best-of-N's gold reward from samples, for every N at once; book §14.2 and §9.3; Gao et al. 2023) is not started: replace this line with your solution.")
 
-# stub fingerprint: cf71269053578a1f
+# stub fingerprint: 89ba17865aa64230

@@ -29,6 +29,8 @@ from rlhf_book.ch06_policy_gradients import losses as ch06
 from rlhf_book.ch07_reasoning import rlvr as ch07
 from rlhf_book.ch08_direct_alignment import losses as ch08
 from rlhf_book.ch09_rejection_sampling import selection as ch09
+from rlhf_book.ch14_overoptimization import bon as ch14_bon
+from rlhf_book.ch14_overoptimization import gao as ch14_gao
 from rlhf_book.ch15_regularization import losses as ch15
 from rlhf_book.lm import kl as lmkl
 from rlhf_book.lm import ops as lmops
@@ -292,6 +294,14 @@ CASES = [
     Case("expected_best_of_n_reward", ch09.expected_best_of_n_reward,
          dict(probs=probs(), rewards=normal(K), n=4), ("probs", "rewards"),
          batch=("probs", "rewards")),
+    # chapter 14
+    Case("gao_bon", ch14_gao.gao_bon, dict(d=unit(K), alpha=1.0, beta=0.5), ("d",),
+         batch=("d",)),
+    Case("gao_rl", ch14_gao.gao_rl, dict(d=unit(K), alpha=1.0, beta=0.5), ("d",),
+         batch=("d",)),
+    Case("best_of_n_from_samples", ch14_bon.best_of_n_from_samples,
+         dict(proxy=normal(B, K), gold=normal(B, K), n=2), ("proxy", "gold"),
+         batch=("proxy", "gold")),
     # chapter 15
     Case("exact_kl", ch15.exact_kl, dict(logits_p=normal(N, V), logits_q=normal(N, V)),
          ("logits_p", "logits_q"), logits=("logits_p", "logits_q"),

@@ -1,10 +1,10 @@
-"""Tests of chapter 14's closed-form floor (rlhf_book.ch14_overoptimization).
+"""Tests of chapter 14's library (rlhf_book.ch14_overoptimization).
 
 Expected values come from outside the implementation: the peaks of Gao et al.'s forms by
-calculus and by a grid search, least squares recovering known parameters, the reference run of
-the closed-form pool (seed 0, K = 20,000) computed in float64 NumPy by an independent script
-and recorded with the project's reference notes, plain float64 loops over small pools, and Monte
-Carlo simulation of best-of-N within 4 standard errors.
+calculus and by a grid search, least squares recovering known parameters, the pool's optimum
+and best-of-N written out again here in float64 NumPy (`_tilt_float64`, `_bon_float64`), plain
+loops and enumeration over small pools, chapter 9's float64 best-of-N estimator (`math.comb`),
+and Monte Carlo simulation of best-of-N within 4 standard errors.
 """
 
 from __future__ import annotations
@@ -76,21 +76,28 @@ def test_fit_gao_on_noisy_curves_is_within_its_standard_error():
 # ----------------------------------------------------------------------------------------------
 # The closed-form pool
 
-# The reference run (seed 0, K = 20,000, numpy float64): the KL-regularised optimum and exact
-# best-of-N against the length-biased proxy.
 REFERENCE_BETAS = (10, 3, 2, 1.5, 1, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-REFERENCE_TILT = {
-    "sqrt_kl": (0.079, 0.266, 0.402, 0.539, 0.819, 1.033, 1.390, 1.664, 2.023, 2.441, 2.834, 3.102),
-    "proxy": (0.130, 0.428, 0.645, 0.866, 1.322, 1.674, 2.268, 2.724, 3.315, 3.964, 4.483, 4.731),
-    "gold": (-0.106, 0.092, 0.225, 0.348, 0.563, 0.688, 0.815, 0.845, 0.802, 0.652, 0.338, -0.343),
-    "length": (4.10, 4.37, 4.58, 4.81, 5.33, 5.78, 6.63, 7.34, 8.34, 9.49, 10.60, 11.79),
-}
 REFERENCE_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-REFERENCE_BON = {
-    "sqrt_kl_formula": (0, 0.439, 0.798, 1.097, 1.355, 1.580, 1.782, 1.965, 2.133, 2.289, 2.436),
-    "proxy": (0.004, 0.635, 1.163, 1.616, 2.016, 2.375, 2.705, 3.015, 3.310, 3.586, 3.836),
-    "gold": (-0.195, 0.264, 0.594, 0.821, 0.964, 1.044, 1.072, 1.042, 0.935, 0.764, 0.610),
-}
+
+
+def _tilt_float64(pool, beta):
+    """pi ∝ exp(proxy / beta) over the pool, its sqrt KL to uniform and its mean gold, proxy and
+    length: float64 NumPy, written from book eq. 95."""
+    logits = pool.proxy / beta
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    kl = float(np.sum(p * np.log(p * len(p), where=p > 0, out=np.zeros_like(p))))
+    return {"sqrt_kl": math.sqrt(kl), "gold": p @ pool.gold, "proxy": p @ pool.proxy,
+            "length": p @ pool.length}
+
+
+def _bon_float64(pool, n):
+    """Best-of-n of uniform draws ranked by the proxy: the i-th lowest of K is the best of n
+    draws with probability (i / K)^n - ((i - 1) / K)^n (distinct proxies)."""
+    order = np.argsort(pool.proxy)
+    i = np.arange(1, len(order) + 1)
+    pmf = (i / len(i)) ** n - ((i - 1) / len(i)) ** n
+    return {key: float(pmf @ getattr(pool, key)[order]) for key in ("gold", "proxy", "length")}
 
 
 @pytest.fixture(scope="module")
@@ -98,24 +105,31 @@ def pool():
     return ch14.length_pool()
 
 
-def test_the_tilts_reproduce_the_reference_run(pool):
+def test_the_tilts_agree_with_float64_numpy_and_peak_in_the_middle(pool):
     got = ch14.tilt_curve(pool, REFERENCE_BETAS)
-    for key, expected in REFERENCE_TILT.items():
-        atol = 6e-3 if key == "length" else 1.5e-3  # the reference rounds length to 2 decimals
-        np.testing.assert_allclose(got[key], expected, atol=atol, err_msg=key)
+    for j, beta in enumerate(REFERENCE_BETAS):
+        want = _tilt_float64(pool, beta)
+        for key, value in want.items():
+            assert got[key][j] == pytest.approx(value, abs=2e-3), (key, beta)
     # the proxy rises with optimisation; gold rises, peaks in the middle, falls; length drifts up
     assert np.all(np.diff(got["proxy"]) > 0) and np.all(np.diff(got["length"]) > 0)
     peak = int(np.argmax(got["gold"]))
     assert 0 < peak < len(REFERENCE_BETAS) - 1 and REFERENCE_BETAS[peak] == 0.5
+    assert got["gold"][-1] < got["gold"][0]  # past the peak, below where it started
 
 
-def test_exact_best_of_n_reproduces_the_reference_run(pool):
+def test_exact_best_of_n_agrees_with_float64_numpy_and_the_kl_formula(pool):
     got = ch14.bon_curve(pool, REFERENCE_NS)
-    for key, expected in REFERENCE_BON.items():
-        np.testing.assert_allclose(got[key], expected, atol=1.5e-3, err_msg=key)
+    for j, n in enumerate(REFERENCE_NS):
+        for key, value in _bon_float64(pool, n).items():
+            assert got[key][j] == pytest.approx(value, abs=2e-3), (key, n)
+        # the continuous formula (Stiennon et al. 2020), written out
+        assert got["sqrt_kl_formula"][j] == pytest.approx(math.sqrt(math.log(n) - (n - 1) / n),
+                                                          abs=1e-6)
     # with 20,000 distinct proxy values the exact KL is the continuous formula's, almost
     np.testing.assert_allclose(got["sqrt_kl"], got["sqrt_kl_formula"], atol=2e-3)
     assert REFERENCE_NS[int(np.argmax(got["gold"]))] == 64
+    assert np.all(np.diff(got["proxy"]) > 0)
 
 
 def test_the_fitted_bon_peak_is_where_the_gold_peaks(pool):
@@ -257,10 +271,10 @@ def _bon_with_replacement(proxy, gold, n):
     return ranked @ ((i / m) ** n - ((i - 1) / m) ** n)
 
 
-def _bon_last_tied_ranks_lowest(proxy, gold, n):
+def _bon_later_tied_wins(proxy, gold, n):  # a plain stable sort: the later tie ranks higher
     proxy, gold = jnp.asarray(proxy), jnp.asarray(gold)
-    flipped = ch14.best_of_n_from_samples(proxy[..., ::-1], gold[..., ::-1], n)
-    return flipped
+    ranked = jnp.take_along_axis(gold, jnp.argsort(proxy, axis=-1, stable=True), axis=-1)
+    return ranked @ ch14.best_of_n_weights(proxy.shape[-1], n)
 
 
 def _bon_over_the_first_axis(proxy, gold, n):
@@ -279,7 +293,7 @@ WRONG_VERSIONS = [
     ("fit_gao", _fit_keeping_d_0, "d = 0 gives 0 / 0"),
     ("fit_gao", _fit_with_the_other_g, "least squares of R / d"),
     ("best_of_n_from_samples", _bon_with_replacement, "C(i - 1, n - 1) / C(m, n)"),
-    ("best_of_n_from_samples", _bon_last_tied_ranks_lowest, "later of the two tied"),
+    ("best_of_n_from_samples", _bon_later_tied_wins, "earlier of the two tied"),
     ("best_of_n_from_samples", _bon_over_the_first_axis, "the last axis holds the samples"),
 ]
 
@@ -290,3 +304,31 @@ def test_the_chapter_14_checks_catch_wrong_versions_with_their_hint(check, wrong
     with pytest.raises(Mismatch) as caught:
         getattr(checks, check)(wrong)
     assert hint in str(caught.value), str(caught.value)
+
+
+def test_best_of_n_from_samples_agrees_with_chapter_9s_float64_estimator():
+    from rlhf_book.ch09_rejection_sampling.experiments import pool_best_of_n
+    rng = np.random.default_rng(6)
+    proxy, gold = rng.normal(size=(5, 64)), rng.normal(size=(5, 64))
+    for n in (1, 2, 8, 33, 64):
+        want = pool_best_of_n(gold, n, by=proxy)
+        got = np.asarray(ch14.best_of_n_from_samples(proxy.astype(np.float32),
+                                                     gold.astype(np.float32), n))
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    assert float(jnp.sum(ch14.best_of_n_weights(20_000, 64))) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: ch14.best_of_n_weights(4, 0), "n"),
+    (lambda: ch14.best_of_n_weights(0, 1), "m"),
+    (lambda: ch14.best_of_n_from_samples(np.zeros(4), np.zeros(4), "2"), "n"),
+    (lambda: ch14.best_of_n_from_samples(np.zeros(4), np.zeros(4), 5), "n"),
+    (lambda: ch14.best_of_n_from_samples(np.zeros(4), np.zeros(3), 2), "proxy and gold"),
+    (lambda: ch14.gao_peak(float("nan"), 1.0), "alpha"),
+    (lambda: ch14.gao_peak(-1.0, 1.0), "alpha"),
+    (lambda: ch14.length_pool(length_penalty=-1.0), "length_penalty"),
+    (lambda: ch14.bon_curve(ch14.noisy_pool(size=10), ["a"]), "ns"),
+])
+def test_more_bad_inputs_name_the_argument(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()

@@ -18,9 +18,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 
 from rlhf_book.lm.checks import as_float_array, is_traced
+
+
+def _check_n(n, m: int) -> None:
+    """``n`` must be an integer in ``1..m`` (unless traced)."""
+    if not is_traced(n) and (isinstance(n, bool) or not isinstance(n, (int, float, np.integer,
+                                                                       np.floating))
+                             or not float(n).is_integer() or not 1 <= n <= m):
+        raise ValueError(f"n must be an integer in 1..{m} (the samples per prompt), got {n!r}")
 
 __all__ = ["best_of_n_weights", "best_of_n_from_samples"]
 
@@ -33,36 +42,41 @@ def _log_comb(a, b):
 def best_of_n_weights(m: int, n) -> jax.Array:
     """``[m]``: the probability that the best of a uniformly random ``n``-subset of ``m``
     ranked samples is the ``i``-th lowest, ``C(i - 1, n - 1) / C(m, n)`` for ``i = 1..m``
-    (0 for ``i < n``); it sums to 1. ``n`` may be traced (``1 <= n <= m``)."""
+    (0 for ``i < n``); it sums to 1 (normalised, so that float32's rounding of the log-gamma
+    terms does not leak mass at large ``m``). ``n`` may be traced (``1 <= n <= m``)."""
+    if not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"m must be an integer >= 1 (samples per prompt), got {m!r}")
+    _check_n(n, m)
     i = jnp.arange(1, m + 1, dtype=jnp.float32)
     n = jnp.asarray(n, jnp.float32)
     log_w = _log_comb(i - 1.0, n - 1.0) - _log_comb(jnp.float32(m), n)
-    return jnp.where(i >= n, jnp.exp(log_w), 0.0)
+    weights = jnp.where(i >= n, jnp.exp(log_w), 0.0)
+    return weights / jnp.sum(weights)
 
 
 def best_of_n_from_samples(proxy, gold, n) -> jax.Array:
     """The expected ``gold`` reward of best-of-``n`` ranked by ``proxy``, estimated without
     bias from ``m >= n`` samples per prompt: ``proxy [..., m]`` and ``gold [..., m]`` ->
-    ``[...]``. Sort each row by the proxy (ties: the earlier sample ranks lower) and weigh the
-    ``i``-th lowest sample's gold by ``C(i - 1, n - 1) / C(m, n)``, the probability that it is
-    the proxy's pick from a random ``n``-subset. ``n = 1`` is the mean gold reward, ``n = m``
+    ``[...]``. Sort each row by the proxy and weigh the ``i``-th lowest sample's gold by
+    ``C(i - 1, n - 1) / C(m, n)``, the probability that it is the proxy's pick from a random
+    ``n``-subset; among equal proxies the earlier sample wins, as ``argmax`` picks (so it
+    ranks higher). ``n = 1`` is the mean gold reward, ``n = m``
     the gold reward of the proxy's top sample; ``gold = proxy`` gives the proxy's own
     best-of-``n`` score. Book §14.2 (Gao et al. 2023's best-of-N curves); chapter 9's
     best-of-N.
 
-    How: ``jnp.argsort(proxy, axis=-1, stable=True)``, ``jnp.take_along_axis`` for the gold,
-    and :func:`best_of_n_weights`."""
+    How: a stable ``jnp.argsort`` of the row reversed (so that, among ties, the earlier sample
+    sorts last), ``jnp.take_along_axis`` for the gold, and :func:`best_of_n_weights`."""
     proxy = as_float_array(proxy, "proxy")
     gold = as_float_array(gold, "gold")
     if proxy.shape != gold.shape or proxy.ndim == 0:
         raise ValueError(f"proxy and gold must have one shape [..., m], got {proxy.shape} and "
                          f"{gold.shape}")
     m = proxy.shape[-1]
-    if not is_traced(n) and (isinstance(n, bool) or not float(n).is_integer()
-                             or not 1 <= n <= m):
-        raise ValueError(f"n must be an integer in 1..{m} (the samples per prompt), got {n!r}")
+    _check_n(n, m)
     # BEGIN SOLUTION
-    order = jnp.argsort(proxy, axis=-1, stable=True)
+    # ascending by proxy; reversing first puts the earlier of equal proxies last (highest)
+    order = m - 1 - jnp.argsort(proxy[..., ::-1], axis=-1, stable=True)
     ranked_gold = jnp.take_along_axis(gold, order, axis=-1)
     return ranked_gold @ best_of_n_weights(m, n).astype(ranked_gold.dtype)
     # END SOLUTION

@@ -72,7 +72,8 @@ def bon_curves(scored: dict, ns=BON_NS) -> dict[str, np.ndarray]:
     """Best-of-N ranked by the proxy, from :func:`scored_samples`, for every ``N`` of ``ns``:
     ``"gold"``, ``"proxy"`` and ``"bytes"`` of the pick, each ``[len(ns), Q]`` (per question:
     the unit of a standard error), and ``"sqrt_kl"`` ``[len(ns)]``, ``sqrt(log N - (N -
-    1) / N)`` (exact for the reward model's continuous scores)."""
+    1) / N)``: exact when no two samples tie, an upper bound when the policy repeats an answer
+    (Beirami et al. 2024)."""
     proxy = np.asarray(scored["proxy"], np.float32)
     out = {key: np.stack([np.asarray(bon.best_of_n_from_samples(proxy, np.asarray(
         scored[key], np.float32), int(n)), np.float64) for n in ns])

@@ -58,13 +58,14 @@ def gao_rl(d, alpha, beta) -> jax.Array:
 
 def gao_peak(alpha, beta, form: str = "bon") -> tuple[float, float]:
     """``(d*, R*)``: where Gao et al.'s ``form`` (``"bon"`` or ``"rl"``) with parameters
-    ``alpha`` and ``beta > 0`` peaks, and its gold reward there (book §14.2; Gao et al. 2023):
+    ``alpha > 0`` and ``beta > 0`` peaks, and its gold reward there (book §14.2; Gao et al. 2023):
     the point where more optimisation starts to lose gold reward. Shapes: scalars in, a tuple
     of two floats out (for many fits, ``alphas [M]`` and ``betas [M]``, call it per fit).
 
     How: set each form's derivative to 0: ``alpha - 2 beta d = 0`` for best-of-N,
     ``alpha - beta log d - beta = 0`` for RL; then evaluate the form there."""
     check_choice(form, "form", FORMS)
+    check_range(alpha, "alpha", 0, strict=True)
     check_range(beta, "beta", 0, strict=True)
     # BEGIN SOLUTION
     if form == "bon":

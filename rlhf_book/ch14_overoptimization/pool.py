@@ -14,7 +14,7 @@ a reward model learned. Two policies push on the proxy, both exact on a finite p
 Both are measured at ``d = sqrt(KL(pi || pi_ref))``, the x-axis of Gao et al. (2023). Which
 kind of mismatch makes the gold reward fall (Goodhart's law in the taxonomy of Manheim and
 Garrabrant 2018): a proxy that is gold plus independent noise (**regressional**) lets gold
-rise ever more slowly than the proxy, but rise; a proxy that rewards a feature gold punishes
+rise, by a fixed fraction of the proxy's gain (``1 / (1 + noise^2)`` for Gaussian gold); a proxy that rewards a feature gold punishes
 at the extremes (**extremal**, here length) makes it rise, peak and fall. Both statements are
 about the expectation over pools: a single pool's strongest tilts rest on its few best-proxy
 responses, so one pool's tail can go either way (the tests average 60 pools).
@@ -36,7 +36,7 @@ from rlhf_book.lm.checks import as_float_array, check_range
 
 __all__ = ["Pool", "length_pool", "noisy_pool", "exact_kl", "tilt_curve", "bon_curve"]
 
-# The pool of the inventory's reference run (seed 0, drawn in this order): q ~ N(0, 1),
+# The reference pool (seed 0, drawn in this order): q ~ N(0, 1),
 # L ~ Gamma(4, 1); gold = q - 0.05 (L - 4)^2 (a reply of typical length is best), proxy =
 # q + 0.25 (L - 4) (a reward model that learned "longer is better").
 POOL_SIZE = 20_000
@@ -60,6 +60,8 @@ def length_pool(seed: int = 0, size: int = POOL_SIZE, length_penalty: float = LE
     ever longer responses, which gold punishes. Book §14.1 (verbose answers as a hack)."""
     if not isinstance(size, (int, np.integer)) or size < 2:
         raise ValueError(f"size must be an integer >= 2, got {size!r}")
+    check_range(length_penalty, "length_penalty", 0)
+    check_range(length_bonus, "length_bonus", 0)
     rng = np.random.default_rng(seed)
     q = rng.standard_normal(size)
     length = rng.gamma(4.0, 1.0, size)
@@ -114,7 +116,8 @@ def bon_curve(pool: Pool, ns) -> dict[str, np.ndarray]:
     [M]``: the exact ``sqrt_kl``, ``sqrt_kl_formula`` (``sqrt(log N - (N - 1) / N)``, the
     continuous-reward value Gao et al. use) and the mean ``proxy``, ``gold`` and ``length``."""
     ns = np.asarray(ns)
-    if ns.ndim != 1 or ns.size == 0 or np.any(ns < 1) or np.any(ns != np.round(ns)):
+    if ns.ndim != 1 or ns.size == 0 or not np.issubdtype(ns.dtype, np.number) \
+            or np.any(ns < 1) or np.any(ns != np.round(ns)):
         raise ValueError(f"ns must be a vector of integers >= 1, got {ns!r}")
     ref = jnp.full(len(pool.proxy), 1.0 / len(pool.proxy))
     proxy = jnp.asarray(pool.proxy, jnp.float32)

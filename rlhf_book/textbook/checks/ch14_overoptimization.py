@@ -132,7 +132,7 @@ def fit_gao(fn):
 
 def best_of_n_subsets(proxy, gold, n: int) -> float:
     """The mean, over every ``n``-subset of the samples, of the gold reward of the subset's
-    highest proxy (the earliest sample among equal proxies): plain Python, exact."""
+    highest proxy (the earliest sample among equal proxies, as ``argmax``): plain Python."""
     values = [gold[max(subset, key=lambda i: (proxy[i], -i))]
               for subset in itertools.combinations(range(len(proxy)), n)]
     return float(np.mean(values))
@@ -150,12 +150,15 @@ def best_of_n_from_samples(fn):
                          f"{n}-subset of the {m} samples of the gold of its best proxy: the "
                          "i-th lowest proxy is the pick with probability C(i - 1, n - 1) / C(m, n))",
                          atol=1e-5)
-    # ties: the earlier of two equal proxies ranks lower (a stable sort)
+    # ties: the earlier of two equal proxies wins, as argmax picks
     proxy = np.array([1.0, 2.0, 2.0, 0.0], np.float32)
     gold = np.array([0.0, 10.0, 20.0, 0.0], np.float32)
-    expect_close(fn(proxy, gold, 4), 20.0, "best_of_n_from_samples([1, 2, 2, 0], [0, 10, 20, 0], "
-                 "4) (with all four drawn, the later of the two tied best samples ranks highest)",
-                 atol=1e-5)
+    expect_close(fn(proxy, gold, 4), 10.0, "best_of_n_from_samples([1, 2, 2, 0], [0, 10, 20, 0], "
+                 "4) (with all four drawn, the earlier of the two tied best samples wins, as "
+                 "argmax picks)", atol=1e-5)
+    expect_close(fn(proxy, gold, 3), best_of_n_subsets(proxy, gold, 3),
+                 "best_of_n_from_samples([1, 2, 2, 0], [0, 10, 20, 0], 3) (the earlier of two "
+                 "tied samples wins in every subset that holds both)", atol=1e-5)
     # rows are prompts
     proxy = rng.normal(size=(3, 6)).astype(np.float32)
     gold = rng.normal(size=(3, 6)).astype(np.float32)

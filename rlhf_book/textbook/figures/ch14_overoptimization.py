@@ -119,7 +119,8 @@ def goodhart(kinds=None) -> FigureResult:
         "rephrased questions, ranked by chapter 5's reward model (the proxy) and scored by the "
         "world's gold reward; best-of-N for N = 1..64 estimated from the same samples (every "
         "N-subset averaged), mean +- standard error over questions, against d = sqrt(log N - "
-        "(N - 1) / N). Left: proxy and gold, with Gao et al.'s best-of-N form fitted to the "
+        "(N - 1) / N) (Stiennon et al. 2020; an upper bound where the model repeats an "
+        "answer). Left: proxy and gold, with Gao et al.'s best-of-N form fitted to the "
         "gold gained. Right: the length of the picked answers in bytes (the gold reward "
         "charges for every byte past 48).")
 def bon_mini_gpt(scored=None) -> FigureResult:
@@ -145,6 +146,8 @@ def bon_mini_gpt(scored=None) -> FigureResult:
                                                         - curves["gold"][int(np.argmax(gold))])))
     numbers["change_from_start"] = list(map(float, mean_se(curves["gold"][-1]
                                                            - curves["gold"][0])))
+    numbers["rise_to_8"] = list(map(float, mean_se(curves["gold"][list(ex.BON_NS).index(8)]
+                                                   - curves["gold"][0])))
     finish_axes(left, xlabel="d = sqrt(KL)", title="proxy keeps rising, gold peaks and falls")
     left.legend(fontsize=7.5, loc="lower left")
     mean, se = mean_se(curves["bytes"], axis=1)
