@@ -1,7 +1,7 @@
 """Exercises of chapter 14: Over-optimisation: the proxy rises, the truth peaks and falls.
 
-Book: book ch. 14, which has no numbered equations (the introduction and Figure 38: a proxy that rises while the downstream score peaks and falls; §14.1 qualitative over-optimisation, Goodhart's law, stock phrases and confident wrong answers; §14.2 quantitative: reward against the square root of the KL; §14.3 misalignment); Gao, Schulman and Hilton 2023 (the best-of-N and RL forms and their fit); Manheim and Garrabrant 2018 (regressional and extremal Goodhart); book eq. 95 and §9.3 for the policies optimised.
-Exercises: 14.1 Gao et al.'s best-of-N form d (alpha - beta d), 14.2 Gao et al.'s RL form, and its value and gradient at d = 0, 14.3 where each form peaks, 14.4 fitting the forms by least squares, 14.5 best-of-N's gold reward from samples, for every N at once.
+Book: book ch. 14, which has no numbered equations (the introduction and Figure 38: a proxy that rises while the downstream score peaks and falls; §14.1 qualitative over-optimisation, Goodhart's law, stock phrases and confident wrong answers; §14.2 quantitative: reward against the square root of the KL; §14.3 misalignment); Gao, Schulman and Hilton 2023 (the best-of-N and RL forms and their fit); Manheim and Garrabrant 2018 (regressional and extremal Goodhart); Bai et al. 2022 (Figure 39's train and test reward models); Coste et al. 2024 (reward-model ensembles); book eqs. 82 and 95 and §9.3 for the policies optimised.
+Exercises: 14.1 Gao et al.'s best-of-N form d (alpha - beta d), 14.2 Gao et al.'s RL form, and its value and gradient at d = 0, 14.3 where each form peaks, 14.4 fitting the forms by least squares, 14.5 best-of-N's gold reward from samples, for every N at once, 14.6 one exact policy-gradient step with a KL penalty, plain and natural.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -95,4 +95,21 @@ def best_of_n_from_samples(proxy, gold, n) -> jax.Array:
     _check_n(n, m)
     raise NotImplementedError("Exercise 14.5 (best-of-N's gold reward from samples, for every N at once; book §14.2 and §9.3; Gao et al. 2023) is not started: replace this line with your solution.")
 
-# stub fingerprint: 89ba17865aa64230
+
+def pg_step(logits, proxy, ref_logprobs, beta, lr, natural: bool = False) -> jax.Array:
+    """One exact policy-gradient ascent step on ``J(pi) = E_pi[r] - beta KL(pi || pi_ref)``
+    (book eq. 82; the KL as a penalty in the reward, §15.1) for a tabular policy over a pool:
+    ``logits [K]`` of ``pi``, ``proxy [K]`` the reward, ``ref_logprobs [K]`` of ``pi_ref``.
+    With the KL-shaped reward ``r' = proxy - beta (log pi - log pi_ref)`` and its advantage
+    ``A = r' - E_pi[r']``, the gradient is ``dJ/dlogits = pi * A``: the expectation of
+    REINFORCE's ``A grad log pi`` over the whole pool, so the step has no sampling noise.
+    ``natural=False`` steps by ``lr K pi A`` (the plain gradient, scaled by ``K`` so that its
+    first step from the uniform policy equals the natural one); ``natural=True`` by ``lr A``
+    (the natural gradient of a softmax, Kakade 2001). Returns the new logits ``[K]``.
+    """
+    logits = as_float_array(logits, "logits", "[K]")
+    proxy = as_float_array(proxy, "proxy", "[K]")
+    ref_logprobs = as_float_array(ref_logprobs, "ref_logprobs", "[K]")
+    raise NotImplementedError('Exercise 14.6 (one exact policy-gradient step with a KL penalty, plain and natural; book eq. 82 and §15.1; Gao et al. 2023; Kakade 2001) is not started: replace this line with your solution.')
+
+# stub fingerprint: 55701560618e34d3

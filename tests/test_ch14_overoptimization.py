@@ -220,7 +220,7 @@ from rlhf_book.textbook.checks import ch14_overoptimization as checks  # noqa: E
 
 
 @pytest.mark.parametrize("name", ["gao_bon", "gao_rl", "gao_peak", "fit_gao",
-                                  "best_of_n_from_samples"])
+                                  "best_of_n_from_samples", "pg_step"])
 def test_the_reference_passes_each_check_of_chapter_14(name):
     getattr(checks, name)(getattr(ch14, name))
 
@@ -284,7 +284,30 @@ def _bon_over_the_first_axis(proxy, gold, n):
     return ch14.best_of_n_from_samples(proxy.T, gold.T, min(n, proxy.shape[0]))
 
 
+def _pg_without_the_kl(logits, proxy, ref_logprobs, beta, lr, natural=False):
+    return ch14.pg_step(logits, proxy, ref_logprobs, 0.0, lr, natural)
+
+
+def _pg_kl_as_a_bonus(logits, proxy, ref_logprobs, beta, lr, natural=False):
+    return ch14.pg_step(logits, proxy, ref_logprobs, -beta, lr, natural)
+
+
+def _pg_without_the_baseline(logits, proxy, ref_logprobs, beta, lr, natural=False):
+    logp = jax.nn.log_softmax(jnp.asarray(logits))
+    shaped = jnp.asarray(proxy) - beta * (logp - jnp.asarray(ref_logprobs))
+    pi = jnp.exp(logp)
+    return jnp.asarray(logits) + (lr * shaped if natural else lr * len(pi) * pi * shaped)
+
+
+def _pg_natural_as_plain(logits, proxy, ref_logprobs, beta, lr, natural=False):
+    return ch14.pg_step(logits, proxy, ref_logprobs, beta, lr, False)
+
+
 WRONG_VERSIONS = [
+    ("pg_step", _pg_without_the_kl, "beta (log pi - log pi_ref)"),
+    ("pg_step", _pg_kl_as_a_bonus, "beta (log pi - log pi_ref)"),
+    ("pg_step", _pg_without_the_baseline, "A = r' - E_pi[r']"),
+    ("pg_step", _pg_natural_as_plain, "the natural gradient"),
     ("gao_bon", _bon_without_the_square, "minus beta times d squared"),
     ("gao_rl", _rl_plain, "0 * -inf is NaN"),
     ("gao_rl", _rl_single_where, "the gradient must not be NaN at d = 0"),
@@ -330,5 +353,152 @@ def test_best_of_n_from_samples_agrees_with_chapter_9s_float64_estimator():
     (lambda: ch14.bon_curve(ch14.noisy_pool(size=10), ["a"]), "ns"),
 ])
 def test_more_bad_inputs_name_the_argument(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned proxies (proxies.py)
+
+
+def _bt_loss_float64(w, x, y, l2):
+    z = x @ w
+    return float(np.sum(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)) + l2 / 2 * w @ w)
+
+
+def test_fit_linear_rm_minimises_the_bradley_terry_loss_as_scipy_does():
+    from scipy.optimize import minimize
+    fp = ch14.feature_pool(3, size=2_000)
+    x, y = ch14.gold_pairs(fp, 400, seed=1)
+    w = np.asarray(ch14.fit_linear_rm(x, y, l2=0.1), np.float64)
+    ref = minimize(_bt_loss_float64, np.zeros(x.shape[1]), args=(x, y, 0.1), method="BFGS",
+                   options={"gtol": 1e-9})
+    np.testing.assert_allclose(w, ref.x, atol=2e-4)
+    assert _bt_loss_float64(w, x, y, 0.1) <= ref.fun + 1e-4
+
+
+def test_many_gold_pairs_recover_gold_within_the_fits_standard_error():
+    # gold = q - 0.05 (L - 4)^2 is w = (1, 0, -0.05, 0, ...) in the features; the covariance of
+    # the maximum-likelihood fit is the inverse Hessian of the loss (Fisher information)
+    fp = ch14.feature_pool(0)
+    x, y = ch14.gold_pairs(fp, 20_000, seed=0)
+    w = np.asarray(ch14.fit_linear_rm(x, y, l2=1e-6), np.float64)
+    p = 1 / (1 + np.exp(-x @ w))
+    se = np.sqrt(np.diag(np.linalg.inv((x.T * (p * (1 - p))) @ x)))
+    truth = np.zeros(x.shape[1])
+    truth[0], truth[2] = 1.0, -0.05
+    assert np.all(np.abs(w - truth) < 4 * se), (w, se)
+
+
+def test_gold_pairs_are_labelled_by_bradley_terry_on_gold():
+    fp = ch14.feature_pool(0, size=500, n_noise=0)
+    x, y = ch14.gold_pairs(fp, 40_000, seed=2)
+    gap = x[:, 0] - 0.05 * x[:, 2]  # gold_i - gold_j from the features
+    p = 1 / (1 + np.exp(-gap))
+    # the labels' mean against the Bradley-Terry probability, within 4 standard errors
+    assert abs(y.mean() - p.mean()) < 4 * np.sqrt(np.sum(p * (1 - p))) / len(p)
+    assert not np.any(np.all(x == 0, axis=1))  # never a response against itself
+
+
+def test_tilt_scores_agree_with_tilt_curve_and_batch_as_one_call():
+    p = ch14.length_pool(0, size=3_000)
+    betas = (2.0, 0.5, 0.2)
+    want = ch14.tilt_curve(p, betas)
+    got = ch14.tilt_scores(p.proxy, betas, {"gold": p.gold, "length": p.length})
+    for k in ("sqrt_kl", "gold", "length"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
+    both = ch14.tilt_scores(np.stack([p.proxy, p.gold]), betas, {"gold": p.gold})
+    np.testing.assert_allclose(both["gold"][0], want["gold"], rtol=1e-5, atol=1e-5)
+    alone = ch14.tilt_scores(p.gold, betas, {"gold": p.gold})
+    np.testing.assert_allclose(both["gold"][1], alone["gold"], rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_reward_against_numpy():
+    r = np.random.default_rng(0).normal(size=(5, 7))
+    for agg, want in (("mean", r.mean(0)), ("min", r.min(0)),
+                      ("mean_minus_std", r.mean(0) - 2.0 * r.std(0, ddof=1))):
+        np.testing.assert_allclose(np.asarray(ch14.ensemble_reward(r, agg, k=2.0)), want, atol=1e-5)
+
+
+def _objective64(logits, proxy, ref_logprobs, beta):
+    logp = logits - np.logaddexp.reduce(logits)
+    pi = np.exp(logp)
+    return pi @ proxy - beta * pi @ (logp - ref_logprobs)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_pg_step_follows_the_gradient_of_chapter_8s_objective(beta):
+    from rlhf_book.ch08_direct_alignment.losses import regularized_objective
+    rng = np.random.default_rng(1)
+    logits, proxy = rng.normal(size=8), rng.normal(size=8)
+    ref = jax.nn.log_softmax(jnp.asarray(rng.normal(size=8), jnp.float32))
+    grad = jax.grad(lambda z: regularized_objective(jax.nn.softmax(z), jnp.exp(ref),
+                                                    jnp.asarray(proxy, jnp.float32), beta))(
+        jnp.asarray(logits, jnp.float32))
+    new = ch14.pg_step(logits, proxy, ref, beta, 0.01, natural=False)
+    np.testing.assert_allclose(np.asarray(new) - logits, 0.01 * 8 * np.asarray(grad), atol=1e-6)
+    # a small step raises J, to first order by lr K |grad|^2
+    before = _objective64(logits, proxy, np.asarray(ref, np.float64), beta)
+    after = _objective64(np.asarray(new, np.float64), proxy, np.asarray(ref, np.float64), beta)
+    assert after - before == pytest.approx(0.01 * 8 * float(grad @ grad), rel=0.05)
+
+
+def test_natural_policy_gradient_stays_on_the_tilts_so_the_penalty_is_early_stopping():
+    # theta_t = r (1 - (1 - lr beta)^t) / beta: the tilt at beta_t = beta / (1 - (1 - lr beta)^t)
+    # (beta_t = 1 / (lr t) without the penalty), so every run walks the same curve.
+    p = ch14.length_pool(0, size=2_000)
+    lr, steps = 0.05, 60
+    runs = ch14.pg_curves(p, [0.0, 0.5], steps, lr, natural=True, every=10)
+    t = runs["step"][1:]
+    for i, beta in enumerate((0.0, 0.5)):
+        tilt_betas = 1 / (lr * t) if beta == 0 else beta / (1 - (1 - lr * beta) ** t)
+        want = ch14.tilt_curve(p, tilt_betas)
+        for k in ("sqrt_kl", "gold", "proxy"):
+            np.testing.assert_allclose(runs[k][i, 1:], want[k], rtol=2e-3, atol=2e-3)
+    assert runs["sqrt_kl"][0, 0] == pytest.approx(0.0, abs=1e-3)
+
+
+def _falls_in_most_seeds(curves, key="gold"):
+    """A sign test, robust to the heavy-tailed seeds that dominate a mean: the share of seeds
+    whose value at the mean curve's peak exceeds their value at the strongest optimisation,
+    more than 3 binomial standard errors above 1/2."""
+    i = int(np.argmax(curves[key].mean(axis=0)))
+    share = np.mean(curves[key][:, i] > curves[key][:, -1])
+    return 0 < i < curves[key].shape[1] - 1 and share > 0.5 + 3 * 0.5 / np.sqrt(len(curves[key]))
+
+
+def test_learned_proxies_show_the_data_size_train_test_and_ensemble_effects():
+    from rlhf_book.ch14_overoptimization import experiments as ex
+    scaling = ex.data_scaling(ns=(100, 1000))
+    small, large = ex.peak(scaling[100]), ex.peak(scaling[1000])
+    # few pairs: gold peaks inside the range and falls after; many pairs: a later, higher peak
+    assert _falls_in_most_seeds(scaling[100])
+    assert large["d"] > small["d"] and large["value"] > small["value"] + 3 * large["se"]
+    # Figure 39: the train model keeps rising, the test model does not follow, gold falls
+    tt = ex.train_test()
+    assert np.all(np.diff(tt["train"].mean(axis=0)) > 0)
+    gap = tt["train"][:, -1] - tt["test"][:, -1]
+    assert gap.mean() > 3 * gap.std(ddof=1) / np.sqrt(len(gap))
+    assert ex.peak(tt, "test")["index"] < len(ex.PROXY_BETAS) - 1
+    assert _falls_in_most_seeds(tt)
+    # a pessimistic ensemble does not fall where the single model does (paired over seeds)
+    ens = ex.ensembles()
+    for aggregate in ("min", "mean_minus_std"):
+        gain = ens[aggregate]["gold"][:, -1] - ens["single"]["gold"][:, -1]
+        assert gain.mean() > 3 * gain.std(ddof=1) / np.sqrt(len(gain))
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: ch14.feature_pool(n_noise=-1), "n_noise"),
+    (lambda: ch14.gold_pairs(ch14.feature_pool(size=10), 0), "n"),
+    (lambda: ch14.fit_linear_rm(np.zeros((3, 2)), np.zeros(2)), "labels"),
+    (lambda: ch14.fit_linear_rm(np.zeros((3, 2)), np.zeros(3), l2=0.0), "l2"),
+    (lambda: ch14.ensemble_reward(np.zeros((1, 4))), "member_rewards"),
+    (lambda: ch14.ensemble_reward(np.zeros((2, 4)), "max"), "aggregate"),
+    (lambda: ch14.tilt_scores(np.zeros((2, 2, 3)), [1.0], {}), "proxy"),
+    (lambda: ch14.pg_curves(ch14.noisy_pool(size=10), [0.0], 10, 0.1, every=3), "every"),
+    (lambda: ch14.pg_curves(ch14.noisy_pool(size=10), [-1.0], 10, 0.1), "betas"),
+])
+def test_proxies_bad_inputs_name_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()

@@ -9,6 +9,9 @@ stopping and ensembles are still to come.
   proxy reward: the KL-regularised optimum (book eq. 95) and best-of-N, both exact, against
   ``sqrt(KL)``; extremal against regressional Goodhart (book §14.1);
 * :mod:`.bon` -- best-of-N's expected gold reward estimated from samples, for every N at once;
+* :mod:`.proxies` -- learned proxies in closed form: linear Bradley-Terry reward models fitted
+  to gold-labelled pairs, as the data grows, a train and a test reward model (Figure 39),
+  ensembles, and the KL penalty against early stopping by exact policy gradient;
 * :mod:`.experiments` -- what the notebook runs: the closed-form reference run, and best-of-N
   on the mini GPT ranked by chapter 5's reward model and scored by the world's gold reward.
 """
@@ -19,5 +22,7 @@ from rlhf_book.ch14_overoptimization.pool import *  # noqa: F401,F403
 from rlhf_book.ch14_overoptimization.pool import __all__ as _pool_all
 from rlhf_book.ch14_overoptimization.bon import *  # noqa: F401,F403
 from rlhf_book.ch14_overoptimization.bon import __all__ as _bon_all
+from rlhf_book.ch14_overoptimization.proxies import *  # noqa: F401,F403
+from rlhf_book.ch14_overoptimization.proxies import __all__ as _proxies_all
 
-__all__ = list(_gao_all) + list(_pool_all) + list(_bon_all)
+__all__ = list(_gao_all) + list(_pool_all) + list(_bon_all) + list(_proxies_all)

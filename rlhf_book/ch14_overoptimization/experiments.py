@@ -21,7 +21,7 @@ from rlhf_book.ch05_reward_models import experiments as ch05_experiments
 from rlhf_book.ch06_policy_gradients import experiments as ch06_experiments
 from rlhf_book.ch06_policy_gradients.loop import reward_model_reward
 from rlhf_book.ch09_rejection_sampling.selection import best_of_n_kl
-from rlhf_book.ch14_overoptimization import bon, pool
+from rlhf_book.ch14_overoptimization import bon, pool, proxies
 from rlhf_book.lm import gpt
 from rlhf_book.lm.eval import answer_samples
 
@@ -42,6 +42,21 @@ BON_SAMPLES = 64
 BON_NS = (1, 2, 4, 8, 16, 32, 64)
 BON_TOKENS = 64
 BON_SEED = 0
+
+# Learned proxies (:mod:`.proxies`): linear Bradley-Terry reward models on the feature pool
+# (seed PROXY_POOL_SEED: quality, length, its square and eight heavy-tailed features gold
+# ignores), fitted to pairs labelled by the gold reward; PROXY_SEEDS data seeds for standard
+# errors; the tilts' betas end at 0.1 (sqrt KL near its ceiling sqrt(log K) = 3.15).
+PROXY_POOL_SEED = 0
+PROXY_SEEDS = 128
+PROXY_BETAS = (10, 3, 2, 1.5, 1, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1)
+SCALING_PAIRS = (50, 100, 300, 1000, 3000)  # the data-size sweep
+HALF_PAIRS = 150  # pairs per reward model for the train/test split and the ensembles
+ENSEMBLE_MEMBERS, ENSEMBLE_K, ENSEMBLE_SEED = 5, 1.0, 100
+# The KL penalty against early stopping: exact natural policy gradient on the reference length
+# pool, for each KL coefficient of PG_BETAS (0: no penalty, stop early instead).
+PG_BETAS = (0.0, 0.2, 0.5, 1.0)
+PG_STEPS, PG_LR, PG_EVERY = 400, 0.025, 10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,3 +130,85 @@ def goodhart_kinds(n_pools: int = N_POOLS, betas=TILT_BETAS[:-1]) -> dict[str, n
     return out
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Learned proxies in closed form (:mod:`.proxies`)
+
+
+_fit_many = jax.jit(jax.vmap(proxies.fit_linear_rm))  # one compile per pair count
+
+
+def _pairs(fp, n: int, seeds: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` gold-labelled pairs for each data seed ``0 .. seeds - 1``: ``[seeds, n, F]``,
+    ``[seeds, n]``."""
+    drawn = [proxies.gold_pairs(fp, n, seed=s) for s in range(seeds)]
+    return np.stack([d[0] for d in drawn]), np.stack([d[1] for d in drawn])
+
+
+def data_scaling(ns=SCALING_PAIRS, seeds: int = PROXY_SEEDS,
+                 betas=PROXY_BETAS) -> dict[int, dict[str, np.ndarray]]:
+    """For each number of pairs ``n`` of ``ns``: ``seeds`` linear reward models, each fitted to
+    ``n`` gold-labelled pairs of the feature pool (data seed ``s``), and the tilt against each.
+    Per ``n``: ``"gold"``, ``"proxy"`` and ``"sqrt_kl"``, each ``[seeds, M]``."""
+    fp = proxies.feature_pool(PROXY_POOL_SEED)
+    out = {}
+    for n in ns:
+        w = np.asarray(_fit_many(*_pairs(fp, int(n), seeds)), np.float64)  # [seeds, F]
+        proxy = w @ fp.features.T
+        out[int(n)] = proxies.tilt_scores(proxy, betas, {"gold": fp.gold, "proxy": proxy})
+    return out
+
+
+def train_test(n: int = HALF_PAIRS, seeds: int = PROXY_SEEDS,
+               betas=PROXY_BETAS) -> dict[str, np.ndarray]:
+    """Book Figure 39 in closed form: per data seed, ``2 n`` gold-labelled pairs split into two
+    halves, a reward model fitted to each; the tilt against the first (``"train"``) scored by
+    itself, by the second (``"test"``) and by ``"gold"``, each ``[seeds, M]``, with
+    ``"sqrt_kl"``."""
+    fp = proxies.feature_pool(PROXY_POOL_SEED)
+    x, y = _pairs(fp, 2 * n, seeds)
+    train = np.asarray(_fit_many(x[:, :n], y[:, :n]), np.float64) @ fp.features.T
+    test = np.asarray(_fit_many(x[:, n:], y[:, n:]), np.float64) @ fp.features.T
+    return proxies.tilt_scores(train, betas, {"train": train, "test": test, "gold": fp.gold})
+
+
+def ensembles(n: int = HALF_PAIRS, members: int = ENSEMBLE_MEMBERS, k: float = ENSEMBLE_K,
+              seeds: int = PROXY_SEEDS, betas=PROXY_BETAS) -> dict[str, dict[str, np.ndarray]]:
+    """Per data seed, ``n`` gold-labelled pairs; one reward model fitted to all of them
+    (``"single"``) and ``members`` fitted to bootstrap resamples of them, combined by each of
+    :data:`~.proxies.AGGREGATES` (``k`` for ``mean_minus_std``). The tilt against each proxy:
+    ``{name: {"gold", "sqrt_kl": [seeds, M]}}``."""
+    fp = proxies.feature_pool(PROXY_POOL_SEED)
+    x, y = _pairs(fp, n, seeds)
+    rng = np.random.default_rng(ENSEMBLE_SEED)
+    idx = rng.integers(n, size=(seeds, members, n))  # bootstrap resamples, per seed
+    xs = np.take_along_axis(x[:, None], idx[..., None], axis=2).reshape(seeds * members, n, -1)
+    ys = np.take_along_axis(y[:, None], idx, axis=2).reshape(seeds * members, n)
+    w = np.asarray(_fit_many(xs, ys), np.float64).reshape(seeds, members, -1)
+    rewards = w @ fp.features.T  # [seeds, members, K]
+    named = {"single": np.asarray(_fit_many(x, y), np.float64) @ fp.features.T}
+    named.update({a: np.stack([np.asarray(proxies.ensemble_reward(r, a, k), np.float64)
+                               for r in rewards]) for a in proxies.AGGREGATES})
+    return {name: proxies.tilt_scores(proxy, betas, {"gold": fp.gold})
+            for name, proxy in named.items()}
+
+
+def kl_penalty_runs(natural: bool = True) -> dict[str, np.ndarray]:
+    """Exact policy-gradient ascent (:func:`~.proxies.pg_curves`) on the reference length pool,
+    once per KL coefficient of ``PG_BETAS``, ``PG_STEPS`` steps at ``PG_LR``, recorded every
+    ``PG_EVERY`` steps: the KL penalty against early stopping of the ``beta = 0`` run."""
+    return proxies.pg_curves(pool.length_pool(0), PG_BETAS, PG_STEPS, PG_LR, natural=natural,
+                             every=PG_EVERY)
+
+
+def peak(curves: dict[str, np.ndarray], key: str = "gold") -> dict[str, float]:
+    """Where the mean over seeds of ``curves[key]`` ``[seeds, M]`` peaks: ``index``, ``value``
+    with its standard error over seeds ``se``, the mean ``sqrt_kl`` there ``d``, and ``last``
+    (the strongest optimisation) with ``last_se``."""
+    v = np.asarray(curves[key], np.float64)
+    mean, se = v.mean(axis=0), v.std(axis=0, ddof=1) / np.sqrt(v.shape[0])
+    i = int(np.argmax(mean))
+    return {"index": i, "value": float(mean[i]), "se": float(se[i]),
+            "d": float(np.asarray(curves["sqrt_kl"]).mean(axis=0)[i]),
+            "last": float(mean[-1]), "last_se": float(se[-1])}

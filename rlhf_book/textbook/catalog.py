@@ -400,8 +400,9 @@ CHAPTERS: tuple[Chapter, ...] = (
         "over-optimisation, Goodhart's law, stock phrases and confident wrong answers; §14.2 "
         "quantitative: reward against the square root of the KL; §14.3 misalignment); Gao, "
         "Schulman and Hilton 2023 (the best-of-N and RL forms and their fit); Manheim and "
-        "Garrabrant 2018 (regressional and extremal Goodhart); book eq. 95 and §9.3 for the "
-        "policies optimised",
+        "Garrabrant 2018 (regressional and extremal Goodhart); Bai et al. 2022 (Figure 39's train "
+        "and test reward models); Coste et al. 2024 (reward-model ensembles); book eqs. 82 and 95 "
+        "and §9.3 for the policies optimised",
         exercises=(
             Exercise("14.1", "Gao et al.'s best-of-N form d (alpha - beta d)",
                      "rlhf_book.ch14_overoptimization.gao:gao_bon",
@@ -418,6 +419,9 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("14.5", "best-of-N's gold reward from samples, for every N at once",
                      "rlhf_book.ch14_overoptimization.bon:best_of_n_from_samples",
                      "book §14.2 and §9.3; Gao et al. 2023", difficulty=2),
+            Exercise("14.6", "one exact policy-gradient step with a KL penalty, plain and natural",
+                     "rlhf_book.ch14_overoptimization.proxies:pg_step",
+                     "book eq. 82 and §15.1; Gao et al. 2023; Kakade 2001", difficulty=3),
         ),
     ),
     Chapter(

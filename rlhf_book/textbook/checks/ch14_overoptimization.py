@@ -175,3 +175,61 @@ def best_of_n_from_samples(fn):
     expect_close(jit(fn, static_argnums=2)(proxy, gold, 3),
                  [best_of_n_subsets(p, g, 3) for p, g in zip(proxy, gold)],
                  "jax.jit(best_of_n_from_samples, static_argnums=2)(proxy, gold, 3)", atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# 14.6 One exact policy-gradient step with a KL penalty (book eq. 82; §15.1)
+
+
+def _objective(logits, proxy, ref_logprobs, beta) -> float:
+    """``J = E_pi[proxy] - beta KL(pi || pi_ref)`` of a softmax policy, in float64."""
+    z = logits - logits.max()
+    logp = z - np.log(np.exp(z).sum())
+    pi = np.exp(logp)
+    return float(pi @ proxy - beta * pi @ (logp - ref_logprobs))
+
+
+def _softmax(logits) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def pg_step(fn):
+    rng = np.random.default_rng(14)
+    K, lr = 6, 0.1
+    logits = rng.normal(size=K)
+    proxy = rng.normal(size=K)
+    ref = rng.normal(size=K)
+    ref_logprobs = ref - np.log(np.exp(ref).sum())
+    f32 = [a.astype(np.float32) for a in (logits, proxy, ref_logprobs)]
+    for beta in (0.0, 0.5):
+        # the gradient by central finite differences of J in float64: no autodiff, no formula
+        eps = 1e-6
+        grad = np.array([(_objective(logits + eps * e, proxy, ref_logprobs, beta)
+                          - _objective(logits - eps * e, proxy, ref_logprobs, beta)) / (2 * eps)
+                         for e in np.eye(K)])
+        pi = _softmax(logits)
+        fisher = np.diag(pi) - np.outer(pi, pi)  # a softmax's Fisher information in its logits
+        natural = np.linalg.lstsq(fisher, grad, rcond=None)[0]
+        for nat, step, how in ((False, lr * K * grad, "lr * K * dJ/dlogits, dJ/dlogits = pi * A"),
+                               (True, lr * natural, "lr * A, the natural gradient")):
+            what = (f"pg_step(logits [6], proxy [6], ref_logprobs [6], beta={beta}, lr={lr}, "
+                    f"natural={nat})")
+            out = expect_shape(fn(*f32, beta, lr, nat), (K,), what)
+            # logits are defined up to a constant: compare the policies they give
+            expect_close(_softmax(out), _softmax(logits + step),
+                         what + f" (the softmax of logits + {how}, with A = r' - E_pi[r'] and "
+                         "r' = proxy - beta (log pi - log pi_ref): the KL-shaped reward)",
+                         atol=2e-5)
+    # natural steps from the uniform policy trace the tilts exp(proxy / beta_t)
+    start = np.zeros(K, np.float32)
+    logits_t = start
+    for _ in range(5):
+        logits_t = fn(logits_t, f32[1], np.full(K, -np.log(K), np.float32), 0.0, lr, True)
+    expect_close(_softmax(logits_t), _softmax(proxy * lr * 5),
+                 "five natural steps of pg_step with beta = 0 from uniform logits (the tilt "
+                 "pi ∝ exp(proxy / beta) with beta = 1 / (lr * 5))", atol=2e-5)
+    expect_close(_softmax(jit(fn, static_argnums=5)(*f32, 0.5, lr, False)),
+                 _softmax(np.asarray(fn(*f32, 0.5, lr, False), np.float64)),
+                 "jax.jit(pg_step, static_argnums=5)(..., natural=False)", atol=1e-5)
