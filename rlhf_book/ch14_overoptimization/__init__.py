@@ -1,7 +1,8 @@
 """Chapter 14: over-optimisation -- the proxy reward rises while the true one rises, peaks and
-falls (book ch. 14). Built so far: the closed form, Gao et al.'s forms and best-of-N on the mini
-GPT; RL against the reward model, a train and a test reward model, the KL penalty against early
-stopping and ensembles are still to come.
+falls (book ch. 14). Built so far: the closed form, Gao et al.'s forms, best-of-N on the mini
+GPT, and learned proxies in closed form (data size, a train and a test reward model, ensembles,
+the KL penalty against early stopping); RL on the mini GPT against its reward model is still to
+come.
 
 * :mod:`.gao` -- Gao et al.'s (2023) functional forms of gold reward against the square root
   of the KL, for best-of-N and for RL, their peaks, and their least-squares fit (book §14.2);

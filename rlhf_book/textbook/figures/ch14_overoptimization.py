@@ -158,3 +158,77 @@ def bon_mini_gpt(scored=None) -> FigureResult:
                 title="the picks grow longer")
     fig.tight_layout()
     return FigureResult(fig, numbers)
+
+
+@figure("ch14_learned_proxies", "ch14",
+        "Learned proxies in closed form: linear Bradley-Terry reward models on a pool of "
+        "20,000 responses (features: quality, length, its square and eight heavy-tailed "
+        "features gold ignores), fitted to pairs labelled by the gold reward, each optimised "
+        "by the KL-regularised tilt; mean gold (or score) +- standard error over 128 data "
+        "seeds against d = sqrt(KL). Left: more pairs, a later and higher gold peak (Gao et "
+        "al. 2023). Middle: the book's Figure 39 (Bai et al. 2022): optimise one reward model "
+        "(train), score with one fitted to the other half of the pairs (test) and with gold. "
+        "Right: bootstrap ensembles of five members (Coste et al. 2024) against the single "
+        "model fitted to all the pairs.")
+def learned_proxies(scaling=None, train_test=None, ensembles=None) -> FigureResult:
+    scaling = ex.data_scaling() if scaling is None else scaling
+    train_test = ex.train_test() if train_test is None else train_test
+    ensembles = ex.ensembles() if ensembles is None else ensembles
+    fig = Figure(figsize=(14, 3.9))
+    axes = fig.subplots(1, 3)
+    numbers = {"scaling": {}, "train_test": {}, "ensembles": {}}
+
+    def draw(ax, curves, key, label, **style):
+        mean, se = mean_se(np.asarray(curves[key]))
+        d = np.asarray(curves["sqrt_kl"]).mean(axis=0)
+        ax.errorbar(d, mean, yerr=se, fmt="o-", ms=3, capsize=2, label=label, **style)
+        return {"sqrt_kl": d.tolist(), key: mean.tolist(), key + "_se": se.tolist()}
+
+    for n, curves in scaling.items():
+        numbers["scaling"][str(n)] = draw(axes[0], curves, "gold", f"{n} pairs")
+    finish_axes(axes[0], xlabel="d = sqrt(KL)", ylabel="gold reward",
+                title="more preference pairs")
+    for key, colour in (("train", "tab:orange"), ("test", "tab:green"), ("gold", "tab:blue")):
+        numbers["train_test"][key] = draw(axes[1], train_test, key,
+                                          f"{key} reward model" if key != "gold" else "gold",
+                                          color=colour)
+    axes[1].set_yscale("symlog", linthresh=1.0)
+    finish_axes(axes[1], xlabel="d = sqrt(KL)", ylabel="mean score (symlog)",
+                title=f"Figure 39: a train and a test reward model ({ex.HALF_PAIRS} pairs each)")
+    for name, curves in ensembles.items():
+        numbers["ensembles"][name] = draw(axes[2], curves, "gold", name.replace("_", " "))
+    finish_axes(axes[2], xlabel="d = sqrt(KL)", ylabel="gold reward",
+                title=f"ensembles of {ex.ENSEMBLE_MEMBERS} ({ex.HALF_PAIRS} pairs)")
+    for ax in axes:
+        ax.legend(fontsize=7.5, loc="upper left")
+    fig.tight_layout()
+    return FigureResult(fig, numbers)
+
+
+@figure("ch14_kl_penalty", "ch14",
+        "Does the KL penalty help, or is it early stopping? Exact natural policy gradient on "
+        "J = E[proxy] - beta KL (book eq. 82) over Figure 38's pool, from the uniform policy, "
+        "one run per beta, recorded every 10 steps: gold (left) and proxy (right) reward "
+        "against d = sqrt(KL). Each run stops where its penalty holds it; the beta = 0 run, "
+        "stopped early, passes through the same points (Gao et al. 2023 find the same on "
+        "their RL runs).")
+def kl_penalty(runs=None) -> FigureResult:
+    runs = ex.kl_penalty_runs() if runs is None else runs
+    fig = Figure(figsize=(10, 3.9))
+    axes = fig.subplots(1, 2)
+    numbers = {"step": np.asarray(runs["step"]).tolist()}
+    for i, beta in enumerate(ex.PG_BETAS):
+        d = np.asarray(runs["sqrt_kl"][i])
+        for ax, key in zip(axes, ("gold", "proxy")):
+            # the unpenalised run underneath, wide, so that the others show on top of it
+            style = dict(ms=5, lw=4, alpha=0.3) if beta == 0 else dict(ms=2.5, lw=1, alpha=0.9)
+            ax.plot(d, runs[key][i], "o-", **style,
+                    label=f"beta = {beta:g}" + (" (stop early)" if beta == 0 else ""))
+        numbers[f"beta={beta:g}"] = {k: np.asarray(runs[k][i]).tolist()
+                                     for k in ("sqrt_kl", "gold", "proxy", "length")}
+    for ax, key in zip(axes, ("gold", "proxy")):
+        finish_axes(ax, xlabel="d = sqrt(KL)", ylabel=f"{key} reward",
+                    title=f"{key} along each run")
+        ax.legend(fontsize=7.5, loc="lower left" if key == "gold" else "upper left")
+    fig.tight_layout()
+    return FigureResult(fig, numbers)
