@@ -502,3 +502,29 @@ def test_learned_proxies_show_the_data_size_train_test_and_ensemble_effects():
 def test_proxies_bad_inputs_name_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_length_controlled_removes_the_least_squares_slope():
+    rng = np.random.default_rng(5)
+    lengths = rng.gamma(4.0, 8.0, size=(16, 12))
+    scores = 0.03 * lengths + rng.normal(size=(16, 12))
+    out = np.asarray(ch14.length_controlled(scores, lengths), np.float64)
+    slope, _ = np.polyfit(lengths.ravel(), scores.ravel(), 1)  # numpy's least squares
+    np.testing.assert_allclose(out, scores - slope * (lengths - lengths.mean()), atol=1e-4)
+    assert abs(np.corrcoef(out.ravel(), lengths.ravel())[0, 1]) < 1e-4
+    assert out.mean() == pytest.approx(scores.mean(), abs=1e-4)
+    # on the length pool, regressing length out of the proxy leaves (nearly) the quality q
+    p = ch14.length_pool(0)
+    fixed = np.asarray(ch14.length_controlled(p.proxy, p.length), np.float64)
+    q = p.gold + 0.05 * (p.length - 4) ** 2
+    assert np.corrcoef(fixed, q)[0, 1] > 0.99
+    with pytest.raises(ValueError, match="scores and lengths"):
+        ch14.length_controlled(np.zeros(3), np.zeros(4))
+
+
+def test_frontier_runs_needs_a_text_score_for_a_text_reward():
+    from rlhf_book.ch14_overoptimization import experiments as ex
+    from rlhf_book.lm import rollout
+    reward = rollout.text_reward(lambda q, t: 0.0, ex.frontier_questions()[:2])
+    with pytest.raises(ValueError, match="text_score"):
+        ex.frontier_runs(None, reward)

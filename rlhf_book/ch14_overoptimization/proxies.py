@@ -13,6 +13,9 @@ the three questions of §14.2 can be asked without training a network:
 * **ensembles** (Coste et al. 2024): members fitted to bootstrap resamples of the pairs, combined
   by their mean, their minimum, or their mean minus ``k`` standard deviations (penalising the
   responses the members disagree on);
+* **a length-controlled reward** (:func:`length_controlled`): the reward with its linear
+  dependence on length regressed out, in the spirit of length-controlled AlpacaEval (Dubois et
+  al. 2024);
 * **the KL penalty against early stopping** (book §14.2; Gao et al. 2023): exact policy-gradient
   ascent on ``J(pi) = E_pi[r] - beta KL(pi || pi_ref)`` (book eq. 82) over the pool, for several
   ``beta``, each run recorded at every step.
@@ -39,7 +42,8 @@ from rlhf_book.ch14_overoptimization.pool import LENGTH_PENALTY, POOL_SIZE, Pool
 from rlhf_book.lm.checks import as_float_array, check_choice, check_range
 
 __all__ = ["FeaturePool", "N_NOISE", "AGGREGATES", "feature_pool", "gold_pairs",
-           "fit_linear_rm", "tilt_scores", "ensemble_reward", "pg_step", "pg_curves"]
+           "fit_linear_rm", "tilt_scores", "ensemble_reward", "length_controlled", "pg_step",
+           "pg_curves"]
 
 N_NOISE = 8
 NOISE_DF = 3.0
@@ -163,6 +167,23 @@ def ensemble_reward(member_rewards, aggregate: str = "mean", k: float = 1.0) -> 
     if aggregate == "min":
         return r.min(axis=0)
     return r.mean(axis=0) - k * r.std(axis=0, ddof=1)
+
+
+def length_controlled(scores, lengths) -> jax.Array:
+    """``scores`` with their least-squares linear dependence on ``lengths`` removed:
+    ``s - b (L - mean L)`` with ``b = cov(s, L) / var(L)`` over every element (one slope for
+    the whole set, fitted on the responses being ranked). A response is then paid for what its
+    score says beyond what its length predicts; the mean score is unchanged. In the spirit of
+    length-controlled AlpacaEval (Dubois et al. 2024), which regresses length out of a judge's
+    preferences. Shapes: ``scores`` and ``lengths`` alike, ``[...]``."""
+    s = as_float_array(scores, "scores")
+    length = as_float_array(lengths, "lengths")
+    if s.shape != length.shape:
+        raise ValueError(f"scores and lengths must have one shape, got {s.shape} and "
+                         f"{length.shape}")
+    centred = length - length.mean()
+    slope = jnp.sum(centred * (s - s.mean())) / jnp.maximum(jnp.sum(centred ** 2), 1e-12)
+    return s - slope * centred
 
 
 # [guide:pg-step]

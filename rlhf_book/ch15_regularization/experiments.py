@@ -4,8 +4,8 @@
   categorical "vocabulary"), and the gradient each gives when used as a loss, by enumeration;
 * the reward-KL frontier of chapter 6's loop under a sweep of the KL coefficient, pushed on a
   proxy (chapter 5's reward model, trained on biased annotators' pairs) with the gold reward
-  measured on rephrased questions as the KL grows, and the per-token KL of one of its policies
-  along sampled completions;
+  measured on rephrased questions as the KL grows (chapter 14's runs, with the KL measured
+  exactly here), and the per-token KL of one of its policies along sampled completions;
 * forgetting (§15.2): SFT against on-policy RL on a second task, measured on the first.
 
 The runs on the mini GPT take the starting policy as an argument (``sft_params``, chapter 4's
@@ -16,7 +16,6 @@ rerun the notebook to see its effect.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -28,6 +27,11 @@ from rlhf_book import data
 from rlhf_book.ch05_reward_models import experiments as ch05_experiments
 from rlhf_book.ch06_policy_gradients import experiments as ch06_experiments
 from rlhf_book.ch06_policy_gradients import loop as ch06_loop
+from rlhf_book.ch14_overoptimization import experiments as ch14_experiments
+from rlhf_book.ch14_overoptimization.experiments import (FRONTIER_BETAS, FRONTIER_CHUNK,
+                                                         FRONTIER_CONFIG, FRONTIER_QUESTIONS,
+                                                         FRONTIER_SEEDS, FRONTIER_STEPS,
+                                                         frontier_points)
 from rlhf_book.ch15_regularization import losses
 from rlhf_book.lm import gpt, rollout, sampling
 from rlhf_book.lm import train as lm_train
@@ -48,29 +52,17 @@ CAT_SAMPLES = 200_000
 # The estimators as losses, by enumeration over a 6-token vocabulary.
 GRAD_VOCAB = 6
 
-# The reward-KL frontier and its gold peak: chapter 6's RL loop (4 questions x 4 completions a
-# step, learning rate 3e-4), RLOO with the KL as a k1 penalty in the reward (InstructGPT's place
-# for it), on a PROXY reward: chapter 5's reward model (FRONTIER_PROXY = "reward_model": the
-# pipeline's recipe from the same SFT model, trained on the biased annotators' pairs; it ranks
-# style pairs as they do 0.81 of the time and right-vs-wrong pairs 0.55, and it prefers
-# confident and padded answers). FRONTIER_PROXY = "annotators" optimises what the annotators
-# value instead (data.annotator_utility); measured from chapter 4's 1,000-step SFT model, that
-# proxy's optimum is gold's plus "definitely" within the 48 free bytes, and 16 steps move
-# neither much (gold -0.47 -> -0.41 to -0.44 at every beta; 5e-4 or 1e-3 make the runs
-# degenerate at every beta). At most 64 new tokens, so that an answer can run past the gold
-# reward's 48 free bytes. One vmapped sweep of FRONTIER_BETAS x FRONTIER_SEEDS,
-# FRONTIER_STEPS steps (24 steps in chunks of 8 measured no clearer peak: gold -0.34 +- 0.06
-# at beta = 0.05); every FRONTIER_CHUNK steps each policy answers the first
-# FRONTIER_QUESTIONS of chapter 6's rephrased evaluation questions (one sample, T = 1), scored
-# by the gold reward and by the proxy, with the exact KL to the SFT model along the answers.
-FRONTIER_STEPS = 16
-FRONTIER_CHUNK = 4
-FRONTIER_CONFIG = ch06_loop.RLConfig(algorithm="rloo", steps=FRONTIER_CHUNK, prompts_per_step=4,
-                                     group_size=4, max_new_tokens=64, learning_rate=3e-4,
-                                     log_every=FRONTIER_CHUNK)
-FRONTIER_BETAS = (0.0, 0.05, 0.5)
-FRONTIER_SEEDS = 4
-FRONTIER_QUESTIONS = 128
+# The reward-KL frontier and its gold peak: chapter 14's RL runs against a proxy
+# (rlhf_book.ch14_overoptimization.experiments.frontier_runs, whose settings FRONTIER_* are
+# re-exported here), measured with the exact KL over the vocabulary. The proxy:
+# FRONTIER_PROXY = "reward_model" is chapter 5's reward model (the pipeline's recipe from the
+# same SFT model, trained on the biased annotators' pairs; it ranks style pairs as they do 0.81
+# of the time and right-vs-wrong pairs 0.55, and it prefers confident and padded answers).
+# FRONTIER_PROXY = "annotators" optimises what the annotators value instead
+# (data.annotator_utility); measured from chapter 4's 1,000-step SFT model, that proxy's optimum
+# is gold's plus "definitely" within the 48 free bytes, and 16 steps move neither much (gold
+# -0.47 -> -0.41 to -0.44 at every beta; 5e-4 or 1e-3 make the runs degenerate at every beta).
+# 24 steps in chunks of 8 measured no clearer peak (gold -0.34 +- 0.06 at beta = 0.05).
 PROXY_BIAS = data.AnnotatorBias()
 FRONTIER_PROXY = "reward_model"
 # Per-token KL along completions: the beta = 0 policy of the sweep (its first seed) against the
@@ -205,92 +197,18 @@ def frontier_proxy(sft_params, model_config=None) -> rollout.Reward:
                                          ch05_experiments.RM_CONFIG.pooling)
 
 
-def _frontier_eval(lm_params, sft_params, questions, model_config, seed: int,
-                   proxy: rollout.Reward | None = None) -> dict:
-    """Each policy (leading axis) answers ``questions`` once at T = 1: ``gold``, ``proxy`` (the
-    reward model ``proxy`` of the answers; :func:`proxy_score` without one) and the exact
-    sequence ``kl`` to ``sft_params`` along the answers, ``[policies, Q]`` each."""
-    prompts = rollout.encode_prompts([q.prompt for q in questions])
-    P, Q = jax.tree.leaves(lm_params)[0].shape[0], len(questions)
-    gen = rollout.sample_policies(lm_params, prompts,
-                                  jax.random.split(jax.random.PRNGKey(seed), P), 1.0,
-                                  model_config, max_new_tokens=FRONTIER_CONFIG.max_new_tokens)
-    kl = np.asarray(_policy_kls(lm_params, sft_params, gen.tokens, gen.mask, model_config))
-    texts = sampling.decode_masked(np.asarray(gen.tokens).reshape(P * Q, -1),
-                                   np.asarray(gen.mask).reshape(P * Q, -1))
-    gold = np.asarray([data.gold_reward(q, t) for q, t in zip(questions * P, texts)])
-    if proxy is None or proxy.params is None:
-        score = np.asarray([proxy_score(q, t) for q, t in zip(questions * P, texts)])
-    else:
-        T = gen.tokens.shape[-1]
-        score = np.asarray(jax.jit(proxy.fn)(proxy.params, gen.tokens.reshape(P * Q, T),
-                                             gen.mask.reshape(P * Q, T),
-                                             jnp.tile(jnp.arange(Q), P)))
-    return {"gold": gold.reshape(P, Q), "proxy": score.reshape(P, Q), "kl": kl,
-            "bytes": np.asarray([len(t.encode()) for t in texts], float).reshape(P, Q),
-            "texts": np.asarray(texts, dtype=object).reshape(P, Q)}
-
-
 def frontier_runs(sft_params, proxy: rollout.Reward | None = None) -> dict:
-    """RLOO on :func:`proxy_score` from ``sft_params`` for each of ``FRONTIER_BETAS`` x
-    ``FRONTIER_SEEDS`` (every run in one compiled ``vmap``, beta traced), ``FRONTIER_STEPS``
-    steps in chunks of ``FRONTIER_CHUNK``; after each chunk (and at step 0) every policy is
-    measured on the rephrased questions (:func:`_frontier_eval`). Returns ``{"steps": [C],
-    "evals": {beta: {"gold", "proxy", "kl", "bytes": [C, seeds]}}, "metrics": {beta: {name:
-    [seeds, steps]}}, "params": final lm params [betas * seeds, ...], "texts": {beta: the
-    last answers [seeds, Q]}}``."""
-    model_config, questions, prompts = ch06_experiments.rl_task()
+    """Chapter 14's RL runs against a proxy
+    (:func:`rlhf_book.ch14_overoptimization.experiments.frontier_runs`: RLOO from
+    ``sft_params`` for each of ``FRONTIER_BETAS`` x ``FRONTIER_SEEDS``, measured every
+    ``FRONTIER_CHUNK`` steps on the rephrased questions) with the proxy of
+    :func:`frontier_proxy` unless one is given, scored by :func:`proxy_score` when it is the
+    annotators' text reward, and the KL measured exactly over the vocabulary
+    (:func:`_policy_kls`). Returns what chapter 14's function returns."""
+    model_config = ch06_experiments.rl_task()[0]
     reward = frontier_proxy(sft_params, model_config) if proxy is None else proxy
-    eval_qs = ch06_experiments.eval_questions()["rephrased"][:FRONTIER_QUESTIONS]
-    betas, S = FRONTIER_BETAS, FRONTIER_SEEDS
-    R = len(betas) * S
-    swept = jnp.repeat(jnp.asarray(betas, jnp.float32), S)
-    init = ch06_loop.init_rl_state(FRONTIER_CONFIG, model_config, sft_params, reward)
-    state = jax.tree.map(lambda x: jnp.broadcast_to(x, (R, *jnp.shape(x))), init)
-
-    def chunk(state, key, beta):
-        config = dataclasses.replace(FRONTIER_CONFIG, beta=beta)
-        step = ch06_loop.make_rl_step(config, model_config, prompts, reward)
-        return jax.lax.scan(step, state, jax.random.split(key, FRONTIER_CHUNK))
-
-    chunk = jax.jit(jax.vmap(chunk))
-    n_chunks = FRONTIER_STEPS // FRONTIER_CHUNK
-    keys = jax.random.split(jax.random.PRNGKey(0), S)
-    evals, metrics, steps = [], [], []
-    for c in range(n_chunks + 1):
-        if c:
-            chunk_keys = jnp.tile(jax.vmap(lambda k: jax.random.fold_in(k, c))(keys),
-                                  (len(betas), 1))
-            state, m = chunk(state, chunk_keys, swept)
-            metrics.append({k: np.asarray(v) for k, v in m.items()})
-        evals.append(_frontier_eval(state.params["lm"], sft_params, eval_qs, model_config,
-                                    seed=c, proxy=reward))
-        steps.append(c * FRONTIER_CHUNK)
-    out = {"steps": np.asarray(steps), "evals": {}, "metrics": {}, "texts": {},
-           "params": state.params["lm"]}
-    for i, beta in enumerate(betas):
-        part = slice(i * S, (i + 1) * S)
-        out["evals"][beta] = {k: np.stack([e[k][part].mean(axis=1) for e in evals])
-                              for k in ("gold", "proxy", "kl", "bytes")}
-        out["metrics"][beta] = {k: np.concatenate([m[k][part] for m in metrics], axis=1)
-                                for k in metrics[0]}
-        out["texts"][beta] = evals[-1]["texts"][part]
-    return out
-
-
-def frontier_points(runs: dict) -> dict:
-    """Per beta of :func:`frontier_runs`, at every checkpoint: the mean over seeds of the gold
-    reward, the proxy and the KL on the rephrased questions, each with its standard error over
-    seeds (``[C]`` arrays), and the checkpoint ``steps``."""
-    out = {}
-    for beta, e in runs["evals"].items():
-        row = {"steps": runs["steps"]}
-        for k in ("gold", "proxy", "kl", "bytes"):
-            v = e[k]
-            row[k] = v.mean(axis=1)
-            row[f"{k}_se"] = v.std(axis=1, ddof=1) / np.sqrt(v.shape[1])
-        out[beta] = row
-    return out
+    return ch14_experiments.frontier_runs(sft_params, reward, text_score=proxy_score,
+                                          policy_kls=_policy_kls)
 
 
 @functools.partial(jax.jit, static_argnames=("model_config",))

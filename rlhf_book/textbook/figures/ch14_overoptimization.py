@@ -232,3 +232,4 @@ def kl_penalty(runs=None) -> FigureResult:
         ax.legend(fontsize=7.5, loc="lower left" if key == "gold" else "upper left")
     fig.tight_layout()
     return FigureResult(fig, numbers)
+
