@@ -98,7 +98,7 @@ def best_of_n_from_samples(proxy, gold, n) -> jax.Array:
 
 def pg_step(logits, proxy, ref_logprobs, beta, lr, natural: bool = False) -> jax.Array:
     """One exact policy-gradient ascent step on ``J(pi) = E_pi[r] - beta KL(pi || pi_ref)``
-    (book eq. 82; the KL as a penalty in the reward, §15.1) for a tabular policy over a pool:
+    (book eq. 82; the KL as a penalty in the reward, §15.1, eq. 127) for a tabular policy over a pool:
     ``logits [K]`` of ``pi``, ``proxy [K]`` the reward, ``ref_logprobs [K]`` of ``pi_ref``.
     With the KL-shaped reward ``r' = proxy - beta (log pi - log pi_ref)`` and its advantage
     ``A = r' - E_pi[r']``, the gradient is ``dJ/dlogits = pi * A``: the expectation of
@@ -112,4 +112,4 @@ def pg_step(logits, proxy, ref_logprobs, beta, lr, natural: bool = False) -> jax
     ref_logprobs = as_float_array(ref_logprobs, "ref_logprobs", "[K]")
     raise NotImplementedError('Exercise 14.6 (one exact policy-gradient step with a KL penalty, plain and natural; book eq. 82 and §15.1; Gao et al. 2023; Kakade 2001) is not started: replace this line with your solution.')
 
-# stub fingerprint: 55701560618e34d3
+# stub fingerprint: 10d8541bc51ca186

@@ -309,8 +309,8 @@ def frontier_questions() -> list:
 
 def frontier_runs(sft_params, proxy: rollout.Reward, text_score: Callable | None = None,
                   policy_kls=policy_k1) -> dict:
-    """RLOO on ``proxy`` (a :class:`~rlhf_book.lm.rollout.Reward`: in the notebook chapter 5's
-    reward model, :func:`~rlhf_book.ch06_policy_gradients.loop.reward_model_reward`) from
+    """RLOO on ``proxy`` (a :class:`~rlhf_book.lm.rollout.Reward`, e.g. chapter 5's reward model
+    from :func:`rm_proxy`; chapter 15's notebook runs this with the same reward model) from
     ``sft_params`` for each of ``FRONTIER_BETAS`` x ``FRONTIER_SEEDS`` (every run in one
     compiled ``vmap``, beta traced), ``FRONTIER_STEPS`` steps in chunks of ``FRONTIER_CHUNK``;
     after each chunk (and at step 0) every policy is measured on the rephrased questions

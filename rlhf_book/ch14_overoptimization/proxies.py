@@ -5,7 +5,7 @@ optimised exactly, against the gold reward that labelled the pairs.
 the three questions of §14.2 can be asked without training a network:
 
 * **how much data** (Gao et al. 2023): a linear Bradley-Terry reward model (chapter 5's loss,
-  book eqs. 15-17) on a response's features, fitted to ``n`` pairs labelled by the gold reward
+  book eqs. 15, 16, 17) on a response's features, fitted to ``n`` pairs labelled by the gold reward
   itself. Its only error is estimation error -- too few pairs to pin the weights down -- which
   the optimiser finds and exploits; more pairs push the gold peak later and higher;
 * **a train and a test reward model** (book Figure 39; Bai et al. 2022): two reward models from
@@ -21,7 +21,8 @@ the three questions of §14.2 can be asked without training a network:
   ``beta``, each run recorded at every step.
 
 The pool (:func:`feature_pool`): ``K`` responses with a quality ``q ~ N(0, 1)``, a length ``L ~
-Gamma(4, 1)`` and ``N_NOISE`` features that gold ignores, ``z ~ N(0, 1)``; gold ``= q - 0.05 (L
+Gamma(4, 1)`` and ``N_NOISE`` heavy-tailed features that gold ignores, ``z ~ t_3`` (Student's t
+with ``NOISE_DF`` = 3 degrees of freedom: think of counts of rare tokens); gold ``= q - 0.05 (L
 - 4)^2`` (as in :func:`.pool.length_pool`). The features ``[q, L - 4, (L - 4)^2, z]`` can express
 gold exactly, so an infinitely large preference set recovers it.
 
@@ -65,7 +66,7 @@ class FeaturePool(NamedTuple):
 
 def feature_pool(seed: int = 0, size: int = POOL_SIZE, n_noise: int = N_NOISE,
                  length_penalty: float = LENGTH_PENALTY) -> FeaturePool:
-    """``q ~ N(0, 1)``, ``L ~ Gamma(4, 1)``, ``z ~ N(0, 1)^n_noise`` from
+    """``q ~ N(0, 1)``, ``L ~ Gamma(4, 1)``, ``z ~ t_3^n_noise`` (Student's t, ``NOISE_DF``) from
     ``numpy.random.default_rng(seed)`` in that order; ``gold = q - length_penalty (L - 4)^2``;
     features ``[q, L - 4, (L - 4)^2, z] [K, 3 + n_noise]``."""
     if not isinstance(size, (int, np.integer)) or size < 2:
@@ -83,7 +84,7 @@ def feature_pool(seed: int = 0, size: int = POOL_SIZE, n_noise: int = N_NOISE,
 
 def gold_pairs(fpool: FeaturePool, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` preference pairs of distinct pool responses drawn uniformly, labelled by the gold
-    reward through the Bradley-Terry model (book eq. 12): the first is preferred with
+    reward through the Bradley-Terry model (book eq. 13): the first is preferred with
     probability ``sigmoid(gold_i - gold_j)``. Returns the feature differences ``phi_i - phi_j
     [n, F]`` and the labels ``[n]`` (1.0 when the first is preferred)."""
     if not isinstance(n, (int, np.integer)) or n < 1:
@@ -99,10 +100,13 @@ def gold_pairs(fpool: FeaturePool, n: int, seed: int = 0) -> tuple[np.ndarray, n
 # [guide:linear-rm]
 def fit_linear_rm(diffs, labels, l2: float = 1e-2, iters: int = 30) -> jax.Array:
     """The linear reward model ``r(y) = w . phi(y)`` that minimises the Bradley-Terry loss
-    (book eqs. 15-17) plus ``l2/2 |w|^2`` on pairs with feature differences ``diffs [n, F]``
-    and labels ``[n]`` (1 when the first response is preferred, 0 when the second; a label may
-    be fractional). Logistic regression without an intercept, solved by ``iters`` Newton
-    steps from ``w = 0`` (the loss is convex). Returns ``w [F]``."""
+    (book eqs. 15, 16, 17), summed over the pairs (so ``l2`` weighs less as ``n`` grows), plus
+    ``l2/2 |w|^2``, on pairs with feature differences ``diffs [n, F]`` and labels ``[n]`` (1
+    when the first response is preferred, 0 when the second; a label may be fractional).
+    Logistic regression without an intercept, solved by ``iters`` plain (undamped) Newton steps
+    from ``w = 0``: the loss is convex and ``l2`` keeps the Hessian positive definite, which is
+    enough on this chapter's pools; nearly separable pairs with a tiny ``l2`` could need a
+    damped step. Returns ``w [F]``."""
     x = as_float_array(diffs, "diffs", "[n, F]")
     y = as_float_array(labels, "labels", "[n]")
     if x.ndim != 2 or y.shape != x.shape[:1]:
@@ -189,7 +193,7 @@ def length_controlled(scores, lengths) -> jax.Array:
 # [guide:pg-step]
 def pg_step(logits, proxy, ref_logprobs, beta, lr, natural: bool = False) -> jax.Array:
     """One exact policy-gradient ascent step on ``J(pi) = E_pi[r] - beta KL(pi || pi_ref)``
-    (book eq. 82; the KL as a penalty in the reward, §15.1) for a tabular policy over a pool:
+    (book eq. 82; the KL as a penalty in the reward, §15.1, eq. 127) for a tabular policy over a pool:
     ``logits [K]`` of ``pi``, ``proxy [K]`` the reward, ``ref_logprobs [K]`` of ``pi_ref``.
     With the KL-shaped reward ``r' = proxy - beta (log pi - log pi_ref)`` and its advantage
     ``A = r' - E_pi[r']``, the gradient is ``dJ/dlogits = pi * A``: the expectation of

@@ -178,7 +178,7 @@ def best_of_n_from_samples(fn):
 
 
 # ----------------------------------------------------------------------------------------------
-# 14.6 One exact policy-gradient step with a KL penalty (book eq. 82; §15.1)
+# 14.6 One exact policy-gradient step with a KL penalty (book eq. 82; §15.1, eq. 127)
 
 
 def _objective(logits, proxy, ref_logprobs, beta) -> float:

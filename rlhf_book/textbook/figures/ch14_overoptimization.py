@@ -209,7 +209,7 @@ def learned_proxies(scaling=None, train_test=None, ensembles=None) -> FigureResu
         "Does the KL penalty help, or is it early stopping? Exact natural policy gradient on "
         "J = E[proxy] - beta KL (book eq. 82) over Figure 38's pool, from the uniform policy, "
         "one run per beta, recorded every 10 steps: gold (left) and proxy (right) reward "
-        "against d = sqrt(KL). Each run stops where its penalty holds it; the beta = 0 run, "
+        "against d = sqrt(KL). Each run heads to where its penalty holds it; the beta = 0 run, "
         "stopped early, passes through the same points (Gao et al. 2023 find the same on "
         "their RL runs).")
 def kl_penalty(runs=None) -> FigureResult:
