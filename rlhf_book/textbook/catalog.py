@@ -444,6 +444,38 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "book §15.1.2, the implementation example (its kl_full, fixed)", difficulty=1),
         ),
     ),
+    Chapter(
+        16, "evaluation", "Evaluation: formats, variance, contamination and leaderboards",
+        "book ch. 16, which has no numbered equations (§16.1 prompt formatting: few-shot, "
+        "multiple choice scored by log-likelihood or by generation and exact match, chain of "
+        "thought, Tulu 3's MMLU prompt; §16.2 why external comparisons are unreliable; §16.3 how "
+        "labs use evaluations: Elo, statistical power; §16.4 contamination: 8-gram and "
+        "50-character overlap); Appendix C.2 (evaluation variance, Table 7) and C.3 (training "
+        "variance: seeds and sweeps); Elo 1978 and Bradley-Terry (book eq. 13) leaderboards",
+        exercises=(
+            Exercise("16.1", "strict answer extraction: Tulu 3's suffix, a box, 'The answer is:'",
+                     "rlhf_book.ch16_evaluation.formats:extract_answer",
+                     "book §16.1 (exact match) and §16.2 (answer-format conflicts)",
+                     difficulty=1),
+            Exercise("16.2", "log-likelihood scores of the choices, with length normalisation",
+                     "rlhf_book.ch16_evaluation.formats:choice_log_likelihood",
+                     "book §16.1 (log-likelihood scoring)", difficulty=2),
+            Exercise("16.3", "the standard deviation of a re-run",
+                     "rlhf_book.ch16_evaluation.variance:rerun_std",
+                     "book §16.2 and App. C.2, Table 7", difficulty=1),
+            Exercise("16.4", "the confidence interval of a difference between two models",
+                     "rlhf_book.ch16_evaluation.variance:diff_ci",
+                     "book §16.2 and App. C.2, Table 7", difficulty=1),
+            Exercise("16.5", "8-gram contamination between training data and an evaluation",
+                     "rlhf_book.ch16_evaluation.contamination:ngram_contamination",
+                     "book §16.4", difficulty=2),
+            Exercise("16.6", "one Elo update", "rlhf_book.ch16_evaluation.leaderboard:elo_update",
+                     "book §16.3; Elo 1978", difficulty=1),
+            Exercise("16.7", "Elo ratings from a sequence of battles, in a scan",
+                     "rlhf_book.ch16_evaluation.leaderboard:elo_ratings",
+                     "book §16.3; Elo 1978", difficulty=3),
+        ),
+    ),
 )
 
 
