@@ -33,6 +33,7 @@ from rlhf_book import data
 from rlhf_book.data.world import group_by_topic
 from rlhf_book.ch04_instruction_tuning import experiments as ch04_experiments
 from rlhf_book.ch04_instruction_tuning.loop import train_sft
+from rlhf_book.ch14_overoptimization.experiments import rm_proxy
 from rlhf_book.ch16_evaluation import contamination, formats
 from rlhf_book.ch16_evaluation.leaderboard import elo_ratings
 from rlhf_book.lm import gpt, sampling, tokenizer
@@ -347,6 +348,9 @@ ARENA_BATTLES = 2000
 ARENA_ORDERS = 64        # orders of the same battles that Elo is run in
 JUDGE_NOISE = 0.5        # the judge's Bradley-Terry temperature, in gold-reward units
 ARENA_SEED = 3
+# The reward model as a judge and as best-of-N's ranker: chapter 14's proxy (chapter 5's model).
+RM_JUDGE = rm_proxy
+
 PLAYERS = ("pretrained, T = 1", "SFT, T = 1.5", "SFT, T = 1", "SFT, T = 0.5",
            "SFT best-of-4 by RM")
 

@@ -106,6 +106,9 @@ def extract_answer(text: str, style: str = "tulu") -> str | None:
     thought may try answers before it commits to one. Matching is case-sensitive, as strict
     suffixes are; ``"the answer is (C)"`` is not extracted.
 
+    ``text``: one reply (a ``str``); returns a ``str`` or ``None``. A harness maps it over its
+    ``[N]`` replies.
+
     How: ``re.findall`` with the style's pattern, keep the last match, clean it.
     """
     if not isinstance(text, str):

@@ -44,7 +44,9 @@ def elo_update(r_a, r_b, s_a, k: float = 32.0) -> tuple[jax.Array, jax.Array]:
         R_A' = R_A + K (S_A - E_A),     R_B' = R_B - K (S_A - E_A),
 
     ``S_A`` A's score (1 win, 0 loss, 1/2 a tie). The points A gains are the points B loses.
-    1200 beating 1000 with ``K = 32``: ``(1207.69, 992.31)``. Elementwise over arrays.
+    1200 beating 1000 with ``K = 32``: ``(1207.69, 992.31)``. ``r_a``, ``r_b``, ``s_a``:
+    scalars or arrays ``[...]`` of one shape (many battles at once, elementwise); returns two
+    arrays ``[...]``.
 
     How: :func:`elo_expected`, then the two lines.
     """

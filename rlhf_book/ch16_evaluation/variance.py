@@ -79,7 +79,8 @@ def diff_ci(sigma_a, sigma_b=None, n_a: int = 1, n_b: int = 1, z: float = 1.96) 
     with ``sigma`` the standard deviation of one run (Table 7's number), ``n`` the re-runs
     averaged and ``z = 1.96`` for 95%. ``sigma_b`` defaults to ``sigma_a`` (one benchmark, two
     models). GPQA, one run each: ``1.96 * 1.48 * sqrt(2) = 4.10`` points -- a gain under 4
-    points on GPQA from single runs is not evidence. Broadcasts over its array arguments.
+    points on GPQA from single runs is not evidence. ``sigma_a``, ``sigma_b``: scalars or
+    arrays ``[...]`` (one per benchmark), broadcast together; returns ``[...]``.
 
     How: the variances of independent means add.
     """
@@ -103,8 +104,10 @@ def runs_needed(sigma: float, delta: float, alpha: float = 0.05, power: float = 
     """
     check_range(sigma, "sigma", 0, strict=True)
     check_range(delta, "delta", 0, strict=True)
-    check_range(alpha, "alpha", 0, 1, strict=True)
-    check_range(power, "power", 0, 1, strict=True)
+    for name, value in (("alpha", alpha), ("power", power)):
+        check_range(value, name, 0, 1, strict=True)
+        if not value < 1:  # a level or a power of 1 needs infinitely many runs
+            raise ValueError(f"{name} must be < 1, got {value}")
     z_alpha = float(jax.scipy.stats.norm.ppf(1 - alpha / 2))
     z_power = float(jax.scipy.stats.norm.ppf(power))
     return max(1, math.ceil((z_alpha + z_power) ** 2 * 2 * sigma ** 2 / delta ** 2 - 1e-9))
