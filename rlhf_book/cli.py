@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import pathlib
 import sys
 
@@ -23,6 +24,51 @@ def _pipeline(args) -> int:
         overrides["pretrain"] = dataclasses.replace(config.pretrain, **train_overrides)
     config = dataclasses.replace(config, **overrides)
     run_pipeline(config, fresh=args.fresh, progress=not args.no_progress)
+    return 0
+
+
+def _load_model(spec: str):
+    """``(name, params)`` for ``eval``: ``pretrained`` or ``sft`` (the shared small models of
+    chapters 0 and 4, trained on first use), or a checkpoint file, optionally named
+    ``NAME=PATH``."""
+    from rlhf_book.lm import train
+    from rlhf_book.textbook import substrate
+
+    name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    if path == "pretrained":
+        return name or path, substrate.pretrained_small()[0]
+    if path == "sft":
+        return name or path, substrate.sft_small()
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ValueError(f"checkpoint must be 'pretrained', 'sft' or a checkpoint file, got "
+                         f"{path!r} (no such file)")
+    params, _ = train.load_checkpoint(file)
+    return name or file.name.split("-")[0], params
+
+
+def _eval(args) -> int:
+    from rlhf_book.ch16_evaluation import harness
+
+    loaded = [_load_model(spec) for spec in args.checkpoints]
+    models = dict(loaded)
+    if len(models) < len(loaded):
+        raise ValueError("checkpoints must have different names; name them NAME=PATH, got "
+                         + ", ".join(name for name, _ in loaded))
+    configs = {name: harness.infer_config(p) for name, p in models.items()}
+    reference = _load_model(args.reference)[1] if args.reference else None
+    if reference is not None:
+        configs["reference"] = harness.infer_config(reference)
+    if len(set(configs.values())) > 1:
+        raise ValueError("checkpoints must all be of one model size, got "
+                         + ", ".join(f"{n}: d_model {c.d_model}" for n, c in configs.items()))
+    rows = harness.evaluate(models, next(iter(configs.values())), reference=reference,
+                            suites=args.suites, questions=args.questions or None,
+                            samples=args.samples, seed=args.seed)
+    print(harness.format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1))
+        print(f"rows written to {_relative(args.json)}")
     return 0
 
 
@@ -269,6 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("chapters", nargs="*", help=chapter_help)
     p.add_argument("--check", action="store_true", help="execute only; do not write outputs")
     p.set_defaults(func=_notebooks)
+
+    p = sub.add_parser("eval", help="score checkpoints on the world's held-out suites (gold "
+                                    "reward, accuracy, pass@k, length, KL) with standard errors "
+                                    "(book ch. 16)")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="'pretrained', 'sft' (the shared small models) or a checkpoint file "
+                        "(e.g. runs/checkpoints/rl-mini-<key>.msgpack), optionally NAME=PATH")
+    p.add_argument("--reference", metavar="CHECKPOINT",
+                   help="a model to measure the KL to and the paired gold gain over")
+    p.add_argument("--suites", nargs="+", choices=["rephrased", "unseen", "arithmetic"],
+                   default=["rephrased", "unseen", "arithmetic"], help="suites (default all)")
+    p.add_argument("--questions", type=int, default=64,
+                   help="questions per suite, drawn at random (default 64; 0 = all)")
+    p.add_argument("--samples", type=int, default=4,
+                   help="answers per question at temperature 1 (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the questions and samples")
+    p.add_argument("--json", type=pathlib.Path, help="also write the rows to this JSON file")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("bench", help="measure speed and memory: one jitted RL step, side by side "
                                      "with TRL's GRPOTrainer where torch and trl are installed")

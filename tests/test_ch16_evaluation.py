@@ -568,3 +568,88 @@ def test_detection_finds_the_planted_contamination_and_nothing_clean():
     # the same answer under the char rule: every leaked item occurs whole in the corpus
     texts = experiments.sft_texts(conversations)
     assert ch16.substring_contamination(texts, [q.prompt for q in split.leaked]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation harness and `rlhf-book eval`
+
+
+def test_harness_summarise_matches_a_plain_numpy_computation():
+    from math import comb
+
+    from rlhf_book.ch16_evaluation import harness
+
+    rng = np.random.default_rng(0)
+    q, n = 7, 5
+    answers = {"gold": rng.normal(size=(q, n)), "right": (rng.random((q, n)) < 0.4) * 1.0,
+               "bytes": rng.integers(5, 40, size=(q, n)) * 1.0}
+    reference = {"gold": rng.normal(size=(q, n))}
+    out = harness.summarise(answers, reference, ks=(1, 3))
+    per_q = answers["gold"].mean(1)
+    assert out["gold"] == pytest.approx(per_q.mean())
+    assert out["gold_se"] == pytest.approx(per_q.std(ddof=1) / np.sqrt(q))
+    diff = per_q - reference["gold"].mean(1)
+    assert out["gain"] == pytest.approx(diff.mean())
+    assert out["gain_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(q))
+    for k in (1, 3):
+        c = answers["right"].sum(1).astype(int)
+        exact = np.asarray([1 - comb(n - ci, k) / comb(n, k) for ci in c])
+        assert out[f"pass@{k}"] == pytest.approx(exact.mean(), abs=1e-6)
+        assert out[f"pass@{k}_se"] == pytest.approx(exact.std(ddof=1) / np.sqrt(q), abs=1e-6)
+    # pass@1 is the accuracy
+    assert out["pass@1"] == pytest.approx(out["right"], abs=1e-6)
+
+
+def test_harness_infers_each_model_size_and_refuses_other_trees():
+    from rlhf_book.ch16_evaluation import harness
+    from rlhf_book.lm import gpt
+
+    for config in gpt.CONFIGS.values():
+        assert harness.infer_config(gpt.init_params(jax.random.PRNGKey(0), config)) == config
+    with pytest.raises(ValueError, match="^params"):
+        harness.infer_config({"w": np.zeros((3, 3))})
+
+
+def test_harness_suites_are_the_worlds_held_out_questions():
+    from rlhf_book import data
+    from rlhf_book.ch16_evaluation import harness
+
+    splits = data.question_splits()
+    trained = {(q.topic, q.subject, q.prompt) for q in splits.train}
+    for suite in harness.SUITES:
+        qs = harness.suite_questions(suite)
+        assert qs and not any((q.topic, q.subject, q.prompt) in trained for q in qs)
+    assert all(q.rephrased for q in harness.suite_questions("rephrased"))
+    assert {q.topic for q in harness.suite_questions("arithmetic")} == {"arithmetic"}
+    assert len(harness.suite_questions("unseen", 5, seed=1)) == 5
+    with pytest.raises(ValueError, match="^suite"):
+        harness.suite_questions("mmlu")
+
+
+def test_eval_command_prints_one_row_per_model_and_suite(tmp_path, capsys):
+    from rlhf_book import cli
+    from rlhf_book.lm import gpt, train
+
+    config = gpt.get_config("tiny")
+    for name, seed in (("a", 0), ("b", 1)):
+        train.save_checkpoint(tmp_path / f"{name}-tiny.msgpack",
+                              gpt.init_params(jax.random.PRNGKey(seed), config))
+    code = cli.main(["eval", str(tmp_path / "a-tiny.msgpack"), str(tmp_path / "b-tiny.msgpack"),
+                     "--reference", str(tmp_path / "a-tiny.msgpack"), "--suites", "rephrased",
+                     "arithmetic", "--questions", "3", "--samples", "2",
+                     "--json", str(tmp_path / "rows.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = [line.split()[:2] for line in out.splitlines()[2:] if line.startswith(("a ", "b "))]
+    assert rows == [["a", "rephrased"], ["b", "rephrased"], ["a", "arithmetic"],
+                    ["b", "arithmetic"]]
+    import json
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert len(saved) == 4
+    # "a" is the reference, loaded again: with the same sampling keys (common random numbers)
+    # it gives the very same answers, so its KL is 0 up to float error and its gain exactly 0
+    assert abs(saved[0]["metrics"]["kl"]) < 1e-4 and saved[0]["metrics"]["gain"] == 0.0
+    assert saved[1]["metrics"]["kl"] > 0.01
+    # bad input: one line naming the problem, exit code 2
+    assert cli.main(["eval", str(tmp_path / "missing.msgpack")]) == 2
+    assert "checkpoint must be" in capsys.readouterr().err

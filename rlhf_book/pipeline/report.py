@@ -3,7 +3,7 @@ rephrased questions, the unseen facts and arithmetic, the results tables and the
 
 Answers are sampled at temperature 1 and measured by :func:`rlhf_book.lm.eval.answer_samples`
 (gold reward, right / wrong / none, bytes, the reward model's score of the very tokens, the
-sampled KL to the SFT model); :func:`summarise` averages them per question first, so standard
+sampled KL to the SFT model); chapter 16's harness (:func:`~rlhf_book.ch16_evaluation.harness.summarise`) averages them per question first, so standard
 errors are over questions, the unit sampled, and gains over SFT are paired by question. Plots
 are matplotlib ``Figure`` objects (no pyplot), finished with the figure registry's
 :func:`~rlhf_book.textbook.figures.finish_axes`.
@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from rlhf_book import ch09_rejection_sampling as ch09
 from rlhf_book import data
-from rlhf_book.ch07_reasoning.rlvr import pass_at_k
+from rlhf_book.ch16_evaluation.harness import summarise
 from rlhf_book.lm import gpt, sampling, tokenizer
 from rlhf_book.lm.eval import answer_samples, mean_se, score_answers
 from rlhf_book.lm.rollout import encode_prompts
@@ -90,20 +90,6 @@ def best_of_n_answers(bon: ch09.BestOfN, questions, question_index=None) -> dict
             "single_gold": single.reshape(B, n).mean(1), "single_rm":
             np.asarray(bon.all_rewards).mean(1), "n_samples": n,
             "question_index": np.arange(B) if question_index is None else np.asarray(question_index)}
-
-
-def summarise(answers: dict, reference: dict | None = None) -> dict:
-    """Means over questions of the per-question means of :func:`policy_answers`, each with
-    its standard error over questions (the unit that was sampled); with ``reference`` (the
-    SFT model's answers to the same questions), the paired gain in gold reward and its SE."""
-    out = {}
-    for k in ("gold", "right", "wrong", "none", "bytes", "rm", "kl"):
-        if k in answers:
-            out[k], out[f"{k}_se"] = (float(v) for v in mean_se(answers[k].mean(1)))
-    if reference is not None:
-        ref = reference["gold"].mean(1)[answers.get("question_index", slice(None))]
-        out["gain"], out["gain_se"] = (float(v) for v in mean_se(answers["gold"].mean(1) - ref))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,9 +308,9 @@ def arithmetic_line(answers: dict[str, dict], log: Log) -> dict:
     out = {}
     ref = answers.get("sft")
     for name, a in answers.items():
-        n = a["right"].shape[1]
-        c = a["right"].sum(1)
-        out[name] = {"pass@1": mean_se(pass_at_k(n, c, 1)), f"pass@{n}": mean_se(pass_at_k(n, c, n))}
+        n, c = a["right"].shape[1], a["right"].sum(1)
+        m = summarise(a, ks=(1, n))
+        out[name] = {f"pass@{k}": (m[f"pass@{k}"], m[f"pass@{k}_se"]) for k in (1, n)}
         if ref is not None and name != "sft":
             out[name]["change"] = mean_se(a["right"].mean(1) - ref["right"].mean(1))
     log(f"\nArithmetic ({len(c)} rephrased sums a + b, {n} answers each at temperature 1, the "

@@ -1,9 +1,10 @@
 """Grading checks for chapter 16 (evaluation) and Appendix C.2 (evaluation variance).
 
-Oracles: the book's numbers (Tulu 3's suffix "Therefore, the answer is (C)", a box and
-"The answer is:", the two formats book §16.2 says conflict; Table 7's standard deviations and
-the interval ``1.96 * 1.48 * sqrt(2) = 4.10`` points of GPQA; a coin on each of 200 questions
-moving by 3.54 points; 1200 beating 1000 by Elo going to 1207.69 and 992.31), hand-made inputs
+Oracles: the book's numbers and numbers derived from them by hand (Tulu 3's suffix "Therefore,
+the answer is (C)", a box and "The answer is:", the two formats book §16.2 says conflict;
+Table 7's standard deviations and the interval ``1.96 * 1.48 * sqrt(2) = 4.10`` points of
+GPQA; a coin on each of 200 questions moving by 3.54 points; 1200 beating 1000 by Elo, worked
+by hand to 1207.69 and 992.31), hand-made inputs
 whose answer is known by construction (log-probabilities where the length normalisation flips
 the prediction; training texts with a planted 8-gram and a 7-word near miss), and plain Python
 or float64 NumPy loops written from the formulas: the masked sum over each choice's tokens,
@@ -420,7 +421,7 @@ def _pair(fn, what, *args, **kwargs) -> tuple[np.ndarray, np.ndarray]:
 def elo_update(fn):
     what = "elo_update(1200.0, 1000.0, 1.0, 32.0)"
     a, b = _pair(fn, what, 1200.0, 1000.0, 1.0, 32.0)
-    expect_close((a, b), (1207.69, 992.31), what + " (the book's example, to two decimals: "
+    expect_close((a, b), (1207.69, 992.31), what + " (worked by hand, to two decimals: "
                  f"E_A = 0.7597, so A gains 32 (1 - 0.7597) = 7.69; {ELO})", atol=0.005, rtol=0)
     change = 32 * (1 - elo_expected_score(1200, 1000))
     expect_close((a, b), (1200 + change, 1000 - change), what + f" ({ELO})", atol=1e-3, rtol=0)
