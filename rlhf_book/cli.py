@@ -56,7 +56,10 @@ def _eval(args) -> int:
         raise ValueError("checkpoints must have different names; name them NAME=PATH, got "
                          + ", ".join(name for name, _ in loaded))
     configs = {name: harness.infer_config(p) for name, p in models.items()}
-    reference = _load_model(args.reference)[1] if args.reference else None
+    # the reference named again among the models is the same object: its row then has no gain
+    by_spec = dict(zip(args.checkpoints, models.values()))
+    reference = (by_spec.get(args.reference) or _load_model(args.reference)[1]
+                 if args.reference else None)
     if reference is not None:
         configs["reference"] = harness.infer_config(reference)
     if len(set(configs.values())) > 1:

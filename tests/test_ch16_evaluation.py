@@ -1,8 +1,9 @@
 """Tests of chapter 16's library (rlhf_book.ch16_evaluation) and its graded exercises.
 
 Expected values come from outside the implementation: the book's prompts and numbers (book
-§16.1's few-shot multiple-choice prompt and Tulu 3's MMLU prompt; Appendix C.2, Table 7;
-Appendix C.3's winner's curse), closed forms for the expected maximum of normals (n = 2 to 5),
+§16.1's few-shot multiple-choice prompt and Tulu 3's MMLU prompt; Appendix C.2, Table 7)
+and values derived from them by hand (the intervals of Table 7's differences, the winner's
+curse of Appendix C.3), closed forms for the expected maximum of normals (n = 2 to 5),
 the two-sample power formula with fixed normal quantiles, strings and arrays built so that the
 answer is known by construction, an independent Bradley-Terry fit (choix, and a float64 Newton
 fit written here), and Monte Carlo simulations compared within a few standard errors.
@@ -10,15 +11,20 @@ fit written here), and Monte Carlo simulations compared within a few standard er
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
+from math import comb
 
 import jax
 import numpy as np
 import pytest
 
 from rlhf_book import ch16_evaluation as ch16
+from rlhf_book import cli, data
+from rlhf_book.ch16_evaluation import experiments, harness
+from rlhf_book.lm import gpt, train
 from rlhf_book.textbook import catalog, grading
 from rlhf_book.textbook.checks import Mismatch
 from rlhf_book.textbook.checks import ch16_evaluation as checks
@@ -268,7 +274,7 @@ def test_tulu3_mmlu_cot_prompt_holds_the_books_instruction_verbatim():
 # Variance: the winner's curse, power, Table 7's statistic, avg@k and maj@k (Appendix C.2, C.3)
 
 
-def test_expected_max_normal_gives_the_book_values_and_the_closed_forms():
+def test_expected_max_normal_gives_the_tabulated_values_and_the_closed_forms():
     assert [round(ch16.expected_max_normal(n), 3) for n in (2, 3, 5, 10)] == [
         0.564, 0.846, 1.163, 1.539]
     assert ch16.expected_max_normal(1) == pytest.approx(0.0, abs=1e-9)
@@ -549,9 +555,6 @@ def test_runs_needed_rejects_a_power_or_level_of_one_naming_it():
 
 
 def test_detection_finds_the_planted_contamination_and_nothing_clean():
-    from rlhf_book import data
-    from rlhf_book.ch16_evaluation import experiments
-
     split = experiments.leak_split()
     conversations = (data.sft_demonstrations(seed=0, n=experiments.LEAK_CONFIG.n_demonstrations)
                      + experiments.leaked_conversations(split.leaked))
@@ -575,10 +578,6 @@ def test_detection_finds_the_planted_contamination_and_nothing_clean():
 
 
 def test_harness_summarise_matches_a_plain_numpy_computation():
-    from math import comb
-
-    from rlhf_book.ch16_evaluation import harness
-
     rng = np.random.default_rng(0)
     q, n = 7, 5
     answers = {"gold": rng.normal(size=(q, n)), "right": (rng.random((q, n)) < 0.4) * 1.0,
@@ -601,9 +600,6 @@ def test_harness_summarise_matches_a_plain_numpy_computation():
 
 
 def test_harness_infers_each_model_size_and_refuses_other_trees():
-    from rlhf_book.ch16_evaluation import harness
-    from rlhf_book.lm import gpt
-
     for config in gpt.CONFIGS.values():
         assert harness.infer_config(gpt.init_params(jax.random.PRNGKey(0), config)) == config
     with pytest.raises(ValueError, match="^params"):
@@ -611,9 +607,6 @@ def test_harness_infers_each_model_size_and_refuses_other_trees():
 
 
 def test_harness_suites_are_the_worlds_held_out_questions():
-    from rlhf_book import data
-    from rlhf_book.ch16_evaluation import harness
-
     splits = data.question_splits()
     trained = {(q.topic, q.subject, q.prompt) for q in splits.train}
     for suite in harness.SUITES:
@@ -627,9 +620,6 @@ def test_harness_suites_are_the_worlds_held_out_questions():
 
 
 def test_eval_command_prints_one_row_per_model_and_suite(tmp_path, capsys):
-    from rlhf_book import cli
-    from rlhf_book.lm import gpt, train
-
     config = gpt.get_config("tiny")
     for name, seed in (("a", 0), ("b", 1)):
         train.save_checkpoint(tmp_path / f"{name}-tiny.msgpack",
@@ -643,13 +633,27 @@ def test_eval_command_prints_one_row_per_model_and_suite(tmp_path, capsys):
     rows = [line.split()[:2] for line in out.splitlines()[2:] if line.startswith(("a ", "b "))]
     assert rows == [["a", "rephrased"], ["b", "rephrased"], ["a", "arithmetic"],
                     ["b", "arithmetic"]]
-    import json
     saved = json.loads((tmp_path / "rows.json").read_text())
     assert len(saved) == 4
-    # "a" is the reference, loaded again: with the same sampling keys (common random numbers)
-    # it gives the very same answers, so its KL is 0 up to float error and its gain exactly 0
-    assert abs(saved[0]["metrics"]["kl"]) < 1e-4 and saved[0]["metrics"]["gain"] == 0.0
+    # "a" is the reference, named again: the same model, so its KL is exactly 0 and its row
+    # has no gain over itself
+    assert saved[0]["metrics"]["kl"] == 0.0 and "gain" not in saved[0]["metrics"]
+    assert "gain" in saved[1]["metrics"]
     assert saved[1]["metrics"]["kl"] > 0.01
     # bad input: one line naming the problem, exit code 2
     assert cli.main(["eval", str(tmp_path / "missing.msgpack")]) == 2
     assert "checkpoint must be" in capsys.readouterr().err
+
+
+def test_harness_samples_every_model_with_the_same_keys():
+    config = gpt.get_config("tiny")
+    params = gpt.init_params(jax.random.PRNGKey(0), config)
+    copy = jax.tree.map(lambda x: x + 0, params)          # equal values, another object
+    other = gpt.init_params(jax.random.PRNGKey(1), config)
+    rows = harness.evaluate({"ref": params, "copy": copy, "other": other}, config,
+                            reference=params, suites=("rephrased",), questions=3, samples=2)
+    by = {r.model: r.metrics for r in rows}
+    assert "gain" not in by["ref"] and by["ref"]["kl"] == 0.0
+    # common random numbers: an identical model gives identical answers, a paired gain of 0
+    assert by["copy"]["gain"] == 0.0 and by["copy"]["gain_se"] == 0.0
+    assert abs(by["copy"]["kl"]) < 1e-4 and by["other"]["kl"] > 0.01

@@ -1,8 +1,7 @@
 """Chapter 14: over-optimisation -- the proxy reward rises while the true one rises, peaks and
 falls (book ch. 14). Built so far: the closed form, Gao et al.'s forms, best-of-N on the mini
-GPT, and learned proxies in closed form (data size, a train and a test reward model, ensembles,
-the KL penalty against early stopping); RL on the mini GPT against its reward model is still to
-come.
+GPT, learned proxies in closed form (data size, a train and a test reward model, ensembles,
+the KL penalty against early stopping), and RL on the mini GPT against its reward model.
 
 * :mod:`.gao` -- Gao et al.'s (2023) functional forms of gold reward against the square root
   of the KL, for best-of-N and for RL, their peaks, and their least-squares fit (book §14.2);
@@ -13,8 +12,9 @@ come.
 * :mod:`.proxies` -- learned proxies in closed form: linear Bradley-Terry reward models fitted
   to gold-labelled pairs, as the data grows, a train and a test reward model (Figure 39),
   ensembles, and the KL penalty against early stopping by exact policy gradient;
-* :mod:`.experiments` -- what the notebook runs: the closed-form reference run, and best-of-N
-  on the mini GPT ranked by chapter 5's reward model and scored by the world's gold reward.
+* :mod:`.experiments` -- what the notebook runs: the closed-form reference run, best-of-N on
+  the mini GPT ranked by chapter 5's reward model and scored by the world's gold reward, and RL
+  against that reward model under a sweep of KL penalties.
 """
 
 from rlhf_book.ch14_overoptimization.gao import *  # noqa: F401,F403

@@ -373,3 +373,35 @@ def frontier_points(runs: dict) -> dict:
             row[f"{k}_se"] = v.std(axis=1, ddof=1) / np.sqrt(v.shape[1])
         out[beta] = row
     return out
+
+
+def runs_to_arrays(runs: dict) -> dict[str, np.ndarray]:
+    """:func:`frontier_runs`' results without the parameters, as flat ``{name: array}`` (what a
+    checkpoint's history stores): ``steps``, ``evals/<beta>/<name>``, ``metrics/<beta>/<name>``
+    and ``texts/<beta>``. :func:`runs_from_arrays` undoes it."""
+    out = {"steps": np.asarray(runs["steps"])}
+    for beta in runs["evals"]:
+        out |= {f"evals/{beta!r}/{k}": np.asarray(v) for k, v in runs["evals"][beta].items()}
+        out |= {f"metrics/{beta!r}/{k}": np.asarray(v) for k, v in runs["metrics"][beta].items()}
+        out[f"texts/{beta!r}"] = np.asarray(runs["texts"][beta], dtype=object)
+    return out
+
+
+def runs_from_arrays(arrays: dict, params=None) -> dict:
+    """The results of :func:`frontier_runs` back from :func:`runs_to_arrays`' flat arrays (and
+    the final ``params``, when kept)."""
+    runs = {"steps": np.asarray(arrays["steps"]), "evals": {}, "metrics": {}, "texts": {},
+            "params": params}
+    for name, value in arrays.items():
+        if name == "steps":
+            continue
+        kind, beta, *rest = name.split("/")
+        beta = float(beta)
+        if kind == "texts":
+            runs["texts"][beta] = np.asarray(value, dtype=object)
+        else:
+            runs[kind].setdefault(beta, {})[rest[0]] = np.asarray(value)
+    order = sorted(runs["evals"], key=FRONTIER_BETAS.index)
+    for kind in ("evals", "metrics", "texts"):
+        runs[kind] = {beta: runs[kind][beta] for beta in order}
+    return runs

@@ -10,6 +10,8 @@ ch. 16; Appendix C.2 and C.3).
   and evaluation items (§16.4);
 * :mod:`.leaderboard` -- Elo and Bradley-Terry ratings from pairwise battles, with bootstrap
   intervals (§16.3);
+* :mod:`.harness` -- the world's held-out suites, one table with standard errors, for any
+  checkpoint (``rlhf-book eval``; the pipeline's tables);
 * :mod:`.experiments` -- what the notebook runs on the mini GPT.
 """
 

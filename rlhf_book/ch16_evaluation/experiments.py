@@ -225,12 +225,16 @@ def predicted_std(right) -> float:
     right = np.asarray(right, np.float64)
     p = right.mean(axis=1)
     n = right.shape[1]
+    if right.ndim != 2 or n < 2:
+        raise ValueError(f"right must be [Q, n] with n >= 2 samples, got shape {right.shape}")
     return float(np.sqrt(np.sum(p * (1 - p)) * n / (n - 1)) / right.shape[0])
 
 
 def std_se(std: float, runs: int) -> float:
     """The standard error of a standard deviation measured over ``runs`` normal re-runs,
     ``std / sqrt(2 (runs - 1))``."""
+    if runs < 2:
+        raise ValueError(f"runs must be >= 2 to measure a spread, got {runs}")
     return std / np.sqrt(2 * (runs - 1))
 
 
@@ -327,14 +331,17 @@ def detection(conversations, split: LeakSplit, n: int = 8) -> dict[str, np.ndarr
 def group_accuracy(params, split: LeakSplit, samples: int = EVAL_SAMPLES,
                    seed: int = LEAK_SEED) -> dict[str, tuple[float, float]]:
     """Accuracy on each group of the split, ``samples`` answers per question at T = 1:
-    ``{group: (mean, standard error over questions)}``."""
+    ``{group: (mean, standard error)}``. The mean is over questions; the standard error is over
+    **facts** (each fact's questions averaged first): the leak acts fact by fact, so the
+    phrasings of one fact succeed or fail together and are not independent draws."""
     out = {}
     for name in ("leaked", "paraphrased", "clean"):
         qs = getattr(split, name)
         right = answer_samples(params, qs, _config(), jax.random.PRNGKey(seed),
                                samples=samples)["right"].mean(axis=1)
-        mean, se = mean_se(right)
-        out[name] = (float(mean), float(se))
+        facts = np.asarray([f"{q.topic}/{q.subject}" for q in qs])
+        per_fact = np.asarray([right[facts == f].mean() for f in dict.fromkeys(facts)])
+        out[name] = (float(right.mean()), float(mean_se(per_fact)[1]))
     return out
 
 

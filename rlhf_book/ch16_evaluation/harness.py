@@ -48,10 +48,10 @@ def suite_questions(suite: str, n: int | None = None, seed: int = 0) -> list[dat
                  "unseen": lambda: data.fact_questions(splits.unseen),
                  "arithmetic": lambda: [q for q in splits.rephrased
                                         if q.topic == "arithmetic"]}[suite]()
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
     if n is None or n >= len(questions):
         return questions
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int or None, got {n!r}")
     pick = np.random.default_rng(seed).choice(len(questions), size=n, replace=False)
     return [questions[i] for i in sorted(pick)]
 

@@ -4,7 +4,8 @@ reported as Elo; chapter 5's Bradley-Terry model, eq. 13).
 A battle shows two models the same prompt and records which answer a judge prefers. Elo turns
 battles into ratings one at a time, each update moving the two ratings by ``K`` times the
 surprise, so the final ratings depend on the *order* of the battles; the Bradley-Terry maximum
-likelihood fit (what Chatbot Arena reports since 2023) uses all battles at once and does not.
+likelihood fit (what Chatbot Arena reports since 2023; Chiang et al. 2024) uses all battles at
+once and does not.
 On the Elo scale a gap of 400 points means odds of 10 to 1: ``P(A beats B) = 1 / (1 +
 10^((R_B - R_A) / 400))``, which is Bradley-Terry's ``sigma(r_A - r_B)`` with ``r = R ln(10) /
 400``.

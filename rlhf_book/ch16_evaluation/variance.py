@@ -117,8 +117,10 @@ def expected_max_normal(n: int, grid: int = 20001) -> float:
     """``E[max(Z_1, ..., Z_n)]`` for ``n`` independent standard normals: the expected spurious
     gain, in units of the evaluation's ``sigma``, of keeping the best of ``n`` seeds that are
     all equally good (Appendix C.3, training variance; the winner's curse). ``n = 2, 3, 5,
-    10`` give 0.564, 0.846, 1.163, 1.539; at GPQA's ``sigma = 1.48`` the best of 10 equal seeds
-    looks 2.28 points better than it is.
+    10`` give 0.564, 0.846, 1.163, 1.539. With ``sigma`` the spread of one seed's score, the best
+    of 10 equal seeds looks ``1.539 sigma`` better than it is: at least 2.28 points on GPQA,
+    whose inference re-runs alone spread by 1.48 (Table 7); seeds also differ in training, so
+    their spread is larger.
 
     Computed as ``integral x * n phi(x) Phi(x)^(n-1) dx`` (the density of the maximum) by the
     trapezoid rule on ``[-10, 10]``."""

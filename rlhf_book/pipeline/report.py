@@ -3,8 +3,10 @@ rephrased questions, the unseen facts and arithmetic, the results tables and the
 
 Answers are sampled at temperature 1 and measured by :func:`rlhf_book.lm.eval.answer_samples`
 (gold reward, right / wrong / none, bytes, the reward model's score of the very tokens, the
-sampled KL to the SFT model); chapter 16's harness (:func:`~rlhf_book.ch16_evaluation.harness.summarise`) averages them per question first, so standard
-errors are over questions, the unit sampled, and gains over SFT are paired by question. Plots
+sampled KL to the SFT model); chapter 16's harness
+(:func:`~rlhf_book.ch16_evaluation.harness.summarise`) averages them per question first, so
+standard errors are over questions, the unit sampled, and gains over SFT are paired by
+question. Plots
 are matplotlib ``Figure`` objects (no pyplot), finished with the figure registry's
 :func:`~rlhf_book.textbook.figures.finish_axes`.
 """

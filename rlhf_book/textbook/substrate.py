@@ -40,6 +40,7 @@ import rlhf_book
 from rlhf_book import ch00_mini_gpt as ch00
 from rlhf_book.ch04_instruction_tuning import experiments as ch04_experiments
 from rlhf_book.ch05_reward_models import experiments as ch05_experiments
+from rlhf_book.ch14_overoptimization import experiments as ch14_experiments
 from rlhf_book.lm import gpt, train
 
 CACHE_ENV = "RLHF_BOOK_CACHE"
@@ -94,7 +95,8 @@ def path_for(name: str, key: str) -> pathlib.Path:
 
 
 def save(name: str, key: str, params, history: dict | None = None) -> pathlib.Path:
-    """Store ``params`` (and a training ``history`` of 1-D arrays) as ``name`` under ``key``."""
+    """Store ``params`` (and a ``history``: arrays of numbers or strings, such as a training
+    curve) as ``name`` under ``key``."""
     meta = {"name": name, "key": key,
             "history": {k: np.asarray(v).tolist() for k, v in (history or {}).items()}}
     return train.save_checkpoint(path_for(name, key), params, meta)
@@ -193,3 +195,29 @@ def reward_model_small():
                                       SMALL_CONFIG)
         return run.params, {}
     return cached("reward_model_small", reward_model_key(), compute)[0]
+
+
+def rl_overoptimisation_key() -> str:
+    """The fingerprint of chapter 14's RL runs against chapter 5's reward model: the reward
+    model and SFT model they start from, chapter 14's RL settings, and the source of chapters
+    6 and 14."""
+    ex = ch14_experiments
+    return fingerprint(reward_model_key(), ex.FRONTIER_CONFIG, ex.FRONTIER_BETAS,
+                       ex.FRONTIER_SEEDS, ex.FRONTIER_STEPS, ex.FRONTIER_QUESTIONS,
+                       sources=("ch00_mini_gpt", "ch04_instruction_tuning", "ch05_reward_models",
+                                "ch06_policy_gradients", "ch14_overoptimization"))
+
+
+@functools.lru_cache(maxsize=1)
+def rl_overoptimisation_small() -> dict:
+    """Chapter 14's RL runs (:func:`rlhf_book.ch14_overoptimization.experiments.frontier_runs`)
+    from :func:`sft_small` against :func:`reward_model_small`, KL by k1: what
+    :func:`frontier_runs` returns, with the final parameters. Loaded when stored, else run
+    (about two minutes on a 2-core CPU) and stored."""
+    ex = ch14_experiments
+
+    def compute():
+        runs = ex.frontier_runs(sft_small(), ex.rm_proxy(reward_model_small()))
+        return runs["params"], ex.runs_to_arrays(runs)
+    params, arrays = cached("rl_overoptimisation_small", rl_overoptimisation_key(), compute)
+    return ex.runs_from_arrays(arrays, params)

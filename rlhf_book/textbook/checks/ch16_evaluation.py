@@ -255,10 +255,11 @@ TABLE7_INTERVALS = (("GPQA", 1.48, 4.10), ("AlpacaEval 3", 1.24, 3.44), ("IFEval
 
 
 def diff_ci(fn):
-    for name, sigma, book in TABLE7_INTERVALS:
+    for name, sigma, half_width in TABLE7_INTERVALS:
         what = f"diff_ci({sigma}) ({name} in Table 7, one run of each model)"
         out = _call(fn, what, (), sigma)
-        expect_close(out, book, what + f" (the book's {book:.2f} points to two decimals; "
+        expect_close(out, half_width, what + f" ({half_width:.2f} points to two decimals, "
+                     "worked by hand from Table 7's sigma; "
                      f"{DIFF}, with sigma_b = sigma_a and n = 1)", atol=0.005, rtol=0)
         expect_close(out, 1.96 * sigma * math.sqrt(2), what + f" ({DIFF})", atol=1e-4)
     sigmas = np.array([s for _, s, _ in TABLE7_INTERVALS])

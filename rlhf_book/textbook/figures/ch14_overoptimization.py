@@ -233,3 +233,36 @@ def kl_penalty(runs=None) -> FigureResult:
     fig.tight_layout()
     return FigureResult(fig, numbers)
 
+@figure("ch14_rl_mini_gpt", "ch14",
+        "RL against the reward model on the mini GPT: RLOO (chapter 6's loop, 4 questions x 4 "
+        "answers a step) from chapter 4's SFT model, on chapter 5's reward model as the proxy, "
+        "for three KL coefficients, 4 seeds each; every 4 steps each policy answers 128 "
+        "rephrased questions once. Mean over seeds +- standard error against d = sqrt(KL to "
+        "the SFT model), the KL estimated by k1 along the answers. Left: the proxy; right: "
+        "the gold reward, with Gao et al.'s (2023) RL form d (alpha - beta log d) fitted to "
+        "the unpenalised run's gold gained.")
+def rl_mini_gpt(runs=None) -> FigureResult:
+    runs = substrate.rl_overoptimisation_small() if runs is None else runs
+    points = ex.frontier_points(runs)
+    fig = Figure(figsize=(11, 3.9))
+    axes = fig.subplots(1, 2)
+    numbers = {}
+    for beta, p in points.items():
+        d = np.sqrt(np.maximum(p["kl"], 0.0))
+        for ax, key in zip(axes, ("proxy", "gold")):
+            ax.errorbar(d, p[key], yerr=p[key + "_se"], fmt="o-", ms=3, capsize=2,
+                        label=f"beta = {beta:g}")
+        numbers[f"beta={beta:g}"] = {"sqrt_kl": d.tolist(),
+                                     **{k: np.asarray(p[k]).tolist()
+                                        for k in ("steps", "kl", "proxy", "proxy_se", "gold",
+                                                  "gold_se", "bytes")}}
+    free = points[ex.FRONTIER_BETAS[0]]
+    d = np.sqrt(np.maximum(free["kl"], 0.0))
+    numbers["fit_rl"] = _fitted(axes[1], d, free["gold"] - free["gold"][0], "rl",
+                                float(free["gold"][0]))
+    for ax, key in zip(axes, ("proxy", "gold")):
+        finish_axes(ax, xlabel="d = sqrt(KL)", ylabel=f"{key} reward",
+                    title=f"{key}" + (" (reward model)" if key == "proxy" else ""))
+        ax.legend(fontsize=7.5, loc="upper left" if key == "proxy" else "lower left")
+    fig.tight_layout()
+    return FigureResult(fig, numbers)

@@ -144,7 +144,7 @@ def variance_figure(matrix: dict | None = None) -> FigureResult:
 @figure("ch16_contamination", "ch16",
         "Contamination planted and measured (book §16.4). Six phrasings of each of eight unseen "
         "facts leak, with their answers, into a short SFT continuation. Bars: accuracy (8 "
-        "samples per question, T = 1, +- 1 standard error over questions) before and after, on "
+        "samples per question, T = 1, +- 1 standard error over facts) before and after, on "
         "the leaked questions, on the other phrasings of the same facts, and on clean facts; "
         "the labels give the share each group's questions an 8-gram check flags.")
 def contamination_figure(runs: dict | None = None) -> FigureResult:
