@@ -210,11 +210,15 @@ def rerun_questions(per_topic: int = RERUN_QUESTIONS, seed: int = RERUN_SEED) ->
 def rerun_matrix(params, questions: Sequence[data.Question], runs: int = RERUNS,
                  seed: int = RERUN_SEED, temperature: float = 1.0) -> dict[str, np.ndarray]:
     """``runs`` sampled re-runs of one evaluation: ``right [Q, runs]`` (0/1: run ``r``'s answer
-    to question ``q`` states the gold answer), ``gold [Q, runs]`` (the gold reward) and the
-    ``topics [Q]``. Column ``r`` is one complete run of the evaluation."""
+    to question ``q`` states the gold answer), ``gold [Q, runs]`` (the gold reward), the
+    ``answers [Q][runs]`` each states (the world's parser; ``None`` for no answer), the right
+    answers ``truth [Q]`` and the ``topics [Q]``. Column ``r`` is one complete run of the
+    evaluation."""
     a = answer_samples(params, questions, _config(), jax.random.PRNGKey(seed), samples=runs,
                        temperature=temperature)
-    return {"right": a["right"], "gold": a["gold"],
+    stated = [[data.stated_answer(q, t) for t in row] for q, row in zip(questions, a["texts"])]
+    return {"right": a["right"], "gold": a["gold"], "answers": stated,
+            "truth": [q.answer for q in questions],
             "topics": np.asarray([q.topic for q in questions])}
 
 
