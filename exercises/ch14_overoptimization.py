@@ -1,7 +1,7 @@
 """Exercises of chapter 14: Over-optimisation: the proxy rises, the truth peaks and falls.
 
 Book: book ch. 14, which has no numbered equations (the introduction and Figure 38: a proxy that rises while the downstream score peaks and falls; §14.1 qualitative over-optimisation, Goodhart's law, stock phrases and confident wrong answers; §14.2 quantitative: reward against the square root of the KL; §14.3 misalignment); Gao, Schulman and Hilton 2023 (the best-of-N and RL forms and their fit); Manheim and Garrabrant 2018 (regressional and extremal Goodhart); Bai et al. 2022 (Figure 39's train and test reward models); Coste et al. 2024 (reward-model ensembles); book eqs. 82 and 95 and §9.3 for the policies optimised.
-Exercises: 14.1 Gao et al.'s best-of-N form d (alpha - beta d), 14.2 Gao et al.'s RL form, and its value and gradient at d = 0, 14.3 where each form peaks, 14.4 fitting the forms by least squares, 14.5 best-of-N's gold reward from samples, for every N at once, 14.6 one exact policy-gradient step with a KL penalty, plain and natural.
+Exercises: 14.1 Gao et al.'s best-of-N form d (alpha - beta d), 14.2 Gao et al.'s RL form, and its value and gradient at d = 0, 14.3 where each form peaks, 14.4 fitting the forms by least squares, 14.5 best-of-N's gold reward from samples, for every N at once, 14.6 one exact policy-gradient step with a KL penalty, plain and natural, 14.7 the KL-regularised optimum on a pool, measured: Figure 38's curves.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_book.lm.checks import as_float_array, check_choice, check_range
+from rlhf_book.ch08_direct_alignment.losses import optimal_policy
 from rlhf_book.ch14_overoptimization.gao import FORMS
 from rlhf_book.ch14_overoptimization.bon import _check_n, best_of_n_weights
+from rlhf_book.ch14_overoptimization.pool import Pool, _curve
 
 
 def gao_bon(d, alpha, beta) -> jax.Array:
@@ -112,4 +114,22 @@ def pg_step(logits, proxy, ref_logprobs, beta, lr, natural: bool = False) -> jax
     ref_logprobs = as_float_array(ref_logprobs, "ref_logprobs", "[K]")
     raise NotImplementedError('Exercise 14.6 (one exact policy-gradient step with a KL penalty, plain and natural; book eq. 82 and §15.1; Gao et al. 2023; Kakade 2001) is not started: replace this line with your solution.')
 
-# stub fingerprint: 10d8541bc51ca186
+
+def tilt_curve(pool: Pool, betas) -> dict[str, np.ndarray]:
+    """The KL-regularised optimum against the proxy, ``pi_beta ∝ exp(proxy / beta)`` from the
+    uniform ``pi_ref`` over the pool's ``K`` responses (book eq. 95), for each ``beta`` of
+    ``betas [M]``: its exact ``sqrt_kl`` to ``pi_ref``, and its mean ``proxy``, ``gold`` and
+    ``length``, each a float64 array ``[M]`` (Figure 38's curves, against Gao et al.'s
+    ``d = sqrt(KL)``).
+
+    What it shows, on average over pools (one pool's strongest tilts rest on a few responses):
+    when the proxy is gold plus independent noise (:func:`noisy_pool`) gold keeps rising as
+    ``beta`` falls, more slowly than the proxy (regressional Goodhart); when the proxy rewards
+    a feature gold punishes at the extremes (:func:`length_pool`) gold rises, peaks and falls
+    (extremal Goodhart; Manheim and Garrabrant 2018, book §14.1).
+    """
+    betas = as_float_array(betas, "betas", "[M]")
+    check_range(jnp.min(betas), "betas", 0, strict=True)
+    raise NotImplementedError("Exercise 14.7 (the KL-regularised optimum on a pool, measured: Figure 38's curves; book eq. 95, §14.1 and §14.2; Gao et al. 2023; Manheim and Garrabrant 2018) is not started: replace this line with your solution.")
+
+# stub fingerprint: e809def597716333

@@ -100,14 +100,31 @@ def _curve(policies, pool: Pool, ref) -> dict[str, np.ndarray]:
 # [guide:pool-curves]
 def tilt_curve(pool: Pool, betas) -> dict[str, np.ndarray]:
     """The KL-regularised optimum against the proxy, ``pi_beta ∝ exp(proxy / beta)`` from the
-    uniform ``pi_ref`` (book eq. 95), for each ``beta`` of ``betas [M]``: its exact
-    ``sqrt_kl`` to ``pi_ref``, and its mean ``proxy``, ``gold`` and ``length``, each ``[M]``."""
+    uniform ``pi_ref`` over the pool's ``K`` responses (book eq. 95), for each ``beta`` of
+    ``betas [M]``: its exact ``sqrt_kl`` to ``pi_ref``, and its mean ``proxy``, ``gold`` and
+    ``length``, each a float64 array ``[M]`` (Figure 38's curves, against Gao et al.'s
+    ``d = sqrt(KL)``).
+
+    What it shows, on average over pools (one pool's strongest tilts rest on a few responses):
+    when the proxy is gold plus independent noise (:func:`noisy_pool`) gold keeps rising as
+    ``beta`` falls, more slowly than the proxy (regressional Goodhart); when the proxy rewards
+    a feature gold punishes at the extremes (:func:`length_pool`) gold rises, peaks and falls
+    (extremal Goodhart; Manheim and Garrabrant 2018, book §14.1).
+
+    How: with a uniform reference the optimum is ``softmax(proxy / beta)``, one row per
+    ``beta`` (``[M, K]``, by broadcasting or ``jax.vmap``); subtract the row's maximum before
+    exponentiating, or a small ``beta`` overflows. The KL to the uniform reference is
+    ``sum_y pi(y) log(pi(y) K)`` (:func:`exact_kl` handles ``pi(y) = 0``); each mean is
+    ``pi @ field``. A KL that rounding makes slightly negative has a square root of 0.
+    """
     betas = as_float_array(betas, "betas", "[M]")
     check_range(jnp.min(betas), "betas", 0, strict=True)
+    # BEGIN SOLUTION
     ref = jnp.full(len(pool.proxy), 1.0 / len(pool.proxy))
     proxy = jnp.asarray(pool.proxy, jnp.float32)
     policies = jax.vmap(optimal_policy, (None, None, 0))(ref, proxy, betas)
     return _curve(policies, pool, ref)
+    # END SOLUTION
 
 
 def bon_curve(pool: Pool, ns) -> dict[str, np.ndarray]:

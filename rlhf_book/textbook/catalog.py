@@ -422,6 +422,10 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("14.6", "one exact policy-gradient step with a KL penalty, plain and natural",
                      "rlhf_book.ch14_overoptimization.proxies:pg_step",
                      "book eq. 82 and §15.1; Gao et al. 2023; Kakade 2001", difficulty=3),
+            Exercise("14.7", "the KL-regularised optimum on a pool, measured: Figure 38's curves",
+                     "rlhf_book.ch14_overoptimization.pool:tilt_curve",
+                     "book eq. 95, §14.1 and §14.2; Gao et al. 2023; Manheim and Garrabrant "
+                     "2018", difficulty=2),
         ),
     ),
     Chapter(

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from rlhf_book.ch14_overoptimization.pool import Pool
 from rlhf_book.textbook.checks import (expect, expect_close, expect_finite,
                                        expect_shape, grad_of_sum, jit, require)
 
@@ -233,3 +234,74 @@ def pg_step(fn):
     expect_close(_softmax(jit(fn, static_argnums=5)(*f32, 0.5, lr, False)),
                  _softmax(np.asarray(fn(*f32, 0.5, lr, False), np.float64)),
                  "jax.jit(pg_step, static_argnums=5)(..., natural=False)", atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# 14.7 The KL-regularised optimum on a pool (book eq. 95; §14.1, §14.2)
+
+
+def _tilt_oracle(proxy, gold, length, betas) -> dict[str, np.ndarray]:
+    """float64 NumPy, one beta at a time: softmax(proxy / beta), its KL to uniform, the means."""
+    out = {"sqrt_kl": [], "proxy": [], "gold": [], "length": []}
+    k = len(proxy)
+    for beta in betas:
+        z = proxy / beta
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        nz = p > 0
+        out["sqrt_kl"].append(math.sqrt(max(float(np.sum(p[nz] * np.log(p[nz] * k))), 0.0)))
+        out["proxy"].append(float(p @ proxy))
+        out["gold"].append(float(p @ gold))
+        out["length"].append(float(p @ length))
+    return {name: np.asarray(v) for name, v in out.items()}
+
+
+def _pool(kind: str, seed: int, size: int):
+    """A pool built here from the same recipe as the library's (so the check never calls the
+    graded module): ``length`` -- q ~ N(0, 1), L ~ Gamma(4, 1), gold = q - 0.05 (L - 4)^2,
+    proxy = q + 0.25 (L - 4); ``noisy`` -- gold ~ N(0, 1), proxy = gold + N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    if kind == "length":
+        q, length = rng.standard_normal(size), rng.gamma(4.0, 1.0, size)
+        return Pool(q - 0.05 * (length - 4) ** 2, q + 0.25 * (length - 4), length)
+    gold = rng.standard_normal(size)
+    return Pool(gold, gold + rng.standard_normal(size), np.full(size, 4.0))
+
+
+def tilt_curve(fn):
+    keys = ("sqrt_kl", "proxy", "gold", "length")
+    for kind, seed in (("length", 1), ("noisy", 2)):
+        pool = _pool(kind, seed, 50)
+        betas = np.array([5.0, 1.0, 0.3, 0.05], np.float32)
+        what = f"tilt_curve({kind} pool of 50, betas [5, 1, 0.3, 0.05])"
+        out = fn(pool, betas)
+        require(isinstance(out, dict) and all(k in out for k in keys),
+                what + f" must return a dict with {keys}")
+        expected = _tilt_oracle(pool.proxy, pool.gold, pool.length, betas.astype(np.float64))
+        for name in keys:
+            got = expect_finite(expect_shape(out[name], (4,), f"{what}['{name}']"),
+                                f"{what}['{name}']")
+            expect_close(got, expected[name], f"{what}['{name}'] (softmax(proxy / beta), "
+                         "the exact KL to the uniform reference, and means under it)",
+                         atol=2e-3 if name == "sqrt_kl" else 1e-4, rtol=1e-4)
+    tiny = _pool("length", 3, 200)
+    what = ("tilt_curve(pool of 200, betas [1e-3]) (exp(proxy / 1e-3) overflows float32: "
+            "subtract the maximum)")
+    out = expect_finite(fn(tiny, np.array([1e-3], np.float32))["gold"], what)
+    expect_close(out, [tiny.gold[np.argmax(tiny.proxy)]],
+                 what + ": all mass on the best-proxy response", atol=1e-4)
+    # The curves' shape (book §14.1; Manheim and Garrabrant 2018), averaged over 60 pools
+    # (a single pool's strongest tilts rest on a few responses), paired, beyond 3 SE.
+    betas = np.array([10, 1, 0.6, 0.3, 0.2], np.float32)
+    noisy = np.array([fn(_pool("noisy", s, 20_000), betas)["gold"] for s in range(60)])
+    length = np.array([fn(_pool("length", s, 20_000), betas)["gold"] for s in range(60)])
+
+    def rises(x, i, j):
+        diff = x[:, j] - x[:, i]
+        return diff.mean() > 3 * diff.std(ddof=1) / math.sqrt(len(diff))
+    expect(all(rises(noisy, i, i + 1) for i in range(4)),
+           "tilt_curve on pools whose proxy is gold plus independent noise: gold must keep "
+           "rising as beta falls (regressional Goodhart), averaged over 60 pools")
+    expect(rises(length, 0, 2) and rises(length, 3, 2) and rises(length, 4, 2),
+           "tilt_curve on length pools: gold must rise to beta = 0.6 and fall after it "
+           "(extremal Goodhart), averaged over 60 pools")
