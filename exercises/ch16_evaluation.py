@@ -1,7 +1,7 @@
 """Exercises of chapter 16: Evaluation: formats, variance, contamination and leaderboards.
 
 Book: book ch. 16, which has no numbered equations (§16.1 prompt formatting: few-shot, multiple choice scored by log-likelihood or by generation and exact match, chain of thought, Tulu 3's MMLU prompt; §16.2 why external comparisons are unreliable; §16.3 how labs use evaluations: Elo, statistical power; §16.4 contamination: 8-gram and 50-character overlap); Appendix C.2 (evaluation variance, Table 7) and C.3 (training variance: seeds and sweeps); Elo 1978 and Bradley-Terry (book eq. 13) leaderboards.
-Exercises: 16.1 strict answer extraction: Tulu 3's suffix, a box, 'The answer is:', 16.2 log-likelihood scores of the choices, with length normalisation, 16.3 the standard deviation of a re-run, 16.4 the confidence interval of a difference between two models, 16.5 8-gram contamination between training data and an evaluation, 16.6 one Elo update, 16.7 Elo ratings from a sequence of battles, in a scan.
+Exercises: 16.1 strict answer extraction: Tulu 3's suffix, a box, 'The answer is:', 16.2 log-likelihood scores of the choices, with length normalisation, 16.3 the standard deviation of a re-run, 16.4 the confidence interval of a difference between two models, 16.5 8-gram contamination between training data and an evaluation, 16.6 one Elo update, 16.7 Elo ratings from a sequence of battles, in a scan, 16.8 maj@k: the majority of k samples, block by block.
 
 Write each function body where it raises ``NotImplementedError``, then grade your work:
 
@@ -21,9 +21,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from typing import Hashable, Sequence
 from typing import Sequence
 
 from rlhf_book.lm.checks import as_float_array, as_like, check_choice, check_range
+from rlhf_book.ch07_reasoning.rlvr import majority_vote
 from rlhf_book.ch16_evaluation.formats import EXTRACTION_STYLES, NORMS, _PATTERNS
 from rlhf_book.ch16_evaluation.contamination import _check_texts, words
 from rlhf_book.ch16_evaluation.leaderboard import _check_battles, elo_expected
@@ -157,4 +159,26 @@ def elo_ratings(pairs, outcomes, n_players: int, k: float = 32.0,
     pairs, outcomes = _check_battles(pairs, outcomes, n_players)
     raise NotImplementedError('Exercise 16.7 (Elo ratings from a sequence of battles, in a scan; book §16.3; Elo 1978) is not started: replace this line with your solution.')
 
-# stub fingerprint: 9497693379c40fac
+
+def maj_at_k(answers: Sequence[Sequence[Hashable | None]], gold: Sequence[Hashable],
+             k: int) -> np.ndarray:
+    """maj@k (book §16.1, majority voting): a question counts as right when the answer most of
+    its ``k`` samples give (chapter 7's :func:`~rlhf_book.ch07_reasoning.rlvr.majority_vote`:
+    ``None`` abstains, ties go to the answer seen first) is the gold one. Unlike pass@k (any of
+    ``k`` right, chapter 7) it submits one answer, so it needs no verifier to pick among the
+    samples; unlike avg@k it rewards a model whose right answer is its most common one even
+    when most samples are wrong. ``[[9, 9, 8]]`` with gold ``[9]`` and ``k = 3`` -> ``[1.0]``.
+
+    ``answers [N][n]``: ``n`` extracted answers per question (hashable, or ``None``); ``gold
+    [N]``. Returns float ``[n // k]``: the maj@k accuracy over the ``N`` questions of each
+    disjoint block of ``k`` samples (samples ``b k .. (b + 1) k - 1``; leftover samples unused).
+    """
+    if len(answers) != len(gold) or not len(gold):
+        raise ValueError(f"answers and gold must be non-empty and of one length, got "
+                         f"{len(answers)} and {len(gold)}")
+    n = min(len(a) for a in answers)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int in [1, {n}] (samples per question), got {k!r}")
+    raise NotImplementedError('Exercise 16.8 (maj@k: the majority of k samples, block by block; book §16.1 (majority voting) and App. C.2, Table 7) is not started: replace this line with your solution.')
+
+# stub fingerprint: 6ab1145935ee5ba6

@@ -35,7 +35,7 @@ from rlhf_book.textbook.checks import ch16_evaluation as checks
 
 EXERCISES_16 = {"16.1": ch16.extract_answer, "16.2": ch16.choice_log_likelihood,
                 "16.3": ch16.rerun_std, "16.4": ch16.diff_ci, "16.5": ch16.ngram_contamination,
-                "16.6": ch16.elo_update, "16.7": ch16.elo_ratings}
+                "16.6": ch16.elo_update, "16.7": ch16.elo_ratings, "16.8": ch16.maj_at_k}
 
 
 @pytest.mark.parametrize("exercise_id", sorted(EXERCISES_16))
@@ -144,6 +144,20 @@ def _elo_all_at_once(pairs, outcomes, n_players, k=32.0, initial=1000.0):
     return ratings.at[pairs[:, 0]].add(change).at[pairs[:, 1]].add(-change)
 
 
+def _maj_counting_none(answers, gold, k):
+    """A vote in which "no answer" is an answer too."""
+    n = min(len(a) for a in answers)
+    return np.array([np.mean([max(a[b * k:(b + 1) * k], key=list(a[b * k:(b + 1) * k]).count)
+                              == g for a, g in zip(answers, gold)]) for b in range(n // k)])
+
+
+def _maj_pooling_blocks(answers, gold, k):
+    """One vote over all samples, repeated for every block."""
+    n = min(len(a) for a in answers)
+    full = ch16.maj_at_k([list(a[:n]) for a in answers], gold, n)[0]
+    return np.full(n // k, full)
+
+
 WRONG_VERSIONS = [
     ("extract_answer", _extract_first, "the LAST"),
     ("extract_answer", _extract_ignoring_case, "case-sensitive"),
@@ -159,6 +173,8 @@ WRONG_VERSIONS = [
     ("elo_update", _elo_natural_base, "0.7597"),
     ("elo_update", _elo_loser_gains_too, "R_B' = R_B - K (S_A - E_A)"),
     ("elo_ratings", _elo_all_at_once, "CURRENT ratings"),
+    ("maj_at_k", _maj_counting_none, "None abstains"),
+    ("maj_at_k", _maj_pooling_blocks, "blocks"),
 ]
 
 

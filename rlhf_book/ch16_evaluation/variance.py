@@ -161,22 +161,32 @@ def avg_at_k(correct, k: int) -> np.ndarray:
     return blocks.mean(axis=(0, 2))
 
 
+# [guide:maj-at-k]
 def maj_at_k(answers: Sequence[Sequence[Hashable | None]], gold: Sequence[Hashable],
              k: int) -> np.ndarray:
     """maj@k (book §16.1, majority voting): a question counts as right when the answer most of
-    its ``k`` samples give (chapter 7's :func:`~rlhf_book.ch07_reasoning.rlvr.majority_vote`,
-    ``None`` abstaining) is the gold one. Unlike pass@k (any of ``k`` right, chapter 7) it needs
-    no verifier at test time, and unlike avg@k it rewards a model that is right more often than
-    any single wrong answer.
+    its ``k`` samples give (chapter 7's :func:`~rlhf_book.ch07_reasoning.rlvr.majority_vote`:
+    ``None`` abstains, ties go to the answer seen first) is the gold one. Unlike pass@k (any of
+    ``k`` right, chapter 7) it submits one answer, so it needs no verifier to pick among the
+    samples; unlike avg@k it rewards a model whose right answer is its most common one even
+    when most samples are wrong. ``[[9, 9, 8]]`` with gold ``[9]`` and ``k = 3`` -> ``[1.0]``.
 
-    ``answers [N][n]``: ``n`` extracted answers per question; ``gold [N]``. Returns ``[n // k]``:
-    the maj@k accuracy of each disjoint block of ``k`` samples."""
+    ``answers [N][n]``: ``n`` extracted answers per question (hashable, or ``None``); ``gold
+    [N]``. Returns float ``[n // k]``: the maj@k accuracy over the ``N`` questions of each
+    disjoint block of ``k`` samples (samples ``b k .. (b + 1) k - 1``; leftover samples unused).
+
+    How: for each question and each block, vote with ``majority_vote`` on the block's answers
+    and compare the winner with the question's gold answer; average over questions per block.
+    """
     if len(answers) != len(gold) or not len(gold):
         raise ValueError(f"answers and gold must be non-empty and of one length, got "
                          f"{len(answers)} and {len(gold)}")
     n = min(len(a) for a in answers)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in [1, {n}] (samples per question), got {k!r}")
+    # BEGIN SOLUTION
     right = [[majority_vote(list(a[b * k:(b + 1) * k])) == g for b in range(n // k)]
              for a, g in zip(answers, gold)]
     return np.asarray(right, np.float64).mean(axis=0)
+    # END SOLUTION
+# [/guide]

@@ -478,6 +478,9 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("16.7", "Elo ratings from a sequence of battles, in a scan",
                      "rlhf_book.ch16_evaluation.leaderboard:elo_ratings",
                      "book §16.3; Elo 1978", difficulty=3),
+            Exercise("16.8", "maj@k: the majority of k samples, block by block",
+                     "rlhf_book.ch16_evaluation.variance:maj_at_k",
+                     "book §16.1 (majority voting) and App. C.2, Table 7", difficulty=2),
         ),
     ),
 )

@@ -553,3 +553,55 @@ def elo_ratings(fn):
                        (3, P), what)
     expect_close(out, np.stack([elo_loop(pairs[o], outcomes[o], P) for o in orders]),
                  what + " (one row of ratings per order)", atol=2e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# 16.8 maj@k (book §16.1, majority voting)
+
+
+def _vote(block):
+    """The most common non-None answer of ``block``, the first seen among ties; None if none."""
+    counts, first = {}, {}
+    for i, a in enumerate(block):
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+            first.setdefault(a, i)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return min((a for a in counts if counts[a] == best), key=first.__getitem__)
+
+
+def _maj_oracle(answers, gold, k):
+    n = min(len(a) for a in answers)
+    blocks = n // k
+    return np.array([sum(_vote(list(a)[b * k:(b + 1) * k]) == g for a, g in zip(answers, gold))
+                     / len(gold) for b in range(blocks)])
+
+
+def maj_at_k(fn):
+    what = "maj_at_k([[9, 9, 8]], [9], 3)"
+    expect_close(expect_shape(fn([[9, 9, 8]], [9], 3), (1,), what), [1.0],
+                 what + " (9 is the majority of the three samples)", atol=0)
+    cases = [
+        ([[8, 9, 9, 8]], [8], 4, "a tie goes to the answer seen first, 8"),
+        ([[None, None, 7]], [7], 3, "None abstains: 7 is the only vote"),
+        ([[None, None]], [7], 2, "no answer at all is wrong"),
+        ([[1, 2, 3, 3, 1, 1]], [1], 3,
+         "blocks [1, 2, 3] (a three-way tie: 1, seen first) and [3, 1, 1]: both right"),
+        ([["a", "b", "b"], ["c", "c", "a"]], ["b", "a"], 3, "strings; averaged over questions"),
+        ([[1, 1, 2, 2, 2]], [2], 2, "blocks [1, 1] and [2, 2]; the fifth sample unused"),
+    ]
+    for answers, gold, k, why in cases:
+        w = f"maj_at_k({answers}, {gold}, {k})"
+        expect_close(expect_shape(fn(answers, gold, k), (len(answers[0]) // k,), w),
+                     _maj_oracle(answers, gold, k), w + f" ({why})", atol=1e-12)
+    rng = np.random.default_rng(0)
+    answers = [[None if rng.random() < 0.2 else int(rng.integers(4)) for _ in range(12)]
+               for _ in range(30)]
+    gold = [int(rng.integers(4)) for _ in range(30)]
+    for k in (1, 2, 3, 4, 6, 12):
+        w = f"maj_at_k(30 questions x 12 random answers in 0..3 or None, k = {k})"
+        expect_close(expect_shape(fn(answers, gold, k), (12 // k,), w),
+                     _maj_oracle(answers, gold, k), w + " (a plain Python vote per block)",
+                     atol=1e-12)
