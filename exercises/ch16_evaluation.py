@@ -31,7 +31,7 @@ from rlhf_book.ch16_evaluation.contamination import _check_texts, words
 from rlhf_book.ch16_evaluation.leaderboard import _check_battles, elo_expected
 
 
-def extract_answer(text: str, style: str = "tulu") -> str | None:
+def extract_strict_answer(text: str, style: str = "tulu") -> str | None:
     """The answer a reply states under one strict format (book §16.1, exact match), or
     ``None`` when the reply does not use the format -- which a harness scores as wrong.
 
@@ -181,4 +181,4 @@ def maj_at_k(answers: Sequence[Sequence[Hashable | None]], gold: Sequence[Hashab
         raise ValueError(f"k must be an int in [1, {n}] (samples per question), got {k!r}")
     raise NotImplementedError('Exercise 16.8 (maj@k: the majority of k samples, block by block; book §16.1 (majority voting) and App. C.2, Table 7) is not started: replace this line with your solution.')
 
-# stub fingerprint: 6ab1145935ee5ba6
+# stub fingerprint: bceeb0457adfaf91

@@ -33,7 +33,7 @@ from rlhf_book.textbook.checks import ch16_evaluation as checks
 # The graded exercises 16.1-16.7: the reference passes every check, in process and through the
 # grader; plausible wrong versions fail with the hint that names their mistake.
 
-EXERCISES_16 = {"16.1": ch16.extract_answer, "16.2": ch16.choice_log_likelihood,
+EXERCISES_16 = {"16.1": ch16.extract_strict_answer, "16.2": ch16.choice_log_likelihood,
                 "16.3": ch16.rerun_std, "16.4": ch16.diff_ci, "16.5": ch16.ngram_contamination,
                 "16.6": ch16.elo_update, "16.7": ch16.elo_ratings, "16.8": ch16.maj_at_k}
 
@@ -65,14 +65,14 @@ def _extract_ignoring_case(text, style="tulu"):
     if style == "tulu":
         found = re.findall(r"Therefore, the answer is \(([A-J])\)", text, re.IGNORECASE)
         return found[-1] if found else None
-    return ch16.extract_answer(text, style)
+    return ch16.extract_strict_answer(text, style)
 
 
 def _extract_keeping_the_full_stop(text, style="tulu"):
     if style == "answer_is":
         found = re.findall(r"The answer is:[ \t]*([^\n]+)", text)
         return found[-1].strip() if found else None
-    return ch16.extract_answer(text, style)
+    return ch16.extract_strict_answer(text, style)
 
 
 def _scores_multiplying_by_the_mask(token_log_probs, mask, chars=None, norm="none"):
@@ -159,9 +159,9 @@ def _maj_pooling_blocks(answers, gold, k):
 
 
 WRONG_VERSIONS = [
-    ("extract_answer", _extract_first, "the LAST"),
-    ("extract_answer", _extract_ignoring_case, "case-sensitive"),
-    ("extract_answer", _extract_keeping_the_full_stop, "one final full stop"),
+    ("extract_strict_answer", _extract_first, "the LAST"),
+    ("extract_strict_answer", _extract_ignoring_case, "case-sensitive"),
+    ("extract_strict_answer", _extract_keeping_the_full_stop, "one final full stop"),
     ("choice_log_likelihood", _scores_multiplying_by_the_mask, "-inf * 0 is NaN"),
     ("choice_log_likelihood", _scores_per_position, "the mask's sum"),
     ("rerun_std", _std_over_sqrt_n, "3.54 points"),
@@ -283,7 +283,7 @@ def test_tulu3_mmlu_cot_prompt_holds_the_books_instruction_verbatim():
         "(A) The Mean Value Theorem", "(B) The Intermediate Value Theorem",
         "(C) The Extreme Value Theorem", "(D) Rolle's Theorem"]
     # the suffix the prompt asks for is the one the "tulu" style reads
-    assert ch16.extract_answer("f is continuous on [a,b]. Therefore, the answer is (C)") == "C"
+    assert ch16.extract_strict_answer("f is continuous on [a,b]. Therefore, the answer is (C)") == "C"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,8 +505,8 @@ _PAIRS = np.array([[0, 1], [1, 2]], np.int32)
 _OUTCOMES = np.array([1.0, 0.0], np.float32)
 
 BAD_INPUTS = [
-    ("extract_answer", lambda: ch16.extract_answer("x", style="latex"), "style"),
-    ("extract_answer", lambda: ch16.extract_answer(3), "text"),
+    ("extract_strict_answer", lambda: ch16.extract_strict_answer("x", style="latex"), "style"),
+    ("extract_strict_answer", lambda: ch16.extract_strict_answer(3), "text"),
     ("choice_log_likelihood", lambda: ch16.choice_log_likelihood(_LOGP, _MASK, norm="char"),
      "chars"),
     ("choice_log_likelihood", lambda: ch16.choice_log_likelihood(_LOGP, _MASK, norm="mean"),

@@ -165,7 +165,7 @@ def format_scores(params, items: Sequence[MCItem]) -> dict:
       parser (:func:`rlhf_book.data.stated_answer`, the last answer of the topic it states);
     * ``generate_lenient``: the same replies read by ``The answer is X``;
     * ``generate_strict``: read by the strict ``The answer is: X`` (MetaMath's suffix,
-      :func:`~.formats.extract_answer` ``"answer_is"``);
+      :func:`~.formats.extract_strict_answer` ``"answer_is"``);
     * ``generate_mc_letter``: the greedy reply to the lettered block read for a ``(X)``.
 
     Also ``letter_pred`` (the predicted letters' indices) and the replies' ``texts``."""
@@ -183,7 +183,7 @@ def format_scores(params, items: Sequence[MCItem]) -> dict:
     out["generate_lenient"] = np.asarray(
         [m is not None and m.group(1).strip() == a for m, a in zip(lenient, answers)], float)
     out["generate_strict"] = np.asarray(
-        [formats.extract_answer(t, "answer_is") == a for t, a in zip(texts, answers)], float)
+        [formats.extract_strict_answer(t, "answer_is") == a for t, a in zip(texts, answers)], float)
     mc_texts = greedy_answers(params, [formats.mc_block(it.question.prompt, it.choices)
                                        for it in items])
     mc_letters = [re.search(r"\(([A-J])\)", t) for t in mc_texts]

@@ -6,7 +6,7 @@ nearly 0"). This module writes the book's formats down exactly, and the three wa
 an answer:
 
 * **generation + extraction** (exact match): sample a reply, pull the answer out with a strict
-  pattern (:func:`extract_answer`); anything the pattern misses is scored wrong;
+  pattern (:func:`extract_strict_answer`); anything the pattern misses is scored wrong;
 * **log-likelihood of the letter**: ``argmax_c log p("(c)" | prompt)``;
 * **log-likelihood of the full answer**: ``argmax_c sum_t log p(answer_c,t | prompt,
   answer_c,<t)``, optionally divided by the answer's tokens or characters
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from rlhf_book.lm.checks import as_float_array, as_like, check_choice
 
 __all__ = ["LETTERS", "EXTRACTION_STYLES", "NORMS", "mc_block", "fewshot_mc_prompt",
-           "tulu3_mmlu_cot_prompt", "extract_answer", "choice_log_likelihood"]
+           "tulu3_mmlu_cot_prompt", "extract_strict_answer", "choice_log_likelihood"]
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -91,7 +91,7 @@ EXTRACTION_STYLES = tuple(_PATTERNS)
 
 
 # [guide:extract-answer]
-def extract_answer(text: str, style: str = "tulu") -> str | None:
+def extract_strict_answer(text: str, style: str = "tulu") -> str | None:
     """The answer a reply states under one strict format (book §16.1, exact match), or
     ``None`` when the reply does not use the format -- which a harness scores as wrong.
 

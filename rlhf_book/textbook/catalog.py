@@ -458,7 +458,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         "variance: seeds and sweeps); Elo 1978 and Bradley-Terry (book eq. 13) leaderboards",
         exercises=(
             Exercise("16.1", "strict answer extraction: Tulu 3's suffix, a box, 'The answer is:'",
-                     "rlhf_book.ch16_evaluation.formats:extract_answer",
+                     "rlhf_book.ch16_evaluation.formats:extract_strict_answer",
                      "book §16.1 (exact match) and §16.2 (answer-format conflicts)",
                      difficulty=1),
             Exercise("16.2", "log-likelihood scores of the choices, with length normalisation",

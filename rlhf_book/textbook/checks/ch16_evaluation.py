@@ -88,15 +88,15 @@ EXTRACTION_CASES = (
 )
 
 
-def extract_answer(fn):
+def extract_strict_answer(fn):
     for text, style, expected, why in EXTRACTION_CASES:
         got = fn(text, style)
         ok = (got is None) if expected is None else (isinstance(got, str) and got == expected)
-        expect(ok, f"extract_answer({_short(text)}, {style!r}) returned {got!r}, expected "
+        expect(ok, f"extract_strict_answer({_short(text)}, {style!r}) returned {got!r}, expected "
                    f"{expected!r} ({why})")
     got = fn("Therefore, the answer is (B)")
     expect(isinstance(got, str) and got == "B",
-           f"extract_answer('Therefore, the answer is (B)') with the default style returned "
+           f"extract_strict_answer('Therefore, the answer is (B)') with the default style returned "
            f"{got!r}, expected 'B' (the default style is 'tulu')")
 
 
