@@ -23,7 +23,8 @@ def _pipeline(args) -> int:
     if train_overrides:
         overrides["pretrain"] = dataclasses.replace(config.pretrain, **train_overrides)
     config = dataclasses.replace(config, **overrides)
-    run_pipeline(config, fresh=args.fresh, progress=not args.no_progress)
+    run_pipeline(config, fresh=args.fresh, progress=not args.no_progress, devices=args.devices,
+                 fsdp=args.fsdp)
     return 0
 
 
@@ -271,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for checkpoints and figures (default runs/)")
     p.add_argument("--fresh", action="store_true", help="retrain even if a checkpoint is cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--devices", type=int,
+                   help="train on the first N devices, data-parallel (default: all of them)")
+    p.add_argument("--fsdp", type=int, default=1,
+                   help="split the parameters and optimizer state over K of those devices "
+                        "(FSDP; default 1: every device holds the whole model)")
     p.set_defaults(func=_pipeline)
 
     chapter_help = "chapters, e.g. ch00 (default: all)"

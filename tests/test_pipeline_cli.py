@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from rlhf_book import cli
@@ -77,6 +78,13 @@ def test_bad_arguments_give_one_clear_line(tmp_path, capsys):
         assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(tmp_path),
                          "--seed", seed]) == 2
         assert "error: PipelineConfig.seed must be an int in [0, 2**32)" in capsys.readouterr().err
+    n = jax.device_count()
+    assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(tmp_path),
+                     "--devices", str(n + 1)]) == 2
+    assert f"error: n_devices must be between 1 and the {n} devices" in capsys.readouterr().err
+    assert cli.main(["pipeline", "--quick", "--no-progress", "--out", str(tmp_path),
+                     "--fsdp", str(n + 1)]) == 2
+    assert "error: fsdp must be a positive divisor" in capsys.readouterr().err
 
 
 def test_an_unwritable_output_folder_stops_the_run_before_any_training(tmp_path, capsys):

@@ -460,7 +460,9 @@ def _update(state: RLState, key, config: RLConfig, model_config: gpt.GPTConfig, 
 
     def sgd_step(carry, idx):
         params, opt_state = carry
-        mb = jax.tree.map(lambda x: x[idx], data)
+        # One minibatch is the whole batch: no gather (on a mesh, a gather of rows would move
+        # every row to every device).
+        mb = data if M == 1 else jax.tree.map(lambda x: x[idx], data)
         loss, grads, metrics = _loss_and_grads(params, config, model_config, mb)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}

@@ -45,7 +45,7 @@ from rlhf_book import data
 from rlhf_book.ch05_reward_models import preference_accuracy
 from rlhf_book.ch08_direct_alignment import losses as L
 from rlhf_book.ch08_direct_alignment.losses import dpo_loss
-from rlhf_book.lm import gpt, tokenizer, train
+from rlhf_book.lm import gpt, sharding, tokenizer, train
 from rlhf_book.lm.checks import check_choice, check_positive_ints, check_range
 from rlhf_book.lm.ops import log_probs_from_logits, masked_mean, masked_sum
 from rlhf_book.lm.rollout import (PolicyState, PromptSet, Reward, adam, init_policy_state,
@@ -434,7 +434,7 @@ def sample_offline_batch(key, pairs: PreferenceBatch, ref_logps: RefLogProbs,
     def take(x):
         return jnp.asarray(x)[idx]
 
-    return jax.tree.map(take, pairs), jax.tree.map(take, ref_logps)
+    return sharding.shard_batch((jax.tree.map(take, pairs), jax.tree.map(take, ref_logps)))
 
 
 def on_policy_pairs(state: DPOState, key, config: DPOConfig, model_config: gpt.GPTConfig,
@@ -456,8 +456,8 @@ def on_policy_pairs(state: DPOState, key, config: DPOConfig, model_config: gpt.G
     best = rows + jnp.argmax(scores, axis=1)
     worst = rows + jnp.argmin(scores, axis=1)
     weight = (jnp.max(scores, axis=1) > jnp.min(scores, axis=1)).astype(jnp.float32)
-    batch = PreferenceBatch(gen.tokens[best], gen.mask[best], gen.tokens[worst], gen.mask[worst],
-                            weight)
+    batch = sharding.shard_batch(PreferenceBatch(gen.tokens[best], gen.mask[best],
+                                                 gen.tokens[worst], gen.mask[worst], weight))
     ref = RefLogProbs(*_pair_sums(state.ref_params, batch, model_config))
     info = {"score": jnp.mean(scores), "score/chosen": jnp.max(scores, axis=1).mean(),
             "score/rejected": jnp.min(scores, axis=1).mean(), "pairs": jnp.mean(weight),

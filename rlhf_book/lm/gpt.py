@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_book.lm import tokenizer
+from rlhf_book.lm import sharding, tokenizer
 from rlhf_book.lm.checks import check_positive_ints
 
 Params = dict[str, Any]
@@ -407,7 +407,9 @@ def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidd
         mask = segment_mask(segment_ids)
 
     def layer(x, p):
-        return block(p, x, config, mask=mask)[0], None
+        # On a mesh, keep the residual stream split by rows (a no-op on one device): FSDP's
+        # weights are gathered to meet it, rather than the activations being re-split.
+        return block(p, sharding.shard_batch(x), config, mask=mask)[0], None
 
     # unroll=True: one scan keeps the stacked-layer structure, but XLA:CPU differentiates the
     # unrolled loop ~30% faster than a rolled one (measured on the default config).

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlhf_book.lm import gpt, sampling, tokenizer
+from rlhf_book.lm import gpt, sampling, sharding, tokenizer
 from rlhf_book.lm.ops import log_probs_from_logits
 
 # ----------------------------------------------------------------------------------------------
@@ -85,8 +85,10 @@ def sample_groups(lm_params, prompts: PromptSet, key, n_prompts: int, group_size
     Q = prompts.tokens.shape[0]
     chosen = jax.random.choice(k_prompts, Q, (n_prompts,), replace=n_prompts > Q)
     prompt_ids = jnp.repeat(chosen, group_size)  # prompt-major: row b * G + g
-    gen = sampling.sample_cached(lm_params, prompts.tokens[prompt_ids],
-                                 prompts.lengths[prompt_ids], k_sample, temperature,
+    # On a mesh the rows split into contiguous blocks, one per device: a group stays on one
+    # device when the device count divides B (lm/sharding.py).
+    rows, lengths = sharding.shard_batch((prompts.tokens[prompt_ids], prompts.lengths[prompt_ids]))
+    gen = sampling.sample_cached(lm_params, rows, lengths, k_sample, temperature,
                                  model_config, max_new_tokens=max_new_tokens)
     return gen, prompt_ids
 

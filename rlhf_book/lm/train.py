@@ -36,7 +36,7 @@ from flax import serialization
 from flax.training import train_state
 from tqdm import tqdm  # a plain text bar: works in terminals and notebooks alike
 
-from rlhf_book.lm import gpt, tokenizer
+from rlhf_book.lm import gpt, sharding, tokenizer
 from rlhf_book.lm.checks import check_positive_ints
 from rlhf_book.lm.ops import next_token_loss
 
@@ -128,7 +128,7 @@ def random_rows(rows, batch_size: int) -> Callable:
 
     def sample_batch(key):
         idx = jax.random.randint(key, (batch_size,), 0, jax.tree.leaves(rows)[0].shape[0])
-        return jax.tree.map(lambda x: x[idx], rows)
+        return sharding.shard_batch(jax.tree.map(lambda x: x[idx], rows))
 
     return sample_batch
 
@@ -190,10 +190,21 @@ def run_in_chunks(step: Callable, state, *, steps: int, chunk_size: int, key,
     chunk, ``evaluate(state) -> {name: value}`` (a held-out evaluation, optional) is recorded
     as ``eval_<name>`` with the step count in ``eval_step``; ``postfix(history)`` gives the
     bar's numbers. Returns ``(state, history)``: NumPy arrays of every per-step metric, the
-    ``step`` numbers ``1 .. steps``, and the evaluations."""
+    ``step`` numbers ``1 .. steps``, and the evaluations.
+
+    Inside ``with sharding.use(mesh):`` the state is placed on the mesh (replicated along its
+    data axis, split along its FSDP axis: :func:`rlhf_book.lm.sharding.state_shardings`) and
+    stays so from chunk to chunk; the batches split themselves where they are drawn."""
+    mesh = sharding.current_mesh()
+    out_shardings = None
+    if mesh is not None:
+        state = sharding.place(state, mesh)
+        out_shardings = (sharding.state_shardings(state, mesh), None)
+
     @functools.lru_cache(maxsize=None)  # one compilation per chunk length
     def chunk(n: int):
-        return jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, n)))
+        return jax.jit(lambda state, key: jax.lax.scan(step, state, jax.random.split(key, n)),
+                       out_shardings=out_shardings)
 
     history: dict[str, list] = {}
     with tqdm(total=steps, desc=desc, disable=not progress) as bar:
@@ -231,7 +242,8 @@ def token_stream(documents: Sequence[str]) -> np.ndarray:
 def sample_windows(key, stream: jax.Array, batch_size: int, seq_len: int) -> jax.Array:
     """``batch_size`` random windows of ``seq_len`` consecutive ids from ``stream``: ``[B, T]``."""
     starts = jax.random.randint(key, (batch_size,), 0, stream.shape[0] - seq_len + 1)
-    return jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(stream, s, seq_len))(starts)
+    windows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(stream, s, seq_len))(starts)
+    return sharding.shard_batch(windows)
 
 
 # [guide:lm-loss]

@@ -31,7 +31,7 @@ import time
 import jax
 
 from rlhf_book import ch06_policy_gradients as ch06
-from rlhf_book.lm import gpt
+from rlhf_book.lm import gpt, sharding
 from rlhf_book.pipeline import report, stages
 from rlhf_book.pipeline.report import (best_of_n_answers, policy_answers, sample_texts,
                                        summarise)
@@ -47,11 +47,24 @@ __all__ = ["PipelineConfig", "StageResult", "run_pipeline", "pretrain_stage", "s
 
 
 def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool = True,
-                 log=print) -> dict:
-    """Run every stage in order and print the results. Returns the stages' results."""
+                 log=print, devices: int | None = None, fsdp: int = 1) -> dict:
+    """Run every stage in order and print the results. Returns the stages' results.
+
+    The training runs use ``devices`` devices (default: all JAX sees) as a mesh of
+    ``devices // fsdp`` data-parallel replicas of a model split ``fsdp`` ways
+    (:mod:`rlhf_book.lm.sharding`); their results equal one device's up to float round-off,
+    so the cached checkpoints serve any device count."""
+    mesh = sharding.make_mesh(devices, fsdp=fsdp)
+    with sharding.use(mesh):
+        return _run(config, fresh=fresh, progress=progress, log=log, mesh=mesh)
+
+
+def _run(config: PipelineConfig, *, fresh: bool, progress: bool, log, mesh) -> dict:
     t0, out = time.perf_counter(), stages.check_writable(config.out_dir)
     model_config = gpt.get_config(config.model)
-    log(f"rlhf-book pipeline: model={config.model}, out_dir={out}, JAX devices={jax.devices()}")
+    log(f"rlhf-book pipeline: model={config.model}, out_dir={out}, JAX devices: "
+        f"{mesh.size} x {mesh.devices.flat[0].platform} (mesh data={mesh.shape['data']}, "
+        f"fsdp={mesh.shape['fsdp']})")
     kw = dict(fresh=fresh, progress=progress, log=log)
 
     init = gpt.init_params(jax.random.PRNGKey(config.seed), model_config)
