@@ -34,7 +34,7 @@ pipeline: $(STAMP)
 	$(BIN)/rlhf-book pipeline $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --dist loadgroup --timeout=900 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup --timeout=900 --durations=25 $(PYTEST_ARGS)
 
 # Everything but the learning tests and the notebooks: the library's math, the checks, the
 # grader, the CLI (a few minutes).

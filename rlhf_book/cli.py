@@ -223,11 +223,33 @@ def _notebooks(args) -> int:
     return 1 if failed else 0
 
 
+def _bench_suite(args) -> int:
+    import json
+
+    from rlhf_book.textbook import bench_suite
+
+    models = args.models.split(",") if args.models else [m.name for m in bench_suite.SUITE]
+    unknown = sorted(set(models) - set(bench_suite.MODELS))
+    if unknown:
+        raise ValueError(f"--models must name sizes among {sorted(bench_suite.MODELS)}, got "
+                         f"{unknown}")
+    result = bench_suite.run_suite(models, bf16=args.bf16, rl=not args.no_rl_step)
+    print()
+    print(bench_suite.format_suite(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"results written to {_relative(args.json)}")
+    return 0
+
+
 def _bench(args) -> int:
     import json
 
     from rlhf_book.textbook import bench
 
+    if args.what == "suite":
+        return _bench_suite(args)
     rl = bench.RLStepBench().rl
     overrides = {k: v for k, v in {"prompts_per_step": args.prompts, "group_size": args.group_size,
                                    "max_new_tokens": args.new_tokens}.items() if v is not None}
@@ -344,8 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("bench", help="measure speed and memory: one jitted RL step, side by side "
-                                     "with TRL's GRPOTrainer where torch and trl are installed")
-    p.add_argument("what", choices=["rl-step"], help="what to measure")
+                                     "with TRL's GRPOTrainer where torch and trl are installed "
+                                     "(rl-step); training, generation, MFU and memory of three "
+                                     "model sizes on this device (suite)")
+    p.add_argument("what", choices=["rl-step", "suite"], help="what to measure")
+    p.add_argument("--models", help="suite: comma-separated sizes (default mini,10m,100m)")
+    p.add_argument("--bf16", action="store_true",
+                   help="suite: also time training with bfloat16 compute on float32 parameters")
+    p.add_argument("--no-rl-step", action="store_true",
+                   help="suite: leave out the pipeline's RL step")
     p.add_argument("--model", choices=["tiny", "small", "mini"], default="mini",
                    help="model size (default mini, the pipeline's)")
     p.add_argument("--prompts", type=int, help="prompts per step (default 16)")
