@@ -35,8 +35,9 @@ def test_every_chapter_has_a_notebook_and_every_notebook_a_chapter():
 
 def test_chapter_notebooks_lists_companions_first():
     chapter = catalog.get_chapter("ch00")
-    assert [p.name for p in chapter.notebooks()] == ["ch00_jax_primer.ipynb", "ch00_mini_gpt.ipynb"]
-    assert chapter.notebooks()[-1] == chapter.notebook()
+    assert [p.name for p in chapter.notebooks()] == ["ch00_jax_primer.ipynb", "ch00_mini_gpt.ipynb",
+                                                     "ch00_scaling_out.ipynb"]
+    assert chapter.notebooks()[1] == chapter.notebook()
     assert catalog.get_chapter("ch06").notebooks() == (catalog.get_chapter("ch06").notebook(),)
     # companions sort before the main notebook, so a run of all notebooks reads them first
     assert sorted(chapter.notebooks()) == list(chapter.notebooks())

@@ -3,12 +3,14 @@
 import ast
 import os
 import pathlib
+import pkgutil
 import re
 import sys
 
 import nbformat
 import pytest
 
+import rlhf_book
 from rlhf_book.textbook import catalog, check, my_exercises, notebooks
 from rlhf_book.textbook.grading import NOT_STARTED, PASSED
 
@@ -122,18 +124,44 @@ def own_exercises(chapter: catalog.Chapter, path: pathlib.Path) -> list[catalog.
     return list(chapter.exercises_of(path))
 
 
-NOTEBOOKS = [(chapter, path) for chapter in catalog.CHAPTERS for path in chapter.notebooks()]
+ALL_NOTEBOOKS = [(chapter, path) for chapter in catalog.CHAPTERS for path in chapter.notebooks()]
+# The notebooks with exercises; the others are tutorials (chapter 0's scaling out)
+NOTEBOOKS = [(chapter, path) for chapter, path in ALL_NOTEBOOKS if own_exercises(chapter, path)]
+TUTORIALS = [(chapter, path) for chapter, path in ALL_NOTEBOOKS if not own_exercises(chapter, path)]
+
+
+def _package_modules() -> set[str]:
+    return {info.name.rsplit(".", 1)[-1]
+            for info in pkgutil.walk_packages(rlhf_book.__path__, "rlhf_book.")}
 
 
 def test_each_exercise_is_set_by_exactly_one_notebook_and_companions_set_some():
+    modules = _package_modules()
     for chapter in catalog.CHAPTERS:
         owned = [e.id for path in chapter.notebooks() for e in own_exercises(chapter, path)]
         assert sorted(owned) == sorted(e.id for e in chapter.exercises), chapter.short
+        assert own_exercises(chapter, chapter.notebook()), f"{chapter.key} sets no exercise"
+        # a companion or sequel sets the exercises of the module named after it; one with no
+        # such module is a tutorial and sets none
         for stem in chapter.companions + chapter.sequels:
-            assert own_exercises(chapter, stem), f"{stem} sets no exercise"
+            has_module = stem.split("_", 1)[1] in modules
+            assert bool(own_exercises(chapter, stem)) == has_module, \
+                f"{stem} sets {'no' if has_module else 'some'} exercise"
     primer = catalog.get_chapter("ch00").notebooks()[0]
     own = own_exercises(catalog.get_chapter("ch00"), primer)
     assert [e.id for e in own] == ["0.7", "0.8", "0.9"]
+    assert [path.stem for _, path in TUTORIALS] == ["ch00_scaling_out"]
+
+
+@pytest.mark.parametrize("chapter, path", TUTORIALS, ids=[path.stem for _, path in TUTORIALS])
+def test_a_tutorial_has_numbered_headings_and_no_your_turn_section(chapter, path):
+    nb = nbformat.read(path, as_version=4)
+    assert not any(c.cell_type == "markdown" and c.source and "Your turn" in c.source.splitlines()[0]
+                   for c in nb.cells), f"{path.name} sets no exercise but has a 'Your turn' section"
+    headings = [int(n) for c in nb.cells if c.cell_type == "markdown"
+                for n in re.findall(r"^## (\d+)\. ", c.source, re.M)]
+    assert headings and headings == list(range(1, len(headings) + 1)), f"{path.name}: {headings}"
+    assert notebooks.sync_all_your_turn(write=False, paths={chapter: [path]}) == []
 
 
 def test_the_your_turn_tables_follow_the_catalogue():

@@ -15,8 +15,9 @@ things only:
 
 XLA's SPMD partitioner (GSPMD; Xu et al., 2021) then writes the communication: with a
 replicated model, one all-reduce that sums the gradients of the devices' shares of the
-batch; with FSDP, an all-gather of each weight before it is used and a reduce-scatter of its
-gradient. :func:`collectives` counts them in a compiled step, so a reader can see them.
+batch; with FSDP, an all-gather of each weight before it is used, and a sum of its gradient
+that leaves each device its slice (a reduce-scatter; XLA:CPU writes it as an all-reduce and a
+slice). :func:`collectives` counts them in a compiled step, so a reader can see them.
 
 GRPO's group statistics need no collective when the groups stay on one device: a rollout's
 ``B * G`` rows are prompt-major (row ``b * G + g``), so splitting them into contiguous blocks
@@ -74,6 +75,7 @@ def current_mesh() -> Mesh | None:
     return None if mesh.empty or mesh.size == 1 else mesh
 
 
+# [guide:shard-batch]
 def shard_batch(tree):
     """Split the leading axis of every array of ``tree`` over all the mesh's devices (inside
     ``jit``): a no-op without a mesh, or for an axis the device count does not divide (XLA
@@ -88,8 +90,10 @@ def shard_batch(tree):
         return jax.lax.with_sharding_constraint(x, BATCH)
 
     return jax.tree.map(constrain, tree)
+# [/guide]
 
 
+# [guide:param-spec]
 def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
     """FSDP's partition of one array: its largest axis that ``fsdp`` divides (the last of
     equals) split over ``"fsdp"``; replicated when none does, or ``fsdp == 1``."""
@@ -98,6 +102,7 @@ def param_spec(shape: tuple[int, ...], fsdp: int) -> P:
         return P()
     axis = max(axes, key=lambda i: (shape[i], i))
     return P(*[("fsdp" if i == axis else None) for i in range(len(shape))])
+# [/guide]
 
 
 def state_shardings(tree, mesh: Mesh):

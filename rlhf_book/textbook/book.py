@@ -8,9 +8,9 @@ adds three things the configuration alone cannot:
 * **the home page's chapter table and table of contents**, written from the catalogue
   (:data:`rlhf_book.textbook.catalog.CHAPTERS`) and from the files that exist, in reading order:
   chapter N's companion notebooks (chapter 0's JAX primer, described by :data:`COMPANIONS`),
-  then its guide, then its notebook and its sequels (chapter 7's reasoning length), then its
-  exercises; the chapters still to come are listed
-  from :data:`BOOK_CHAPTERS`; ``chapters/FAQ.md`` joins the contents when it exists;
+  then its guide, then its notebook and its sequels (chapter 0's scaling out, chapter 7's
+  reasoning length), then its exercises; the chapters still to come are listed from
+  :data:`BOOK_CHAPTERS`; ``chapters/FAQ.md`` joins the contents when it exists;
 * **links from the guides**: a code span that names a file of the repository
   (```rlhf_book/lm/kl.py```, ```notebooks/ch06_policy_gradients.ipynb```, optionally followed
   by ``: name``) becomes a link, to the notebook's or guide's page, or to a page that shows the
@@ -69,6 +69,11 @@ COMPANIONS: dict[str, tuple[str, str]] = {
         "JAX primer",
         "the JAX idioms of this project (arrays, PRNG keys, jit, grad, vmap, pytrees, lax.scan), "
         "each beside the PyTorch the book's snippets use: read it first if JAX is new to you"),
+    "ch00_scaling_out": (
+        "scaling out",
+        "the same training on 8 devices with jax.sharding: data parallelism and FSDP give the "
+        "numbers of one device, the collectives XLA writes for each, GRPO's groups kept on one "
+        "device, a whole RL step of chapter 6; a tutorial without exercises"),
     "ch07_reasoning_length": (
         "when longer reasoning pays",
         "two-digit sums, where writing the column addition out beats a direct answer: RLVR "

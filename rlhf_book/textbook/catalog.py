@@ -107,7 +107,8 @@ class Chapter:
     companions: tuple[str, ...] = ()
     # Notebooks that continue the main one, by file stem, read after it in this order (chapter
     # 7's reasoning-length notebook); each sets the exercises of the module named after it,
-    # as a companion does.
+    # as a companion does. Where no module has its name, it is a tutorial that sets none and
+    # ends without a "Your turn" section (chapter 0's scaling-out notebook).
     sequels: tuple[str, ...] = ()
 
     @property
@@ -134,7 +135,8 @@ class Chapter:
         turn" section: a companion or sequel ``chNN_<name>`` those whose function lives in a
         module named ``<name>`` (chapter 0's JAX primer sets those of
         ``rlhf_book.jax_primer``, chapter 7's reasoning length those of
-        ``rlhf_book.ch07_reasoning.reasoning_length``), the main notebook all the others."""
+        ``rlhf_book.ch07_reasoning.reasoning_length``), the main notebook all the others. A
+        companion or sequel without such a module (chapter 0's scaling out) sets none."""
         stem = pathlib.Path(notebook).stem
 
         def owner(exercise: Exercise) -> str:
@@ -183,6 +185,7 @@ CHAPTERS: tuple[Chapter, ...] = (
                      "ch00 JAX primer, section 7 (lax.scan)", difficulty=3),
         ),
         companions=("ch00_jax_primer",),
+        sequels=("ch00_scaling_out",),
     ),
     Chapter(
         3, "training_overview", "Training overview: the RL problem under RLHF",

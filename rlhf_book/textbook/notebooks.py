@@ -62,7 +62,8 @@ def recorded_seconds(path: pathlib.Path) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The "Your turn" section that ends every notebook: its table of exercises follows the catalogue
+# The "Your turn" section that ends every notebook that sets exercises (all but a tutorial such
+# as chapter 0's scaling out): its table of exercises follows the catalogue
 
 TABLE_HEADER = "| id | exercise | function | difficulty |"
 
@@ -122,7 +123,9 @@ def sync_all_your_turn(*, write: bool = True, paths=None) -> list[pathlib.Path]:
     """:func:`sync_your_turn` for every notebook of every chapter (or ``paths``, a dict from a
     chapter to its notebooks), each with the exercises it sets
     (:meth:`~rlhf_book.textbook.catalog.Chapter.exercises_of`); returns the notebooks whose
-    table changed (or, with ``write=False``, would change)."""
+    table changed (or, with ``write=False``, would change). A notebook that sets no exercise
+    (a tutorial such as chapter 0's scaling out) has no "Your turn" section and is skipped."""
     paths = paths or {chapter: chapter.notebooks() for chapter in CHAPTERS}
     return [path for chapter, notebooks in paths.items() for path in notebooks
-            if path.exists() and sync_your_turn(path, chapter.exercises_of(path), write=write)]
+            if path.exists() and chapter.exercises_of(path)
+            and sync_your_turn(path, chapter.exercises_of(path), write=write)]
