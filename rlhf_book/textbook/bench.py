@@ -26,7 +26,6 @@ import importlib.util
 import json
 import pathlib
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from rlhf_book import data
 from rlhf_book.ch05_reward_models import init_reward_model
 from rlhf_book.lm import gpt, sampling
 from rlhf_book.pipeline import PipelineConfig
+from rlhf_book.textbook.trl_reference import peak_rss_mib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +69,7 @@ def _median_seconds(fn, repeats: int) -> tuple[float, list[float]]:
 def peak_memory() -> dict:
     """Peak resident set size of this process in MiB, and each accelerator's peak bytes in use
     where the backend reports it (GPU, TPU)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-    out = {"peak_rss_mib": round(rss_mib, 1)}
+    out = {"peak_rss_mib": peak_rss_mib()}
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         out["device_peak_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)

@@ -49,25 +49,23 @@ from rlhf_book.textbook.bench import RLStepBench, machine, peak_memory, rl_step
 @dataclasses.dataclass(frozen=True)
 class SuiteModel:
     """One size of the suite: its shape, and how much work a step does on a CPU and on an
-    accelerator (training rows of ``max_seq_len`` tokens; generation rows x new tokens after a
-    prompt of ``prompt_len`` tokens)."""
+    accelerator: training rows of ``max_seq_len`` tokens, and generation as ``(rows, prompt
+    tokens, new tokens)``."""
 
     name: str
     config: gpt.GPTConfig
     batch_cpu: int
     batch_accel: int
-    gen_rows_cpu: int
-    gen_rows_accel: int
-    prompt_len: int
-    new_tokens: int
+    generation_cpu: tuple[int, int, int]
+    generation_accel: tuple[int, int, int]
 
 
 SUITE = (
-    SuiteModel("mini", gpt.get_config("mini"), 32, 256, 128, 1024, 48, 48),
+    SuiteModel("mini", gpt.get_config("mini"), 32, 256, (128, 48, 48), (1024, 48, 48)),
     SuiteModel("10m", gpt.GPTConfig(d_model=384, n_heads=6, n_layers=6, max_seq_len=512,
-                                    d_ff=1536), 4, 64, 16, 256, 128, 128),
+                                    d_ff=1536), 4, 64, (16, 128, 64), (256, 128, 128)),
     SuiteModel("100m", gpt.GPTConfig(d_model=768, n_heads=12, n_layers=14, max_seq_len=512,
-                                     d_ff=3072), 1, 16, 4, 128, 128, 128),
+                                     d_ff=3072), 1, 16, (4, 128, 32), (128, 128, 128)),
 )
 MODELS = {m.name: m for m in SUITE}
 
@@ -96,7 +94,12 @@ def measure_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 5) -> d
     mm = jax.jit(lambda a, b: a @ b)
     jax.block_until_ready(mm(a, b))
     best = min(_timed(lambda: mm(a, b)) for _ in range(repeats))
-    return {"dtype": jnp.dtype(dtype).name, "n": n, "tflops": round(2 * n**3 / best / 1e12, 4)}
+    return {"dtype": jnp.dtype(dtype).name, "n": n, "tflops": _sig(2 * n**3 / best / 1e12)}
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (rates and fractions of very different sizes)."""
+    return float(f"{x:.{digits}g}")
 
 
 def _timed(fn) -> float:
@@ -132,7 +135,7 @@ def lm_loss(params, tokens, config: gpt.GPTConfig, compute_dtype=jnp.float32):
 
 
 def train_step_bench(model: SuiteModel, peak_tflops: float, *, compute_dtype=jnp.float32,
-                     accel: bool = False, repeats: int = 5) -> dict:
+                     accel: bool = False, repeats: int = 3) -> dict:
     """Time one AdamW step of next-token loss on ``batch`` rows of ``max_seq_len`` tokens."""
     config, B = model.config, model.batch_accel if accel else model.batch_cpu
     T = config.max_seq_len
@@ -151,18 +154,17 @@ def train_step_bench(model: SuiteModel, peak_tflops: float, *, compute_dtype=jnp
     flops = 3 * forward_flops_per_token(config, T) * B * T
     return {"batch": B, "tokens": B * T, "compile_s": round(compile_s, 2),
             "step_ms": round(1e3 * seconds, 1), "tokens_per_s": round(B * T / seconds),
-            "tflops": round(flops / seconds / 1e12, 4),
-            "mfu": round(flops / seconds / 1e12 / peak_tflops, 4)}
+            "tflops": _sig(flops / seconds / 1e12),
+            "mfu": _sig(flops / seconds / 1e12 / peak_tflops)}
 
 
 def generate_bench(model: SuiteModel, peak_tflops: float, *, accel: bool = False,
-                   repeats: int = 3) -> dict:
-    """Time ``rows`` completions of ``new_tokens`` tokens after a ``prompt_len``-token prompt
-    with the KV cache (the loop runs all ``new_tokens`` positions whether or not a row has
-    stopped: static shapes)."""
+                   repeats: int = 2) -> dict:
+    """Time ``rows`` completions of ``new`` tokens after a prompt of ``prompt`` tokens
+    (``model.generation_cpu`` or ``_accel``) with the KV cache; the loop runs all ``new``
+    positions whether or not a row has stopped (static shapes)."""
     config = model.config
-    N, P, K = (model.gen_rows_accel if accel else model.gen_rows_cpu), model.prompt_len, \
-        model.new_tokens
+    N, P, K = model.generation_accel if accel else model.generation_cpu
     params = gpt.init_params(jax.random.PRNGKey(0), config)
     prompts = jax.random.randint(jax.random.PRNGKey(1), (N, P), 0, 256)
     lengths = jnp.full((N,), P, jnp.int32)
@@ -177,8 +179,8 @@ def generate_bench(model: SuiteModel, peak_tflops: float, *, accel: bool = False
     flops = N * sum(forward_flops_per_token(config, t) for t in range(1, P + K + 1))
     return {"rows": N, "prompt_tokens": P, "new_tokens": K, "compile_s": round(compile_s, 2),
             "generate_ms": round(1e3 * seconds, 1), "tokens_per_s": round(N * K / seconds),
-            "tflops": round(flops / seconds / 1e12, 4),
-            "mfu": round(flops / seconds / 1e12 / peak_tflops, 4)}
+            "tflops": _sig(flops / seconds / 1e12),
+            "mfu": _sig(flops / seconds / 1e12 / peak_tflops)}
 
 
 def run_suite(models=("mini", "10m", "100m"), *, bf16: bool = False, rl: bool = True,

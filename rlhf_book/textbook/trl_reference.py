@@ -119,8 +119,22 @@ def main(spec_path: str, workdir: str) -> None:
         "beta": spec["beta"], "compile_s": None,
         "step_ms": round(1e3 * step_s, 1), "step_ms_all": [round(1e3 * t, 1) for t in timer.times],
         "generate_ms": round(1e3 * gen_s, 1), "generated_tokens_per_s": round(B * G * K / gen_s),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1),
+        "peak_rss_mib": peak_rss_mib(),
     }))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB: Linux's ``VmHWM``, which starts afresh
+    when the process execs (``getrusage``'s ``ru_maxrss`` carries over the parent's peak from
+    before the fork, so a small child of a large parent would report the parent's)."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 2**10, 1)  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 if __name__ == "__main__":
