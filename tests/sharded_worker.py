@@ -42,14 +42,24 @@ def split_zero_gradient(rm):
     return {"lm": lm, "head": rm["head"]["w"]}
 
 
+def history_diff(a: dict, b: dict) -> dict:
+    """The largest relative difference of each per-step metric two runs recorded (losses,
+    gradient norms, scores, KL: what Adam's sign-like first steps would not show in the
+    parameters)."""
+    return {k: float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k]))
+                            / np.maximum(np.abs(np.asarray(a[k])), 1e-3)))
+            for k in a if k != "step" and np.issubdtype(np.asarray(a[k]).dtype, np.floating)}
+
+
 def on_meshes(run):
-    """``run()`` on one device, then inside each mesh: the largest difference of the
-    parameters it returns, and their per-device shapes (``blocks.mlp.w1``, ``tok_emb``)."""
-    base = run()
+    """``run() -> (params, history)`` on one device, then inside each mesh: the largest
+    difference of the parameters and of the per-step metrics, and the parameters' per-device
+    shapes (``blocks.mlp.w1``, ``tok_emb``)."""
+    base, base_history = run()
     out = {}
     for name, kw in MESHES.items():
         with sharding.use(sharding.make_mesh(8, **kw)):
-            params = run()
+            params, history = run()
         lm = params.get("lm", params)
         zero_grad = {}
         if "head" in params:  # the reward model: see zero_gradient
@@ -58,6 +68,7 @@ def on_meshes(run):
         else:
             base_ = base
         out[name] = {"max_diff": max_diff(base_, params), **zero_grad,
+                     "history_diff": history_diff(base_history, history),
                      "max_abs": max(float(np.max(np.abs(np.asarray(x))))
                                     for x in jax.tree.leaves(base)),
                      "w1": sharding.device_shapes(lm["blocks"]["mlp"]["w1"]),
@@ -68,7 +79,7 @@ def on_meshes(run):
 def pretrain():
     stream = np.random.default_rng(0).integers(0, TINY.vocab_size, 4000).astype(np.int32)
     config = train.TrainConfig(steps=4, batch_size=16, seq_len=32, warmup_steps=1, log_every=2)
-    return on_meshes(lambda: train.pretrain(TINY, config, stream, seed=0, progress=False)[0])
+    return on_meshes(lambda: train.pretrain(TINY, config, stream, seed=0, progress=False))
 
 
 PAIRS = [SimpleNamespace(prompt=f"Q{i}?", chosen="yes " * (i % 3 + 1), rejected="no " * (i % 4))
@@ -80,8 +91,7 @@ def reward_model():
     rm = ch05.init_reward_model(jax.random.PRNGKey(1), lm, TINY)
     batch = ch05.encode_pairs(PAIRS, 32)
     config = ch05.RMConfig(steps=4, batch_size=16, seq_len=32, warmup_steps=1, log_every=2)
-    return on_meshes(lambda: ch05.train_reward_model(TINY, rm, config, batch,
-                                                     progress=False)[0])
+    return on_meshes(lambda: ch05.train_reward_model(TINY, rm, config, batch, progress=False))
 
 
 def letter_a(params, tokens, mask, prompt_ids):
@@ -98,14 +108,14 @@ def rl():
     lm = gpt.init_params(jax.random.PRNGKey(0), TINY)
     prompts = ch06.encode_prompts(PROMPTS)
     return on_meshes(lambda: ch06.train_rl(RL, TINY, lm, prompts, ch06.Reward(letter_a),
-                                           progress=False)[0])
+                                           progress=False))
 
 
 def dpo():
     lm = gpt.init_params(jax.random.PRNGKey(0), TINY)
     pairs = ch08.encode_preference_pairs(PAIRS)
     config = ch08.DPOConfig(steps=4, batch_size=8, log_every=2)
-    return on_meshes(lambda: ch08.train_dpo(config, TINY, lm, pairs, progress=False)[0])
+    return on_meshes(lambda: ch08.train_dpo(config, TINY, lm, pairs, progress=False))
 
 
 def collectives():
@@ -122,7 +132,15 @@ def collectives():
             step = jax.jit(ch06.make_rl_step(RL, TINY, prompts, reward))
             hlo = step.lower(state, jax.random.PRNGKey(0)).compile().as_text()
             out[f"rl_step_{name}"] = sharding.collectives(hlo)
+            # the collectives outside the generation loop (its frames are _generate_cached)
+            outside = "\n".join(line for line in hlo.splitlines()
+                                 if "_generate_cached" not in line)
+            out[f"rl_update_{name}"] = sharding.collectives(outside)
     with sharding.use(sharding.make_mesh(8)):
+        # where a batch is born it is split: 16 rows drawn inside jit, 2 per device
+        rows = {"tokens": jnp.arange(40 * 32).reshape(40, 32)}
+        drawn = jax.jit(train.random_rows(rows, 16))(jax.random.PRNGKey(0))
+        out["drawn_batch"] = sharding.device_shapes(drawn["tokens"])
         for B in (8, 4):
             def advantages(rewards, B=B):
                 return L.grpo_advantages(sharding.shard_batch(rewards).reshape(B, -1))

@@ -19,6 +19,8 @@ from jax.sharding import PartitionSpec as P
 from rlhf_book.lm import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parent
+# One worker runs the whole module, so the 8-device subprocess (a module fixture) starts once.
+pytestmark = pytest.mark.xdist_group("sharding")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,6 +106,14 @@ STAGES = ("pretrain", "reward_model", "rl", "dpo")
 def test_sharded_training_equals_one_device(eight_devices, stage, mesh):
     result = eight_devices[stage][mesh]
     assert result["max_diff"] <= TOLERANCE * max(1.0, result["max_abs"]), result
+    # The per-step losses and gradient norms (and RL's scores and KL) agree too: a gradient off
+    # by a constant factor would leave Adam's parameters nearly unchanged, not these. (Counts
+    # of exact ties are left out: DPO's first step has policy = reference, every implicit
+    # reward 0, and whether round-off makes a pair's reward "won" differs with the order.)
+    diffs = result["history_diff"]
+    for metric in ("loss", "grad_norm", "score", "kl"):
+        assert diffs.get(metric, 0.0) <= 1e-4, (metric, diffs)
+    assert "loss" in diffs and "grad_norm" in diffs
     if stage == "reward_model":
         assert result["zero_grad_diff"] <= 4 * 3e-4, result
 
@@ -129,6 +139,9 @@ def test_the_compiled_rl_step_communicates_as_its_sharding_says(eight_devices):
     # Data parallelism: the update's gradients are summed across devices (all-reduce), and
     # with one minibatch per step no row moves to another device for the update.
     assert c["rl_step_dp8"]["all-reduce"] >= 1
+    assert c["rl_update_dp8"]["all-gather"] == 0, c["rl_update_dp8"]
+    # and a batch drawn inside the compiled step is split, 2 of its 16 rows per device
+    assert c["drawn_batch"] == [[2, 32]] * 8
     # FSDP: each weight is gathered before it is used.
     for mesh in ("rl_step_fsdp8", "rl_step_dp2xfsdp4"):
         assert c[mesh]["all-gather"] > c["rl_step_dp8"]["all-gather"], c

@@ -407,8 +407,8 @@ def forward(params: Params, tokens: jax.Array, config: GPTConfig, *, return_hidd
         mask = segment_mask(segment_ids)
 
     def layer(x, p):
-        # On a mesh, keep the residual stream split by rows (a no-op on one device): FSDP's
-        # weights are gathered to meet it, rather than the activations being re-split.
+        # On a mesh, keep the residual stream split by rows (a no-op on one device), so that
+        # XLA gathers FSDP's weights to meet it rather than re-splitting the activations.
         return block(p, sharding.shard_batch(x), config, mask=mask)[0], None
 
     # unroll=True: one scan keeps the stacked-layer structure, but XLA:CPU differentiates the

@@ -52,8 +52,9 @@ def run_pipeline(config: PipelineConfig, *, fresh: bool = False, progress: bool 
 
     The training runs use ``devices`` devices (default: all JAX sees) as a mesh of
     ``devices // fsdp`` data-parallel replicas of a model split ``fsdp`` ways
-    (:mod:`rlhf_book.lm.sharding`); their results equal one device's up to float round-off,
-    so the cached checkpoints serve any device count."""
+    (:mod:`rlhf_book.lm.sharding`). Each step equals one device's up to float round-off (a
+    sampled token may eventually flip over a long run, so runs agree statistically), and the
+    cached checkpoints serve any device count."""
     mesh = sharding.make_mesh(devices, fsdp=fsdp)
     with sharding.use(mesh):
         return _run(config, fresh=fresh, progress=progress, log=log, mesh=mesh)

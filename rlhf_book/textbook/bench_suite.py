@@ -8,8 +8,11 @@ it measures
   context windows (``lm/train.py``'s pretraining step): milliseconds, tokens per second, and
   **model FLOPs utilisation** (MFU): the model's FLOPs per step over the time, divided by this
   device's peak;
-* **generation**: ``rows`` completions of ``new_tokens`` tokens with the KV cache
-  (``lm/sampling.py``): milliseconds, generated tokens per second, MFU;
+* **generation**: ``rows`` completions of ``new`` tokens with the KV cache after a prompt
+  (``lm/sampling.py``): milliseconds and generated tokens per second for the whole call, and
+  MFU over all the FLOPs it needs, the prompt's one parallel prefill pass included (about half
+  of them for ``mini``, more for the longer prompts of the larger sizes), so the decode loop
+  alone runs at a lower utilisation than this;
 * **compile**: seconds to trace, lower and compile each, paid once per shape;
 * optionally the same training step with **bfloat16 compute** on float32 parameters (the
   parameters are cast inside the loss, so the gradients and Adam stay float32);
@@ -20,7 +23,9 @@ memory of the process (and of the device, where the backend reports it).
 **The peak** against which MFU is taken is measured, not looked up: the best FLOP/s of a square
 matmul on this device (float32, and bfloat16 where the bfloat16 columns are run). On a GPU a
 vendor's datasheet figure is higher; MFU against the measured peak says how close the step
-comes to what this device's matmul actually does.
+comes to what this device's matmul actually does. On NVIDIA GPUs since Ampere, JAX's default
+precision runs float32 matmuls in TF32 (for the peak and for the model alike), so the
+"float32" peak there is TF32's.
 
 **Model FLOPs** follow Chowdhery et al. (2022, PaLM, App. B): per token, ``2 N`` for a forward
 pass through the ``N`` weights of the matmuls (attention projections, MLP, unembedding; the
@@ -128,8 +133,9 @@ def cast_params(params, dtype):
 
 
 def lm_loss(params, tokens, config: gpt.GPTConfig, compute_dtype=jnp.float32):
-    """Pretraining's next-token loss, with the forward pass in ``compute_dtype`` and the
-    softmax and loss in float32."""
+    """Pretraining's next-token loss with the whole forward pass (matmuls, attention's softmax,
+    LayerNorm) in ``compute_dtype``; the logits are cast back to float32 for the output softmax
+    and the loss."""
     logits = gpt.forward(cast_params(params, compute_dtype), tokens, config)
     return next_token_loss(logits.astype(jnp.float32), tokens, jnp.ones(tokens.shape)), {}
 
@@ -175,7 +181,8 @@ def generate_bench(model: SuiteModel, peak_tflops: float, *, accel: bool = False
 
     compiled, compile_s = _compile(gen, params, jax.random.PRNGKey(2))
     seconds = _median(lambda: compiled(params, jax.random.PRNGKey(2)), repeats)
-    # the prefill (P tokens per row) and K decoding positions, each over its context so far
+    # the prefill (P tokens per row) and K decoding positions, each over its context so far:
+    # the FLOPs the whole call needs, so the MFU is that of prefill and decode together
     flops = N * sum(forward_flops_per_token(config, t) for t in range(1, P + K + 1))
     return {"rows": N, "prompt_tokens": P, "new_tokens": K, "compile_s": round(compile_s, 2),
             "generate_ms": round(1e3 * seconds, 1), "tokens_per_s": round(N * K / seconds),
