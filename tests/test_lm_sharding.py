@@ -77,9 +77,18 @@ def test_collectives_counts_ops_in_hlo_text():
 # On 8 simulated CPU devices
 
 
+_RESULTS: dict = {}  # kept for this worker process: a module fixture can be set up twice
+
+
 @pytest.fixture(scope="module")
 def eight_devices():
     """The worker's JSON: every stage trained on one device and on three meshes of 8."""
+    if "json" not in _RESULTS:
+        _RESULTS["json"] = _run_worker()
+    return _RESULTS["json"]
+
+
+def _run_worker() -> dict:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, str(ROOT / "sharded_worker.py")], env=env,

@@ -18,10 +18,19 @@ from rlhf_book import pipeline
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline"), pytest.mark.timeout(2700)]
 
 
+_RUNS: dict = {}  # the run, kept for this worker process (see the fixture)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    config = pipeline.PipelineConfig(out_dir=str(tmp_path_factory.mktemp("runs")))
-    return config, pipeline.run_pipeline(config, progress=False, log=lambda _: None)
+    # pytest tears a module fixture down whenever another module's test runs on the worker
+    # between two of this module's, and sets it up again: keeping the result in the process
+    # means the pipeline runs once per worker, not once per interruption (measured: twice,
+    # 24 minutes each, in one full run before this).
+    if "run" not in _RUNS:
+        config = pipeline.PipelineConfig(out_dir=str(tmp_path_factory.mktemp("runs")))
+        _RUNS["run"] = config, pipeline.run_pipeline(config, progress=False, log=lambda _: None)
+    return _RUNS["run"]
 
 
 def paired_gain(run, split: str, model: str, reference: str) -> tuple[float, float]:
