@@ -48,7 +48,8 @@ import numpy as np
 
 from rlhf_book.lm import gpt, sampling, train
 from rlhf_book.lm.ops import next_token_loss
-from rlhf_book.textbook.bench import RLStepBench, machine, peak_memory, rl_step
+from rlhf_book.textbook.bench import (RLStepBench, _median_seconds, machine, peak_memory,
+                                     rl_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,25 +98,13 @@ def measure_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 5) -> d
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
     mm = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(mm(a, b))
-    best = min(_timed(lambda: mm(a, b)) for _ in range(repeats))
+    best = min(_median_seconds(lambda: mm(a, b), repeats)[1])  # the best, not the median
     return {"dtype": jnp.dtype(dtype).name, "n": n, "tflops": _sig(2 * n**3 / best / 1e12)}
 
 
 def _sig(x: float, digits: int = 4) -> float:
     """``x`` to ``digits`` significant digits (rates and fractions of very different sizes)."""
     return float(f"{x:.{digits}g}")
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
-def _median(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up
-    return float(np.median([_timed(fn) for _ in range(repeats)]))
 
 
 def _compile(fn, *args):
@@ -156,7 +145,7 @@ def train_step_bench(model: SuiteModel, peak_tflops: float, *, compute_dtype=jnp
         holder["state"], metrics = compiled(holder["state"], tokens)
         return metrics["loss"]
 
-    seconds = _median(run, repeats)
+    seconds = _median_seconds(run, repeats)[0]
     flops = 3 * forward_flops_per_token(config, T) * B * T
     return {"batch": B, "tokens": B * T, "compile_s": round(compile_s, 2),
             "step_ms": round(1e3 * seconds, 1), "tokens_per_s": round(B * T / seconds),
@@ -180,7 +169,7 @@ def generate_bench(model: SuiteModel, peak_tflops: float, *, accel: bool = False
                                       max_new_tokens=K).tokens
 
     compiled, compile_s = _compile(gen, params, jax.random.PRNGKey(2))
-    seconds = _median(lambda: compiled(params, jax.random.PRNGKey(2)), repeats)
+    seconds = _median_seconds(lambda: compiled(params, jax.random.PRNGKey(2)), repeats)[0]
     # the prefill (P tokens per row) and K decoding positions, each over its context so far:
     # the FLOPs the whole call needs, so the MFU is that of prefill and decode together
     flops = N * sum(forward_flops_per_token(config, t) for t in range(1, P + K + 1))
