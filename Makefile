@@ -42,4 +42,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist loadgroup --timeout=900 -m "not slow" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis book/_build
+	rm -rf $(VENV) runs .cache .pytest_cache .hypothesis book/_build

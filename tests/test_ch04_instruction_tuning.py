@@ -112,19 +112,23 @@ def _random_examples(rng, lengths):
              [0] + rng.integers(0, 2, n - 1).tolist()) for n in lengths]
 
 
+_forward = jax.jit(gpt.forward, static_argnames="config")
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.integers(2, 20), min_size=2, max_size=6), st.integers(0, 2**31 - 1))
 def test_packed_logits_equal_each_example_run_alone(tiny_config, tiny_params, lengths, seed):
     rng = np.random.default_rng(seed)
     examples = _random_examples(rng, lengths)
     batch = ch04.pack_examples(examples, 40)
-    logits = np.asarray(gpt.forward(tiny_params, jnp.asarray(batch.tokens), tiny_config,
-                                    segment_ids=jnp.asarray(batch.segment_ids)))
+    # jitted: one compile per shape instead of one per operation and shape (74 s -> a few)
+    logits = np.asarray(_forward(tiny_params, jnp.asarray(batch.tokens), tiny_config,
+                                 segment_ids=jnp.asarray(batch.segment_ids)))
     k = 0
     for r in range(batch.tokens.shape[0]):
         for s in sorted(set(batch.segment_ids[r]) - {0}):
             where = np.flatnonzero(batch.segment_ids[r] == s)
-            alone = gpt.forward(tiny_params, jnp.asarray([examples[k][0]]), tiny_config)[0]
+            alone = _forward(tiny_params, jnp.asarray([examples[k][0]]), tiny_config)[0]
             np.testing.assert_allclose(logits[r, where], np.asarray(alone), atol=2e-5)
             k += 1
     assert k == len(examples)
