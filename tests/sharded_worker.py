@@ -7,6 +7,7 @@ collectives counted in the compiled steps)."""
 import json
 import os
 import sys
+import warnings
 from types import SimpleNamespace
 
 import jax
@@ -146,6 +147,13 @@ def collectives():
                 return L.grpo_advantages(sharding.shard_batch(rewards).reshape(B, -1))
             hlo = jax.jit(advantages).lower(jnp.zeros(32)).compile().as_text()
             out[f"grpo_advantages_B{B}"] = sharding.collectives(hlo)
+        # a batch of 12 rows cannot be split over 8 devices: one warning per size, none for 24
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for rows in (12, 12, 24):
+                jax.jit(sharding.shard_batch)(jnp.zeros((rows, 3)))
+                jax.jit(sharding.shard_batch)(jnp.ones((rows, 5)))  # a second trace
+        out["unsplit_warnings"] = [str(w.message) for w in caught]
     return out
 
 

@@ -7,6 +7,7 @@ really split, and GRPO's group statistics need no collective when each group is 
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -19,8 +20,8 @@ from jax.sharding import PartitionSpec as P
 from rlhf_book.lm import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parent
-# One worker runs the whole module, so the 8-device subprocess (a module fixture) starts once.
-pytestmark = pytest.mark.xdist_group("sharding")
+# One xdist worker runs the whole module (tests/conftest.py, GROUPS), so the 8-device
+# subprocess (a module fixture) starts once.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,3 +159,36 @@ def test_the_compiled_rl_step_communicates_as_its_sharding_says(eight_devices):
     # straddle two devices each, and XLA has to communicate.
     assert sum(c["grpo_advantages_B8"].values()) == 0, c["grpo_advantages_B8"]
     assert sum(c["grpo_advantages_B4"].values()) > 0, c["grpo_advantages_B4"]
+    # a batch the device count does not divide is said so, once per size
+    assert len(c["unsplit_warnings"]) == 1, c["unsplit_warnings"]
+    assert "12 rows" in c["unsplit_warnings"][0] and "8 devices" in c["unsplit_warnings"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Across hosts: two processes of one jax.distributed cluster on this machine
+
+
+def test_a_checkpoint_of_arrays_split_over_two_hosts_is_whole(tmp_path):
+    """FSDP over the 4 devices of 2 processes leaves each process a quarter of each weight on
+    each of its 2 devices and no array whole; ``save_checkpoint`` gathers them (a collective
+    both processes reach), process 0 writes the file, and both load the parameters exactly."""
+    with socket.socket() as s:  # a free port for the cluster's coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    path = tmp_path / "params.msgpack"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "multihost_worker.py"), str(i),
+                               str(port), str(path)], env=env, cwd=ROOT.parent, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (0, 1)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    for r in results:
+        assert r["devices"] == [4, 2]
+        assert r["w1_whole_here"] is False and r["w1_here"] == [[2, 32, 32]] * 2
+        assert r["max_diff"] == 0.0
+        assert r["metadata"] == {"written_by": 0}
+    assert [f.name for f in tmp_path.iterdir()] == ["params.msgpack"]  # no temporary left

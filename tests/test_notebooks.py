@@ -72,7 +72,8 @@ def test_notebook_is_committed_with_outputs(path):
 
 @pytest.mark.slow  # each notebook trains its models: minutes, not seconds
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-@pytest.mark.xdist_group("notebooks")  # in file order on one worker: ch00 and ch04 store the models
+# one xdist worker runs them in file order (tests/conftest.py, GROUPS): ch00 and ch04 store the
+# models later notebooks load
 def test_notebook_executes(path, record_property):
     seconds = notebooks.execute(path)  # raises CellExecutionError with the failing cell
     record_property("notebook_seconds", round(seconds, 1))

@@ -2,9 +2,10 @@
 
 One module-scoped run of the whole pipeline (mini GPT: pretraining, SFT, reward model, RL, RL
 pushed further, online DPO, best-of-8, the evaluations; about 5 minutes on 2 cores) serves
-every test here. The tests share an xdist group, so under ``pytest -n`` the run happens once,
-on one worker. Each threshold sits several standard errors below the measured effect, and the
-measurement is written beside it; the standard errors are over questions (the unit sampled).
+every test here. One xdist worker runs the module (``GROUPS`` in tests/conftest.py), so under
+``pytest -n`` the run happens once. Each threshold sits several standard errors below the
+measured effect, and the measurement is written beside it; the standard errors are over
+questions (the unit sampled).
 """
 
 import numpy as np
@@ -15,7 +16,7 @@ from rlhf_book import pipeline
 # The first test pays for the module's pipeline run: about 5 minutes alone on a fast 2-core
 # machine, over 15 on a slower one while the notebooks run on the other worker; the suite's
 # 900 s per test is too short for that, so this module allows 45 minutes.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline"), pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 _RUNS: dict = {}  # the run, kept for this worker process (see the fixture)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from typing import Any
 
 import jax
@@ -51,10 +52,12 @@ def make_mesh(n_devices: int | None = None, *, fsdp: int = 1, devices=None) -> M
                          f"available, got {n_devices}")
     if fsdp < 1 or n % fsdp:
         raise ValueError(f"fsdp must be a positive divisor of n_devices={n}, got {fsdp}")
-    grid = np.asarray(devices[:n], dtype=object).reshape(n // fsdp, fsdp)
-    # Auto axes: shardings are hints that XLA's partitioner propagates (GSPMD), so the
-    # chapters' functions need no sharding annotations of their own.
-    return Mesh(grid, AXES, axis_types=(AxisType.Auto, AxisType.Auto))
+    # jax.make_mesh orders the devices by the machine's topology (on TPUs and GPUs, so that
+    # the fsdp axis, which communicates most, falls on the closest devices). Auto axes:
+    # shardings are hints that XLA's partitioner propagates (GSPMD), so the chapters'
+    # functions need no sharding annotations of their own.
+    return jax.make_mesh((n // fsdp, fsdp), AXES, axis_types=(AxisType.Auto, AxisType.Auto),
+                         devices=devices[:n])
 
 
 @contextlib.contextmanager
@@ -78,19 +81,35 @@ def current_mesh() -> Mesh | None:
 # [guide:shard-batch]
 def shard_batch(tree):
     """Split the leading axis of every array of ``tree`` over all the mesh's devices (inside
-    ``jit``): a no-op without a mesh, or for an axis the device count does not divide (XLA
-    then decides)."""
+    ``jit``): a no-op without a mesh. An axis the device count does not divide is left to XLA's
+    partitioner, with a warning (once per size): it may then compute the whole batch on every
+    device."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return tree
 
     def constrain(x):
-        if x.ndim == 0 or x.shape[0] % mesh.size:
+        if x.ndim == 0:
+            return x
+        if x.shape[0] % mesh.size:
+            _warn_unsplit(x.shape[0], mesh.size)
             return x
         return jax.lax.with_sharding_constraint(x, BATCH)
 
     return jax.tree.map(constrain, tree)
 # [/guide]
+
+
+_UNSPLIT: set[tuple[int, int]] = set()  # (rows, devices) already warned about
+
+
+def _warn_unsplit(rows: int, devices: int) -> None:
+    if (rows, devices) not in _UNSPLIT:
+        _UNSPLIT.add((rows, devices))
+        warnings.warn(f"a batch of {rows} rows is not split over the mesh's {devices} devices "
+                      f"(they do not divide it): XLA's partitioner chooses the layout, possibly "
+                      f"the whole batch on every device; a multiple of {devices} rows spreads it",
+                      stacklevel=4)
 
 
 # [guide:param-spec]

@@ -336,12 +336,20 @@ def save_checkpoint(path, tree, metadata: dict | None = None) -> pathlib.Path:
     is written to a temporary file in the same folder, flushed to disk and renamed over
     ``path`` (atomic on POSIX), so readers see either the old checkpoint or the new one, never
     a torn file; temporary files left by killed writers are removed.
+
+    Across several hosts (``jax.distributed``), every process must call it: an array split
+    over devices of several hosts is first gathered onto each (a collective), then process 0
+    alone writes the file, and the others wait until it is written.
     """
     path = pathlib.Path(path)
+    host_tree = _on_this_host(tree)
+    if jax.process_index() != 0:
+        _wait_for_every_process(f"checkpoint {path}")
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     for tmp in _stale_temp_files(path):
         tmp.unlink(missing_ok=True)
-    tree_bytes = serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(tree)))
+    tree_bytes = serialization.msgpack_serialize(serialization.to_state_dict(host_tree))
     payload = {
         "format": CHECKPOINT_FORMAT,
         "metadata": json.dumps(metadata or {}, sort_keys=True),
@@ -359,7 +367,26 @@ def save_checkpoint(path, tree, metadata: dict | None = None) -> pathlib.Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+    _wait_for_every_process(f"checkpoint {path}")
     return path
+
+
+def _on_this_host(tree):
+    """``tree``'s arrays as NumPy arrays on this host: fetched from its devices, or, for an
+    array split over devices of several hosts, gathered from all of them (a collective that
+    every process must reach)."""
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree)):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _wait_for_every_process(name: str) -> None:
+    """A barrier across hosts (nothing on one host): no process reads the checkpoint before
+    process 0 has written it."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def load_checkpoint(path, target=None) -> tuple[Any, dict]:
